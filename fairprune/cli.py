@@ -1,0 +1,49 @@
+"""The ``fairprune`` command. Each subcommand lives in its own module under ``fairprune.commands``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .core.errors import FairpruneError
+
+#: subcommand modules; each defines ``add_parser(subparsers)`` which sets ``func`` on its parser
+COMMANDS: tuple[str, ...] = (
+    "run", "sweep", "analyze", "prune", "evaluate", "plugins", "axes", "demo", "report", "plot",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fairprune", description="Fairness pruning of GLU language models.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"fairprune.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"fairprune.commands.{name}":
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose + 1, 2),
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except FairpruneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

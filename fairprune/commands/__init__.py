@@ -1,0 +1,1 @@
+"""Subcommands of the ``fairprune`` CLI, one module each."""

@@ -1,0 +1,53 @@
+"""Exceptions raised by fairprune; each names what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class FairpruneError(Exception):
+    """Base class of every error fairprune raises on purpose."""
+
+
+class UnknownPluginError(FairpruneError, LookupError):
+    """A plugin name that no registered plugin of that kind carries.
+
+    A LookupError subclass rather than KeyError, because KeyError quotes its
+    message and mangles the newlines of the list of known names.
+    """
+
+    def __init__(self, kind: str, name: str, known: list[str], suggestion: str | None):
+        self.kind, self.name, self.known, self.suggestion = kind, name, known, suggestion
+        hint = f" Did you mean {suggestion!r}?" if suggestion else ""
+        listing = ", ".join(known) if known else "(none registered)"
+        super().__init__(f"Unknown {kind} {name!r}.{hint} Available: {listing}")
+
+
+class DuplicatePluginError(FairpruneError):
+    """Two plugins registered the same name within one kind."""
+
+
+class PluginContractError(FairpruneError):
+    """A plugin registered an object that does not satisfy its kind's protocol."""
+
+
+class ConfigError(FairpruneError, ValueError):
+    """A run configuration that is invalid; the message names the field."""
+
+
+class PlanError(FairpruneError, ValueError):
+    """A pruning plan that cannot be applied; the model is left untouched."""
+
+
+class ArchitectureError(FairpruneError, TypeError):
+    """A model that no registered architecture adapter understands."""
+
+
+class PromptError(FairpruneError, ValueError):
+    """Prompts of a group that do not differ only in the attribute span."""
+
+
+class ModelSourceError(FairpruneError):
+    """A model that cannot be found or loaded; says how to get it."""
+
+
+class PersistError(FairpruneError):
+    """A saved directory that is incomplete or does not match its sidecar."""

@@ -1,0 +1,79 @@
+"""The whole plugin contract: pluggy hook specifications of the ``fairprune`` project.
+
+Registration hooks receive a ``register`` callable and call it once per object
+they contribute. Lifecycle hooks let integrations (experiment trackers, loggers)
+observe a run. Hooks are only ever extended with new arguments, never narrowed.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "fairprune"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def fairprune_register_architectures(register):
+    """Register architecture adapters: ``register(adapter)``; see ``protocols.ArchitectureAdapter``."""
+
+
+@hookspec
+def fairprune_register_importance_metrics(register):
+    """Register neuron importance metrics: ``register(metric)``; see ``protocols.ImportanceMetric``."""
+
+
+@hookspec
+def fairprune_register_bias_metrics(register):
+    """Register per-neuron bias metrics: ``register(metric)``; see ``protocols.BiasMetric``."""
+
+
+@hookspec
+def fairprune_register_bias_axes(register):
+    """Register bias axes (attribute groups x templates): ``register(axis)``; see ``protocols.BiasAxis``."""
+
+
+@hookspec
+def fairprune_register_collectors(register):
+    """Register activation sites and token poolings: ``register(site_or_pooling)``.
+
+    An object whose ``collector_kind`` is ``"site"`` says where activations are
+    read (see ``protocols.Site``); ``"pooling"`` says which token positions are
+    averaged (see ``protocols.Pooling``).
+    """
+
+
+@hookspec
+def fairprune_register_scorers(register):
+    """Register scorers that blend bias and importance: ``register(scorer)``; see ``protocols.Scorer``."""
+
+
+@hookspec
+def fairprune_register_pruners(register):
+    """Register pruners that apply a plan to a model: ``register(pruner)``; see ``protocols.Pruner``."""
+
+
+@hookspec
+def fairprune_register_model_sources(register):
+    """Register model sources (names, paths, formats): ``register(source)``; see ``protocols.ModelSource``."""
+
+
+@hookspec
+def fairprune_register_evaluators(register):
+    """Register evaluators comparing base and pruned model: ``register(evaluator)``; see ``protocols.Evaluator``."""
+
+
+@hookspec
+def fairprune_run_started(config, output_dir):
+    """Called once when ``fairprune run`` starts, with the validated ``RunConfig`` and the output path."""
+
+
+@hookspec
+def fairprune_layer_pruned(layer, removed, width_before, width_after):
+    """Called after each layer is pruned: layer index, removed neuron indices, widths."""
+
+
+@hookspec
+def fairprune_run_finished(config, output_dir, metrics):
+    """Called once when a run has saved its outputs, with the metrics dictionary."""

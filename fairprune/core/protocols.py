@@ -1,0 +1,248 @@
+"""The protocol of each plugin kind: what a registered object must provide.
+
+Every plugin has a ``name`` (lowercase snake_case or kebab-case, unique within
+its kind) and a one-line ``description``; it may declare a pydantic ``Params``
+model for its options (see ``core.plugin``). Tensor contracts are stated per
+method; the core checks shapes and finiteness of what plugins return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # torch stays out of import time for `fairprune --help`
+    import torch
+    from torch import nn
+
+
+@runtime_checkable
+class Named(Protocol):
+    name: str
+    description: str
+
+
+@dataclass(frozen=True)
+class SiteTarget:
+    """Where one layer's activation for a site is read.
+
+    ``module`` is hooked; ``use_input`` reads its first positional input (a
+    forward pre-hook) instead of its output; ``select`` optionally slices the
+    tensor (e.g. the gate half of a fused ``gate_up_proj`` output).
+    """
+
+    module: "nn.Module"
+    use_input: bool = False
+    select: Any = None  # Callable[[Tensor], Tensor] | None
+
+
+@runtime_checkable
+class ArchitectureAdapter(Protocol):
+    """Knows one family of GLU models.
+
+    Contract: ``layers(model)`` returns the decoder layers in order;
+    ``gate_up(model, i)`` returns views ``(gate [width, hidden], up [width, hidden])``;
+    ``down(model, i)`` returns ``[hidden, width]``; ``site(model, i, role)`` returns a
+    ``SiteTarget`` for role in {"neuron", "gate", "up", "mlp_out", "residual"};
+    ``keep(model, i, indices)`` keeps exactly those neurons (in that order);
+    ``set_widths(model, widths)`` records per-layer widths in ``model.config``.
+    """
+
+    name: str
+    description: str
+
+    def matches(self, model: "nn.Module") -> bool: ...
+    def layers(self, model: "nn.Module") -> Sequence["nn.Module"]: ...
+    def width(self, model: "nn.Module", layer: int) -> int: ...
+    def gate_up(self, model: "nn.Module", layer: int) -> tuple["torch.Tensor", "torch.Tensor"]: ...
+    def down(self, model: "nn.Module", layer: int) -> "torch.Tensor": ...
+    def site(self, model: "nn.Module", layer: int, role: str) -> SiteTarget: ...
+    def keep(self, model: "nn.Module", layer: int, indices: "torch.Tensor") -> None: ...
+    def set_widths(self, model: "nn.Module", widths: Sequence[int]) -> None: ...
+
+
+@dataclass
+class MLPWeights:
+    """One layer's GLU weights, as views: gate/up ``[width, hidden]``, down ``[hidden, width]``."""
+
+    layer: int
+    gate: "torch.Tensor"
+    up: "torch.Tensor"
+    down: "torch.Tensor"
+
+
+@runtime_checkable
+class ImportanceMetric(Protocol):
+    """Scores how much the model needs each neuron of one layer (higher = more needed).
+
+    Contract: ``score(weights, stats) -> Tensor[width]`` float, finite.
+    ``stats`` is ``None`` unless ``needs_activations`` is true, in which case it
+    maps ``"mean_abs"`` (and ``"mean"``) to ``Tensor[width]`` of the neuron's
+    activation over calibration prompts.
+    """
+
+    name: str
+    description: str
+    needs_activations: bool
+
+    def score(self, weights: MLPWeights, stats: Mapping[str, "torch.Tensor"] | None) -> "torch.Tensor": ...
+
+
+@runtime_checkable
+class BiasMetric(Protocol):
+    """Turns pooled activations of prompt groups into one bias score per neuron.
+
+    Contract: ``score(pooled, magnitude) -> Tensor[width]`` where ``pooled`` is
+    ``[n_groups, n_members, width]`` (member j of every group carries the same
+    attribute group) and ``magnitude`` is ``Tensor[width]``, the neuron's mean
+    |activation| over all pooled tokens (for scale-free metrics). Higher = more biased;
+    invariant to permuting groups, and to permuting members for pair metrics.
+    """
+
+    name: str
+    description: str
+
+    def score(self, pooled: "torch.Tensor", magnitude: "torch.Tensor") -> "torch.Tensor": ...
+
+
+@dataclass(frozen=True)
+class PromptGroup:
+    """Prompts that differ only in the attribute span; one per attribute group.
+
+    ``prompts[j]`` fills the template with ``attributes[j]``. ``template_id``
+    identifies the template (splits are by template).
+    """
+
+    axis: str
+    template_id: str
+    attributes: tuple[str, ...]
+    prompts: tuple[str, ...]
+
+
+@runtime_checkable
+class BiasAxis(Protocol):
+    """A demographic axis: attribute groups with surface forms, and templates.
+
+    Contract: ``prompt_groups(split)`` with split in {"analysis", "heldout", "all"}
+    returns ``list[PromptGroup]``; the split is deterministic and by template.
+    """
+
+    name: str
+    description: str
+
+    def prompt_groups(self, split: str = "all") -> list[PromptGroup]: ...
+
+
+@runtime_checkable
+class Site(Protocol):
+    """An activation site (``collector_kind = "site"``); ``role`` is passed to the adapter.
+
+    ``fixed_width`` is true when the site has the hidden size (comparable before and
+    after pruning), false when it has the MLP width.
+    """
+
+    name: str
+    description: str
+    collector_kind: str
+    role: str
+    fixed_width: bool
+
+
+@runtime_checkable
+class Pooling(Protocol):
+    """Chooses the token positions averaged into one vector per prompt (``collector_kind = "pooling"``).
+
+    Contract: ``weights(mask, content_pos, diverge_at) -> Tensor[B, T]`` float,
+    rows summing to 1, zero on padding. ``mask`` is ``Bool[B, T]`` (real tokens),
+    ``content_pos`` ``Long[B, T]`` the index of each token among the prompt's real
+    tokens (independent of padding side), ``diverge_at`` ``Long[B]`` the content
+    index of the first token where the prompt differs from its group's other members.
+    """
+
+    name: str
+    description: str
+    collector_kind: str
+
+    def weights(self, mask: "torch.Tensor", content_pos: "torch.Tensor", diverge_at: "torch.Tensor") -> "torch.Tensor": ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Blends one layer's bias and importance into prunability (higher = remove first).
+
+    Contract: ``score(bias, importance, bias_weight) -> Tensor[width]``, finite.
+    """
+
+    name: str
+    description: str
+
+    def score(self, bias: "torch.Tensor", importance: "torch.Tensor", bias_weight: float) -> "torch.Tensor": ...
+
+
+@dataclass
+class PruneResult:
+    """What a pruner did: parameter counts, widths, and the removed neurons per layer."""
+
+    params_before: int
+    params_after: int
+    widths_before: list[int]
+    widths_after: list[int]
+    removed: dict[int, list[int]] = field(default_factory=dict)
+
+    @property
+    def params_removed(self) -> int:
+        return self.params_before - self.params_after
+
+    @property
+    def fraction_removed(self) -> float:
+        return self.params_removed / self.params_before if self.params_before else 0.0
+
+
+@runtime_checkable
+class Pruner(Protocol):
+    """Applies a plan ``{layer: [neuron indices]}`` to a model, in place.
+
+    Contract: ``apply(model, adapter, plan, calibration) -> PruneResult``. The plan
+    has been validated by the core. ``calibration`` is ``None`` or maps layer to
+    ``Tensor[width]`` mean activation ``E[h_i]`` (for compensating pruners, which set
+    ``needs_calibration = True``).
+    """
+
+    name: str
+    description: str
+    needs_calibration: bool
+
+    def apply(self, model: "nn.Module", adapter: ArchitectureAdapter, plan: Mapping[int, Sequence[int]],
+              calibration: Mapping[int, "torch.Tensor"] | None) -> PruneResult: ...
+
+
+@runtime_checkable
+class ModelSource(Protocol):
+    """Turns a model spec (a name, a path, a hub id) into ``(model, tokenizer)``.
+
+    Contract: ``matches(spec) -> bool`` is cheap (no loading); ``load(spec) ->
+    (model, tokenizer_or_None)`` returns a float32 model in eval mode. Sources
+    with a ``priority`` are tried highest first.
+    """
+
+    name: str
+    description: str
+    priority: int
+
+    def matches(self, spec: str) -> bool: ...
+    def load(self, spec: str) -> tuple[Any, Any]: ...
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """Compares a base and a pruned model.
+
+    Contract: ``evaluate(context) -> EvalResult`` where context is
+    ``core.evaluation.EvalContext``. Metrics are plain floats (JSON-serialisable).
+    """
+
+    name: str
+    description: str
+
+    def evaluate(self, context: Any) -> Any: ...

@@ -1,0 +1,5 @@
+"""Built-in scorers plugins."""
+
+from __future__ import annotations
+
+from ..core.hookspecs import hookimpl  # noqa: F401
