@@ -1,0 +1,233 @@
+"""The configuration of a run, as strict pydantic models loadable from YAML, TOML or JSON.
+
+Every plugin is chosen by name as a component ``{name, params}`` (a bare string
+is shorthand for ``{name: ...}``). Unknown keys and wrong types are errors that
+name the field by its dotted path (``scoring.bias_weight``); plugin ``params``
+are validated against the plugin's own ``Params`` model by ``resolve_component``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+
+class Strict(BaseModel):
+    """Base of every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Component(Strict):
+    """A plugin chosen by name, with its options."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class ModelSection(Strict):
+    source: str = Field(description="model source name, local directory, .gguf path or Hugging Face id")
+    adapter: str | None = Field(default=None, description="architecture adapter name; None picks one from the model")
+
+
+class BiasSection(Strict):
+    axes: list[str] = Field(default_factory=lambda: ["race"], description="bias axes by name or path to an axis file")
+    prompts: str | None = Field(default=None, description="a file of your own prompt pairs/groups (YAML, JSONL, CSV)")
+    site: str = "neuron"
+    pooling: str = "suffix"
+    metric: Component = Field(default_factory=lambda: Component(name="relative_mean_abs_diff"))
+    batch_size: int = Field(default=16, ge=1)
+
+
+class Budget(Strict):
+    """How much to remove: exactly one of a parameter fraction, a neuron count, or a per-layer percentage."""
+
+    param_fraction: float | None = Field(default=None, gt=0, lt=1, description="fraction of all model parameters")
+    neurons: int | None = Field(default=None, ge=1, description="number of neurons in total")
+    layer_percent: float | None = Field(default=None, gt=0, lt=100, description="percent of each selected layer's width")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Budget":
+        given = [k for k in ("param_fraction", "neurons", "layer_percent") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of param_fraction, neurons, layer_percent"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+    def describe(self) -> str:
+        if self.param_fraction is not None:
+            return f"{self.param_fraction:.4%} of parameters"
+        if self.neurons is not None:
+            return f"{self.neurons} neurons"
+        return f"{self.layer_percent}% of each layer's width"
+
+
+class ScoringSection(Strict):
+    scorer: Component = Field(default_factory=lambda: Component(name="linear"))
+    importance: Component = Field(default_factory=lambda: Component(name="max_abs_weight"))
+    bias_weight: float = Field(default=0.8, ge=0.0, le=1.0, description="w in w*bias + (1-w)*(1-importance)")
+
+
+class PruningSection(Strict):
+    pruner: Component = Field(default_factory=lambda: Component(name="structural"))
+    budget: Budget = Field(default_factory=lambda: Budget(param_fraction=0.002))
+    selection: Literal["global", "per_layer"] = "global"
+    layers: list[int] | None = Field(default=None, description="only these layers may lose neurons")
+    min_width: int = Field(default=1, ge=1)
+    round_to: int | None = Field(default=None, ge=1, description="round each pruned layer's width to a multiple")
+    guard_magnitude_ratio: float | None = Field(
+        default=10.0, gt=0,
+        description="never remove neurons whose mean |activation| exceeds this multiple of their layer's median")
+
+
+class EvaluationSection(Strict):
+    evaluators: list[Component] = Field(default_factory=lambda: [
+        Component(name=n) for n in ("activation_bias", "output_bias", "capability", "generations", "parameters")])
+    axes: list[str] | None = Field(default=None, description="held-out axes; defaults to bias.axes")
+    batch_size: int = Field(default=16, ge=1)
+
+
+class OutputSection(Strict):
+    dir: str = "runs/fairprune"
+    save_model: bool = True
+    overwrite: bool = False
+
+
+class SweepSection(Strict):
+    bias_weights: list[float] = Field(default_factory=lambda: [0.5, 0.8, 1.0])
+    budgets: list[Budget] = Field(default_factory=lambda: [Budget(param_fraction=f) for f in (0.001, 0.0025, 0.005)])
+    max_perplexity_increase: float | None = Field(default=None, description="percent; pick best point under it")
+
+    @field_validator("bias_weights")
+    @classmethod
+    def _weights_in_range(cls, value: list[float]) -> list[float]:
+        bad = [w for w in value if not 0.0 <= w <= 1.0]
+        if bad:
+            raise ValueError(f"bias weights must lie in [0, 1], got {bad}")
+        return value
+
+
+class RunConfig(Strict):
+    """A whole fairness-pruning run: load, analyze, score, plan, prune, evaluate, save, report."""
+
+    model: ModelSection
+    bias: BiasSection = Field(default_factory=BiasSection)
+    scoring: ScoringSection = Field(default_factory=ScoringSection)
+    pruning: PruningSection = Field(default_factory=PruningSection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+    sweep: SweepSection = Field(default_factory=SweepSection)
+    seed: int = 0
+
+    def config_hash(self) -> str:
+        """sha256 of the canonical JSON of this config; identical configs hash alike."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc if not (isinstance(part, str) and part.startswith("function-")))
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """One line per problem: the dotted field path and why."""
+    lines = []
+    for err in exc.errors():
+        path = ".".join(p for p in (prefix, _field_path(err["loc"])) if p)
+        lines.append(f"{path or '(config)'}: {err['msg']}" + (f" (got {err['input']!r})" if err["type"] != "missing"
+                                                           and not isinstance(err["input"], dict) else ""))
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def validate_config(data: dict[str, Any]) -> RunConfig:
+    """A ``RunConfig`` from a plain dict; ``ConfigError`` naming each bad field."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read YAML, TOML or JSON (by extension) into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        elif suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"{path}: unknown config format {suffix!r}; use .yaml, .toml or .json")
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{path}: cannot parse: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides; values are parsed as YAML (numbers, lists, booleans)."""
+    import yaml
+
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. scoring.bias_weight=0.6")
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if isinstance(child, str):  # a component given as a bare name
+                child = node[part] = {"name": child}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return data
+
+
+def load_config(source: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | None = None) -> RunConfig:
+    """A validated ``RunConfig`` from a path, a dict or a ``RunConfig``, with ``--set`` style overrides."""
+    if isinstance(source, RunConfig):
+        data = source.model_dump(mode="json")
+    elif isinstance(source, dict):
+        data = json.loads(json.dumps(source))
+    else:
+        data = read_config_file(source)
+    if overrides:  # apply onto the defaults-filled config, so `scoring.scorer.params.x=1` finds its section
+        data = apply_overrides(validate_config(data).model_dump(mode="json"), overrides)
+    return validate_config(data)
+
+
+def resolve_component(registry: Any, kind: str, component: Component, path: str) -> Any:
+    """The configured plugin for a component; errors name the config path of the bad field."""
+    from .errors import UnknownPluginError
+
+    try:
+        return registry.create(kind, component.name, component.params)
+    except UnknownPluginError as exc:
+        raise ConfigError(f"{path}.name: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, prefix=f"{path}.params")) from None

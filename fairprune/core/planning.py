@@ -1,0 +1,279 @@
+"""Turn bias scores and importance into a pruning plan: which neurons of which layers to remove.
+
+Prunability comes from a scorer plugin per layer; a budget says how many neurons
+go; selection is global (one ranking across layers; scores are normalised per
+layer) or per layer. Massive-activation neurons can be guarded, widths can be
+rounded to hardware-friendly multiples, and the plan records why each neuron
+was chosen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Budget
+from .errors import ConfigError, PlanError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Budget", "Plan", "plan_pruning", "neuron_cost", "allocate_budget"]
+
+
+@dataclass
+class Plan:
+    """Neurons to remove per layer, with the evidence for each choice.
+
+    ``removed`` maps layer -> sorted neuron indices; ``records`` holds one row per
+    removed neuron (layer, neuron, bias, importance, score); ``settings`` says how
+    the plan was made.
+    """
+
+    removed: dict[int, list[int]]
+    records: list[dict[str, float]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    widths_before: list[int] = field(default_factory=list)
+    params_total: int = 0
+    params_to_remove: int = 0
+
+    def to_mapping(self) -> dict[int, list[int]]:
+        """The plain ``{layer: [indices]}`` that ``fp.prune`` applies."""
+        return {layer: list(idx) for layer, idx in self.removed.items() if idx}
+
+    @property
+    def n_neurons(self) -> int:
+        return sum(len(v) for v in self.removed.values())
+
+    @property
+    def fraction_to_remove(self) -> float:
+        return self.params_to_remove / self.params_total if self.params_total else 0.0
+
+    def widths_after(self) -> list[int]:
+        return [w - len(self.removed.get(i, ())) for i, w in enumerate(self.widths_before)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "removed": {str(k): v for k, v in sorted(self.removed.items())},
+            "n_neurons": self.n_neurons,
+            "params_total": self.params_total,
+            "params_to_remove": self.params_to_remove,
+            "fraction_to_remove": self.fraction_to_remove,
+            "widths_before": self.widths_before,
+            "widths_after": self.widths_after(),
+            "settings": self.settings,
+            "records": self.records,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Plan":
+        return cls(removed={int(k): [int(i) for i in v] for k, v in data["removed"].items()},
+                   records=list(data.get("records", [])), settings=dict(data.get("settings", {})),
+                   widths_before=list(data.get("widths_before", [])), params_total=int(data.get("params_total", 0)),
+                   params_to_remove=int(data.get("params_to_remove", 0)))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def neuron_cost(model: torch.nn.Module, adapter: Any, layer: int) -> int:
+    """Parameters removed with one neuron of ``layer``: its gate row, up row, down column and biases."""
+    gate, up = adapter.gate_up(model, layer)
+    down = adapter.down(model, layer)
+    cost = gate.shape[1] + up.shape[1] + down.shape[0]
+    mlp_site = adapter.site(model, layer, "gate").module
+    if getattr(mlp_site, "bias", None) is not None:
+        cost += 2  # one gate bias and one up bias entry
+    return int(cost)
+
+
+def allocate_budget(budget: Budget, widths: Mapping[int, int], costs: Mapping[int, int],
+                    total_params: int) -> tuple[int | None, dict[int, int] | None]:
+    """Translate a budget into a global neuron count, or per-layer counts for ``layer_percent``."""
+    if budget.layer_percent is not None:
+        return None, {layer: int(math.floor(w * budget.layer_percent / 100.0)) for layer, w in widths.items()}
+    if budget.neurons is not None:
+        return budget.neurons, None
+    mean_cost = sum(costs.values()) / max(len(costs), 1)
+    return int(math.floor(budget.param_fraction * total_params / mean_cost)), None
+
+
+def _split_proportionally(total: int, widths: Mapping[int, int]) -> dict[int, int]:
+    """Distribute ``total`` neurons over layers in proportion to width (largest remainder)."""
+    all_width = sum(widths.values())
+    exact = {layer: total * w / all_width for layer, w in widths.items()}
+    counts = {layer: int(math.floor(x)) for layer, x in exact.items()}
+    leftover = total - sum(counts.values())
+    for layer in sorted(exact, key=lambda k: (-(exact[k] - counts[k]), k))[:leftover]:
+        counts[layer] += 1
+    return counts
+
+
+def _round_width(width: int, removed: int, multiple: int, min_width: int) -> int:
+    """How many neurons to remove so the remaining width is the nearest multiple (never below min_width)."""
+    target = int(round((width - removed) / multiple)) * multiple
+    floor = int(math.ceil(min_width / multiple)) * multiple
+    target = min(max(target, floor), width)
+    return width - target
+
+
+def plan_pruning(model: torch.nn.Module, bias: Any, *, importance: str | Mapping[int, torch.Tensor] = "max_abs_weight",
+                 importance_params: dict[str, Any] | None = None, scorer: str = "linear",
+                 scorer_params: dict[str, Any] | None = None, bias_weight: float = 0.8,
+                 budget: Budget | Mapping[str, Any] | None = None, selection: str = "global",
+                 layers: Sequence[int] | None = None, min_width: int = 1, round_to: int | None = None,
+                 guard_magnitude_ratio: float | None = 10.0, adapter: Any = None, registry: Any = None) -> Plan:
+    """Choose the neurons to remove from ``model`` given a ``BiasReport`` (or ``{layer: scores}``).
+
+    ``importance`` is a metric name or precomputed ``{layer: Tensor[width]}``;
+    ``guard_magnitude_ratio`` protects neurons whose mean |activation| exceeds that
+    multiple of their layer's median (needs ``bias.magnitude`` from the neuron site).
+    """
+    from .registry import get_registry
+    from .surgery import count_parameters, importance as compute_importance, resolve_adapter
+
+    registry = registry or get_registry()
+    adapter = adapter or resolve_adapter(model, registry=registry)
+    budget = budget if isinstance(budget, Budget) else Budget(**(budget or {"param_fraction": 0.002}))
+    if not 0.0 <= bias_weight <= 1.0:
+        raise ConfigError(f"bias_weight must lie in [0, 1], got {bias_weight}")
+    if selection not in ("global", "per_layer"):
+        raise ConfigError(f"selection must be 'global' or 'per_layer', got {selection!r}")
+    bias_scores: Mapping[int, torch.Tensor] = getattr(bias, "scores", bias)
+    n_layers = len(adapter.layers(model))
+    layers = sorted(set(layers)) if layers is not None else sorted(bias_scores)
+    bad = [layer for layer in layers if not 0 <= layer < n_layers or layer not in bias_scores]
+    if bad:
+        raise PlanError(f"layers {bad} are out of range (0..{n_layers - 1}) or have no bias scores")
+
+    imp = _importance(model, importance, importance_params, bias, adapter, registry, compute_importance)
+    scorer_obj = registry.create("scorers", scorer, scorer_params)
+    widths = {layer: adapter.width(model, layer) for layer in layers}
+    costs = {layer: neuron_cost(model, adapter, layer) for layer in layers}
+    total_params = count_parameters(model)
+
+    scores: dict[int, torch.Tensor] = {}
+    for layer in layers:
+        b, i = bias_scores[layer].float().cpu(), imp[layer].float().cpu()
+        if b.shape != (widths[layer],) or i.shape != (widths[layer],):
+            raise PlanError(f"layer {layer}: bias {tuple(b.shape)} / importance {tuple(i.shape)} do not match "
+                            f"the layer width {widths[layer]} (was the model already pruned?)")
+        s = scorer_obj.score(b, i, bias_weight).float()
+        if s.shape != b.shape or not torch.isfinite(s).all():
+            raise PlanError(f"scorer {scorer!r} returned a bad score for layer {layer} (shape or non-finite values)")
+        scores[layer] = s
+
+    guarded = _guarded(bias, layers, guard_magnitude_ratio)
+    total, per_layer = allocate_budget(budget, widths, costs, total_params)
+    if per_layer is None and selection == "per_layer":
+        per_layer = _split_proportionally(total, widths)
+    caps = {layer: widths[layer] - min_width for layer in layers}
+    removed = _select(scores, guarded, caps, total, per_layer)
+    if round_to:
+        removed = _apply_rounding(removed, scores, guarded, widths, round_to, min_width)
+
+    records = [{"layer": layer, "neuron": n, "bias": float(bias_scores[layer][n]), "importance": float(imp[layer][n]),
+                "score": float(scores[layer][n])} for layer in sorted(removed) for n in removed[layer]]
+    widths_before = [adapter.width(model, layer) for layer in range(n_layers)]
+    settings = {"importance": importance if isinstance(importance, str) else "precomputed",
+                "importance_params": importance_params or {}, "scorer": scorer, "scorer_params": scorer_params or {},
+                "bias_weight": bias_weight, "budget": budget.model_dump(exclude_none=True), "selection": selection,
+                "layers": layers, "min_width": min_width, "round_to": round_to,
+                "guard_magnitude_ratio": guard_magnitude_ratio, "guarded_neurons": int(sum(g.sum() for g in guarded.values())),
+                "adapter": adapter.name}
+    plan = Plan(removed={k: v for k, v in removed.items() if v}, records=records, settings=settings,
+                widths_before=widths_before, params_total=total_params,
+                params_to_remove=sum(costs[layer] * len(v) for layer, v in removed.items()))
+    logger.info("plan: %d neurons in %d layers, %.4f%% of parameters", plan.n_neurons, len(plan.removed),
+                100 * plan.fraction_to_remove)
+    return plan
+
+
+def _importance(model, importance, params, bias, adapter, registry, compute) -> Mapping[int, torch.Tensor]:
+    if not isinstance(importance, str):
+        return importance
+    metric = registry.get("importance_metrics", importance)
+    stats = None
+    if getattr(metric, "needs_activations", False):
+        settings = getattr(bias, "settings", {})
+        if settings.get("site") != "neuron" or not getattr(bias, "magnitude", None):
+            raise ConfigError(f"importance metric {importance!r} needs neuron activations: analyze bias with "
+                              "site='neuron' so the report carries them")
+        stats = {layer: {"mean_abs": bias.magnitude[layer], "mean": bias.mean[layer]} for layer in bias.magnitude}
+    return compute(model, importance, adapter=adapter, stats=stats, registry=registry, params=params)
+
+
+def _guarded(bias: Any, layers: Sequence[int], ratio: float | None) -> dict[int, torch.Tensor]:
+    """Neurons never to remove: mean |activation| above ``ratio`` x the layer median."""
+    magnitude = getattr(bias, "magnitude", None) or {}
+    site = getattr(bias, "settings", {}).get("site", "neuron")
+    guarded = {}
+    for layer in layers:
+        mag = magnitude.get(layer)
+        if ratio is None or mag is None or site != "neuron":
+            guarded[layer] = torch.zeros(0, dtype=torch.bool)
+            continue
+        mag = mag.float().cpu()
+        guarded[layer] = mag > ratio * mag.median()
+    return guarded
+
+
+def _masked(score: torch.Tensor, guard: torch.Tensor) -> torch.Tensor:
+    if guard.numel():
+        score = score.masked_fill(guard, float("-inf"))
+    return score
+
+
+def _select(scores: Mapping[int, torch.Tensor], guarded: Mapping[int, torch.Tensor], caps: Mapping[int, int],
+            total: int | None, per_layer: Mapping[int, int] | None) -> dict[int, list[int]]:
+    """Top-scored neurons: per layer (``per_layer`` counts) or one global ranking up to ``total``."""
+    removed: dict[int, list[int]] = {layer: [] for layer in scores}
+    if per_layer is not None:
+        for layer, s in scores.items():
+            s = _masked(s, guarded[layer])
+            k = min(per_layer.get(layer, 0), caps[layer], int(torch.isfinite(s).sum()))
+            removed[layer] = sorted(torch.argsort(-s, stable=True)[:k].tolist())
+        return removed
+    entries = []
+    for layer, s in scores.items():
+        s = _masked(s, guarded[layer])
+        entries.extend((float(v), layer, n) for n, v in enumerate(s.tolist()) if math.isfinite(v))
+    entries.sort(key=lambda e: (-e[0], e[1], e[2]))
+    taken = 0
+    for _, layer, n in entries:
+        if taken >= total:
+            break
+        if len(removed[layer]) < caps[layer]:
+            removed[layer].append(n)
+            taken += 1
+    if taken < total:
+        logger.warning("budget asked for %d neurons but only %d could be removed (min_width / guard)", total, taken)
+    return {layer: sorted(v) for layer, v in removed.items()}
+
+
+def _apply_rounding(removed: dict[int, list[int]], scores: Mapping[int, torch.Tensor],
+                    guarded: Mapping[int, torch.Tensor], widths: Mapping[int, int], multiple: int,
+                    min_width: int) -> dict[int, list[int]]:
+    """Round each touched layer's remaining width to the nearest multiple, re-choosing its top neurons."""
+    rounded = {}
+    for layer, chosen in removed.items():
+        if not chosen:
+            rounded[layer] = []
+            continue
+        k = _round_width(widths[layer], len(chosen), multiple, min_width)
+        s = _masked(scores[layer], guarded[layer])
+        k = min(k, int(torch.isfinite(s).sum()))
+        rounded[layer] = sorted(torch.argsort(-s, stable=True)[:k].tolist())
+    return rounded
