@@ -1,0 +1,12 @@
+"""Helpers for testing fairprune and its plugins: tiny models of every architecture, a tiny tokenizer.
+
+``pytest_plugins = ["fairprune.testing.fixtures"]`` gives the fixtures ``tiny_llama``,
+``tiny_qwen2``, ``tiny_gemma`` and ``tiny_tok``.
+"""
+
+from __future__ import annotations
+
+from .models import TINY_ARCHITECTURES, VOCAB_SIZE, tiny_model
+from .tokenizer import tiny_tokenizer
+
+__all__ = ["TINY_ARCHITECTURES", "VOCAB_SIZE", "tiny_model", "tiny_tokenizer"]

@@ -1,0 +1,39 @@
+"""A tiny word-level tokenizer built in code, for offline tests of prompt handling.
+
+Its vocabulary fits the tiny models (``VOCAB_SIZE`` = 128 ids): special tokens,
+common English words and a few demographic words; anything else maps to
+``<unk>``. It is a real ``PreTrainedTokenizerFast`` (padding side, pad token,
+attention masks and ``decode`` all behave as with a hub tokenizer).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<s>", "</s>", "<unk>")
+
+WORDS: tuple[str, ...] = tuple("""
+the a an is was are were be been has have had do does did not no yes and or but if then so
+of to in on at by for with from as that this these those it its he she they we you i his her
+their our my your man woman person people men women boy girl child family friend doctor nurse
+teacher engineer worker student black white asian hispanic latino arab jewish muslim christian
+young old rich poor good bad kind smart strong quiet loud new known very often always never
+works lives went said says walked into room city town job home school because who what why
+""".split())
+
+VOCAB: dict[str, int] = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + tuple(dict.fromkeys(WORDS)) + (".", ",", "?", "!"))}
+
+
+def tiny_tokenizer(padding_side: str = "right", **kwargs: Any) -> Any:
+    """A word-level ``PreTrainedTokenizerFast`` with pad/bos/eos/unk set; ids < 128."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(WordLevel(vocab=dict(VOCAB), unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        padding_side=padding_side, **kwargs)
