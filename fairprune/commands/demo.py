@@ -1,0 +1,27 @@
+"""``fairprune demo``: the bundled SmolLM2-135M example run, with its summary."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "data" / "configs" / "fair-smollm2.yaml"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("demo", help="fairness-prune the bundled SmolLM2-135M on the race axis",
+                            description=f"Run {DEMO_CONFIG.name} (also at examples/fair-smollm2.yaml).")
+    parser.add_argument("--out", default=None, help="output directory (default: the config's output.dir)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..core.pipeline import run
+    from ..core.report import summary_text
+
+    overrides = list(args.overrides) + ([f"output.dir={args.out}"] if args.out else [])
+    result = run(DEMO_CONFIG, overrides, progress=not args.quiet)
+    print(summary_text(result.metrics, result.output_dir))
+    return 0

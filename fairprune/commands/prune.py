@@ -1,0 +1,31 @@
+"""``fairprune prune``: apply a saved plan to a model and save the pruned model."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("prune", help="apply a plan.json to a model and save it",
+                            description="Remove the neurons listed in a plan (plan.json of a run) and save the model.")
+    parser.add_argument("--model", required=True, help="model source name, directory, .gguf path or HF id")
+    parser.add_argument("--plan", required=True, help="plan.json written by `fairprune run` or plan.save()")
+    parser.add_argument("--out", required=True, help="directory for the pruned model")
+    parser.add_argument("--pruner", default="structural", help="pruner plugin (default: structural)")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..core.persist import save_pretrained
+    from ..core.planning import Plan
+    from ..core.sources import load_model
+    from ..core.surgery import prune
+
+    model, tokenizer = load_model(args.model)
+    plan = Plan.load(args.plan)
+    result = prune(model, plan, pruner=args.pruner)
+    save_pretrained(model, tokenizer, args.out, plan=plan, base_model=getattr(model.config, "fairprune_base_model",
+                                                                                None) or args.model)
+    print(f"removed {sum(len(v) for v in result.removed.values())} neurons, {result.params_removed:,} parameters "
+          f"({100 * result.fraction_removed:.3f}%); saved to {args.out}")
+    return 0

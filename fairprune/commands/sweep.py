@@ -1,0 +1,28 @@
+"""``fairprune sweep CONFIG``: a grid over bias_weight and budget, the Pareto front, and the best point."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import add_config_arguments, parse_percent
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("sweep", help="grid over bias_weight x budget; Pareto front of bias vs capability",
+                            description="Share one bias analysis across a grid (config section `sweep`).")
+    add_config_arguments(parser)
+    parser.add_argument("--max-perplexity-increase", type=parse_percent, default=None, metavar="PCT",
+                        help="save the point with the largest bias reduction whose perplexity rises at most PCT")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..core.sweep import sweep
+
+    result = sweep(args.config, args.overrides, max_perplexity_increase=args.max_perplexity_increase,
+                   progress=not args.quiet)
+    print((result.output_dir / "sweep.md").read_text())
+    if result.chosen is None and args.max_perplexity_increase is not None:
+        print(f"no point within {args.max_perplexity_increase}% perplexity increase; no model saved")
+        return 1
+    return 0
