@@ -1,0 +1,111 @@
+"""The ``activation_bias`` evaluator: how far apart the hidden states of group members are, base vs pruned.
+
+Measured on fixed-width sites (the residual stream after each layer, and each
+MLP's output), which have the hidden size before and after pruning. For a group,
+a layer and a site: the mean over member pairs of mean_d |a_d − b_d|, where a
+and b are the members' pooled activations (``pooling``, default ``mean`` over all
+tokens, as in FINDINGS.md's "mean-pooled residual stream"). **Overall** for a
+site is the mean over layers of that per-layer figure, then the mean over
+groups; CIs resample held-out groups, paired between base and pruned.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import TYPE_CHECKING
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...core.errors import ConfigError
+from ...core.evaluation import EvalContext, EvalResult, add_paired, bootstrap_ci, fmt_ci, reduction_pct
+from ...core.plugin import Plugin
+
+if TYPE_CHECKING:
+    import torch
+
+
+class ActivationBiasParams(BaseModel):
+    """Options of the activation-bias evaluator."""
+
+    model_config = ConfigDict(extra="forbid")
+    sites: list[str] = Field(["residual", "mlp_out"], description="fixed-width activation sites")
+    pooling: str = Field("mean", description="token pooling (a registered pooling: mean, suffix, last, ...)")
+    n_boot: int = Field(1000, ge=10, description="bootstrap resamples")
+
+
+def pairwise_distance(pooled: "torch.Tensor") -> np.ndarray:
+    """Per group: mean over member pairs of mean |a − b| over the hidden dimension.
+
+    ``pooled`` is ``[n_groups, n_members, width]``; returns ``[n_groups]``.
+    """
+    import torch
+
+    n_members = pooled.shape[1]
+    pairs = list(combinations(range(n_members), 2))
+    if not pairs:
+        raise ConfigError("activation_bias needs groups of at least 2 members")
+    x = pooled.double()
+    dist = torch.stack([(x[:, i] - x[:, j]).abs().mean(-1) for i, j in pairs], 1)
+    return dist.mean(1).cpu().numpy()
+
+
+class ActivationBiasEvaluator(Plugin):
+    """Hidden-state differences between group members on held-out prompts, per layer and overall."""
+
+    name = "activation_bias"
+    description = "mean |a-b| between group members on residual and mlp_out sites, per layer, base vs pruned"
+    Params = ActivationBiasParams
+
+    def evaluate(self, context: EvalContext) -> EvalResult:
+        if not context.groups:
+            raise ConfigError("activation_bias needs held-out prompt groups (pass axes=[...] or groups=[...])")
+        sizes = {len(g.prompts) for g in context.groups}
+        if len(sizes) != 1:
+            raise ConfigError(f"activation_bias: held-out groups have different member counts {sorted(sizes)}; "
+                              "evaluate one axis at a time")
+        result = EvalResult(self.name)
+        rows: list[dict] = []
+        for site in self.params.sites:
+            base, pruned = (self._distances(context, model, adapter, site, label)
+                            for label, model, adapter in context.models())
+            if base.shape != pruned.shape:
+                raise ConfigError(f"activation_bias: site {site!r} has {base.shape[1]} layers in the base model "
+                                  f"and {pruned.shape[1]} in the pruned one")
+            add_paired(result, site, base.mean(1), pruned.mean(1), context.seed, self.params.n_boot)
+            rows.extend(self._layer_rows(site, base, pruned, context.seed))
+        result.add("n_groups", float(len(context.groups)))
+        result.tables["layers"] = rows
+        result.summary = _summary(result, self.params.sites, self.params.pooling, len(context.groups))
+        return result
+
+    def _distances(self, context: EvalContext, model, adapter, site: str, label: str) -> np.ndarray:
+        """``[n_groups, n_layers]`` member distances at ``site``."""
+        from ...core.collect import collect_pooled
+
+        pooled = collect_pooled(model, context.tokenizer, context.groups, site=site, pooling=self.params.pooling,
+                                adapter=adapter, batch_size=context.batch_size, progress=context.progress,
+                                registry=context.registry).pooled
+        layers = sorted(pooled)
+        return np.stack([pairwise_distance(pooled[layer]) for layer in layers], 1)
+
+    def _layer_rows(self, site: str, base: np.ndarray, pruned: np.ndarray, seed: int) -> list[dict]:
+        rows = []
+        stat = (lambda a: reduction_pct(a[:, 0].mean(), a[:, 1].mean()))
+        for layer in range(base.shape[1]):
+            pairs = np.stack([base[:, layer], pruned[:, layer]], 1)
+            lo, hi = bootstrap_ci(pairs, stat, n_boot=self.params.n_boot, seed=seed)
+            rows.append({"site": site, "layer": layer, "base": float(pairs[:, 0].mean()),
+                         "pruned": float(pairs[:, 1].mean()), "reduction_pct": stat(pairs),
+                         "reduction_pct_ci": [lo, hi]})
+        return rows
+
+
+def _summary(result: EvalResult, sites: list[str], pooling: str, n_groups: int) -> str:
+    lines = [f"Activation difference between group members ({pooling}-pooled, mean |a−b| over hidden units, "
+             f"mean over member pairs and layers) on {n_groups} held-out groups; 95% bootstrap CI over groups.",
+             "", "| site | base | pruned | reduction % |", "|---|---|---|---|"]
+    for site in sites:
+        lines.append(f"| {site} | {fmt_ci(result, site + '_base')} | {fmt_ci(result, site + '_pruned')} | "
+                     f"{fmt_ci(result, site + '_reduction_pct', 3)} |")
+    return "\n".join(lines)

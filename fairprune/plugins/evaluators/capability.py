@@ -1,0 +1,135 @@
+"""The ``capability`` evaluator: perplexity on general text, cloze accuracy and LAMBADA, base vs pruned.
+
+- text perplexity: exp(total NLL / total scored tokens) over sliding windows of
+  a general English text (bundled, written for this project); CI by resampling windows.
+- cloze and LAMBADA: the last word of each passage is predicted from the rest.
+  Accuracy counts a passage correct when greedy decoding produces every token of
+  ``" " + word`` (as lm-evaluation-harness does); last-word perplexity is
+  exp(mean over passages of the word's summed NLL), i.e. per word, as
+  lm-evaluation-harness reports it. CIs resample passages.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...core.evaluation import EvalContext, EvalResult, bootstrap_ci, change_pct
+from ...core.plugin import Plugin
+
+
+class CapabilityParams(BaseModel):
+    """Options of the capability evaluator."""
+
+    model_config = ConfigDict(extra="forbid")
+    text_path: str | None = Field(None, description="plain-text file for perplexity (default: bundled text)")
+    window: int = Field(256, ge=2, description="tokens per perplexity window")
+    stride: int = Field(256, ge=1, description="tokens between window starts (<= window)")
+    cloze_path: str | None = Field(None, description="LAMBADA-format JSONL cloze set (default: bundled set)")
+    lambada_path: str | None = Field(None, description="LAMBADA-format JSONL; LAMBADA is skipped when unset")
+    lambada_limit: int | None = Field(400, ge=1, description="first N LAMBADA passages (None = all)")
+    tasks: list[str] = Field(["text", "cloze", "lambada"], description="subset of text, cloze, lambada")
+    max_length: int = Field(1024, ge=8, description="longest sequence fed to the model (left-truncated)")
+    n_boot: int = Field(1000, ge=10, description="bootstrap resamples")
+
+
+class CapabilityEvaluator(Plugin):
+    """Language ability before and after pruning, each figure with a 95% bootstrap CI."""
+
+    name = "capability"
+    description = "perplexity on general text, cloze and LAMBADA last-word accuracy/perplexity, base vs pruned"
+    Params = CapabilityParams
+
+    def evaluate(self, context: EvalContext) -> EvalResult:
+        from .data import read_jsonl_texts, read_text
+        from .lm_scoring import encode, pad_id, window_requests, word_requests
+
+        p = self.params
+        unknown = sorted(set(p.tasks) - {"text", "cloze", "lambada"})
+        if unknown:
+            from ...core.errors import ConfigError
+
+            raise ConfigError(f"capability.tasks: unknown task(s) {', '.join(unknown)}; known: text, cloze, lambada")
+        if p.stride > p.window:
+            from ...core.errors import ConfigError
+
+            raise ConfigError(f"capability.stride ({p.stride}) must not exceed capability.window ({p.window})")
+        tok = context.tokenizer
+        result = EvalResult(self.name)
+        rows: list[dict] = []
+        if "text" in p.tasks:
+            ids = encode(tok, read_text(p.text_path), special=False)
+            self._windows(context, result, window_requests(ids, p.window, p.stride), pad_id(tok), rows)
+        if "cloze" in p.tasks:
+            requests = word_requests(tok, read_jsonl_texts(p.cloze_path, what="cloze_path"))
+            self._words(context, result, "cloze", requests, pad_id(tok), rows)
+        if "lambada" in p.tasks and p.lambada_path:
+            texts = read_jsonl_texts(p.lambada_path, p.lambada_limit, what="lambada_path")
+            self._words(context, result, "lambada", word_requests(tok, texts), pad_id(tok), rows)
+        result.tables["capability"] = rows
+        result.summary = _summary(rows)
+        return result
+
+    def _score(self, context: EvalContext, requests: list, pad: int, desc: str) -> dict[str, list]:
+        from .lm_scoring import score_continuations
+
+        return {label: score_continuations(model, requests, context.batch_size, pad, self.params.max_length,
+                                           context.progress, f"{desc} ({label})")
+                for label, model, _ in context.models()}
+
+    def _windows(self, context: EvalContext, result: EvalResult, requests: list, pad: int, rows: list) -> None:
+        scores = self._score(context, requests, pad, "text perplexity")
+        data = np.array([[b.nll, q.nll, b.n_tokens] for b, q in zip(scores["base"], scores["pruned"])])
+        stats = {
+            "base": lambda a: math.exp(a[:, 0].sum() / a[:, 2].sum()),
+            "pruned": lambda a: math.exp(a[:, 1].sum() / a[:, 2].sum()),
+            "change_pct": lambda a: change_pct(math.exp(a[:, 0].sum() / a[:, 2].sum()),
+                                               math.exp(a[:, 1].sum() / a[:, 2].sum())),
+        }
+        for suffix, stat in stats.items():
+            result.add(f"text_ppl_{suffix}", stat(data), bootstrap_ci(data, stat, self.params.n_boot, context.seed))
+        result.add("text_tokens", float(data[:, 2].sum()))
+        rows.append(_row(result, "text perplexity (per token)", "text_ppl", len(requests)))
+
+    def _words(self, context: EvalContext, result: EvalResult, task: str, requests: list, pad: int,
+               rows: list) -> None:
+        scores = self._score(context, requests, pad, task)
+        data = np.array([[b.nll, q.nll, b.greedy, q.greedy] for b, q in zip(scores["base"], scores["pruned"])],
+                        dtype=np.float64)
+        ppl = {"base": lambda a: math.exp(a[:, 0].mean()), "pruned": lambda a: math.exp(a[:, 1].mean()),
+               "change_pct": lambda a: change_pct(math.exp(a[:, 0].mean()), math.exp(a[:, 1].mean()))}
+        acc = {"base": lambda a: a[:, 2].mean(), "pruned": lambda a: a[:, 3].mean(),
+               "change_pts": lambda a: 100.0 * (a[:, 3].mean() - a[:, 2].mean())}
+        for metric, stats in (("acc", acc), ("ppl", ppl)):
+            for suffix, stat in stats.items():
+                key = f"{task}_{metric}_{suffix}"
+                result.add(key, stat(data), bootstrap_ci(data, stat, self.params.n_boot, context.seed))
+        result.add(f"{task}_n", float(len(requests)))
+        rows.append(_row(result, f"{task} last-word accuracy", f"{task}_acc", len(requests), "change_pts"))
+        rows.append(_row(result, f"{task} last-word perplexity (per word)", f"{task}_ppl", len(requests)))
+
+
+def _row(result: EvalResult, label: str, prefix: str, n: int, change: str = "change_pct") -> dict[str, Any]:
+    row: dict[str, Any] = {"metric": label, "n": n}
+    for suffix in ("base", "pruned", change):
+        key = f"{prefix}_{suffix}"
+        row[suffix] = result.metrics[key]
+        row[f"{suffix}_ci"] = list(result.intervals[key])
+    return row
+
+
+def _summary(rows: list[dict]) -> str:
+    if not rows:
+        return "No capability task was run."
+    lines = ["| capability | n | base | pruned | change |", "|---|---|---|---|---|"]
+    for row in rows:
+        change_key = "change_pts" if "change_pts" in row else "change_pct"
+        unit = " pts" if change_key == "change_pts" else "%"
+        scale = 100.0 if "accuracy" in row["metric"] else 1.0
+        lo, hi = row[f"{change_key}_ci"]
+        lines.append(f"| {row['metric']} | {row['n']} | {scale * row['base']:.4g} | {scale * row['pruned']:.4g} | "
+                     f"{row[change_key]:+.2f}{unit} [{lo:+.2f}, {hi:+.2f}] |")
+    return "\n".join(lines)

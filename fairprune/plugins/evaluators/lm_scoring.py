@@ -1,0 +1,177 @@
+"""Batched language-model scoring shared by the evaluators: next-token distributions and continuation log-probs.
+
+Batches are left-padded with explicit position ids, so every sequence ends at the
+last column and the LM head only runs on the few positions that are scored
+(``logits_to_keep``). Requests are sorted by length to keep padding small.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class ContinuationScore:
+    """Log-likelihood of a continuation: summed NLL (nats), its token count, and whether greedy decoding gets it all."""
+
+    nll: float
+    n_tokens: int
+    greedy: bool
+
+    @property
+    def logprob(self) -> float:
+        return -self.nll
+
+
+def encode(tokenizer, text: str, special: bool = True) -> list[int]:
+    """Token ids of ``text``; ``special`` adds the tokenizer's special tokens (e.g. BOS)."""
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def pad_id(tokenizer) -> int:
+    """A valid token id for padding (masked out anyway): pad, else eos, else 0."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, (list, tuple)) and value:
+            return int(value[0])
+    return 0
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _accepts_logits_to_keep(model: nn.Module) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Indices grouped into batches of similar length (longest first)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+def forward_left_padded(model: nn.Module, sequences: Sequence[Sequence[int]], keep: int, pad: int) -> torch.Tensor:
+    """Logits ``[B, keep, vocab]`` (float32) of the last ``keep`` positions of each left-padded sequence."""
+    device = _device(model)
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq):] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[row, width - len(seq):] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device),
+                use_cache=False, **kwargs)
+    return out.logits[:, -keep:, :].float()
+
+
+@torch.no_grad()
+def last_token_logprobs(model: nn.Module, tokenizer, prompts: Sequence[str], batch_size: int = 16,
+                        progress: bool = False, desc: str = "next-token") -> torch.Tensor:
+    """Log-softmax of the next-token distribution after each prompt: ``[n_prompts, vocab]``."""
+    encoded = [encode(tokenizer, p) for p in prompts]
+    if any(len(e) == 0 for e in encoded):
+        raise ValueError("cannot score an empty prompt")
+    out: list[torch.Tensor | None] = [None] * len(encoded)
+    pad = pad_id(tokenizer)
+    batches = list(length_batches([len(e) for e in encoded], batch_size))
+    for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        logits = forward_left_padded(model, [encoded[i] for i in batch], 1, pad)[:, -1, :]
+        logprobs = torch.log_softmax(logits, dim=-1).cpu()
+        for row, i in enumerate(batch):
+            out[i] = logprobs[row]
+    return torch.stack(out)  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def score_continuations(model: nn.Module, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+                        batch_size: int = 16, pad: int = 0, max_length: int | None = None,
+                        progress: bool = False, desc: str = "scoring") -> list[ContinuationScore]:
+    """NLL of each ``(context_ids, target_ids)`` request's target given its context.
+
+    Sequences longer than ``max_length`` lose tokens from the left of the context.
+    """
+    seqs: list[list[int]] = []
+    for context, target in requests:
+        if not target:
+            raise ValueError("a continuation must have at least one token")
+        seq = list(context) + list(target)
+        if len(seq) < 2 or len(target) >= len(seq):
+            raise ValueError("a continuation needs at least one context token before it")
+        if max_length is not None and len(seq) > max_length:
+            if len(target) >= max_length:
+                raise ValueError(f"a continuation of {len(target)} tokens does not fit max_length={max_length}")
+            seq = seq[-max_length:]
+        seqs.append(seq)
+    results: list[ContinuationScore | None] = [None] * len(seqs)
+    batches = list(length_batches([len(s) for s in seqs], batch_size))
+    for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        keep = max(len(requests[i][1]) for i in batch) + 1
+        logits = forward_left_padded(model, [seqs[i] for i in batch], keep, pad)
+        logprobs = torch.log_softmax(logits, dim=-1)
+        for row, i in enumerate(batch):
+            target = torch.as_tensor(list(requests[i][1]), dtype=torch.long, device=logprobs.device)
+            n = target.numel()
+            lp = logprobs[row, keep - 1 - n:keep - 1, :]
+            nll = -lp.gather(1, target[:, None]).sum().item()
+            greedy = bool((lp.argmax(-1) == target).all().item())
+            results[i] = ContinuationScore(nll=float(nll), n_tokens=int(n), greedy=greedy)
+    return results  # type: ignore[return-value]
+
+
+def word_requests(tokenizer, texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+    """LAMBADA-style requests: context = text up to the last space, target = ``" " + last word``."""
+    requests = []
+    for text in texts:
+        context, sep, word = text.rstrip().rpartition(" ")
+        if not sep or not word:
+            raise ValueError(f"text has no last word after a space: {text[:60]!r}")
+        requests.append((encode(tokenizer, context), encode(tokenizer, " " + word, special=False)))
+    return requests
+
+
+def window_requests(ids: Sequence[int], window: int, stride: int) -> list[tuple[list[int], list[int]]]:
+    """Sliding windows over a token stream; each token after the first is scored exactly once.
+
+    Window k covers ``ids[k*stride : k*stride + window]`` and scores the tokens not
+    scored by earlier windows, with everything before them in the window as context.
+    """
+    if window < 2 or not 0 < stride <= window:
+        raise ValueError(f"need window >= 2 and 0 < stride <= window, got window={window}, stride={stride}")
+    requests = []
+    scored_until = 1  # token 0 has no context
+    begin = 0
+    while scored_until < len(ids):
+        end = min(begin + window, len(ids))
+        start = max(scored_until, begin + 1)
+        if end > start:
+            requests.append((list(ids[begin:start]), list(ids[start:end])))
+            scored_until = end
+        begin += stride
+    return requests
+
+
+def perplexity(scores: Sequence[ContinuationScore], per: str = "token") -> float:
+    """exp(mean NLL): per ``"token"`` (total NLL / total tokens) or per ``"word"`` (mean of per-request NLLs)."""
+    if not scores:
+        return math.nan
+    if per == "token":
+        return math.exp(sum(s.nll for s in scores) / sum(s.n_tokens for s in scores))
+    if per == "word":
+        return math.exp(sum(s.nll for s in scores) / len(scores))
+    raise ValueError(f"per must be 'token' or 'word', got {per!r}")

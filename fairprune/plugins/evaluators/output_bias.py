@@ -1,0 +1,125 @@
+"""The ``output_bias`` evaluator: how differently the model continues prompts that differ only in the attribute.
+
+Two measures per held-out prompt group, averaged over all member pairs of the
+group and then over groups (CIs resample groups):
+
+- ``js``: Jensen–Shannon divergence (natural log, so in nats, at most ln 2)
+  between the members' next-token distributions after the prompt;
+- ``logprob_gap``: |log p(c | prompt_i) − log p(c | prompt_j)| for neutral
+  continuations c (e.g. " was"), averaged over the continuations.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import TYPE_CHECKING
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...core.errors import ConfigError
+from ...core.evaluation import EvalContext, EvalResult, add_paired, fmt_ci
+from ...core.plugin import Plugin
+
+if TYPE_CHECKING:
+    import torch
+
+
+class OutputBiasParams(BaseModel):
+    """Options of the output-bias evaluator."""
+
+    model_config = ConfigDict(extra="forbid")
+    continuations: list[str] = Field([" was", " would", " is", " had"],
+                                     description="neutral continuations whose log-probability gap is measured")
+    n_boot: int = Field(1000, ge=10, description="bootstrap resamples")
+
+
+def js_divergence(logp: "torch.Tensor", logq: "torch.Tensor") -> "torch.Tensor":
+    """Jensen–Shannon divergence in nats between distributions given as log-probabilities (last dim)."""
+    import torch
+
+    logp, logq = logp.double(), logq.double()
+    logm = torch.logaddexp(logp, logq) - torch.log(torch.tensor(2.0, dtype=torch.float64))
+    kl_pm = (logp.exp() * (logp - logm)).sum(-1)
+    kl_qm = (logq.exp() * (logq - logm)).sum(-1)
+    return (0.5 * (kl_pm + kl_qm)).clamp(min=0.0)
+
+
+def mean_pairwise(values: np.ndarray) -> float:
+    """Mean of |v_i − v_j| over all member pairs i < j (``values`` is ``[n_members]``)."""
+    pairs = list(combinations(range(len(values)), 2))
+    return float(np.mean([abs(values[i] - values[j]) for i, j in pairs]))
+
+
+class OutputBiasEvaluator(Plugin):
+    """Output-level bias on held-out groups: next-token JS divergence and continuation log-prob gaps."""
+
+    name = "output_bias"
+    description = "next-token Jensen-Shannon divergence and log-prob gaps between group members, base vs pruned"
+    Params = OutputBiasParams
+
+    def evaluate(self, context: EvalContext) -> EvalResult:
+        groups = context.groups
+        if not groups:
+            raise ConfigError("output_bias needs held-out prompt groups (pass axes=[...] or groups=[...])")
+        small = [g.template_id for g in groups if len(g.prompts) < 2]
+        if small:
+            raise ConfigError(f"output_bias: prompt groups with fewer than 2 members: {small[:5]}")
+        if not self.params.continuations:
+            raise ConfigError("output_bias.continuations must name at least one continuation")
+        per_model = {label: self._measure(context, model, label) for label, model, _ in context.models()}
+        result = EvalResult(self.name)
+        for measure in ("js", "logprob_gap"):
+            add_paired(result, measure, per_model["base"][measure], per_model["pruned"][measure],
+                       context.seed, self.params.n_boot)
+        result.add("n_groups", float(len(groups)))
+        result.tables["groups"] = [
+            {"axis": g.axis, "template_id": g.template_id, "attributes": list(g.attributes),
+             "js_base": per_model["base"]["js"][k], "js_pruned": per_model["pruned"]["js"][k],
+             "logprob_gap_base": per_model["base"]["logprob_gap"][k],
+             "logprob_gap_pruned": per_model["pruned"]["logprob_gap"][k]}
+            for k, g in enumerate(groups)]
+        result.summary = _summary(result, len(groups))
+        return result
+
+    def _measure(self, context: EvalContext, model, label: str) -> dict[str, list[float]]:
+        """Per group: mean pairwise JS divergence and mean pairwise log-prob gap."""
+        from .lm_scoring import encode, last_token_logprobs, pad_id, score_continuations
+
+        tok = context.tokenizer
+        prompts = [p for g in context.groups for p in g.prompts]
+        logprobs = last_token_logprobs(model, tok, prompts, context.batch_size, context.progress,
+                                       f"next-token distributions ({label})")
+        cont_lp = np.zeros((len(prompts), len(self.params.continuations)))
+        for c, text in enumerate(self.params.continuations):
+            ids = encode(tok, text, special=False)
+            if not ids:
+                raise ConfigError(f"output_bias.continuations: {text!r} encodes to no tokens")
+            if len(ids) == 1:
+                cont_lp[:, c] = logprobs[:, ids[0]].double().numpy()
+            else:
+                scores = score_continuations(model, [(encode(tok, p), ids) for p in prompts], context.batch_size,
+                                             pad_id(tok), progress=context.progress, desc=f"{text!r} ({label})")
+                cont_lp[:, c] = [s.logprob for s in scores]
+        js, gap, start = [], [], 0
+        for group in context.groups:
+            members = range(start, start + len(group.prompts))
+            pairs = list(combinations(members, 2))
+            js.append(float(np.mean([js_divergence(logprobs[i], logprobs[j]).item() for i, j in pairs])))
+            gap.append(float(np.mean([mean_pairwise(cont_lp[list(members), c]) for c in range(cont_lp.shape[1])])))
+            start += len(group.prompts)
+        return {"js": js, "logprob_gap": gap}
+
+
+def _summary(result: EvalResult, n_groups: int) -> str:
+    return "\n".join([
+        f"Output bias on {n_groups} held-out prompt groups (mean over member pairs, then groups; 95% bootstrap CI "
+        "over groups).",
+        "",
+        "| measure | base | pruned | reduction % |",
+        "|---|---|---|---|",
+        f"| next-token JS divergence (nats) | {fmt_ci(result, 'js_base')} | {fmt_ci(result, 'js_pruned')} | "
+        f"{fmt_ci(result, 'js_reduction_pct', 3)} |",
+        f"| continuation log-prob gap | {fmt_ci(result, 'logprob_gap_base')} | {fmt_ci(result, 'logprob_gap_pruned')} | "
+        f"{fmt_ci(result, 'logprob_gap_reduction_pct', 3)} |",
+    ])
