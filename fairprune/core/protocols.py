@@ -96,7 +96,7 @@ class BiasMetric(Protocol):
     Contract: ``score(pooled, magnitude) -> Tensor[width]`` where ``pooled`` is
     ``[n_groups, n_members, width]`` (member j of every group carries the same
     attribute group) and ``magnitude`` is ``Tensor[width]``, the neuron's mean
-    |activation| over all pooled tokens (for scale-free metrics). Higher = more biased;
+    |activation| over all real tokens (for scale-free metrics). Higher = more biased;
     invariant to permuting groups, and to permuting members for pair metrics.
     """
 
