@@ -1,0 +1,309 @@
+"""Save and load pruned models: a normal Hugging Face directory plus a ``fairprune.json`` sidecar.
+
+The sidecar records per-layer widths, removed neurons, down_proj biases added by
+compensation, the base model and the run config with its hash, so that
+``load_pretrained`` can rebuild any pruned model (uniform widths or not). Saves
+are atomic: everything is written into a temporary directory beside the target
+and renamed into place; a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import PersistError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+logger = logging.getLogger(__name__)
+
+SIDECAR = "fairprune.json"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def config_hash(run_config: Any) -> str:
+    """sha256 of a run config's canonical JSON (sorted keys, no spaces)."""
+    text = json.dumps(_jsonable(run_config), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    return value
+
+
+def _down_linear(model: nn.Module, adapter: Any, layer: int) -> Any:
+    return adapter.site(model, layer, "neuron").module
+
+
+def _removed_mapping(plan: Any) -> dict[str, list[int]] | None:
+    if plan is None:
+        return None
+    from .surgery import plan_mapping
+
+    return {str(int(layer)): sorted(int(i) for i in (idx.tolist() if hasattr(idx, "tolist") else idx))
+            for layer, idx in plan_mapping(plan).items()}
+
+
+def sidecar_for(model: nn.Module, adapter: Any, *, plan: Any = None, run_config: Any = None,
+                base_model: str | None = None) -> dict[str, Any]:
+    """The ``fairprune.json`` content describing ``model``."""
+    from .. import __version__
+    from .surgery import count_parameters, widths
+
+    layer_widths = widths(model, adapter)
+    n_layers = len(layer_widths)
+    config = getattr(model, "config", None)
+    run = _jsonable(run_config)
+    return {
+        "format": "fairprune",
+        "format_version": FORMAT_VERSION,
+        "fairprune_version": __version__,
+        "architecture": type(model).__name__,
+        "adapter": adapter.name,
+        "widths": layer_widths,
+        "uniform": len(set(layer_widths)) == 1,
+        "removed": _removed_mapping(plan),
+        "down_bias_layers": [i for i in range(n_layers) if getattr(_down_linear(model, adapter, i), "bias", None)
+                             is not None],
+        "parameters": count_parameters(model),
+        "base_model": base_model or getattr(config, "fairprune_base_model", None),
+        "license": getattr(config, "fairprune_license", None),
+        "run_config": run,
+        "run_config_sha256": config_hash(run) if run is not None else None,
+    }
+
+
+def save_pretrained(model: nn.Module, tokenizer: Any, path: str | Path, *, plan: Any = None,
+                    run_config: dict[str, Any] | None = None, base_model: str | None = None,
+                    card: str | None = None, extra_files: Mapping[str, bytes | str] | None = None) -> Path:
+    """Save ``model`` (and ``tokenizer`` when given) as a Hugging Face directory with a sidecar; atomic.
+
+    An existing directory at ``path`` is replaced only once the new one is complete.
+    """
+    from .surgery import resolve_adapter
+
+    target = Path(path).expanduser().resolve()
+    if target.exists() and not target.is_dir():
+        raise PersistError(f"cannot save to {target}: it exists and is not a directory")
+    adapter = resolve_adapter(model)
+    sidecar = sidecar_for(model, adapter, plan=plan, run_config=run_config, base_model=base_model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        _savable(model).save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
+        if card is not None:
+            (tmp / "README.md").write_text(card)
+        for name, content in (extra_files or {}).items():
+            _write_extra(tmp, name, content)
+        _move_into_place(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("saved %s (%d parameters, widths %s)", target, sidecar["parameters"], sidecar["widths"])
+    return target
+
+
+def _write_extra(root: Path, name: str, content: bytes | str) -> None:
+    dest = (root / name).resolve()
+    if root.resolve() not in dest.parents:
+        raise PersistError(f"extra file {name!r} would be written outside the model directory")
+    if not isinstance(content, (bytes, str)):
+        raise PersistError(f"extra file {name!r}: content must be bytes or str, got {type(content).__name__}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        dest.write_bytes(content)
+    else:
+        dest.write_text(content)
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    if not target.exists():
+        tmp.rename(target)
+        return
+    backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    backup.rmdir()
+    target.rename(backup)
+    try:
+        tmp.rename(target)
+    except BaseException:
+        backup.rename(target)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def _savable(model: nn.Module) -> nn.Module:
+    """``model``, or a plain copy of it when it carries a quantization config (a GGUF load refuses to save)."""
+    config = model.config
+    if getattr(model, "hf_quantizer", None) is None and getattr(config, "quantization_config", None) is None:
+        return model
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    plain_config = copy.deepcopy(config)
+    if hasattr(plain_config, "quantization_config"):
+        del plain_config.quantization_config
+    fresh = _build(AutoModelForCausalLM, plain_config)
+    state = model.state_dict()
+    missing, unexpected = fresh.load_state_dict(state, strict=False)
+    if unexpected:
+        raise PersistError(f"cannot save a quantized model: packed tensors such as {unexpected[0]!r} have no plain "
+                           "equivalent; load it dequantized (fairprune.load_model does)")
+    fresh.tie_weights()
+    return fresh.to(next(model.parameters()).dtype)
+
+
+def _build(auto_cls: Any, config: Any) -> nn.Module:
+    """A model built from ``config`` without spending time on random initialisation."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers
+        from transformers.modeling_utils import no_init_weights
+    with no_init_weights():
+        return auto_cls.from_config(config)
+
+
+# -- loading -------------------------------------------------------------------------------------
+def read_sidecar(path: str | Path) -> dict[str, Any] | None:
+    """The parsed ``fairprune.json`` of a directory, or None when it has none."""
+    file = Path(path) / SIDECAR
+    if not file.exists():
+        return None
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise PersistError(f"{file} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("widths"), list) or not data["widths"] or not all(
+            isinstance(w, int) and w > 0 for w in data["widths"]):
+        raise PersistError(f"{file} has no valid 'widths' list of positive integers")
+    return data
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a directory's safetensors weights (single file or sharded with an index)."""
+    from safetensors.torch import load_file
+
+    root = Path(path)
+    if (root / WEIGHTS_FILE).exists():
+        return load_file(root / WEIGHTS_FILE)
+    index = root / WEIGHTS_INDEX
+    if not index.exists():
+        raise PersistError(f"{root} has no weights: neither {WEIGHTS_FILE} nor {WEIGHTS_INDEX}")
+    shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+    state: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        if not (root / shard).exists():
+            raise PersistError(f"{root}: weight shard {shard} listed in {WEIGHTS_INDEX} is missing")
+        state.update(load_file(root / shard))
+    return state
+
+
+def load_pretrained(path: str | Path, *, registry: Any = None) -> tuple[nn.Module, Any]:
+    """Rebuild a model saved by ``save_pretrained`` (any per-layer widths); returns ``(model, tokenizer or None)``.
+
+    The model is built from its config, each layer is cut to its recorded width,
+    recorded down biases are added, and the weights are loaded strictly; any
+    mismatch with the sidecar raises ``PersistError``.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    root = Path(path).expanduser()
+    if not (root / "config.json").exists():
+        raise PersistError(f"{root} is not a saved model directory: config.json is missing")
+    sidecar = read_sidecar(root)
+    state = read_state_dict(root)
+    config = AutoConfig.from_pretrained(root)
+    if sidecar is not None:
+        text_config = getattr(config, "text_config", None) or config
+        for cfg in {id(config): config, id(text_config): text_config}.values():
+            cfg.intermediate_size = max(sidecar["widths"])
+    model = _build(AutoModelForCausalLM, config)
+    if sidecar is not None:
+        _shape_like_sidecar(model, sidecar, root, registry)
+    _load_strict(model, state, root)
+    dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
+    if len(dtypes) == 1:
+        model = model.to(dtypes.pop())
+    model.eval()
+    return model, _load_tokenizer(root)
+
+
+def _shape_like_sidecar(model: nn.Module, sidecar: dict[str, Any], root: Path, registry: Any) -> None:
+    import torch
+
+    from .registry import get_registry
+    from .surgery import resolve_adapter, widths
+
+    reg = registry or get_registry()
+    adapter = reg.get("architectures", sidecar["adapter"]) if sidecar.get("adapter") else resolve_adapter(
+        model, registry=reg)
+    recorded = sidecar["widths"]
+    current = widths(model, adapter)
+    if len(recorded) != len(current):
+        raise PersistError(f"{root / SIDECAR} records {len(recorded)} layer widths but the config builds "
+                           f"{len(current)} layers")
+    for layer, (want, have) in enumerate(zip(recorded, current)):
+        if want > have:
+            raise PersistError(f"{root / SIDECAR}: layer {layer} width {want} exceeds the config's {have}")
+        if want < have:
+            adapter.keep(model, layer, torch.arange(want))
+    for layer in sidecar.get("down_bias_layers") or []:
+        if not 0 <= int(layer) < len(recorded):
+            raise PersistError(f"{root / SIDECAR}: down_bias_layers lists layer {layer}, out of range")
+        linear = _down_linear(model, adapter, int(layer))
+        if linear.bias is None:
+            linear.bias = torch.nn.Parameter(torch.zeros(linear.out_features, dtype=linear.weight.dtype))
+    adapter.set_widths(model, recorded)
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], root: Path) -> None:
+    expected = model.state_dict()
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise PersistError(f"{root}: weights hold tensors the model does not have, e.g. {unexpected[:3]} "
+                           f"(does {SIDECAR} match the weights?)")
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise PersistError(f"{root}: tensor {key} has shape {tuple(tensor.shape)} in the weights but "
+                               f"{SIDECAR} and config.json imply {tuple(expected[key].shape)}")
+    model.load_state_dict(state, strict=False)
+    model.tie_weights()
+    owners: dict[int, set[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(param), set()).add(name)
+    missing = [k for k in expected if k not in state
+               and not any(alias in state for alias in owners.get(id(_get_tensor(model, k)), ()))]
+    missing = [k for k in missing if k in dict(model.named_parameters(remove_duplicate=False))]
+    if missing:
+        raise PersistError(f"{root}: the weights lack tensors the model needs, e.g. {missing[:3]}")
+
+
+def _get_tensor(model: nn.Module, name: str) -> Any:
+    module_name, _, attr = name.rpartition(".")
+    module = model.get_submodule(module_name) if module_name else model
+    return getattr(module, attr)
+
+
+def _load_tokenizer(root: Path) -> Any:
+    if not any((root / f).exists() for f in TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(root)
