@@ -60,10 +60,6 @@ class ActivationBiasEvaluator(Plugin):
     def evaluate(self, context: EvalContext) -> EvalResult:
         if not context.groups:
             raise ConfigError("activation_bias needs held-out prompt groups (pass axes=[...] or groups=[...])")
-        sizes = {len(g.prompts) for g in context.groups}
-        if len(sizes) != 1:
-            raise ConfigError(f"activation_bias: held-out groups have different member counts {sorted(sizes)}; "
-                              "evaluate one axis at a time")
         result = EvalResult(self.name)
         rows: list[dict] = []
         for site in self.params.sites:
@@ -80,14 +76,22 @@ class ActivationBiasEvaluator(Plugin):
         return result
 
     def _distances(self, context: EvalContext, model, adapter, site: str, label: str) -> np.ndarray:
-        """``[n_groups, n_layers]`` member distances at ``site``."""
+        """``[n_groups, n_layers]`` member distances at ``site``; groups are collected by member count."""
         from ...core.collect import collect_pooled
 
-        pooled = collect_pooled(model, context.tokenizer, context.groups, site=site, pooling=self.params.pooling,
-                                adapter=adapter, batch_size=context.batch_size, progress=context.progress,
-                                registry=context.registry).pooled
-        layers = sorted(pooled)
-        return np.stack([pairwise_distance(pooled[layer]) for layer in layers], 1)
+        by_size: dict[int, list[int]] = {}
+        for k, group in enumerate(context.groups):
+            by_size.setdefault(len(group.prompts), []).append(k)
+        out: np.ndarray | None = None
+        for indices in by_size.values():
+            pooled = collect_pooled(model, context.tokenizer, [context.groups[k] for k in indices], site=site,
+                                    pooling=self.params.pooling, adapter=adapter, batch_size=context.batch_size,
+                                    progress=context.progress, registry=context.registry).pooled
+            dist = np.stack([pairwise_distance(pooled[layer]) for layer in sorted(pooled)], 1)
+            if out is None:
+                out = np.zeros((len(context.groups), dist.shape[1]))
+            out[indices] = dist
+        return out  # type: ignore[return-value]
 
     def _layer_rows(self, site: str, base: np.ndarray, pruned: np.ndarray, seed: int) -> list[dict]:
         rows = []
