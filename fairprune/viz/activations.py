@@ -1,0 +1,126 @@
+"""Activation-space pictures: PCA of group members' pooled activations, and token-by-layer distances of one pair."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import ConfigError
+from .base import CYCLE, as_array, new_figure
+
+
+def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, the two principal directions ``[2, d]``, their explained-variance ratios) via numpy's SVD."""
+    mean = x.mean(0)
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+    var = s ** 2
+    ratio = var[:2] / var.sum() if var.sum() > 0 else np.zeros(2)
+    basis = np.zeros((2, x.shape[1]))
+    basis[:min(2, vt.shape[0])] = vt[:2]
+    return mean, basis, np.pad(ratio, (0, 2 - ratio.size))
+
+
+def pca_plot(base: Any, pruned: Any | None = None, members: Sequence[str] | None = None,
+             layer: int | None = None, site: str = "residual") -> Any:
+    """Group members' pooled activations projected on two principal axes, base and pruned side by side.
+
+    ``base``/``pruned`` are ``[n_groups, n_members, width]``. One PCA is fitted on
+    both models' points together so the panels share coordinates; an arrow runs
+    from member 0 to each other member of every group: shorter arrows = less bias.
+    """
+    panels = [("base", as_array(base))] + ([("pruned", as_array(pruned))] if pruned is not None else [])
+    shapes = {p.shape for _, p in panels}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 3 or next(iter(shapes))[1] < 2:
+        raise ConfigError(f"PCA plot needs [n_groups, n_members>=2, width] arrays of one shape, got {sorted(shapes)}")
+    n_groups, n_members, width = panels[0][1].shape
+    members = list(members or [f"member {j}" for j in range(n_members)])
+    mean, basis, ratio = pca_2d(np.concatenate([p.reshape(-1, width) for _, p in panels]))
+    fig, axes = new_figure(5.2 * len(panels), 4.6, ncols=len(panels), sharex=True, sharey=True, squeeze=False)
+    for ax, (label, points) in zip(axes[0], panels):
+        xy = (points.reshape(-1, width) - mean) @ basis.T
+        xy = xy.reshape(n_groups, n_members, 2)
+        for j in range(n_members):
+            ax.scatter(xy[:, j, 0], xy[:, j, 1], s=18, color=CYCLE[j % len(CYCLE)], label=members[j], zorder=3)
+        for g in range(n_groups):
+            for j in range(1, n_members):
+                ax.annotate("", xy=tuple(xy[g, j]), xytext=tuple(xy[g, 0]),
+                            arrowprops={"arrowstyle": "->", "color": "#555555", "lw": 0.8, "alpha": 0.7})
+        dist = np.abs(points[:, 1:, :] - points[:, :1, :]).mean()
+        ax.set_title(f"{label}: mean |a − b| = {dist:.4f}")
+        ax.set_xlabel(f"PC1 ({100 * ratio[0]:.0f}% of variance)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"PC2 ({100 * ratio[1]:.0f}% of variance)")
+    axes[0][0].legend(fontsize=8)
+    where = f"layer {layer} " if layer is not None else ""
+    fig.suptitle(f"PCA of {site} activations, {where}({n_groups} groups): arrows join members of a group")
+    return fig
+
+
+@dataclass
+class TokenDistances:
+    """How far two prompts' hidden states are apart, per aligned token (columns) and layer (rows).
+
+    Row 0 is the embedding output, row i the output of decoder layer i. Columns are
+    the shared prefix tokens, one column for the differing span, then the shared suffix.
+    """
+
+    tokens: list[str]
+    distances: np.ndarray  # [n_layers + 1, n_columns]
+    diverge_at: int  # index of the differing-span column
+
+
+def token_distances(model: Any, tokenizer: Any, prompt_a: str, prompt_b: str) -> TokenDistances:
+    """Relative distance ‖a − b‖ / mean(‖a‖, ‖b‖) of the two prompts' hidden states, per aligned token and layer."""
+    import torch
+
+    ids = [tokenizer(p, return_tensors="pt")["input_ids"] for p in (prompt_a, prompt_b)]
+    a_ids, b_ids = ids[0][0].tolist(), ids[1][0].tolist()
+    if a_ids == b_ids:
+        raise ConfigError(f"token heatmap: the prompts {prompt_a!r} and {prompt_b!r} tokenize identically")
+    prefix = next((i for i, (x, y) in enumerate(zip(a_ids, b_ids)) if x != y), min(len(a_ids), len(b_ids)))
+    suffix = 0
+    while suffix < min(len(a_ids), len(b_ids)) - prefix and a_ids[-1 - suffix] == b_ids[-1 - suffix]:
+        suffix += 1
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        states = [torch.stack(model(input_ids=x.to(device), output_hidden_states=True).hidden_states)[:, 0].double().cpu()
+                  for x in ids]  # [n_layers + 1, seq, hidden]
+    cols_a, cols_b = _aligned(states[0], prefix, suffix), _aligned(states[1], prefix, suffix)
+    diff = (cols_a - cols_b).norm(dim=-1)
+    scale = 0.5 * (cols_a.norm(dim=-1) + cols_b.norm(dim=-1))
+    distances = (diff / scale.clamp_min(1e-12)).numpy()
+    def word(toks: list[int]) -> str:
+        return tokenizer.decode(toks).strip() or "∅"
+
+    span_a, span_b = a_ids[prefix:len(a_ids) - suffix], b_ids[prefix:len(b_ids) - suffix]
+    labels = ([tokenizer.decode([t]) for t in a_ids[:prefix]] + [f"{word(span_a)} / {word(span_b)}"]
+              + [tokenizer.decode([t]) for t in a_ids[len(a_ids) - suffix:]])
+    return TokenDistances([t.replace("\n", "\\n") for t in labels], distances, prefix)
+
+
+def _aligned(states: Any, prefix: int, suffix: int) -> Any:
+    """Prefix columns, the mean of the differing span (the last prefix state if the span is empty), suffix columns."""
+    import torch
+
+    seq = states.shape[1]
+    span = states[:, prefix:seq - suffix]
+    middle = span.mean(1, keepdim=True) if span.shape[1] else states[:, max(prefix - 1, 0):prefix]
+    return torch.cat([states[:, :prefix], middle, states[:, seq - suffix:]], 1)
+
+
+def token_heatmap_plot(result: TokenDistances, title: str | None = None) -> Any:
+    """Heatmap of ``token_distances``: layers on y, tokens on x; the columns before the attribute stay at zero."""
+    n_rows, n_cols = result.distances.shape
+    fig, ax = new_figure(max(5.0, 0.5 * n_cols + 2.5), max(3.0, 0.25 * n_rows + 1.8))
+    image = ax.imshow(result.distances, aspect="auto", origin="lower", cmap="magma", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="‖a − b‖ / mean ‖·‖")
+    ax.set_xticks(range(n_cols), result.tokens, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n_rows), ["emb"] + [str(i) for i in range(n_rows - 1)], fontsize=7)
+    ax.axvline(result.diverge_at - 0.5, color="white", linestyle=":", linewidth=1)
+    ax.set_xlabel("token (the differing words share one column)")
+    ax.set_ylabel("layer output")
+    ax.set_title(title or "Where the two prompts' hidden states differ")
+    return fig
