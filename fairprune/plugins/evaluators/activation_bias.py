@@ -6,7 +6,9 @@ a layer and a site: the mean over member pairs of mean_d |a_d − b_d|, where a
 and b are the members' pooled activations (``pooling``, default ``mean`` over all
 tokens, as in FINDINGS.md's "mean-pooled residual stream"). **Overall** for a
 site is the mean over layers of that per-layer figure, then the mean over
-groups; CIs resample held-out groups, paired between base and pruned.
+groups; CIs resample held-out groups, paired between base and pruned. The headline
+``reduction_pct`` is the residual site's overall reduction (the first site's if
+``residual`` is not measured).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class ActivationBiasParams(BaseModel):
     """Options of the activation-bias evaluator."""
 
     model_config = ConfigDict(extra="forbid")
-    sites: list[str] = Field(["residual", "mlp_out"], description="fixed-width activation sites")
+    sites: list[str] = Field(["residual", "mlp_out"], min_length=1, description="fixed-width activation sites")
     pooling: str = Field("mean", description="token pooling (a registered pooling: mean, suffix, last, ...)")
     n_boot: int = Field(1000, ge=10, description="bootstrap resamples")
 
@@ -70,6 +72,9 @@ class ActivationBiasEvaluator(Plugin):
                                   f"and {pruned.shape[1]} in the pruned one")
             add_paired(result, site, base.mean(1), pruned.mean(1), context.seed, self.params.n_boot)
             rows.extend(self._layer_rows(site, base, pruned, context.seed))
+        headline = "residual" if "residual" in self.params.sites else self.params.sites[0]
+        result.add("reduction_pct", result.metrics[f"{headline}_reduction_pct"],
+                   result.intervals[f"{headline}_reduction_pct"])
         result.add("n_groups", float(len(context.groups)))
         result.tables["layers"] = rows
         result.summary = _summary(result, self.params.sites, self.params.pooling, len(context.groups))

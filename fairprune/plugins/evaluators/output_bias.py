@@ -40,8 +40,9 @@ def js_divergence(logp: "torch.Tensor", logq: "torch.Tensor") -> "torch.Tensor":
 
     logp, logq = logp.double(), logq.double()
     logm = torch.logaddexp(logp, logq) - torch.log(torch.tensor(2.0, dtype=torch.float64))
-    kl_pm = (logp.exp() * (logp - logm)).sum(-1)
-    kl_qm = (logq.exp() * (logq - logm)).sum(-1)
+    zero = torch.zeros((), dtype=torch.float64)
+    kl_pm = torch.where(logp.isfinite(), logp.exp() * (logp - logm), zero).sum(-1)  # 0 log 0 = 0
+    kl_qm = torch.where(logq.isfinite(), logq.exp() * (logq - logm), zero).sum(-1)
     return (0.5 * (kl_pm + kl_qm)).clamp(min=0.0)
 
 
