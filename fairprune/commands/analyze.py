@@ -1,0 +1,47 @@
+"""``fairprune analyze``: score every MLP neuron by bias and save the report (steps 1-2)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("analyze", help="score MLP neurons by how much they react to demographic words",
+                            description="Run the prompt groups of bias axes through a model and save per-neuron "
+                                        "bias scores (bias_scores.safetensors + bias_report.json).")
+    parser.add_argument("--model", required=True, help="model source name, directory, .gguf path or HF id")
+    parser.add_argument("--axes", default=None,
+                        help="comma-separated axis names or axis YAML paths (default: all registered axes, "
+                             "or none when --prompts is given)")
+    parser.add_argument("--prompts", default=None, help="your own prompt groups (.yaml, .json, .jsonl or .csv)")
+    parser.add_argument("--out", required=True, help="directory for the report")
+    parser.add_argument("--split", default="analysis", choices=("analysis", "heldout", "all"),
+                        help="which templates of the axes to use (default: analysis)")
+    parser.add_argument("--site", default="neuron", help="activation site (default: neuron = input of down_proj)")
+    parser.add_argument("--pooling", default="suffix", help="token pooling: suffix (default), mean or last")
+    parser.add_argument("--metric", default=None, help="bias metric (default: relative_mean_abs_diff)")
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass (default: 16)")
+    parser.add_argument("--top", type=int, default=5, help="neurons listed per layer in the summary")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..core.bias import analyze_bias
+    from ..core.prompts import load_prompt_groups
+    from ..core.sources import load_model
+
+    axes = [a.strip() for a in args.axes.split(",") if a.strip()] if args.axes else None
+    groups = load_prompt_groups(args.prompts) if args.prompts else None
+    model, tokenizer = load_model(args.model)
+    report = analyze_bias(model, tokenizer, axes=axes, groups=groups, split=args.split, site=args.site,
+                          pooling=args.pooling, metric=args.metric, batch_size=args.batch_size)
+    report.save(args.out)
+    s = report.settings
+    print(f"{s['n_groups']} prompt groups ({s['n_prompts']} prompts) on axes {', '.join(s['axes'])}; "
+          f"site {s['site']}, pooling {s['pooling']}, metric {s['metric']}")
+    print(f"{'layer':>5}  {'mean':>10}  {'max':>10}  top neurons")
+    for row in report.layer_summary(args.top):
+        top = ", ".join(f"{i}:{v:.3g}" for i, v in row["top"])
+        print(f"{row['layer']:>5}  {row['mean']:>10.4g}  {row['max']:>10.4g}  {top}")
+    print(f"saved to {args.out}")
+    return 0
