@@ -96,6 +96,8 @@ class BrokenPlugin:
     plugin: str
     package: str
     error: str
+    #: "load" (import or hook validation failed; the plugin is not registered) or "register" (a bad object)
+    stage: str = "register"
 
 
 @dataclass
@@ -135,15 +137,37 @@ class Registry:
 
     # -- loading -----------------------------------------------------------------------------
     def add_plugin(self, plugin: Any, name: str | None = None, package: str | None = None) -> None:
-        """Register an in-process plugin (a module or object with hook implementations)."""
+        """Register an in-process plugin (a module or object with hook implementations).
+
+        A hook implementation that matches no hook specification (a misspelled
+        hook) raises ``PluginContractError`` naming it; the plugin is not registered.
+        """
         name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
         if name in (self.disabled or ()):
             return
-        self.pm.register(plugin, name=name)
+        problem = self._register_checked(plugin, name)
+        if problem:
+            raise PluginContractError(f"plugin {name!r} {problem}")
         self.packages[name] = package or _package_of(plugin)
-        self.pm.check_pending()
         if self.entries:
             self.rebuild()
+
+    def _register_checked(self, plugin: Any, name: str) -> str | None:
+        """Register ``plugin`` and validate its hooks against the specs; on a problem unregister it and say why."""
+        try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            return "has an invalid hook implementation: " + " ".join(str(exc).split())
+        unknown = unknown_hooks(self.pm, plugin)
+        if unknown:
+            self.pm.unregister(plugin)
+            return "; ".join(unknown)
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:  # anything the check above missed
+            self.pm.unregister(plugin)
+            return "has an invalid hook implementation: " + " ".join(str(exc).split())
+        return None
 
     def _load_entrypoints(self) -> None:
         for ep in metadata.entry_points(group=hookspecs.PROJECT):
@@ -152,13 +176,19 @@ class Registry:
                 continue
             try:
                 plugin = ep.load()
-                self.pm.register(plugin, name=ep.name)
-                self.packages[ep.name] = dist
             except Exception as exc:  # a broken plugin must not take the others down
-                self._fail(ep.name, dist, f"failed to import: {type(exc).__name__}: {exc}", exc)
+                self._fail(ep.name, dist, f"failed to import: {type(exc).__name__}: {exc}", exc, stage="load")
+                continue
+            problem = self._register_checked(plugin, ep.name)
+            if problem:
+                self._fail(ep.name, dist, problem, stage="load")
+                continue
+            self.packages[ep.name] = dist
 
-    def _fail(self, plugin: str, package: str, message: str, exc: Exception | None = None) -> None:
-        self.broken.append(BrokenPlugin(plugin, package, message))
+    def _fail(self, plugin: str, package: str, message: str, exc: Exception | None = None,
+              stage: str = "register") -> None:
+        message = " ".join(message.split())  # one line, whatever the exception text looked like
+        self.broken.append(BrokenPlugin(plugin, package, message, stage))
         logger.warning("fairprune plugin %r (%s) %s", plugin, package, message)
         if self.strict:
             if exc is not None:
@@ -168,7 +198,7 @@ class Registry:
     def rebuild(self) -> None:
         """Call every registration hook, plugin by plugin, and rebuild the name tables."""
         self.entries = {kind: {} for kind in KINDS}
-        self.broken = [b for b in self.broken if b.error.startswith("failed to import")]
+        self.broken = [b for b in self.broken if b.stage == "load"]
         for hook_name, kind in HOOK_KINDS.items():
             caller = getattr(self.pm.hook, hook_name)
             for impl in reversed(caller.get_hookimpls()):  # registration order
@@ -265,6 +295,23 @@ def contract_problem(kind: str, obj: Any) -> str | None:
         except ValueError:  # builtins without signatures
             pass
     return None
+
+
+def unknown_hooks(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
+    """One message per hook implementation of ``plugin`` that matches no hook specification.
+
+    pluggy accepts such an implementation silently unless ``check_pending`` is
+    called; this names it and suggests the closest specified hook.
+    """
+    specified = [name for name in dir(hookspecs) if name.startswith(f"{hookspecs.PROJECT}_")]
+    problems = []
+    for caller in pm.get_hookcallers(plugin) or []:
+        if caller.spec is not None:
+            continue
+        close = difflib.get_close_matches(caller.name, specified, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; hooks are: {', '.join(specified)}"
+        problems.append(f"implements {caller.name!r}, which is not a fairprune hook{hint}")
+    return problems
 
 
 def _protocol_methods(proto: type) -> dict[str, Any]:

@@ -1,0 +1,226 @@
+"""Hook hygiene: misspelled hooks, invalid objects, broken packages and disabled plugins.
+
+Third-party plugins are installed here the way pip installs them: a
+``*.dist-info`` directory with an ``entry_points.txt`` on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fairprune.cli import main as cli_main
+from fairprune.core.errors import PluginContractError
+from fairprune.core.hookspecs import hookimpl
+from fairprune.core.registry import DISABLE_ENV, STRICT_ENV, Registry, contract_problem, reset_registry
+
+GOOD_PLUGIN = '''
+from fairprune.core.hookspecs import hookimpl
+
+class HalfScorer:
+    name = "half"
+    description = "half the bias"
+    def score(self, bias, importance, bias_weight):
+        return bias / 2
+
+@hookimpl
+def fairprune_register_scorers(register):
+    register(HalfScorer())
+'''
+
+BROKEN_PLUGINS = {
+    "import_error": "import fairprune_no_such_dependency_zz\n",
+    "misspelled": '''
+from fairprune.core.hookspecs import hookimpl
+
+@hookimpl
+def fairprune_register_scorer(register):
+    pass
+''',
+    "bad_object": '''
+from fairprune.core.hookspecs import hookimpl
+
+class Nameless:
+    description = "no name"
+    def score(self, bias, importance, bias_weight):
+        return bias
+
+class WrongSignature:
+    name = "wrong_signature"
+    description = "score takes one argument"
+    def score(self, bias):
+        return bias
+
+class Fine:
+    name = "fine_one"
+    description = "registered next to two bad objects"
+    def score(self, bias, importance, bias_weight):
+        return bias
+
+@hookimpl
+def fairprune_register_scorers(register):
+    register(Nameless())
+    register(WrongSignature())
+    register(Fine())
+''',
+    "raises": '''
+from fairprune.core.hookspecs import hookimpl
+
+@hookimpl
+def fairprune_register_evaluators(register):
+    raise RuntimeError("tracker credentials missing")
+''',
+}
+
+
+def install_plugin(root: Path, dist: str, entry_name: str, module: str, source: str) -> None:
+    """Write a module and a dist-info with one ``fairprune`` entry point under ``root``, as pip would."""
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[fairprune]\n{entry_name} = {module}\n")
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh site directory on ``sys.path`` holding one good and four broken plugin packages."""
+    monkeypatch.delenv(DISABLE_ENV, raising=False)
+    monkeypatch.delenv(STRICT_ENV, raising=False)
+    install_plugin(tmp_path, "fp-good", "good", "fp_good_zz", GOOD_PLUGIN)
+    for key, source in BROKEN_PLUGINS.items():
+        install_plugin(tmp_path, f"fp-{key.replace('_', '-')}", key, f"fp_{key}_zz", source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for key in [*BROKEN_PLUGINS, "good"]:
+        sys.modules.pop(f"fp_{key}_zz", None)
+
+
+def broken_by_plugin(registry: Registry) -> dict[str, str]:
+    return {b.plugin: b.error for b in registry.broken}
+
+
+def test_broken_plugins_leave_every_other_plugin_working(site: Path) -> None:
+    registry = Registry()
+    assert registry.get("scorers", "half").score(4.0, 0.0, 0.8) == 2.0
+    assert registry.get("scorers", "fine_one").name == "fine_one"
+    assert "linear" in registry.names("scorers")
+    assert "next_token_consistency" in registry.names("evaluators")  # the installed example package
+    assert {"import_error", "misspelled", "bad_object", "raises"} <= set(broken_by_plugin(registry))
+
+
+def test_import_error_is_one_specific_line(site: Path) -> None:
+    error = broken_by_plugin(Registry())["import_error"]
+    assert error == "failed to import: ModuleNotFoundError: No module named 'fairprune_no_such_dependency_zz'"
+
+
+def test_misspelled_hook_names_the_hook_and_the_right_one(site: Path) -> None:
+    registry = Registry()
+    error = broken_by_plugin(registry)["misspelled"]
+    assert error == ("implements 'fairprune_register_scorer', which is not a fairprune hook; "
+                     "did you mean 'fairprune_register_scorers'?")
+    assert "misspelled" not in {p for p, _ in registry.pm.list_name_plugin()}
+
+
+def test_objects_breaking_the_protocol_are_rejected_with_the_reason(site: Path) -> None:
+    errors = [b for b in Registry().broken if b.plugin == "bad_object"]
+    assert len(errors) == 2 and all(b.package == "fp-bad-object" for b in errors)
+    assert "invalid scorer" in errors[0].error and "'name' must be a lowercase" in errors[0].error
+    assert errors[1].error.endswith("score() must accept (bias, importance, bias_weight)")
+    assert all("\n" not in b.error for b in errors)
+
+
+def test_a_raising_registration_hook_is_reported(site: Path) -> None:
+    error = broken_by_plugin(Registry())["raises"]
+    assert error == "raised in fairprune_register_evaluators: RuntimeError: tracker credentials missing"
+
+
+def test_each_failure_is_logged_once_as_one_line(site: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="fairprune.core.registry"):
+        Registry()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([m for m in lines if "'import_error'" in m]) == 1
+    assert all("\n" not in m for m in lines)
+    assert any(m.startswith("fairprune plugin 'misspelled' (fp-misspelled) implements") for m in lines)
+
+
+def test_strict_mode_raises_on_the_first_broken_plugin(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(STRICT_ENV, "1")
+    with pytest.raises((ModuleNotFoundError, PluginContractError)):
+        Registry()
+
+
+def test_in_process_plugin_with_misspelled_hook_is_refused() -> None:
+    class Typo:
+        @hookimpl
+        def fairprune_register_evaluator(self, register):
+            pass
+
+    with pytest.raises(PluginContractError, match="did you mean 'fairprune_register_evaluators'"):
+        Registry(load_entrypoints=False, extra_plugins=(Typo(),))
+
+
+def test_hookimpl_with_an_argument_the_spec_lacks_is_refused() -> None:
+    class ExtraArgument:
+        @hookimpl
+        def fairprune_layer_pruned(self, layer, removed, seconds):
+            pass
+
+    with pytest.raises(PluginContractError, match="seconds") as info:
+        Registry(load_entrypoints=False, extra_plugins=(ExtraArgument(),))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("disable", ["good", "fp-good"])
+def test_disabled_by_environment(site: Path, monkeypatch: pytest.MonkeyPatch, disable: str) -> None:
+    monkeypatch.setenv(DISABLE_ENV, f"{disable}, import_error")
+    registry = Registry()
+    assert "half" not in registry.names("scorers")
+    assert "import_error" not in broken_by_plugin(registry)
+    assert "fine_one" in registry.names("scorers")
+
+
+def test_disabled_by_constructor_argument_including_builtins(site: Path) -> None:
+    registry = Registry(disabled=frozenset({"example", "scorers"}))
+    assert "body_type" not in registry.names("bias_axes")
+    assert "linear" not in registry.names("scorers") and "half" in registry.names("scorers")
+    assert "race" in registry.names("bias_axes")
+
+
+def test_plugins_command_shows_broken_and_disabled(site: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv(DISABLE_ENV, "good")
+    reset_registry(None)
+    try:
+        assert cli_main(["plugins", "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert cli_main(["plugins"]) == 0
+        text = capsys.readouterr().out
+    finally:
+        reset_registry(None)
+    assert "good" in data["disabled"]
+    assert {b["plugin"] for b in data["broken"]} >= {"import_error", "misspelled", "bad_object", "raises"}
+    assert "half" not in {e["name"] for e in data["scorers"]}
+    assert "import_error (fp-import-error): failed to import: ModuleNotFoundError" in text
+    assert "disabled: good" in text
+
+
+def test_contract_problem_names_what_is_missing() -> None:
+    class NoScore:
+        name = "no_score"
+        description = "forgot the method"
+
+    class NoDescription:
+        name = "no_description"
+
+        def score(self, bias, importance, bias_weight):
+            return bias
+
+    assert contract_problem("scorers", NoScore()) == "missing method score()"
+    assert contract_problem("scorers", NoDescription()) == "missing a 'description' string"
+    assert contract_problem("importance_metrics", NoScore()) == "missing method score()"
