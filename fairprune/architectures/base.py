@@ -9,13 +9,14 @@ computes with the other activations forced to zero.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ArchitectureError
 from ..core.protocols import SiteTarget
+
+if TYPE_CHECKING:  # torch is imported on first use, so registering adapters (`fairprune plugins`) stays fast
+    import torch
+    from torch import nn
 
 #: where decoder layers live, tried in order
 LAYER_PATHS: tuple[str, ...] = (
@@ -35,6 +36,9 @@ def get_path(root: Any, path: str) -> Any:
 
 def _slice_linear(linear: nn.Linear, indices: torch.Tensor, dim: int) -> None:
     """Keep ``indices`` along ``dim`` of a linear's weight (0 = outputs, 1 = inputs), in place."""
+    import torch
+    from torch import nn
+
     idx = indices.to(linear.weight.device)
     with torch.no_grad():
         linear.weight = nn.Parameter(linear.weight.index_select(dim, idx).clone(),
@@ -72,11 +76,15 @@ class GLUAdapter:
         return len(layers) > 0 and self._has_mlp(layers[0])
 
     def _has_mlp(self, layer: nn.Module) -> bool:
+        from torch import nn
+
         mlp = getattr(layer, self.mlp_attr, None)
         return mlp is not None and all(isinstance(getattr(mlp, a, None), nn.Linear)
                                        for a in (self.gate_attr, self.up_attr, self.down_attr))
 
     def layers(self, model: nn.Module) -> Sequence[nn.Module]:
+        from torch import nn
+
         for path in LAYER_PATHS:
             layers = get_path(model, path)
             if isinstance(layers, nn.ModuleList) and len(layers) > 0:
@@ -139,6 +147,8 @@ class FusedGateUpAdapter(GLUAdapter):
     fused_attr = "gate_up_proj"
 
     def _has_mlp(self, layer: nn.Module) -> bool:
+        from torch import nn
+
         mlp = getattr(layer, self.mlp_attr, None)
         return mlp is not None and all(isinstance(getattr(mlp, a, None), nn.Linear)
                                        for a in (self.fused_attr, self.down_attr))
@@ -155,6 +165,8 @@ class FusedGateUpAdapter(GLUAdapter):
         return super().site(model, layer, role)
 
     def keep(self, model: nn.Module, layer: int, indices: torch.Tensor) -> None:
+        import torch
+
         mlp = self.mlp(model, layer)
         width = self.width(model, layer)
         idx = indices.to(torch.long)

@@ -160,7 +160,7 @@ def _savable(model: nn.Module) -> nn.Module:
     plain_config = copy.deepcopy(config)
     if hasattr(plain_config, "quantization_config"):
         del plain_config.quantization_config
-    fresh = _build(AutoModelForCausalLM, plain_config)
+    fresh = build_from_config(AutoModelForCausalLM, plain_config)
     state = model.state_dict()
     missing, unexpected = fresh.load_state_dict(state, strict=False)
     if unexpected:
@@ -170,7 +170,7 @@ def _savable(model: nn.Module) -> nn.Module:
     return fresh.to(next(model.parameters()).dtype)
 
 
-def _build(auto_cls: Any, config: Any) -> nn.Module:
+def build_from_config(auto_cls: Any, config: Any) -> nn.Module:
     """A model built from ``config`` without spending time on random initialisation."""
     try:
         from transformers.initialization import no_init_weights
@@ -234,10 +234,10 @@ def load_pretrained(path: str | Path, *, registry: Any = None) -> tuple[nn.Modul
         text_config = getattr(config, "text_config", None) or config
         for cfg in {id(config): config, id(text_config): text_config}.values():
             cfg.intermediate_size = max(sidecar["widths"])
-    model = _build(AutoModelForCausalLM, config)
+    model = build_from_config(AutoModelForCausalLM, config)
     if sidecar is not None:
         _shape_like_sidecar(model, sidecar, root, registry)
-    _load_strict(model, state, root)
+    load_state_strict(model, state, root)
     dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
     if len(dtypes) == 1:
         model = model.to(dtypes.pop())
@@ -273,7 +273,8 @@ def _shape_like_sidecar(model: nn.Module, sidecar: dict[str, Any], root: Path, r
     adapter.set_widths(model, recorded)
 
 
-def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], root: Path) -> None:
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], root: Path | str) -> None:
+    """Load ``state`` into ``model``; any extra, missing (other than tied aliases) or misshapen tensor is a PersistError."""
     expected = model.state_dict()
     unexpected = sorted(set(state) - set(expected))
     if unexpected:

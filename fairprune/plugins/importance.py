@@ -1,7 +1,7 @@
 """Built-in importance metrics: how much the model needs each GLU neuron (higher = keep).
 
-This module only registers; the tensor code lives in ``importance_metrics`` and
-is imported inside the hook so that ``fairprune plugins`` does not import torch.
+This module only registers; the metrics live in ``importance_metrics``, which
+imports torch only when a metric runs, so ``fairprune plugins`` stays fast.
 """
 
 from __future__ import annotations

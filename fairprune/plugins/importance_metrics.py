@@ -9,15 +9,16 @@ the model's dtype.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
-
-import torch
+from typing import TYPE_CHECKING, ClassVar
 
 from ..core.plugin import Plugin
 from ..core.protocols import MLPWeights
 
+if TYPE_CHECKING:  # torch is imported when a metric runs, not when it is registered
+    import torch
 
-def _f32(t: torch.Tensor) -> torch.Tensor:
+
+def _f32(t: "torch.Tensor") -> "torch.Tensor":
     return t.detach().float()
 
 
@@ -40,6 +41,8 @@ class PeakToPeak(Plugin):
     needs_activations: ClassVar[bool] = False
 
     def score(self, weights: MLPWeights, stats: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
+        import torch
+
         total = torch.zeros(weights.gate.shape[0])
         for rows in (_f32(weights.gate), _f32(weights.up)):
             total = total + rows.amax(dim=1) + rows.amin(dim=1).abs()
