@@ -46,7 +46,7 @@ class NextTokenConsistency(Plugin):
     """Share of held-out prompt groups whose members get the same greedy next token, base vs pruned."""
 
     name = "next_token_consistency"
-    description = "share of held-out groups whose members get the same greedy next token, base vs pruned (example)"
+    description = "share of held-out groups whose members agree on the next token, base vs pruned (example plugin)"
     needs_groups = True
 
     class Params(BaseModel):
