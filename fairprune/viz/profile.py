@@ -50,6 +50,9 @@ def bias_profile_plot(rows: Sequence[Mapping[str, Any]], title: str | None = Non
             layers, values = zip(*points)
             ax.plot(layers, values, style, marker="o" if label == "base" else "s", markersize=3.5,
                     color=colour, label=f"{name} — {label}")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer")
     ax.set_ylabel(ylabel)
     ax.set_title(title or "Bias per layer: base (solid) vs pruned (dashed)")

@@ -60,14 +60,20 @@ def tiny_analysis(bias_weight: float = 0.8, neurons: int = 12, seed: int = 0) ->
 
 
 def sample_run(directory: str | Path, bias_weight: float = 0.8, neurons: int = 12, seed: int = 0) -> Path:
-    """A complete run directory written by the real pipeline (``fairprune.run``) for a tiny random Llama.
+    """A complete run directory for a tiny random Llama, written by the pipeline's own stages and file writer.
 
     The model and tokenizer are saved to ``directory/source`` and the prompt pairs to
-    ``directory/pairs.yaml``; the run goes to ``directory/run``, which is returned.
+    ``directory/pairs.yaml``; the run (model, plan, bias report, metrics, config,
+    report.md and report.html) goes to ``directory/run``, which is returned.
     """
     import yaml
 
-    from ..core.pipeline import run
+    from ..core import pipeline
+    from ..core.config import load_config
+    from ..core.persist import save_pretrained
+    from ..core.registry import get_registry
+    from ..core.sources import load_model
+    from ..core.surgery import prune, resolve_adapter
     from ..testing import tiny_model, tiny_tokenizer
 
     directory = Path(directory)
@@ -76,11 +82,24 @@ def sample_run(directory: str | Path, bias_weight: float = 0.8, neurons: int = 1
     tiny_tokenizer().save_pretrained(source)
     pairs = directory / "pairs.yaml"
     pairs.write_text(yaml.safe_dump({"axis": "race", "pairs": [list(p) for p in TINY_PAIRS]}))
-    config = {"model": {"source": str(source)}, "bias": {"axes": [], "prompts": str(pairs)},
-              "scoring": {"bias_weight": bias_weight}, "pruning": {"budget": {"neurons": neurons}},
-              "evaluation": {"evaluators": ["activation_bias", "output_bias", "generations", "parameters"]},
-              "output": {"dir": str(directory / "run")}, "seed": seed}
-    return Path(run(config, progress=False).output_dir)
+    config = load_config({"model": {"source": str(source)}, "bias": {"axes": [], "prompts": str(pairs)},
+                          "scoring": {"bias_weight": bias_weight}, "pruning": {"budget": {"neurons": neurons}},
+                          "evaluation": {"evaluators": ["activation_bias", "output_bias", "generations", "parameters"]},
+                          "output": {"dir": str(directory / "run")}, "seed": seed})
+    registry = get_registry()
+    model, tokenizer = load_model(str(source), registry=registry)
+    adapter = resolve_adapter(model, registry=registry)
+    report = pipeline.analyze(config, model, tokenizer, adapter, registry, False)
+    plan = pipeline.make_plan(config, model, report, adapter, registry)
+    base = copy.deepcopy(model)
+    result = prune(model, plan, adapter=adapter, registry=registry)
+    evaluations = pipeline.evaluate_run(config, base, model, tokenizer, registry, result, False)
+    metrics = pipeline.collect_metrics(config, plan, result, evaluations)
+    out = directory / "run"
+    save_pretrained(model, tokenizer, out, plan=plan, run_config=config.model_dump(mode="json"),
+                    base_model=str(source))
+    pipeline.write_run_files(out, config, plan, report, metrics, {}, evaluations)
+    return out
 
 
 def _greedy(model: Any, tokenizer: Any, prompt: str, tokens: int = 8) -> str:
