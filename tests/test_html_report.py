@@ -87,14 +87,14 @@ def test_report_renders_in_headless_chromium(full_page, tmp_path):
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
     done = subprocess.run([CHROMIUM, *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     title = re.search(r"<title>(.*?)</title>", done.stdout)
     assert title, done.stderr[-2000:]
     assert title.group(1) == "PROBE images=5 bad=0 errors=0"
     assert "Uncaught" not in done.stderr and ":CONSOLE" not in done.stderr
     shot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, *flags, "--window-size=1200,1600", f"--screenshot={shot}", probe.as_uri()],
-                   capture_output=True, timeout=120)
+                   capture_output=True, timeout=120, check=True)
     assert shot.read_bytes()[:4] == b"\x89PNG"
     if os.environ.get("FAIRPRUNE_SCREENSHOT"):  # refresh the README's picture: FAIRPRUNE_SCREENSHOT=docs/report.png
         shutil.copy(shot, os.environ["FAIRPRUNE_SCREENSHOT"])
