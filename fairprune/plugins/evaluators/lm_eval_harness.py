@@ -3,7 +3,8 @@
 lm-evaluation-harness is an optional extra (``pip install fairprune[lm_eval]``),
 imported only when this evaluator runs. Each task is written as a custom task
 YAML (``dataset_path: json`` with the given file) into a temporary directory, so
-nothing is downloaded; our in-memory models are wrapped in lm_eval's ``HFLM``.
+nothing is downloaded; our in-memory models are wrapped in lm_eval's ``HFLM``, or,
+when HFLM cannot be imported (it needs ``accelerate``), in ``lm_eval_adapter.ScoringLM``.
 CIs are lm_eval's standard errors times 1.96 (normal approximation).
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,6 +32,8 @@ class LmEvalParams(BaseModel):
     boolq_path: str | None = Field(None, description="BoolQ JSONL (passage, question, and label 0/1 or answer bool)")
     limit: int | None = Field(None, ge=1, description="first N examples of each task (None = all)")
     batch_size: int | None = Field(None, ge=1, description="lm_eval batch size (default: the context's)")
+    backend: Literal["auto", "hflm", "fairprune"] = Field(
+        "auto", description="hflm: lm_eval's HFLM (needs accelerate); fairprune: our scorer; auto: HFLM if importable")
 
 
 def task_configs(params: LmEvalParams) -> dict[str, dict[str, Any]]:
@@ -51,7 +54,7 @@ def task_configs(params: LmEvalParams) -> dict[str, dict[str, Any]]:
             "dataset_kwargs": {"data_files": {"validation": _existing(params.boolq_path, "boolq_path")}},
             "output_type": "multiple_choice", "validation_split": "validation",
             "doc_to_text": "{{passage}}\nQuestion: {{question}}?\nAnswer:",
-            "doc_to_target": "{{label if label is defined else (1 if answer else 0)}}",
+            "doc_to_target": "{{((1 if answer else 0) if label is not defined or label is none else label)}}",
             "doc_to_choice": ["no", "yes"], "metric_list": [{"metric": "acc"}], "metadata": {"version": 1.0}}
     return tasks
 
@@ -63,13 +66,29 @@ def _existing(path: str, what: str) -> str:
     return str(file)
 
 
+def make_lm(model: Any, tokenizer: Any, batch_size: int, backend: str = "auto") -> Any:
+    """Wrap an in-memory model as an lm_eval ``LM``: ``HFLM`` when possible, else our ``ScoringLM``."""
+    if backend in ("auto", "hflm"):
+        try:
+            from lm_eval.models.huggingface import HFLM
+        except ImportError as exc:
+            if backend == "hflm":
+                raise FairpruneError(f"lm_eval's HFLM cannot be imported ({exc}); install accelerate, or use "
+                                     "lm_eval.backend: fairprune") from exc
+            logger.info("lm_eval HFLM unavailable (%s); using fairprune's scorer as the lm_eval model", exc)
+        else:
+            return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    from .lm_eval_adapter import ScoringLM
+
+    return ScoringLM(model, tokenizer, batch_size)
+
+
 def run_tasks(model: Any, tokenizer: Any, tasks: dict[str, dict[str, Any]], limit: int | None,
-              batch_size: int) -> dict[str, dict[str, float]]:
+              batch_size: int, backend: str = "auto") -> dict[str, dict[str, float]]:
     """Run the tasks on one model; ``{our task: {metric: value, metric_stderr: value}}``."""
     try:
         import yaml
         from lm_eval import simple_evaluate
-        from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError as exc:
         raise FairpruneError("the lm_eval evaluator needs lm-evaluation-harness: pip install 'fairprune[lm_eval]' "
@@ -78,7 +97,7 @@ def run_tasks(model: Any, tokenizer: Any, tasks: dict[str, dict[str, Any]], limi
         for config in tasks.values():
             (Path(tmp) / f"{config['task']}.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
         manager = TaskManager(include_path=tmp, include_defaults=False)
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        lm = make_lm(model, tokenizer, batch_size, backend)
         out = simple_evaluate(model=lm, tasks=[c["task"] for c in tasks.values()], limit=limit,
                               task_manager=manager, bootstrap_iters=1000, log_samples=False, verbosity="ERROR")
     metrics: dict[str, dict[str, float]] = {}
@@ -102,7 +121,7 @@ class LmEvalEvaluator(Plugin):
             raise ConfigError("lm_eval needs data: set lm_eval.lambada_path and/or lm_eval.boolq_path "
                               "(local JSONL files; nothing is downloaded)")
         batch = self.params.batch_size or context.batch_size
-        found = {label: run_tasks(model, context.tokenizer, tasks, self.params.limit, batch)
+        found = {label: run_tasks(model, context.tokenizer, tasks, self.params.limit, batch, self.params.backend)
                  for label, model, _ in context.models()}
         result = EvalResult(self.name)
         rows = []
