@@ -224,3 +224,69 @@ def test_contract_problem_names_what_is_missing() -> None:
     assert contract_problem("scorers", NoScore()) == "missing method score()"
     assert contract_problem("scorers", NoDescription()) == "missing a 'description' string"
     assert contract_problem("importance_metrics", NoScore()) == "missing method score()"
+
+
+class EveryKind:
+    """One valid object for each registration hook, as a third-party plugin would register them."""
+
+    @staticmethod
+    def _obj(name: str, **methods) -> object:
+        cls = type(name.title().replace("_", ""), (), {"name": name, "description": f"test {name}", **methods})
+        return cls()
+
+    @hookimpl
+    def fairprune_register_architectures(self, register):
+        from fairprune.architectures.base import GLUAdapter
+
+        class Renamed(GLUAdapter):
+            name = "hy_adapter"
+            description = "test hy_adapter"
+            gate_attr, up_attr, down_attr = "w1", "w3", "w2"
+
+        register(Renamed())
+
+    @hookimpl
+    def fairprune_register_importance_metrics(self, register):
+        register(self._obj("hy_importance", needs_activations=False, score=lambda self, weights, stats: None))
+
+    @hookimpl
+    def fairprune_register_bias_metrics(self, register):
+        register(self._obj("hy_bias", score=lambda self, pooled, magnitude: None))
+
+    @hookimpl
+    def fairprune_register_bias_axes(self, register):
+        register(self._obj("hy_axis", prompt_groups=lambda self, split="all": []))
+
+    @hookimpl
+    def fairprune_register_collectors(self, register):
+        register(self._obj("hy_site", collector_kind="site", role="neuron", fixed_width=False))
+        register(self._obj("hy_pooling", collector_kind="pooling",
+                           weights=lambda self, mask, content_pos, diverge_at: None))
+
+    @hookimpl
+    def fairprune_register_scorers(self, register):
+        register(self._obj("hy_scorer", score=lambda self, bias, importance, bias_weight: None))
+
+    @hookimpl
+    def fairprune_register_pruners(self, register):
+        register(self._obj("hy_pruner", needs_calibration=False,
+                           apply=lambda self, model, adapter, plan, calibration: None))
+
+    @hookimpl
+    def fairprune_register_model_sources(self, register):
+        register(self._obj("hy_source", priority=0, matches=lambda self, spec: False, load=lambda self, spec: None))
+
+    @hookimpl
+    def fairprune_register_evaluators(self, register):
+        register(self._obj("hy_evaluator", evaluate=lambda self, context: None))
+
+
+def test_every_registration_hook_fills_its_kind() -> None:
+    registry = Registry(load_entrypoints=False, strict=True, extra_plugins=(EveryKind(),))
+    expected = {"architectures": "hy_adapter", "importance_metrics": "hy_importance", "bias_metrics": "hy_bias",
+                "bias_axes": "hy_axis", "sites": "hy_site", "poolings": "hy_pooling", "scorers": "hy_scorer",
+                "pruners": "hy_pruner", "model_sources": "hy_source", "evaluators": "hy_evaluator"}
+    for kind, name in expected.items():
+        entry = registry.entry(kind, name)
+        assert entry.plugin == "EveryKind" and entry.description == f"test {name}"
+    assert registry.broken == []
