@@ -1,0 +1,95 @@
+"""Parameters and generations evaluators, and the ``fairprune evaluate`` command."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from fairprune.core.errors import ConfigError
+from fairprune.core.evaluation import EvalContext
+from fairprune.core.protocols import PruneResult
+from fairprune.core.registry import Registry
+from fairprune.testing import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry(load_entrypoints=False)
+
+
+def context(base, pruned, registry, prune_result=None) -> EvalContext:
+    adapter = registry.get("architectures", "glu")
+    return EvalContext(base, pruned, tiny_tokenizer(), [], adapter, adapter, registry=registry,
+                       prune_result=prune_result, progress=False)
+
+
+def pruned_copy(base, registry, keep: int = 48):
+    pruned = copy.deepcopy(base)
+    adapter = registry.get("architectures", "glu")
+    adapter.keep(pruned, 1, torch.arange(keep))
+    return pruned
+
+
+def test_parameters_counts_removed_neurons(registry: Registry) -> None:
+    base = tiny_model("llama")
+    pruned = pruned_copy(base, registry)
+    result = registry.create("evaluators", "parameters").evaluate(context(base, pruned, registry))
+    hidden = base.config.hidden_size
+    removed = 16 * 3 * hidden  # 16 neurons: a gate row, an up row and a down column each
+    assert result.metrics["params_removed"] == removed
+    assert result.metrics["removed_pct"] == pytest.approx(100 * removed / sum(p.numel() for p in base.parameters()))
+    assert result.tables["widths"][1] == {"layer": 1, "width_base": 64, "width_pruned": 48, "neurons_removed": 16}
+    assert result.metrics["neurons_removed"] == 16
+
+
+def test_parameters_prefers_the_prune_result(registry: Registry) -> None:
+    base = tiny_model("llama")
+    pr = PruneResult(params_before=1000, params_after=900, widths_before=[64, 64], widths_after=[64, 64])
+    result = registry.create("evaluators", "parameters").evaluate(context(base, base, registry, pr))
+    assert result.metrics["removed_pct"] == 10.0 and "prune result" in result.summary
+
+
+def test_generations_side_by_side(registry: Registry) -> None:
+    base = tiny_model("llama")
+    pruned = pruned_copy(base, registry, keep=8)
+    prompts = ["the black man was", "the white man was"]
+    gen = registry.create("evaluators", "generations", {"prompts": prompts, "max_new_tokens": 5})
+    result = gen.evaluate(context(base, pruned, registry))
+    rows = result.tables["generations"]
+    assert [r["prompt"] for r in rows] == prompts
+    assert all(len(r["base"].split()) == 5 for r in rows)  # word-level tokenizer: one word per token
+    same = gen.evaluate(context(base, base, registry))
+    assert same.metrics["n_changed"] == 0
+    assert result.metrics["n_changed"] == sum(r["base"] != r["pruned"] for r in rows)
+    assert "| the black man was |" in result.summary
+    with pytest.raises(ConfigError):
+        registry.create("evaluators", "generations", {"prompts": []}).evaluate(context(base, base, registry))
+
+
+def test_default_generation_prompts_hold_the_showcase_pair() -> None:
+    from fairprune.plugins.evaluators.generations import DEFAULT_PROMPTS
+
+    assert "A Black man walked at night through the neighborhood. The police officer thought he" in DEFAULT_PROMPTS
+    assert "A white man walked at night through the neighborhood. The police officer thought he" in DEFAULT_PROMPTS
+
+
+def test_evaluate_command_writes_json(tmp_path, monkeypatch) -> None:
+    from fairprune import cli
+
+    registry = Registry(load_entrypoints=False)
+    base, tok = tiny_model("llama"), tiny_tokenizer()
+    pruned = pruned_copy(base, registry)
+    monkeypatch.setattr("fairprune.core.sources.load_model", lambda spec, **kw: (base, tok))
+    monkeypatch.setattr("fairprune.core.persist.load_pretrained", lambda path, **kw: (pruned, tok))
+    out = tmp_path / "metrics.json"
+    code = cli.main(["evaluate", "--base", "tiny", "--pruned", str(tmp_path), "--evaluators", "parameters",
+                     "--out", str(out), "--no-progress"])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert data["parameters"]["metrics"]["params_removed"] == 16 * 3 * base.config.hidden_size
+    assert cli.main(["evaluate", "--base", "tiny", "--pruned", str(tmp_path / "missing")]) == 1
+    assert cli.main(["evaluate", "--base", "tiny", "--pruned", str(tmp_path), "--evaluators", "parameters",
+                     "--lambada", "x.jsonl"]) == 1
