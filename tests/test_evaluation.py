@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 
 from fairprune.core.errors import ConfigError
-from fairprune.core.evaluation import (EvalResult, bootstrap_ci, change_pct, evaluate, flat_metrics,
-                                       reduction_pct, results_to_dict)
+from fairprune.core.evaluation import (
+    EvalResult,
+    bootstrap_ci,
+    change_pct,
+    evaluate,
+    flat_metrics,
+    reduction_pct,
+    results_to_dict,
+)
 from fairprune.core.protocols import PromptGroup
 from fairprune.core.registry import Registry
 from fairprune.testing import tiny_model, tiny_tokenizer

@@ -90,7 +90,7 @@ def test_sliding_windows_score_each_token_once_and_match_unpadded_forward() -> N
     model, tok = tiny_model("llama"), tiny_tokenizer()
     ids = encode(tok, TEXT, special=False)
     requests = window_requests(ids, window=12, stride=5)
-    assert [t for _, t in requests] and sum((t for _, t in requests), []) == ids[1:]
+    assert [t for _, t in requests] and [x for _, t in requests for x in t] == ids[1:]
     assert all(len(c) + len(t) <= 12 for c, t in requests)
     scores = score_continuations(model, requests, batch_size=4, pad=0)
     for (ctx, tgt), score in zip(requests, scores):
@@ -135,7 +135,7 @@ def test_bundled_text_is_long_enough() -> None:
     text = bundled_path(GENERAL_TEXT).read_text(encoding="utf-8")
     words = text.split()
     assert len(words) >= 5000
-    assert len(set(p.strip() for p in text.split("\n\n") if p.strip())) > 60  # many distinct paragraphs
+    assert len({p.strip() for p in text.split("\n\n") if p.strip()}) > 60  # many distinct paragraphs
 
 
 def test_bundled_cloze_set_has_200_unique_single_word_targets() -> None:

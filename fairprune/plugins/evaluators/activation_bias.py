@@ -36,7 +36,7 @@ class ActivationBiasParams(BaseModel):
     n_boot: int = Field(1000, ge=10, description="bootstrap resamples")
 
 
-def pairwise_distance(pooled: "torch.Tensor") -> np.ndarray:
+def pairwise_distance(pooled: torch.Tensor) -> np.ndarray:
     """Per group: mean over member pairs of mean |a − b| over the hidden dimension.
 
     ``pooled`` is ``[n_groups, n_members, width]``; returns ``[n_groups]``.
@@ -111,8 +111,9 @@ class ActivationBiasEvaluator(Plugin):
 
 
 def _summary(result: EvalResult, sites: list[str], pooling: str, n_groups: int) -> str:
-    lines = [f"Activation difference between group members ({pooling}-pooled, mean |a−b| over hidden units, "
-             f"mean over member pairs and layers) on {n_groups} held-out groups; 95% bootstrap CI over groups.",
+    intro = (f"Activation difference between group members ({pooling}-pooled, mean |a−b| over hidden units, "
+             f"mean over member pairs and layers) on {n_groups} held-out groups; 95% bootstrap CI over groups.")
+    lines = [intro,
              "", "| site | base | pruned | reduction % |", "|---|---|---|---|"]
     for site in sites:
         lines.append(f"| {site} | {fmt_ci(result, site + '_base')} | {fmt_ci(result, site + '_pruned')} | "

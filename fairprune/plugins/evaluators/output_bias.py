@@ -34,7 +34,7 @@ class OutputBiasParams(BaseModel):
     n_boot: int = Field(1000, ge=10, description="bootstrap resamples")
 
 
-def js_divergence(logp: "torch.Tensor", logq: "torch.Tensor") -> "torch.Tensor":
+def js_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """Jensen–Shannon divergence in nats between distributions given as log-probabilities (last dim)."""
     import torch
 
@@ -113,14 +113,18 @@ class OutputBiasEvaluator(Plugin):
 
 
 def _summary(result: EvalResult, n_groups: int) -> str:
+    intro = (f"Output bias on {n_groups} held-out prompt groups (mean over member pairs, then groups; "
+             "95% bootstrap CI over groups).")
     return "\n".join([
-        f"Output bias on {n_groups} held-out prompt groups (mean over member pairs, then groups; 95% bootstrap CI "
-        "over groups).",
+        intro,
         "",
         "| measure | base | pruned | reduction % |",
         "|---|---|---|---|",
-        f"| next-token JS divergence (nats) | {fmt_ci(result, 'js_base')} | {fmt_ci(result, 'js_pruned')} | "
-        f"{fmt_ci(result, 'js_reduction_pct', 3)} |",
-        f"| continuation log-prob gap | {fmt_ci(result, 'logprob_gap_base')} | {fmt_ci(result, 'logprob_gap_pruned')} | "
-        f"{fmt_ci(result, 'logprob_gap_reduction_pct', 3)} |",
+        _row(result, "next-token JS divergence (nats)", "js"),
+        _row(result, "continuation log-prob gap", "logprob_gap"),
     ])
+
+
+def _row(result: EvalResult, label: str, prefix: str) -> str:
+    return (f"| {label} | {fmt_ci(result, prefix + '_base')} | {fmt_ci(result, prefix + '_pruned')} | "
+            f"{fmt_ci(result, prefix + '_reduction_pct', 3)} |")
