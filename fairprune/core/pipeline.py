@@ -137,12 +137,11 @@ def apply_plan(config: RunConfig, model: Any, plan: Any, report: Any, adapter: A
     """Step 4b: remove the planned neurons with the configured pruner (in place)."""
     from .surgery import prune
 
-    pruner = registry.get("pruners", config.pruning.pruner.name)
+    pruner = resolve_component(registry, "pruners", config.pruning.pruner, "pruning.pruner")
     calibration = report.mean if getattr(pruner, "needs_calibration", False) else None
     if calibration is not None and report.settings.get("site") != "neuron":
         raise ConfigError("pruning.pruner: a compensating pruner needs neuron-site activations (bias.site=neuron)")
-    return prune(model, plan, pruner=config.pruning.pruner.name, adapter=adapter, calibration=calibration,
-                 registry=registry, pruner_params=config.pruning.pruner.params or None)
+    return prune(model, plan, pruner=pruner, adapter=adapter, calibration=calibration, registry=registry)
 
 
 def evaluate_run(config: RunConfig, base: Any, pruned: Any, tokenizer: Any, registry: Any, prune_result: Any,
