@@ -25,8 +25,6 @@ logger = logging.getLogger(__name__)
 
 #: evaluators run by ``evaluate`` when none are named
 DEFAULT_EVALUATORS: tuple[str, ...] = ("activation_bias", "output_bias", "capability", "parameters")
-#: evaluators that need held-out prompt groups
-GROUP_EVALUATORS: frozenset[str] = frozenset({"activation_bias", "output_bias"})
 #: the axis used when a bias evaluator runs and no axes or groups are given
 DEFAULT_AXES: tuple[str, ...] = ("race",)
 
@@ -207,8 +205,8 @@ def evaluate(base_model: Any, pruned_model: Any, tokenizer: Any, *, axes: Sequen
              seed: int = 0) -> dict[str, EvalResult]:
     """Compare ``pruned_model`` with ``base_model`` with each named evaluator; ``{name: EvalResult}``.
 
-    Bias evaluators use ``groups`` if given, else the held-out groups of ``axes``
-    (default ``["race"]``). ``params`` maps an evaluator name to its parameters,
+    Evaluators that declare ``needs_groups = True`` (the bias evaluators) get
+    ``groups`` if given, else the held-out groups of ``axes`` (default ``["race"]``). ``params`` maps an evaluator name to its parameters,
     validated against that evaluator's ``Params`` before anything runs.
     """
     if registry is None:
@@ -222,7 +220,7 @@ def evaluate(base_model: Any, pruned_model: Any, tokenizer: Any, *, axes: Sequen
         raise ConfigError(f"parameters given for evaluators that are not run: {', '.join(unknown)} "
                           f"(running: {', '.join(evaluators)})")
     configured = [(name, _configure(registry, name, params.get(name))) for name in evaluators]
-    if groups is None and GROUP_EVALUATORS.intersection(evaluators):
+    if groups is None and (axes is not None or any(getattr(e, "needs_groups", False) for _, e in configured)):
         groups = heldout_groups(axes if axes is not None else DEFAULT_AXES, registry)
     context = EvalContext(
         base_model=base_model, pruned_model=pruned_model, tokenizer=tokenizer, groups=list(groups or []),

@@ -58,6 +58,7 @@ class ActivationBiasEvaluator(Plugin):
     name = "activation_bias"
     description = "mean |a-b| between group members on residual and mlp_out sites, per layer, base vs pruned"
     Params = ActivationBiasParams
+    needs_groups = True
 
     def evaluate(self, context: EvalContext) -> EvalResult:
         if not context.groups:

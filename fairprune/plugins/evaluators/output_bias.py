@@ -58,6 +58,7 @@ class OutputBiasEvaluator(Plugin):
     name = "output_bias"
     description = "next-token Jensen-Shannon divergence and log-prob gaps between group members, base vs pruned"
     Params = OutputBiasParams
+    needs_groups = True
 
     def evaluate(self, context: EvalContext) -> EvalResult:
         groups = context.groups
