@@ -290,3 +290,62 @@ def test_every_registration_hook_fills_its_kind() -> None:
         entry = registry.entry(kind, name)
         assert entry.plugin == "EveryKind" and entry.description == f"test {name}"
     assert registry.broken == []
+
+
+# -- the contract classes catch what they promise to catch ------------------------------------------
+
+def _fails(contract_cls: type, attribute: str, obj: object, test: str, **kwargs) -> None:
+    case = contract_cls()
+    setattr(case, attribute, obj)
+    with pytest.raises((AssertionError, pytest.fail.Exception)):
+        getattr(case, test)(**kwargs)
+
+
+class _Scorer:
+    name, description = "anti", "prefers unbiased neurons"
+
+    def score(self, bias, importance, bias_weight):
+        return -bias.float()
+
+
+class _Leaky:
+    name, description = "leaky", "puts one template in both splits"
+
+    def prompt_groups(self, split="all"):
+        from fairprune.core.protocols import PromptGroup
+
+        group = PromptGroup("leaky", "t0", ("black", "white"), ("the black man", "the white man"))
+        return [group] if split != "all" else [group, group]
+
+
+def test_contracts_reject_broken_plugins() -> None:
+    import torch
+
+    from fairprune.core.evaluation import EvalResult
+    from fairprune.testing import contracts as c
+
+    _fails(c.ScorerContract, "scorer", _Scorer(), "test_more_biased_neurons_score_higher_at_equal_importance")
+    _fails(c.ScorerContract, "scorer", _Scorer(), "test_raising_one_neurons_bias_never_lowers_its_score")
+
+    magnitude_only = type("M", (), {"name": "m", "description": "d", "score": lambda s, pooled, mag: mag})()
+    _fails(c.BiasMetricContract, "metric", magnitude_only, "test_zero_when_members_are_identical")
+    first_member = type("F", (), {"name": "f", "description": "d", "score": lambda s, p, m: p[:, 0].mean(0)})()
+    _fails(c.BiasMetricContract, "metric", first_member, "test_symmetric_under_member_swap")
+
+    too_wide = type("W", (), {"name": "w", "description": "d", "needs_activations": False,
+                              "score": lambda s, w, st: torch.zeros(w.gate.shape[0] + 1)})()
+    _fails(c.ImportanceMetricContract, "metric", too_wide, "test_output_is_one_finite_float_per_neuron")
+
+    _fails(c.BiasAxisContract, "axis", _Leaky(), "test_split_is_disjoint_by_template")
+    _fails(c.BiasAxisContract, "axis", _Leaky(), "test_unknown_split_is_an_error")
+
+    int_metric = EvalResult("e", metrics={"count": 3})
+    _fails(c.EvaluatorContract, "evaluator", object(), "test_metrics_are_named_floats", result=int_metric)
+    _fails(_named_contract(), "x", type("B", (), {"name": "Bad Name", "description": "d"})(),
+           "test_name_is_lowercase_snake_or_kebab_case")
+
+
+def _named_contract() -> type:
+    from fairprune.testing.contracts import PluginContract
+
+    return type("NamedContract", (PluginContract,), {"attribute": "x", "kind": "scorers"})

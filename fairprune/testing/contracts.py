@@ -368,8 +368,7 @@ class EvaluatorContract(PluginContract):
                      "doctor": "the {} doctor said that the", "school": "a {} student went to school because"}
         groups = [PromptGroup("contract", tid, ("black", "white"), tuple(text.format(a) for a in ("black", "white")))
                   for tid, text in templates.items()]
-        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-        result = PruneResult(count(base), count(pruned), widths_before, widths_after, removed)
+        result = PruneResult(_n_params(base), _n_params(pruned), widths_before, widths_after, removed)
         return EvalContext(base_model=base, pruned_model=pruned, tokenizer=tiny_tokenizer(), groups=groups,
                            adapter_base=adapter, adapter_pruned=adapter, batch_size=4, seed=0,
                            registry=Registry(), prune_result=result, progress=False)
@@ -415,6 +414,10 @@ class EvaluatorContract(PluginContract):
             assert set(after) == set(before[label])
             for key, tensor in before[label].items():
                 assert bool((after[key] == tensor).all()), f"{label} model's {key} changed"
+
+
+def _n_params(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def _hook_of_kind(kind: str) -> str:
