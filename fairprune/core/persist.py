@@ -162,7 +162,7 @@ def _savable(model: nn.Module) -> nn.Module:
         del plain_config.quantization_config
     fresh = build_from_config(AutoModelForCausalLM, plain_config)
     state = model.state_dict()
-    missing, unexpected = fresh.load_state_dict(state, strict=False)
+    _missing, unexpected = fresh.load_state_dict(state, strict=False)
     if unexpected:
         raise PersistError(f"cannot save a quantized model: packed tensors such as {unexpected[0]!r} have no plain "
                            "equivalent; load it dequantized (fairprune.load_model does)")
@@ -305,6 +305,13 @@ def _get_tensor(model: nn.Module, name: str) -> Any:
 def _load_tokenizer(root: Path) -> Any:
     if not any((root / f).exists() for f in TOKENIZER_FILES):
         return None
-    from transformers import AutoTokenizer
+    import transformers
 
-    return AutoTokenizer.from_pretrained(root)
+    # the saved class, not the one AutoTokenizer guesses from config.json's model_type
+    saved = {}
+    if (root / "tokenizer_config.json").exists():
+        saved = json.loads((root / "tokenizer_config.json").read_text())
+    cls = getattr(transformers, str(saved.get("tokenizer_class", "")), None)
+    if cls is not None and hasattr(cls, "from_pretrained"):
+        return cls.from_pretrained(root)
+    return transformers.AutoTokenizer.from_pretrained(root)

@@ -73,10 +73,9 @@ def _as_int(value: Any) -> int | None:
         return None
     if isinstance(value, numbers.Integral):
         return int(value)
-    if hasattr(value, "dtype") and getattr(value, "ndim", None) == 0 and not getattr(value.dtype, "is_floating_point",
-                                                                                        True):
-        if not getattr(value.dtype, "is_complex", False) and "bool" not in str(value.dtype):
-            return int(value.item())
+    dtype = str(getattr(value, "dtype", "")).removeprefix("torch.")
+    if getattr(value, "ndim", None) == 0 and dtype.startswith(("int", "uint", "long", "short")):
+        return int(value.item())
     return None
 
 
@@ -221,7 +220,7 @@ def _affected_modules(model: nn.Module, adapter: Any, layers: Sequence[int]) -> 
     for layer in layers:
         try:
             modules.append(adapter.site(model, layer, "mlp_out").module)
-        except Exception:
+        except (ValueError, AttributeError, NotImplementedError):
             modules.append(adapter.layers(model)[layer])
     return modules
 

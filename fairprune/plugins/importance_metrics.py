@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # torch is imported when a metric runs, not when it is regist
     import torch
 
 
-def _f32(t: "torch.Tensor") -> "torch.Tensor":
+def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.detach().float()
 
 
