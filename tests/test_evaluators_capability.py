@@ -84,6 +84,13 @@ def test_text_perplexity_equals_hf_loss_for_one_window(registry: Registry, tmp_p
         loss = model(torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
     assert result.metrics["text_ppl_base"] == pytest.approx(math.exp(loss), rel=1e-4)
     assert result.metrics["text_tokens"] == len(ids) - 1
+    capped = registry.create("evaluators", "capability", {"tasks": ["text"], "text_path": str(text),
+                                                          "text_max_tokens": 20, "n_boot": 20}).evaluate(
+        context(model, model, registry))
+    with torch.no_grad():
+        loss20 = model(torch.tensor([ids[:20]]), labels=torch.tensor([ids[:20]])).loss.item()
+    assert capped.metrics["text_tokens"] == 19
+    assert capped.metrics["text_ppl_base"] == pytest.approx(math.exp(loss20), rel=1e-4)
 
 
 def test_sliding_windows_score_each_token_once_and_match_unpadded_forward() -> None:

@@ -1,7 +1,8 @@
 """The ``capability`` evaluator: perplexity on general text, cloze accuracy and LAMBADA, base vs pruned.
 
 - text perplexity: exp(total NLL / total scored tokens) over sliding windows of
-  a general English text (bundled, written for this project); CI by resampling windows.
+  a general English text (bundled, written for this project; the first
+  ``text_max_tokens`` tokens by default, for speed); CI by resampling windows.
 - cloze and LAMBADA: the last word of each passage is predicted from the rest.
   Accuracy counts a passage correct when greedy decoding produces every token of
   ``" " + word`` (as lm-evaluation-harness does); last-word perplexity is
@@ -26,6 +27,8 @@ class CapabilityParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     text_path: str | None = Field(None, description="plain-text file for perplexity (default: bundled text)")
+    text_max_tokens: int | None = Field(4096, ge=2, description="score only the first N tokens of the text "
+                                        "(None = all; the bundled text has ~7,000 SmolLM2 tokens)")
     window: int = Field(256, ge=2, description="tokens per perplexity window")
     stride: int = Field(256, ge=1, description="tokens between window starts (<= window)")
     cloze_path: str | None = Field(None, description="LAMBADA-format JSONL cloze set (default: bundled set)")
@@ -61,7 +64,7 @@ class CapabilityEvaluator(Plugin):
         result = EvalResult(self.name)
         rows: list[dict] = []
         if "text" in p.tasks:
-            ids = encode(tok, read_text(p.text_path), special=False)
+            ids = encode(tok, read_text(p.text_path), special=False)[:p.text_max_tokens]
             self._windows(context, result, window_requests(ids, p.window, p.stride), pad_id(tok), rows)
         if "cloze" in p.tasks:
             requests = word_requests(tok, read_jsonl_texts(p.cloze_path, what="cloze_path"))
