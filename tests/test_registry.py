@@ -108,3 +108,19 @@ def test_contract_problem_accepts_builtins():
     for kind in ("importance_metrics", "pruners", "model_sources", "architectures"):
         for entry in reg.items(kind):
             assert contract_problem(kind, entry.obj) is None, entry.name
+
+
+def test_plugins_command_lists_kinds_without_importing_torch():
+    import json
+    import subprocess
+    import sys
+
+    code = ("import sys, io, contextlib; from fairprune.cli import main; buf = io.StringIO()\n"
+            "with contextlib.redirect_stdout(buf): main(['plugins', '--json'])\n"
+            "print(buf.getvalue()); print('TORCH' if 'torch' in sys.modules else 'NO_TORCH')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    body, marker = out.rsplit("\n", 2)[0], out.strip().rsplit("\n", 1)[-1]
+    assert marker == "NO_TORCH"
+    data = json.loads(body)
+    assert {"broken", "disabled", "pruners", "importance_metrics"} <= set(data)
+    assert all(set(e) == {"name", "description", "package"} for e in data["pruners"])
