@@ -12,7 +12,7 @@ DEFAULT_EVALUATORS = "activation_bias,output_bias,capability,parameters"
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("evaluate", help="compare a pruned model with its base (bias, capability, size)",
                             description="Evaluate base vs pruned on held-out prompt groups and general text; every "
-                                        "bias and capability figure comes with a 95%% bootstrap interval.")
+                                        "bias and capability figure comes with a 95% bootstrap interval.")
     parser.add_argument("--base", required=True, help="base model: source name, directory, .gguf path or HF id")
     parser.add_argument("--pruned", required=True, help="directory of a model saved by fairprune")
     parser.add_argument("--axes", default="race", help="comma-separated bias axes for held-out groups (default: race)")
