@@ -284,7 +284,9 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], root: Pa
         if tuple(tensor.shape) != tuple(expected[key].shape):
             raise PersistError(f"{root}: tensor {key} has shape {tuple(tensor.shape)} in the weights but "
                                f"{SIDECAR} and config.json imply {tuple(expected[key].shape)}")
-    model.load_state_dict(state, strict=False)
+    dtypes = {t.dtype for t in expected.values() if t.is_floating_point()}
+    # assign (no copy) when the dtypes agree: half the memory traffic of a 135M-parameter load
+    model.load_state_dict(state, strict=False, assign=all(t.dtype in dtypes for t in state.values()))
     model.tie_weights()
     owners: dict[int, set[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
