@@ -7,6 +7,6 @@
 from __future__ import annotations
 
 from .models import TINY_ARCHITECTURES, VOCAB_SIZE, tiny_model
-from .tokenizer import tiny_tokenizer
+from .tokenizer import tiny_char_tokenizer, tiny_tokenizer
 
-__all__ = ["TINY_ARCHITECTURES", "VOCAB_SIZE", "tiny_model", "tiny_tokenizer"]
+__all__ = ["TINY_ARCHITECTURES", "VOCAB_SIZE", "tiny_char_tokenizer", "tiny_model", "tiny_tokenizer"]

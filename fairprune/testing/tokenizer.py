@@ -37,3 +37,22 @@ def tiny_tokenizer(padding_side: str = "right", **kwargs: Any) -> Any:
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
         padding_side=padding_side, **kwargs)
+
+
+#: printable ASCII, one id per character: any English prompt tokenizes, and differs where its text differs
+CHARACTERS: str = "".join(chr(c) for c in range(32, 127))
+
+
+def tiny_char_tokenizer(padding_side: str = "right", **kwargs: Any) -> Any:
+    """A character-level ``PreTrainedTokenizerFast`` (ids < 100): the built-in axes tokenize on tiny models."""
+    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + tuple(CHARACTERS))}
+    backend = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        padding_side=padding_side, **kwargs)
