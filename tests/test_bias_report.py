@@ -163,8 +163,8 @@ def test_a_metric_returning_the_wrong_shape_is_named(model):
 
 
 def test_analyze_command_writes_a_report(model, tmp_path, monkeypatch, capsys):
-    import fairprune.core.sources as sources
     from fairprune.cli import main
+    from fairprune.core import sources
 
     axis_file = tmp_path / "colour.yaml"
     import yaml

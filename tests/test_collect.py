@@ -56,10 +56,10 @@ def reference(model, tok, groups, role, pooling):
                 target = adapter.site(model, i, role)
                 if target.use_input:
                     handles.append(target.module.register_forward_pre_hook(
-                        lambda m, a, i=i: seen.__setitem__(i, a[0])))
+                        lambda m, a, i=i, seen=seen: seen.__setitem__(i, a[0])))
                 else:
                     handles.append(target.module.register_forward_hook(
-                        lambda m, a, o, i=i: seen.__setitem__(i, o[0] if isinstance(o, tuple) else o)))
+                        lambda m, a, o, i=i, seen=seen: seen.__setitem__(i, o[0] if isinstance(o, tuple) else o)))
             with torch.no_grad():
                 model(torch.tensor([mine]))
             for h in handles:
@@ -137,10 +137,10 @@ def test_hooks_are_removed_after_success_and_after_an_exception(model):
         raise RuntimeError("reducer failed")
 
     adapter = resolve_adapter(model, REGISTRY)
-    with pytest.raises(RuntimeError, match="reducer failed"):
-        with capture(model, adapter, ["neuron", "gate"], [0, 2], failing, registry=REGISTRY) as run:
-            assert hook_count(model) == before + 4
-            run.forward(input_ids=torch.tensor([[5, 6, 7]]))
+    with (pytest.raises(RuntimeError, match="reducer failed"),
+          capture(model, adapter, ["neuron", "gate"], [0, 2], failing, registry=REGISTRY) as run):
+        assert hook_count(model) == before + 4
+        run.forward(input_ids=torch.tensor([[5, 6, 7]]))
     assert hook_count(model) == before
     assert not any("_optipfair" in k or "activation" in k for k in vars(model))
 

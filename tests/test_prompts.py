@@ -7,8 +7,14 @@ import json
 import pytest
 
 from fairprune.core.errors import PromptError
-from fairprune.core.prompts import (differing_spans, load_prompt_groups, make_group, pairs_to_groups, split_groups,
-                                    validate_group)
+from fairprune.core.prompts import (
+    differing_spans,
+    load_prompt_groups,
+    make_group,
+    pairs_to_groups,
+    split_groups,
+    validate_group,
+)
 from fairprune.core.protocols import PromptGroup
 
 

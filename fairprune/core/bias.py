@@ -74,7 +74,7 @@ class BiasReport:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "BiasReport":
+    def load(cls, directory: str | Path) -> BiasReport:
         """Read a report written by ``save``."""
         from safetensors.torch import load_file
 

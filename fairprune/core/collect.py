@@ -106,7 +106,7 @@ def capture(model: nn.Module, adapter: Any, sites: str | Sequence[str], layers: 
     after success or an exception. Use ``run.forward(**inputs)`` inside the block.
     """
     site_names = [sites] if isinstance(sites, str) else list(sites)
-    layers = sorted(set(int(i) for i in layers))
+    layers = sorted({int(i) for i in layers})
     if not layers or not site_names:
         raise ValueError("capture needs at least one layer and one site")
     registry = registry or _registry()
@@ -201,7 +201,7 @@ def collect_prompts(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGro
         registry.get("sites", site)
     adapter = adapter or resolve_adapter(model, registry)
     n_layers = len(adapter.layers(model))
-    layers = list(range(n_layers)) if layers is None else sorted(set(int(i) for i in layers))
+    layers = list(range(n_layers)) if layers is None else sorted({int(i) for i in layers})
     bad = [i for i in layers if not 0 <= i < n_layers]
     if bad:
         raise ValueError(f"layers {bad} out of range: the model has {n_layers} layers")

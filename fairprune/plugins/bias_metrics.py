@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import torch
 
 
-def _pair_diffs(pooled: "torch.Tensor") -> "torch.Tensor":
+def _pair_diffs(pooled: torch.Tensor) -> torch.Tensor:
     """``|x_j - x_k|`` for every member pair j < k: ``[n_groups, n_pairs, width]``."""
     import torch
 
@@ -43,7 +43,7 @@ class MeanAbsDiff(Plugin):
     name = "mean_abs_diff"
     description = "mean over groups and member pairs of |a - b| (optipfair-compatible, absolute)"
 
-    def score(self, pooled: "torch.Tensor", magnitude: "torch.Tensor") -> "torch.Tensor":
+    def score(self, pooled: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
         return _pair_diffs(pooled.float()).mean(dim=(0, 1))
 
 
@@ -53,7 +53,7 @@ class MaxAbsDiff(Plugin):
     name = "max_abs_diff"
     description = "max over groups and member pairs of |a - b| (absolute)"
 
-    def score(self, pooled: "torch.Tensor", magnitude: "torch.Tensor") -> "torch.Tensor":
+    def score(self, pooled: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
         return _pair_diffs(pooled.float()).amax(dim=(0, 1))
 
 
@@ -63,7 +63,7 @@ class GroupVariance(Plugin):
     name = "group_variance"
     description = "variance across members of the per-member mean over groups (absolute)"
 
-    def score(self, pooled: "torch.Tensor", magnitude: "torch.Tensor") -> "torch.Tensor":
+    def score(self, pooled: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
         if pooled.shape[1] < 2:
             raise ValueError(f"group_variance needs at least two members, got shape {tuple(pooled.shape)}")
         return pooled.float().mean(dim=0).var(dim=0, unbiased=False)
@@ -76,7 +76,7 @@ class RelativeMeanAbsDiff(Plugin):
     description = "mean |a - b| divided by the neuron's mean |activation| (scale-free; default)"
     Params = RelativeParams
 
-    def score(self, pooled: "torch.Tensor", magnitude: "torch.Tensor") -> "torch.Tensor":
+    def score(self, pooled: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
         return MeanAbsDiff().score(pooled, magnitude) / (magnitude.float() + self.params.eps)
 
 
@@ -87,7 +87,7 @@ class RelativeGroupVariance(Plugin):
     description = "variance across groups divided by the squared mean |activation| (scale-free)"
     Params = RelativeParams
 
-    def score(self, pooled: "torch.Tensor", magnitude: "torch.Tensor") -> "torch.Tensor":
+    def score(self, pooled: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
         return GroupVariance().score(pooled, magnitude) / (magnitude.float() + self.params.eps) ** 2
 
 

@@ -71,7 +71,7 @@ class PoolingPlugin(Plugin):
 
     collector_kind: ClassVar[str] = "pooling"
 
-    def weights(self, mask: "torch.Tensor", content_pos: "torch.Tensor", diverge_at: "torch.Tensor") -> "torch.Tensor":
+    def weights(self, mask: torch.Tensor, content_pos: torch.Tensor, diverge_at: torch.Tensor) -> torch.Tensor:
         """``Float[B, T]`` weights over positions, rows summing to 1, zero on padding."""
         chosen = self._select(mask, content_pos, diverge_at) & mask
         weights = chosen.float()
@@ -80,8 +80,8 @@ class PoolingPlugin(Plugin):
             raise ValueError(f"pooling {self.name!r} selected no token for a prompt; every prompt needs a real token")
         return weights / counts
 
-    def _select(self, mask: "torch.Tensor", content_pos: "torch.Tensor",
-                diverge_at: "torch.Tensor") -> "torch.Tensor":  # pragma: no cover - abstract
+    def _select(self, mask: torch.Tensor, content_pos: torch.Tensor,
+                diverge_at: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
