@@ -66,6 +66,8 @@ def test_cloze_accuracy_on_rigged_models(registry: Registry, tmp_path) -> None:
     assert m["cloze_acc_change_pts"] == pytest.approx(25.0)
     assert m["cloze_ppl_pruned"] == pytest.approx(1.0, abs=1e-3)  # every word certain
     assert m["cloze_ppl_base"] > 1e6  # one word was given ~zero probability
+    # every target is one token here, so per-token and per-word perplexity agree
+    assert m["cloze_word_ppl_base"] == pytest.approx(m["cloze_ppl_base"], rel=1e-6)
     lo, hi = result.intervals["cloze_acc_base"]
     assert 0.0 <= lo <= 0.75 <= hi <= 1.0
     assert "lambada_acc_base" not in m and "text_ppl_base" not in m

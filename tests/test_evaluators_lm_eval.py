@@ -43,7 +43,7 @@ def test_lm_eval_lambada_and_boolq_offline_match_our_scoring(registry: Registry,
     theirs = registry.create("evaluators", "lm_eval", {"lambada_path": str(lambada), "boolq_path": str(boolq),
                                                        "backend": "auto"}).evaluate(ctx)
     m = theirs.metrics
-    assert m["lambada_perplexity_base"] == pytest.approx(ours.metrics["lambada_ppl_base"], rel=1e-4)
+    assert m["lambada_perplexity_base"] == pytest.approx(ours.metrics["lambada_word_ppl_base"], rel=1e-4)
     assert m["lambada_acc_base"] == pytest.approx(ours.metrics["lambada_acc_base"])
     assert 0.0 <= m["boolq_acc_base"] <= 1.0
     assert m["lambada_perplexity_change_pct"] == 0.0 and m["boolq_acc_pruned"] == m["boolq_acc_base"]

@@ -5,9 +5,11 @@
   ``text_max_tokens`` tokens by default, for speed); CI by resampling windows.
 - cloze and LAMBADA: the last word of each passage is predicted from the rest.
   Accuracy counts a passage correct when greedy decoding produces every token of
-  ``" " + word`` (as lm-evaluation-harness does); last-word perplexity is
-  exp(mean over passages of the word's summed NLL), i.e. per word, as
-  lm-evaluation-harness reports it. CIs resample passages.
+  ``" " + word`` (as lm-evaluation-harness does). Last-word perplexity
+  ``{task}_ppl`` is per target token, exp(total NLL / total target tokens), the
+  figure FINDINGS.md quotes (SmolLM2 LAMBADA first 400: 15.8); ``{task}_word_ppl``
+  is per word, exp(mean over passages of the word's summed NLL), the figure
+  lm-evaluation-harness reports. CIs resample passages.
 """
 
 from __future__ import annotations
@@ -100,19 +102,29 @@ class CapabilityEvaluator(Plugin):
     def _words(self, context: EvalContext, result: EvalResult, task: str, requests: list, pad: int,
                rows: list) -> None:
         scores = self._score(context, requests, pad, task)
-        data = np.array([[b.nll, q.nll, b.greedy, q.greedy] for b, q in zip(scores["base"], scores["pruned"])],
-                        dtype=np.float64)
-        ppl = {"base": lambda a: math.exp(a[:, 0].mean()), "pruned": lambda a: math.exp(a[:, 1].mean()),
-               "change_pct": lambda a: change_pct(math.exp(a[:, 0].mean()), math.exp(a[:, 1].mean()))}
+        data = np.array([[b.nll, q.nll, b.greedy, q.greedy, b.n_tokens]
+                         for b, q in zip(scores["base"], scores["pruned"])], dtype=np.float64)
+
+        def token_ppl(a: np.ndarray, col: int) -> float:
+            return math.exp(a[:, col].sum() / a[:, 4].sum())
+
+        def word_ppl(a: np.ndarray, col: int) -> float:
+            return math.exp(a[:, col].mean())
+
+        ppl = {"base": lambda a: token_ppl(a, 0), "pruned": lambda a: token_ppl(a, 1),
+               "change_pct": lambda a: change_pct(token_ppl(a, 0), token_ppl(a, 1))}
+        wppl = {"base": lambda a: word_ppl(a, 0), "pruned": lambda a: word_ppl(a, 1),
+                "change_pct": lambda a: change_pct(word_ppl(a, 0), word_ppl(a, 1))}
         acc = {"base": lambda a: a[:, 2].mean(), "pruned": lambda a: a[:, 3].mean(),
                "change_pts": lambda a: 100.0 * (a[:, 3].mean() - a[:, 2].mean())}
-        for metric, stats in (("acc", acc), ("ppl", ppl)):
+        for metric, stats in (("acc", acc), ("ppl", ppl), ("word_ppl", wppl)):
             for suffix, stat in stats.items():
                 key = f"{task}_{metric}_{suffix}"
                 result.add(key, stat(data), bootstrap_ci(data, stat, self.params.n_boot, context.seed))
         result.add(f"{task}_n", float(len(requests)))
         rows.append(_row(result, f"{task} last-word accuracy", f"{task}_acc", len(requests), "change_pts"))
-        rows.append(_row(result, f"{task} last-word perplexity (per word)", f"{task}_ppl", len(requests)))
+        rows.append(_row(result, f"{task} last-word perplexity (per token)", f"{task}_ppl", len(requests)))
+        rows.append(_row(result, f"{task} last-word perplexity (per word)", f"{task}_word_ppl", len(requests)))
 
 
 def _row(result: EvalResult, label: str, prefix: str, n: int, change: str = "change_pct") -> dict[str, Any]:
