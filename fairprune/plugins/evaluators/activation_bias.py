@@ -63,16 +63,17 @@ class ActivationBiasEvaluator(Plugin):
     def evaluate(self, context: EvalContext) -> EvalResult:
         if not context.groups:
             raise ConfigError("activation_bias needs held-out prompt groups (pass axes=[...] or groups=[...])")
+        if len(set(self.params.sites)) != len(self.params.sites):
+            raise ConfigError(f"activation_bias.sites lists a site twice: {self.params.sites}")
         result = EvalResult(self.name)
         rows: list[dict] = []
+        base, pruned = (self._distances(context, model, adapter) for _, model, adapter in context.models())
         for site in self.params.sites:
-            base, pruned = (self._distances(context, model, adapter, site, label)
-                            for label, model, adapter in context.models())
-            if base.shape != pruned.shape:
-                raise ConfigError(f"activation_bias: site {site!r} has {base.shape[1]} layers in the base model "
-                                  f"and {pruned.shape[1]} in the pruned one")
-            add_paired(result, site, base.mean(1), pruned.mean(1), context.seed, self.params.n_boot)
-            rows.extend(self._layer_rows(site, base, pruned, context.seed))
+            if base[site].shape != pruned[site].shape:
+                raise ConfigError(f"activation_bias: site {site!r} has {base[site].shape[1]} layers in the base "
+                                  f"model and {pruned[site].shape[1]} in the pruned one")
+            add_paired(result, site, base[site].mean(1), pruned[site].mean(1), context.seed, self.params.n_boot)
+            rows.extend(self._layer_rows(site, base[site], pruned[site], context.seed))
         headline = "residual" if "residual" in self.params.sites else self.params.sites[0]
         result.add("reduction_pct", result.metrics[f"{headline}_reduction_pct"],
                    result.intervals[f"{headline}_reduction_pct"])
@@ -81,23 +82,24 @@ class ActivationBiasEvaluator(Plugin):
         result.summary = _summary(result, self.params.sites, self.params.pooling, len(context.groups))
         return result
 
-    def _distances(self, context: EvalContext, model, adapter, site: str, label: str) -> np.ndarray:
-        """``[n_groups, n_layers]`` member distances at ``site``; groups are collected by member count."""
-        from ...core.collect import collect_pooled
+    def _distances(self, context: EvalContext, model, adapter) -> dict[str, np.ndarray]:
+        """Per site, ``[n_groups, n_layers]`` member distances; all sites in one pass per group size."""
+        from ...core.collect import collect_prompts
 
         by_size: dict[int, list[int]] = {}
         for k, group in enumerate(context.groups):
             by_size.setdefault(len(group.prompts), []).append(k)
-        out: np.ndarray | None = None
+        out: dict[str, np.ndarray] = {}
         for indices in by_size.values():
-            pooled = collect_pooled(model, context.tokenizer, [context.groups[k] for k in indices], site=site,
-                                    pooling=self.params.pooling, adapter=adapter, batch_size=context.batch_size,
-                                    progress=context.progress, registry=context.registry).pooled
-            dist = np.stack([pairwise_distance(pooled[layer]) for layer in sorted(pooled)], 1)
-            if out is None:
-                out = np.zeros((len(context.groups), dist.shape[1]))
-            out[indices] = dist
-        return out  # type: ignore[return-value]
+            subset = [context.groups[k] for k in indices]
+            collected = collect_prompts(model, context.tokenizer, subset, sites=tuple(self.params.sites),
+                                        pooling=self.params.pooling, adapter=adapter, batch_size=context.batch_size,
+                                        progress=context.progress, registry=context.registry)
+            for site, activations in collected.items():
+                pooled = activations.grouped(subset).pooled
+                dist = np.stack([pairwise_distance(pooled[layer]) for layer in sorted(pooled)], 1)
+                out.setdefault(site, np.zeros((len(context.groups), dist.shape[1])))[indices] = dist
+        return out
 
     def _layer_rows(self, site: str, base: np.ndarray, pruned: np.ndarray, seed: int) -> list[dict]:
         rows = []
