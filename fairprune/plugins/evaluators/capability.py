@@ -29,7 +29,7 @@ class CapabilityParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     text_path: str | None = Field(None, description="plain-text file for perplexity (default: bundled text)")
-    text_max_tokens: int | None = Field(4096, ge=2, description="score only the first N tokens of the text "
+    text_max_tokens: int | None = Field(2048, ge=2, description="score only the first N tokens of the text "
                                         "(None = all; the bundled text has ~7,000 SmolLM2 tokens)")
     window: int = Field(256, ge=2, description="tokens per perplexity window")
     stride: int = Field(256, ge=1, description="tokens between window starts (<= window)")
