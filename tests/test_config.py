@@ -90,6 +90,7 @@ def test_config_hash_is_stable_and_sensitive():
     a, b = load_config(MINIMAL), load_config(dict(MINIMAL))
     assert a.config_hash() == b.config_hash()
     assert a.config_hash() != load_config(MINIMAL, ["scoring.bias_weight=0.7"]).config_hash()
+    assert a.config_hash() == load_config(MINIMAL, ["output.dir=elsewhere"]).config_hash()
 
 
 def test_component_shorthand_string_equals_mapping():

@@ -131,8 +131,10 @@ class RunConfig(Strict):
     seed: int = 0
 
     def config_hash(self) -> str:
-        """sha256 of the canonical JSON of this config; identical configs hash alike."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """sha256 of the canonical JSON of everything that determines the results (not ``output``):
+        two runs with the same hash give the same plan and figures."""
+        canonical = json.dumps(self.model_dump(mode="json", exclude={"output"}), sort_keys=True,
+                               separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -223,7 +223,7 @@ class Registry:
                     continue
             problem = contract_problem(real_kind, obj)
             if problem:
-                self._fail(plugin_name, package, f"registered an invalid {real_kind[:-1]} {obj!r}: {problem}")
+                self._fail(plugin_name, package, f"registered an invalid {singular(real_kind)} {obj!r}: {problem}")
                 continue
             self._add(Entry(real_kind, obj.name, obj, plugin_name, package))
 
@@ -232,7 +232,7 @@ class Registry:
         if entry.name in table:
             other = table[entry.name]
             raise DuplicatePluginError(
-                f"{entry.kind[:-1]} {entry.name!r} is registered twice: by plugin {other.plugin!r} "
+                f"{singular(entry.kind)} {entry.name!r} is registered twice: by plugin {other.plugin!r} "
                 f"({other.package}) and by plugin {entry.plugin!r} ({entry.package})")
         table[entry.name] = entry
 
@@ -248,7 +248,7 @@ class Registry:
         if name not in table:
             known = sorted(table)
             close = difflib.get_close_matches(name, known, n=1)
-            raise UnknownPluginError(kind.rstrip("s").replace("_", " "), name, known, close[0] if close else None)
+            raise UnknownPluginError(singular(kind), name, known, close[0] if close else None)
         return table[name]
 
     def get(self, kind: str, name: str) -> Any:
@@ -268,6 +268,11 @@ class Registry:
     def hook(self) -> Any:
         """The pluggy hook relay, for lifecycle hooks (``registry.hook.fairprune_run_started(...)``)."""
         return self.pm.hook
+
+
+def singular(kind: str) -> str:
+    """The human name of one plugin of ``kind``: ``bias_axes`` -> ``bias axis``."""
+    return {"bias_axes": "bias axis"}.get(kind, kind.removesuffix("s").replace("_", " "))
 
 
 def contract_problem(kind: str, obj: Any) -> str | None:
