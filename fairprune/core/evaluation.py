@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from .errors import ArchitectureError, ConfigError
+from .errors import ConfigError
 from .protocols import PromptGroup, PruneResult
 
 logger = logging.getLogger(__name__)
@@ -167,16 +167,6 @@ def fmt_ci(result: EvalResult, key: str, digits: int = 4) -> str:
 
 # -- running evaluators ----------------------------------------------------------------------------
 
-def resolve_adapter(model: Any, registry: Any) -> Any:
-    """The highest-priority registered architecture adapter that understands ``model``."""
-    entries = sorted(registry.items("architectures"), key=lambda e: -int(getattr(e.obj, "priority", 0) or 0))
-    for entry in entries:
-        if entry.obj.matches(model):
-            return entry.obj
-    raise ArchitectureError(f"{type(model).__name__}: no registered architecture adapter matches; "
-                            f"known adapters: {', '.join(e.name for e in entries)}")
-
-
 def heldout_groups(axes: Iterable[Any], registry: Any) -> list[PromptGroup]:
     """The held-out prompt groups of each axis (a registered axis name or an axis object)."""
     groups: list[PromptGroup] = []
@@ -209,10 +199,10 @@ def evaluate(base_model: Any, pruned_model: Any, tokenizer: Any, *, axes: Sequen
     ``groups`` if given, else the held-out groups of ``axes`` (default ``["race"]``). ``params`` maps an evaluator name to its parameters,
     validated against that evaluator's ``Params`` before anything runs.
     """
-    if registry is None:
-        from .registry import get_registry
+    from .registry import get_registry
+    from .surgery import resolve_adapter
 
-        registry = get_registry()
+    registry = registry or get_registry()
     evaluators = list(evaluators)
     params = dict(params or {})
     unknown = sorted(set(params) - set(evaluators))
@@ -224,7 +214,8 @@ def evaluate(base_model: Any, pruned_model: Any, tokenizer: Any, *, axes: Sequen
         groups = heldout_groups(axes if axes is not None else DEFAULT_AXES, registry)
     context = EvalContext(
         base_model=base_model, pruned_model=pruned_model, tokenizer=tokenizer, groups=list(groups or []),
-        adapter_base=resolve_adapter(base_model, registry), adapter_pruned=resolve_adapter(pruned_model, registry),
+        adapter_base=resolve_adapter(base_model, registry=registry),
+        adapter_pruned=resolve_adapter(pruned_model, registry=registry),
         batch_size=batch_size, seed=seed, registry=registry, prune_result=prune_result, progress=progress)
     results: dict[str, EvalResult] = {}
     for name, evaluator in configured:

@@ -431,7 +431,7 @@ def _hook_of_kind(kind: str) -> str:
 
 def _adapter_for(model: Any) -> Any:
     """The registered architecture adapter for ``model`` (built-in plugins only)."""
-    from fairprune.core.evaluation import resolve_adapter
+    from fairprune.core.surgery import resolve_adapter
     from fairprune.core.registry import Registry
 
-    return resolve_adapter(model, Registry(load_entrypoints=False))
+    return resolve_adapter(model, registry=Registry(load_entrypoints=False))
