@@ -94,4 +94,4 @@ def test_axes_command_lists_counts(capsys):
     assert main(["axes"]) == 0
     out = capsys.readouterr().out
     race = next(line for line in out.splitlines() if line.startswith("race "))
-    assert race.split()[1:5] == ["6", "14", "4", "160"]
+    assert race.split()[1:5] == ["6", "30", "10", "352"]
