@@ -50,7 +50,8 @@ RECIPES: dict[str, dict] = {
     "activation_weight importance": {"importance": "activation_weight"},
     "compensated pruner": {"pruner": "compensated"},
     "budget 0.5%": {"budget": 0.005},
-    "budget 0.5%, compensated": {"budget": 0.005, "pruner": "compensated"},
+    "w=1.0, budget 0.5%": {"bias_weight": 1.0, "budget": 0.005},
+    "w=1.0, budget 0.5%, compensated": {"bias_weight": 1.0, "budget": 0.005, "pruner": "compensated"},
     "no guard": {"guard": None},
     "mean pooling": {"pooling": "mean"},
     "absolute bias (mean_abs_diff), no guard": {"metric": "mean_abs_diff", "guard": None},
@@ -60,10 +61,15 @@ RECIPES: dict[str, dict] = {
 
 def residual_distance(model, tok, groups, batch_size: int) -> np.ndarray:
     """Per group, the mean over layers of the mean-pooled residual distance between members."""
-    collected = collect_prompts(model, tok, groups, sites=("residual",), pooling="mean", batch_size=batch_size,
-                                progress=False)
-    pooled = collected["residual"].grouped(groups).pooled
-    return np.stack([pairwise_distance(pooled[layer]) for layer in sorted(pooled)], 1).mean(1)
+    out = np.zeros(len(groups))
+    for size in sorted({len(g.prompts) for g in groups}):
+        index = [k for k, g in enumerate(groups) if len(g.prompts) == size]
+        subset = [groups[k] for k in index]
+        collected = collect_prompts(model, tok, subset, sites=("residual",), pooling="mean", batch_size=batch_size,
+                                    progress=False)
+        pooled = collected["residual"].grouped(subset).pooled
+        out[index] = np.stack([pairwise_distance(pooled[layer]) for layer in sorted(pooled)], 1).mean(1)
+    return out
 
 
 def next_token_js(model, tok, groups, batch_size: int) -> np.ndarray:

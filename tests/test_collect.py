@@ -23,15 +23,6 @@ PAIRS = [
 TRIPLE = [("the black man is a doctor", "the white man is a doctor", "the arab man is a doctor")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices run fastest on one thread (and the CI machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model():
     return tiny_model("llama", num_hidden_layers=3)
@@ -39,7 +30,7 @@ def model():
 
 def reference(model, tok, groups, role, pooling):
     """Prompt by prompt, unpadded, with a plain hook: the definition the engine must match."""
-    adapter = resolve_adapter(model, REGISTRY)
+    adapter = resolve_adapter(model, registry=REGISTRY)
     n_layers = len(adapter.layers(model))
     pooled = {i: [] for i in range(n_layers)}
     abs_sum = {i: 0.0 for i in range(n_layers)}
@@ -136,7 +127,7 @@ def test_hooks_are_removed_after_success_and_after_an_exception(model):
     def failing(site, layer, activation):
         raise RuntimeError("reducer failed")
 
-    adapter = resolve_adapter(model, REGISTRY)
+    adapter = resolve_adapter(model, registry=REGISTRY)
     with (pytest.raises(RuntimeError, match="reducer failed"),
           capture(model, adapter, ["neuron", "gate"], [0, 2], failing, registry=REGISTRY) as run):
         assert hook_count(model) == before + 4

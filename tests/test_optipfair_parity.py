@@ -24,14 +24,6 @@ PAIRS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_gate_and_up_mean_match_optipfair(arch):
     model, tok = tiny_model(arch), tiny_tokenizer()

@@ -197,7 +197,7 @@ def analyze_bias(model: Any, tokenizer: Any, axes: Sequence[Any] | None = None,
         registry = get_registry()
     metric_name = metric or DEFAULT_METRIC
     metric_obj = registry.create("bias_metrics", metric_name, dict(metric_params or {}))
-    adapter = adapter or resolve_adapter(model, registry)
+    adapter = adapter or resolve_adapter(model, registry=registry)
     all_groups, form_to_group = gather_groups(axes, pairs, groups, split, registry)
     collected = collect_prompts(model, tokenizer, all_groups, sites=(site,), pooling=pooling, layers=layers,
                                 adapter=adapter, batch_size=batch_size, progress=progress, registry=registry)[site]

