@@ -168,3 +168,26 @@ def test_analyze_command_writes_a_report(model, tmp_path, monkeypatch, capsys):
     report = BiasReport.load(tmp_path / "out")
     assert report.settings["metric"] == "mean_abs_diff" and report.settings["axes"] == ["colour"]
     assert "layer" in capsys.readouterr().out
+
+
+def test_analyze_command_with_plots_writes_the_analysis_plots(model, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    from fairprune.cli import main
+    from fairprune.core import sources
+
+    monkeypatch.setattr(sources, "load_model", lambda spec, **kw: (model, tiny_tokenizer()))
+    out = tmp_path / "out"
+    assert main(["analyze", "--model", "tiny", "--prompts", str(_pairs_file(tmp_path)), "--out", str(out),
+                 "--plots"]) == 0
+    printed = capsys.readouterr().out
+    plots = sorted(p.name for p in out.glob("*.png"))
+    assert plots == ["bias-profile.png", "neuron-map.png"]
+    assert all(f"plot: {out / name}" in printed for name in plots)
+
+
+def _pairs_file(tmp_path):
+    import yaml
+
+    path = tmp_path / "pairs.yaml"
+    path.write_text(yaml.safe_dump({"pairs": [list(p) for p in PAIRS]}))
+    return path

@@ -22,6 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--metric", default=None, help="bias metric (default: relative_mean_abs_diff)")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass (default: 16)")
     parser.add_argument("--top", type=int, default=5, help="neurons listed per layer in the summary")
+    parser.add_argument("--plots", action="store_true",
+                        help="also write the bias profile and neuron map plots (PNG) into --out (needs matplotlib)")
     parser.set_defaults(func=main)
 
 
@@ -43,5 +45,10 @@ def main(args: argparse.Namespace) -> int:
     for row in report.layer_summary(args.top):
         top = ", ".join(f"{i}:{v:.3g}" for i, v in row["top"])
         print(f"{row['layer']:>5}  {row['mean']:>10.4g}  {row['max']:>10.4g}  {top}")
+    if args.plots:
+        from ..viz.analysis import write_analysis_plots
+
+        for path in write_analysis_plots(report, args.out):
+            print(f"plot: {path}")
     print(f"saved to {args.out}")
     return 0
