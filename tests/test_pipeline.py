@@ -173,3 +173,15 @@ def test_sweep_without_feasible_point_saves_no_model(model_dir, tmp_path):
     assert result.chosen is None
     assert not (result.output_dir / "model.safetensors").exists()
     assert "no model was saved" in (result.output_dir / "sweep.md").read_text()
+
+
+def test_cli_sweep_prints_the_table_and_fails_without_a_feasible_point(model_dir, tmp_path, capsys):
+    config = tmp_path / "sweep.json"
+    config.write_text(json.dumps(config_for(model_dir, tmp_path / "s", sweep={"bias_weights": [1.0],
+                                                                              "budgets": [{"neurons": 4}]})))
+    assert cli_main(["sweep", str(config), "--quiet", "--max-perplexity-increase=-1000%"]) == 1
+    printed = capsys.readouterr().out
+    assert "| bias_weight |" in printed and "no point within -1000.0% perplexity increase" in printed
+    assert cli_main(["sweep", str(config), "--quiet", "--set", f"output.dir={tmp_path / 's2'}",
+                     "--max-perplexity-increase", "1000%"]) == 0
+    assert (tmp_path / "s2" / "model.safetensors").exists()
