@@ -92,6 +92,12 @@ def test_same_config_gives_same_plan_and_figures(finished_run, model_dir, tmp_pa
     assert again.metrics == finished_run.metrics
 
 
+def test_activation_importance_on_a_non_neuron_site_says_what_to_change(model_dir, tmp_path):
+    with pytest.raises(ConfigError, match="site='neuron'.*max_abs_weight"):
+        fp.run(config_for(model_dir, tmp_path / "x", bias={"site": "gate"}), progress=False)
+    assert not (tmp_path / "x").exists()
+
+
 def test_bad_configs_fail_before_any_work(model_dir, tmp_path):
     out = tmp_path / "never"
     with pytest.raises(ConfigError, match=r"scoring\.scorer\.name: Unknown scorer 'lineer'.*Did you mean 'linear'"):
@@ -114,7 +120,7 @@ def test_existing_output_is_kept_unless_overwrite(finished_run, model_dir):
 def test_failed_run_leaves_no_output_directory(model_dir, tmp_path):
     out = tmp_path / "failed"
     config = config_for(model_dir, out, pruning={"budget": {"neurons": 8}, "pruner": "compensated"},
-                        bias={"site": "gate"})
+                        bias={"site": "gate"}, scoring={"importance": "max_abs_weight"})
     with pytest.raises(ConfigError, match="compensating pruner needs neuron-site"):
         fp.run(config, progress=False)
     assert not out.exists() and not list(tmp_path.glob(".failed*"))

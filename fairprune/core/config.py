@@ -75,7 +75,10 @@ class Budget(Strict):
 
 class ScoringSection(Strict):
     scorer: Component = Field(default_factory=lambda: Component(name="linear"))
-    importance: Component = Field(default_factory=lambda: Component(name="max_abs_weight"))
+    importance: Component = Field(
+        default_factory=lambda: Component(name="activation_weight"),
+        description="activation-aware by default: measured to keep more capability than max_abs_weight "
+                    "(benchmarks/RESULTS.md); needs bias.site=neuron")
     bias_weight: float = Field(default=0.8, ge=0.0, le=1.0, description="w in w*bias + (1-w)*(1-importance)")
 
 

@@ -129,7 +129,7 @@ def _round_width(width: int, removed: int, multiple: int, min_width: int) -> int
     return width - target
 
 
-def plan_pruning(model: torch.nn.Module, bias: Any, *, importance: str | Mapping[int, torch.Tensor] = "max_abs_weight",
+def plan_pruning(model: torch.nn.Module, bias: Any, *, importance: str | Mapping[int, torch.Tensor] = "activation_weight",
                  importance_params: dict[str, Any] | None = None, scorer: str = "linear",
                  scorer_params: dict[str, Any] | None = None, bias_weight: float = 0.8,
                  budget: Budget | Mapping[str, Any] | None = None, selection: str = "global",
@@ -137,7 +137,8 @@ def plan_pruning(model: torch.nn.Module, bias: Any, *, importance: str | Mapping
                  guard_magnitude_ratio: float | None = 10.0, adapter: Any = None, registry: Any = None) -> Plan:
     """Choose the neurons to remove from ``model`` given a ``BiasReport`` (or ``{layer: scores}``).
 
-    ``importance`` is a metric name or precomputed ``{layer: Tensor[width]}``;
+    ``importance`` is a metric name or precomputed ``{layer: Tensor[width]}``; the default,
+    ``activation_weight`` (mean |h| x |down column|), needs a neuron-site report;
     ``guard_magnitude_ratio`` protects neurons whose mean |activation| exceeds that
     multiple of their layer's median (needs ``bias.magnitude`` from the neuron site).
     """
@@ -210,7 +211,8 @@ def _importance(model, importance, params, bias, adapter, registry, compute) -> 
         settings = getattr(bias, "settings", {})
         if settings.get("site") != "neuron" or not getattr(bias, "magnitude", None):
             raise ConfigError(f"importance metric {importance!r} needs neuron activations: analyze bias with "
-                              "site='neuron' so the report carries them")
+                              "site='neuron' so the report carries them, or choose a weight-only importance "
+                              "such as 'max_abs_weight'")
         stats = {layer: {"mean_abs": bias.magnitude[layer], "mean": bias.mean[layer]} for layer in bias.magnitude}
     return compute(model, importance, adapter=adapter, stats=stats, registry=registry, params=params)
 
