@@ -121,3 +121,34 @@ def test_bad_evaluator_params_name_the_field(registry: Registry) -> None:
         evaluate(model, model, tok, evaluators=["parameters"], params={"output_bias": {}}, registry=registry)
     with pytest.raises(LookupError, match="Did you mean 'capability'"):
         evaluate(model, model, tok, evaluators=["capabilty"], registry=registry)
+
+
+def test_a_shared_base_cache_measures_the_base_model_once_with_identical_results():
+    import copy
+
+    import fairprune as fp
+    from fairprune.core.evaluation import evaluate
+    from fairprune.testing import tiny_char_tokenizer, tiny_model
+
+    base = tiny_model("llama", max_position_embeddings=512)
+    tok = tiny_char_tokenizer()
+    pruned = copy.deepcopy(base)
+    fp.prune(pruned, {0: [1, 5, 9], 1: [2]})
+    groups = [g for g in fp.get_registry().get("bias_axes", "race").prompt_groups("heldout")][:4]
+    names = ["activation_bias", "output_bias", "capability"]
+    params = {"output_bias": {"n_boot": 50}, "activation_bias": {"n_boot": 50},
+              "capability": {"tasks": ["text", "cloze"], "text_max_tokens": 200, "window": 100, "stride": 100}}
+    calls = []
+    handle = base.register_forward_pre_hook(lambda *args: calls.append(1))
+    plain = evaluate(base, pruned, tok, groups=groups, evaluators=names, params=params, progress=False)
+    uncached_calls = len(calls)
+    cache: dict = {}
+    first = evaluate(base, pruned, tok, groups=groups, evaluators=names, params=params, progress=False,
+                     base_cache=cache)
+    calls.clear()
+    second = evaluate(base, pruned, tok, groups=groups, evaluators=names, params=params, progress=False,
+                      base_cache=cache)
+    handle.remove()
+    assert uncached_calls > 0 and calls == []
+    for name in names:
+        assert first[name].metrics == plain[name].metrics == second[name].metrics

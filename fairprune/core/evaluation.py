@@ -49,10 +49,26 @@ class EvalContext:
     registry: Any = None
     prune_result: PruneResult | None = None
     progress: bool = True
+    base_cache: dict | None = None  # shared by calls that evaluate the same base model (a sweep's grid points)
 
     def models(self) -> tuple[tuple[str, Any, Any], ...]:
         """``(("base", model, adapter), ("pruned", model, adapter))`` for loops over both models."""
         return (("base", self.base_model, self.adapter_base), ("pruned", self.pruned_model, self.adapter_pruned))
+
+    def per_model(self, key: str, compute: Callable[[str, Any, Any], Any]) -> dict[str, Any]:
+        """``{label: compute(label, model, adapter)}`` for base and pruned. With a ``base_cache``, the base
+        result for the same ``key`` (which must name everything it depends on) and held-out groups is reused."""
+        out = {}
+        for label, model, adapter in self.models():
+            if label == "base" and self.base_cache is not None:
+                groups = tuple((g.template_id, g.prompts) for g in self.groups)
+                cache_key = (id(model), key, hash(groups), self.batch_size)
+                if cache_key not in self.base_cache:
+                    self.base_cache[cache_key] = compute(label, model, adapter)
+                out[label] = self.base_cache[cache_key]
+            else:
+                out[label] = compute(label, model, adapter)
+        return out
 
 
 @dataclass
@@ -192,12 +208,13 @@ def evaluate(base_model: Any, pruned_model: Any, tokenizer: Any, *, axes: Sequen
              groups: Sequence[PromptGroup] | None = None, evaluators: Sequence[str] = DEFAULT_EVALUATORS,
              params: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int = 16, registry: Any = None,
              prune_result: PruneResult | None = None, progress: bool = True,
-             seed: int = 0) -> dict[str, EvalResult]:
+             seed: int = 0, base_cache: dict | None = None) -> dict[str, EvalResult]:
     """Compare ``pruned_model`` with ``base_model`` with each named evaluator; ``{name: EvalResult}``.
 
     Evaluators that declare ``needs_groups = True`` (the bias evaluators) get
     ``groups`` if given, else the held-out groups of ``axes`` (default ``["race"]``). ``params`` maps an evaluator name to its parameters,
-    validated against that evaluator's ``Params`` before anything runs.
+    validated against that evaluator's ``Params`` before anything runs. Pass the same ``base_cache`` dict to
+    calls that share ``base_model`` (a sweep) so the base model's side is measured once.
     """
     from .registry import get_registry
     from .surgery import resolve_adapter
@@ -216,7 +233,8 @@ def evaluate(base_model: Any, pruned_model: Any, tokenizer: Any, *, axes: Sequen
         base_model=base_model, pruned_model=pruned_model, tokenizer=tokenizer, groups=list(groups or []),
         adapter_base=resolve_adapter(base_model, registry=registry),
         adapter_pruned=resolve_adapter(pruned_model, registry=registry),
-        batch_size=batch_size, seed=seed, registry=registry, prune_result=prune_result, progress=progress)
+        batch_size=batch_size, seed=seed, registry=registry, prune_result=prune_result, progress=progress,
+        base_cache=base_cache)
     results: dict[str, EvalResult] = {}
     for name, evaluator in configured:
         start = time.perf_counter()

@@ -146,8 +146,9 @@ def apply_plan(config: RunConfig, model: Any, plan: Any, report: Any, adapter: A
 
 
 def evaluate_run(config: RunConfig, base: Any, pruned: Any, tokenizer: Any, registry: Any, prune_result: Any,
-                 progress: bool, evaluators: list[Any] | None = None) -> dict[str, Any]:
-    """Step 5: every configured evaluator on the held-out split, base vs pruned."""
+                 progress: bool, evaluators: list[Any] | None = None, base_cache: dict | None = None) -> dict[str, Any]:
+    """Step 5: every configured evaluator on the held-out split, base vs pruned (``base_cache``: see
+    ``evaluation.evaluate``; one dict per base model)."""
     from .evaluation import evaluate
 
     comps = evaluators if evaluators is not None else config.evaluation.evaluators
@@ -155,7 +156,7 @@ def evaluate_run(config: RunConfig, base: Any, pruned: Any, tokenizer: Any, regi
     return evaluate(base, pruned, tokenizer, axes=registered_axes(axes) or None,
                     groups=split_groups(config, "heldout", axes), evaluators=[c.name for c in comps],
                     params={c.name: c.params for c in comps if c.params}, batch_size=config.evaluation.batch_size,
-                    registry=registry, prune_result=prune_result, progress=progress)
+                    registry=registry, prune_result=prune_result, progress=progress, base_cache=base_cache)
 
 
 def collect_metrics(config: RunConfig, plan: Any, prune_result: Any, evaluations: dict[str, Any]) -> dict[str, Any]:

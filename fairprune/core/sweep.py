@@ -99,11 +99,12 @@ def sweep(config: Any, overrides: list[str] | None = None, *, max_perplexity_inc
         importance = make_importance(config, base, report, adapter, registry)
 
     points = []
+    base_cache: dict = {}  # the base model's side of every evaluator is measured once for the whole grid
     with timer.stage("grid"):
         for budget in config.sweep.budgets:
             for weight in config.sweep.bias_weights:
                 points.append(_run_point(config, base, tokenizer, report, adapter, registry, importance, weight,
-                                         budget, progress))
+                                         budget, progress, base_cache))
     for i in pareto_front(points):
         points[i]["pareto"] = True
     chosen = choose(points, limit)
@@ -120,7 +121,8 @@ def sweep(config: Any, overrides: list[str] | None = None, *, max_perplexity_inc
             plan = make_plan(config, model, report, adapter, registry, importance=importance,
                              bias_weight=chosen["bias_weight"], budget=budget)
             prune_result = apply_plan(config, model, plan, report, adapter, registry)
-            evaluations = evaluate_run(config, base, model, tokenizer, registry, prune_result, progress)
+            evaluations = evaluate_run(config, base, model, tokenizer, registry, prune_result, progress,
+                                       base_cache=base_cache)
             point_config = load_config(config, [f"scoring.bias_weight={chosen['bias_weight']}",
                                                 f"pruning.budget={json.dumps(chosen['budget'])}"])
             run_metrics = collect_metrics(point_config, plan, prune_result, evaluations)
@@ -149,7 +151,8 @@ def make_importance(config: RunConfig, model: Any, report: Any, adapter: Any, re
 
 
 def _run_point(config: RunConfig, base: Any, tokenizer: Any, report: Any, adapter: Any, registry: Any,
-               importance: dict[int, Any], weight: float, budget: Any, progress: bool) -> dict[str, Any]:
+               importance: dict[int, Any], weight: float, budget: Any, progress: bool,
+               base_cache: dict) -> dict[str, Any]:
     from .pipeline import apply_plan, evaluate_run, make_plan
 
     model = copy.deepcopy(base)
@@ -157,7 +160,7 @@ def _run_point(config: RunConfig, base: Any, tokenizer: Any, report: Any, adapte
                      budget=budget)
     result = apply_plan(config, model, plan, report, adapter, registry)
     evaluations = evaluate_run(config, base, model, tokenizer, registry, result, progress,
-                               evaluators=_point_evaluators(config))
+                               evaluators=_point_evaluators(config), base_cache=base_cache)
     key, loss = capability_loss(evaluations["capability"].metrics)
     point = {"bias_weight": weight, "budget": budget.model_dump(exclude_none=True),
              "neurons_removed": plan.n_neurons, "params_removed_pct": 100.0 * result.fraction_removed,

@@ -67,7 +67,9 @@ class ActivationBiasEvaluator(Plugin):
             raise ConfigError(f"activation_bias.sites lists a site twice: {self.params.sites}")
         result = EvalResult(self.name)
         rows: list[dict] = []
-        base, pruned = (self._distances(context, model, adapter) for _, model, adapter in context.models())
+        key = f"{self.name}:{self.params.model_dump_json()}"
+        per_model = context.per_model(key, lambda _, model, adapter: self._distances(context, model, adapter))
+        base, pruned = per_model["base"], per_model["pruned"]
         for site in self.params.sites:
             if base[site].shape != pruned[site].shape:
                 raise ConfigError(f"activation_bias: site {site!r} has {base[site].shape[1]} layers in the base "

@@ -81,9 +81,9 @@ class CapabilityEvaluator(Plugin):
     def _score(self, context: EvalContext, requests: list, pad: int, desc: str) -> dict[str, list]:
         from .lm_scoring import score_continuations
 
-        return {label: score_continuations(model, requests, context.batch_size, pad, self.params.max_length,
-                                           context.progress, f"{desc} ({label})")
-                for label, model, _ in context.models()}
+        key = f"{self.name}:{self.params.model_dump_json()}:{desc}:{hash(tuple(map(str, requests)))}"
+        return context.per_model(key, lambda label, model, _: score_continuations(
+            model, requests, context.batch_size, pad, self.params.max_length, context.progress, f"{desc} ({label})"))
 
     def _windows(self, context: EvalContext, result: EvalResult, requests: list, pad: int, rows: list) -> None:
         scores = self._score(context, requests, pad, "text perplexity")

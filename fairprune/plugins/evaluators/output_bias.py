@@ -69,7 +69,8 @@ class OutputBiasEvaluator(Plugin):
             raise ConfigError(f"output_bias: prompt groups with fewer than 2 members: {small[:5]}")
         if not self.params.continuations:
             raise ConfigError("output_bias.continuations must name at least one continuation")
-        per_model = {label: self._measure(context, model, label) for label, model, _ in context.models()}
+        per_model = context.per_model(f"{self.name}:{self.params.model_dump_json()}",
+                                      lambda label, model, _: self._measure(context, model, label))
         result = EvalResult(self.name)
         for measure in ("js", "logprob_gap"):
             add_paired(result, measure, per_model["base"][measure], per_model["pruned"][measure],
