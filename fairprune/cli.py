@@ -20,13 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"fairprune.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"fairprune.commands.{name}":
-                continue
-            raise
-        module.add_parser(sub)
+        importlib.import_module(f"fairprune.commands.{name}").add_parser(sub)
     return parser
 
 
