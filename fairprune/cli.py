@@ -7,6 +7,7 @@ import importlib
 import logging
 import sys
 
+from .core.distributed import env_world_size, run_command
 from .core.errors import FairpruneError
 
 #: subcommand modules; each defines ``add_parser(subparsers)`` which sets ``func`` on its parser
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if env_world_size() > 1:  # started by torchrun: share the analysis among the processes
+            return run_command(args.func, args)
         return int(args.func(args) or 0)
     except FairpruneError as exc:
         print(f"error: {exc}", file=sys.stderr)

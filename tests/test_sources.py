@@ -51,7 +51,9 @@ def test_local_directories_load_pruned_and_plain(tmp_path):
     fp.prune(model, {0: [1, 2, 3]}, registry=REG)
     pruned_dir = fp.save_pretrained(model, tiny_tokenizer(), tmp_path / "pruned")
     assert pick_source(str(pruned_dir), REG).name == "hf"
-    loaded, tokenizer = fp.load_model(str(pruned_dir), registry=REG)
+    as_saved, _ = fp.load_model(str(pruned_dir), registry=REG)
+    assert as_saved.dtype == torch.float16  # dtype auto: the checkpoint's own
+    loaded, tokenizer = fp.load_model(str(pruned_dir), registry=REG, dtype="float32")
     assert loaded.dtype == torch.float32 and not loaded.training and tokenizer is not None
     torch.testing.assert_close(logits(loaded), logits(model.float()), atol=1e-6, rtol=0)
     plain = tiny_model("llama")

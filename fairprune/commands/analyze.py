@@ -29,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..core.bias import analyze_bias
+    from ..core.distributed import is_main_process
     from ..core.prompts import load_prompt_groups
     from ..core.sources import load_model
 
@@ -37,6 +38,8 @@ def main(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model)
     report = analyze_bias(model, tokenizer, axes=axes, groups=groups, split=args.split, site=args.site,
                           pooling=args.pooling, metric=args.metric, batch_size=args.batch_size)
+    if not is_main_process():  # under torchrun every process computed the same report; rank 0 writes it
+        return 0
     report.save(args.out)
     s = report.settings
     print(f"{s['n_groups']} prompt groups ({s['n_prompts']} prompts) on axes {', '.join(s['axes'])}; "

@@ -183,13 +183,16 @@ def analyze_bias(model: Any, tokenizer: Any, axes: Sequence[Any] | None = None,
                  split: str = "analysis", site: str = "neuron", pooling: str = "suffix", metric: str | None = None,
                  metric_params: Mapping[str, Any] | None = None, batch_size: int = 16,
                  layers: Sequence[int] | None = None, adapter: Any = None, registry: Any = None,
-                 progress: bool = True) -> BiasReport:
+                 progress: bool = True, shard: bool = True) -> BiasReport:
     """Score every MLP neuron by how much it reacts to the demographic attribute.
 
     ``axes`` are registered axis names (or axis YAML paths / objects); with no
     axes, pairs or groups, every registered axis is used. ``pairs`` are ``(a, b)``
     prompt strings; ``groups`` are ``PromptGroup``s (used as given, not split).
-    ``metric`` defaults to the scale-free ``relative_mean_abs_diff``.
+    ``metric`` defaults to the scale-free ``relative_mean_abs_diff``. With
+    ``shard`` and an active torch.distributed group of several processes (torchrun),
+    every process must call this; each runs a share of the groups and all
+    return the report of a one-process run (see ``core.distributed``).
     """
     if registry is None:
         from .registry import get_registry
@@ -200,7 +203,8 @@ def analyze_bias(model: Any, tokenizer: Any, axes: Sequence[Any] | None = None,
     adapter = adapter or resolve_adapter(model, registry=registry)
     all_groups, form_to_group = gather_groups(axes, pairs, groups, split, registry)
     collected = collect_prompts(model, tokenizer, all_groups, sites=(site,), pooling=pooling, layers=layers,
-                                adapter=adapter, batch_size=batch_size, progress=progress, registry=registry)[site]
+                                adapter=adapter, batch_size=batch_size, progress=progress, registry=registry,
+                                world=_world() if shard else None)[site]
     per_axis = score_groups(metric_obj, collected.per_prompt, collected.magnitude, all_groups, form_to_group)
     layer_ids = sorted(collected.per_prompt)
     combined = {layer: torch.stack([per_axis[a][layer] for a in per_axis]).mean(0) for layer in layer_ids}
@@ -214,3 +218,9 @@ def analyze_bias(model: Any, tokenizer: Any, axes: Sequence[Any] | None = None,
     logger.info("bias analysis: %d groups on axes %s, %d tokens", len(all_groups), list(per_axis),
                 collected.n_tokens)
     return BiasReport(combined, per_axis, collected.magnitude, collected.mean, settings, list(all_groups))
+
+
+def _world() -> Any:
+    from .distributed import current
+
+    return current()

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import PromptError
+from .errors import NonFiniteError, PromptError
 from .prompts import validate_groups
 from .protocols import PromptGroup
 from .surgery import resolve_adapter
@@ -87,6 +87,7 @@ class CaptureRun:
         try:
             self.model(**inputs)
         except _StopForward:
+            # accelerate hooks offloaded weights per leaf module, so none is left loaded by the early stop
             pass
         finally:
             self._active = False
@@ -153,13 +154,19 @@ class _Batch:
 
 
 class _PooledReducer:
-    """Reduces each hooked activation to pooled rows and running |h| and h sums, in float32/float64."""
+    """Reduces each hooked activation to per-prompt rows, in float32, on the activation's device.
 
-    def __init__(self, n_prompts: int) -> None:
+    Per prompt it keeps the pooled vector, the sum of h and the sum of |h| over
+    real tokens; totals over prompts are summed later in prompt order, so they
+    do not depend on batching or on how prompts are shared among processes.
+    """
+
+    def __init__(self, n_prompts: int, label: str | None = None) -> None:
         self.n_prompts = n_prompts
+        self.label = label
         self.pooled: dict[tuple[str, int], torch.Tensor] = {}
-        self.abs_sum: dict[tuple[str, int], torch.Tensor] = {}
         self.sum: dict[tuple[str, int], torch.Tensor] = {}
+        self.abs_sum: dict[tuple[str, int], torch.Tensor] = {}
         self.rows = torch.empty(0, dtype=torch.long)
         self.stack = torch.empty(0)  # [B, 2, T]: pooling weights, then the real-token mask
 
@@ -171,29 +178,51 @@ class _PooledReducer:
     def __call__(self, site: str, layer: int, activation: torch.Tensor) -> None:
         h = activation.float()
         stack = self.stack.to(h.device)
-        sums = torch.bmm(stack, h)  # [B, 2, W]
-        absum = torch.bmm(stack[:, 1:], h.abs())[:, 0]
+        sums, absum = torch.bmm(stack, h), torch.bmm(stack[:, 1:], h.abs())[:, 0]  # [B, 2, W], [B, W]
         if not (torch.isfinite(sums).all() and torch.isfinite(absum).all()):
+            # padded positions may hold garbage (fully masked attention rows); only real tokens must be finite
             h = torch.where(self.mask.to(h.device)[..., None], h, torch.zeros((), device=h.device))
             sums, absum = torch.bmm(stack, h), torch.bmm(stack[:, 1:], h.abs())[:, 0]
             if not (torch.isfinite(sums).all() and torch.isfinite(absum).all()):
-                raise FloatingPointError(f"site {site!r} of layer {layer} produced non-finite activations")
+                raise non_finite_error(f"site {site!r}", self.label, layer, activation.dtype)
         key = (site, layer)
         if key not in self.pooled:
-            width = h.shape[-1]
-            self.pooled[key] = torch.zeros(self.n_prompts, width, dtype=torch.float32, device=h.device)
-            self.abs_sum[key] = torch.zeros(width, dtype=torch.float64, device=h.device)
-            self.sum[key] = torch.zeros(width, dtype=torch.float64, device=h.device)
-        self.pooled[key][self.rows.to(h.device)] = sums[:, 0]
-        self.sum[key] += sums[:, 1].sum(0, dtype=torch.float64)
-        self.abs_sum[key] += absum.sum(0, dtype=torch.float64)
+            for table in (self.pooled, self.sum, self.abs_sum):
+                table[key] = torch.zeros(self.n_prompts, h.shape[-1], dtype=torch.float32, device=h.device)
+        rows = self.rows.to(h.device)
+        self.pooled[key][rows] = sums[:, 0]
+        self.sum[key][rows] = sums[:, 1]
+        self.abs_sum[key][rows] = absum
+
+
+def non_finite_error(where: str, label: str | None, layer: int | None, dtype: Any) -> NonFiniteError:
+    """The error for a NaN/inf at ``where`` (a site or an evaluator) of the ``label`` model, with what to do."""
+    model = f"the {label} model" if label else "the model"
+    at = f" of layer {layer}" if layer is not None else ""
+    dtype = str(dtype).removeprefix("torch.")
+    advice = {"float16": "float16 overflows: load the model in a wider dtype (model.dtype: float32, or bfloat16)",
+              "bfloat16": "load the model in float32 (model.dtype: float32)"}.get(
+        dtype, "this is not the overflow of a narrow dtype: check the model's weights")
+    return NonFiniteError(f"{where}{at} of {model} produced non-finite values (NaN or inf) in {dtype}; {advice}")
 
 
 def collect_prompts(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGroup], *,
                     sites: Sequence[str] = ("neuron",), pooling: str = "suffix",
                     layers: Sequence[int] | None = None, adapter: Any = None, batch_size: int = 16,
-                    progress: bool = True, registry: Any = None) -> dict[str, PromptActivations]:
-    """Pooled activation of every prompt of ``groups`` at several sites in one pass: site -> result."""
+                    progress: bool = True, registry: Any = None, label: str | None = None,
+                    world: Any = None) -> dict[str, PromptActivations]:
+    """Pooled activation of every prompt of ``groups`` at several sites in one pass: site -> result.
+
+    Activations are reduced in float32 whatever the model's dtype. The model may
+    be spread over devices (an accelerate device map, offloaded layers): inputs
+    go to the device of its input embeddings, each hook reduces on its module's
+    device, and results come back on the CPU. With ``world`` (a
+    ``distributed.World`` of several processes) each process runs a contiguous
+    share of the groups and the per-prompt rows are gathered in group order, so
+    every process returns what one process would. Raises ``NonFiniteError``
+    naming the site, the layer and ``label`` (``"base"``, ``"pruned"``) when an
+    activation is NaN or inf, ``PromptError`` for bad groups.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     registry = registry or _registry()
@@ -208,14 +237,43 @@ def collect_prompts(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGro
         raise ValueError(f"layers {bad} out of range: the model has {n_layers} layers")
     validate_groups(groups)
     ids, diverge = tokenize_groups(tokenizer, groups, max_length=_max_positions(model))
-    reducer = _PooledReducer(len(ids))
-    device = _device(model)
     n_tokens = sum(len(x) for x in ids)
+    if world is None or world.size == 1:
+        rows = _collect_rows(model, tokenizer, ids, diverge, pool, list(sites), layers, adapter, batch_size,
+                             progress, registry, label)
+    else:
+        from .distributed import shard_range
+
+        group_range = shard_range(len(groups), world)
+        offsets = [0]
+        for g in groups:
+            offsets.append(offsets[-1] + len(g.prompts))
+        mine = slice(offsets[group_range.start], offsets[group_range.stop])
+        with world.failures_stop_all():
+            rows = _collect_rows(model, tokenizer, ids[mine], diverge[mine], pool, list(sites), layers, adapter,
+                                 batch_size, progress and world.is_main, registry, label)
+        rows = world.gather_rows(rows, n_rows=mine.stop - mine.start)
+    out: dict[str, PromptActivations] = {}
+    for site in sites:
+        out[site] = PromptActivations(
+            per_prompt={i: rows[("pooled", site, i)] for i in layers},
+            magnitude={i: (rows[("abs_sum", site, i)].double().sum(0) / n_tokens).float() for i in layers},
+            mean={i: (rows[("sum", site, i)].double().sum(0) / n_tokens).float() for i in layers},
+            n_tokens=n_tokens)
+    return out
+
+
+def _collect_rows(model: nn.Module, tokenizer: Any, ids: list[list[int]], diverge: list[int], pool: Any,
+                  sites: list[str], layers: list[int], adapter: Any, batch_size: int, progress: bool,
+                  registry: Any, label: str | None) -> dict[tuple[str, str, int], torch.Tensor]:
+    """Per-prompt rows on the CPU: ``(kind, site, layer) -> Tensor[n_prompts, width]``, kind in pooled/sum/abs_sum."""
+    reducer = _PooledReducer(len(ids), label)
+    device = input_device(model)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), capture(model, adapter, list(sites), layers, reducer, registry=registry) as run:
-            bar = tqdm(total=len(ids), desc=f"collecting {','.join(sites)}/{pooling}", unit="prompt",
+        with torch.inference_mode(), capture(model, adapter, sites, layers, reducer, registry=registry) as run:
+            bar = tqdm(total=len(ids), desc=f"collecting {','.join(sites)}/{pool.name}", unit="prompt",
                        disable=not progress)
             for batch in _batches(ids, diverge, batch_size, _pad_id(tokenizer), _padding_side(tokenizer)):
                 weights = pool.weights(batch.mask, batch.content_pos, batch.diverge_at)
@@ -226,14 +284,11 @@ def collect_prompts(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGro
             bar.close()
     finally:
         model.train(was_training)
-    out: dict[str, PromptActivations] = {}
-    for site in sites:
-        out[site] = PromptActivations(
-            per_prompt={i: reducer.pooled[(site, i)].cpu() for i in layers},
-            magnitude={i: (reducer.abs_sum[(site, i)] / n_tokens).float().cpu() for i in layers},
-            mean={i: (reducer.sum[(site, i)] / n_tokens).float().cpu() for i in layers},
-            n_tokens=n_tokens)
-    return out
+    rows: dict[tuple[str, str, int], torch.Tensor] = {}
+    for kind, table in (("pooled", reducer.pooled), ("sum", reducer.sum), ("abs_sum", reducer.abs_sum)):
+        for (site, layer), tensor in table.items():
+            rows[(kind, site, layer)] = tensor.cpu()
+    return rows
 
 
 def collect_pooled(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGroup], *, site: str = "neuron",
@@ -337,11 +392,53 @@ def _max_positions(model: nn.Module) -> int | None:
     return int(value) if isinstance(value, int) and value > 0 else None
 
 
-def _device(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
+# -- devices: models spread over several devices or offloaded (accelerate) ------------------------
+
+def execution_device(module: nn.Module) -> torch.device:
+    """Where ``module`` computes: its accelerate hook's execution device, else its first non-meta parameter's.
+
+    Inside a forward hook the activation's own ``.device`` is the surest answer;
+    this is for code that must place tensors before a forward (inputs, masks).
+    """
+    hook = getattr(module, "_hf_hook", None)
+    for one in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):
+        device = getattr(one, "execution_device", None)
+        if device is not None:
+            return _as_device(device)
+    for tensor in module.parameters():
+        if tensor.device.type != "meta":
+            return tensor.device
+    return torch.device("cpu")
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where a model's input ids go: the device its input embeddings run on (any placement)."""
+    device_map = getattr(model, "hf_device_map", None)
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if device_map and embeddings is not None:
+        name = next((n for n, m in model.named_modules() if m is embeddings), "")
+        real = [d for d in device_map.values() if d not in ("cpu", "disk")]
+        main = _as_device(real[0]) if real else torch.device("cpu")
+        for key in sorted(device_map, key=len, reverse=True):
+            if key == "" or name == key or name.startswith(key + "."):
+                placed = device_map[key]
+                return main if placed in ("cpu", "disk") else _as_device(placed)
+    return execution_device(embeddings if embeddings is not None else model)
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor in it (nested tuples, lists, dicts) moved to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value
+
+
+def _as_device(device: Any) -> torch.device:
+    return torch.device(f"cuda:{device}") if isinstance(device, int) else torch.device(device)
 
 
 def _registry() -> Any:

@@ -39,6 +39,13 @@ class Component(Strict):
 class ModelSection(Strict):
     source: str = Field(description="model source name, local directory, .gguf path or Hugging Face id")
     adapter: str | None = Field(default=None, description="architecture adapter name; None picks one from the model")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="weights and activations; auto = the checkpoint's dtype (GGUF: float32)")
+    device_map: str | dict[str, int | str] | None = Field(
+        default=None, description="accelerate device map: auto, balanced, sequential, or {module: device}")
+    max_memory: dict[int | str, int | str] | None = Field(
+        default=None, description="per-device memory limits for device_map, e.g. {0: 20GiB, cpu: 60GiB}")
+    offload_folder: str | None = Field(default=None, description="where a device map's disk-offloaded layers go")
 
 
 class BiasSection(Strict):

@@ -51,3 +51,15 @@ class ModelSourceError(FairpruneError):
 
 class PersistError(FairpruneError):
     """A saved directory that is incomplete or does not match its sidecar."""
+
+
+class NonFiniteError(FairpruneError, FloatingPointError):
+    """A NaN or infinite activation, logit or metric; never turned into a score.
+
+    The message names where (evaluator or site, base/pruned model, layer) and
+    suggests a wider dtype, since overflow in float16 is the usual cause.
+    """
+
+
+class DistributedError(FairpruneError):
+    """Another process of a torch.distributed run failed; the message is that process's."""

@@ -2,7 +2,8 @@
 
 The model-source plugins do the loading; this module picks one (a source whose
 name is the spec first, then the highest-priority source whose ``matches``
-accepts it) and normalises the result: float32, eval mode.
+accepts it) and puts the result in place: the requested dtype, the requested
+devices (accelerate), eval mode.
 """
 
 from __future__ import annotations
@@ -43,24 +44,107 @@ def pick_source(spec: str, registry: Registry) -> Any:
                            "otherwise give a Hugging Face id, a local model directory or a .gguf path")
 
 
-def load_model(spec: str, *, registry: Registry | None = None,
-               cache_dir: str | Path | None = None) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)`` for ``spec``; the model is float32 and in eval mode.
+#: ``model.dtype`` values and their torch names; ``auto`` keeps the checkpoint's dtype
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
+
+def load_model(spec: str, *, registry: Registry | None = None, cache_dir: str | Path | None = None,
+               dtype: str = "auto", device_map: str | dict[str, Any] | None = None,
+               max_memory: dict[Any, Any] | None = None, offload_folder: str | Path | None = None) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` for ``spec`` in eval mode.
+
+    ``dtype`` is ``auto`` (the checkpoint's dtype; GGUF files dequantize to
+    float32), ``float32``, ``bfloat16`` or ``float16``. ``device_map`` (``auto``,
+    ``balanced``, ``sequential`` or ``{module name: device}``) spreads the model
+    over devices with accelerate, as ``from_pretrained(device_map=...)`` does;
+    ``max_memory`` limits each device and ``offload_folder`` receives layers
+    mapped to ``disk``. Sources that accept these keywords load directly into
+    place; others load on the CPU and are cast and dispatched here.
     ``model.config.fairprune_base_model`` and ``fairprune_license`` are set when
-    the source knows them (for model cards).
+    the source knows them (for model cards). Raises ``ConfigError`` on an
+    unknown dtype, ``ModelSourceError`` when nothing can load ``spec``.
     """
+    if dtype not in DTYPES:
+        from .errors import ConfigError
+
+        raise ConfigError(f"model.dtype: unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     if registry is None:
         from .registry import get_registry
 
         registry = get_registry()
     source = pick_source(str(spec), registry)
+    placement = {"dtype": dtype, "device_map": device_map, "max_memory": normalise_max_memory(max_memory),
+                 "offload_folder": str(offload_folder) if offload_folder else None}
     kwargs = {"cache_dir": cache_root(cache_dir)} if _accepts(source.load, "cache_dir") else {}
+    kwargs.update({k: v for k, v in placement.items() if v is not None and _accepts(source.load, k)})
     start = time.perf_counter()
     model, tokenizer = source.load(str(spec), **kwargs)
-    model = model.float().eval()
-    logger.info("loaded %r with source %r in %.1f s", spec, source.name, time.perf_counter() - start)
+    model = place_model(model, **placement).eval()
+    logger.info("loaded %r with source %r in %.1f s (%s)", spec, source.name, time.perf_counter() - start,
+                model_dtype(model))
     return model, tokenizer
+
+
+def model_dtype(model: Any) -> Any:
+    """The dtype of the model's floating-point weights (the first one found; float32 when none)."""
+    import torch
+
+    for param in model.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    return torch.float32
+
+
+def normalise_max_memory(max_memory: dict[Any, Any] | None) -> dict[Any, Any] | None:
+    """accelerate's form: GPU indices as ints (``"0"`` from a YAML/CLI string becomes ``0``)."""
+    if not max_memory:
+        return None
+    return {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in max_memory.items()}
+
+
+def place_model(model: Any, dtype: str = "auto", device_map: str | dict[str, Any] | None = None,
+                max_memory: dict[Any, Any] | None = None, offload_folder: str | None = None) -> Any:
+    """Cast ``model`` to ``dtype`` and dispatch it over ``device_map``, unless the source already did."""
+    import torch
+
+    want = None if dtype == "auto" else getattr(torch, dtype)
+    dispatched = bool(getattr(model, "hf_device_map", None))
+    if want is not None and model_dtype(model) != want:
+        if dispatched:
+            raise ModelSourceError(f"the source placed the model over devices in {model_dtype(model)}; it cannot be "
+                                   f"cast to {dtype} afterwards")
+        model = model.to(want)
+    if device_map is not None and not dispatched:
+        model = dispatch(model, device_map, max_memory, offload_folder)
+    return model
+
+
+def dispatch(model: Any, device_map: str | dict[str, Any], max_memory: dict[Any, Any] | None = None,
+             offload_folder: str | None = None) -> Any:
+    """Spread a loaded model over devices with accelerate (``auto``/``balanced``/``sequential`` or a map).
+
+    Layers mapped to ``disk`` are written to ``offload_folder`` (``ModelSourceError`` without one).
+    """
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    no_split = list(getattr(model, "_no_split_modules", None) or [])
+    if isinstance(device_map, str):
+        if device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
+            raise ModelSourceError(f"model.device_map: unknown strategy {device_map!r}; use auto, balanced, "
+                                   "balanced_low_0, sequential or a {module: device} mapping")
+        if device_map != "sequential":
+            max_memory = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split,
+                                             low_zero=device_map == "balanced_low_0")
+        device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split)
+    if "disk" in set(device_map.values()) and not offload_folder:
+        raise ModelSourceError("model.device_map puts layers on disk: give model.offload_folder")
+    tied = getattr(model, "tie_weights", None)
+    if tied is not None:
+        tied()
+    model = dispatch_model(model, device_map=device_map, offload_dir=offload_folder)
+    model.hf_device_map = dict(device_map)
+    return model
 
 
 def _accepts(func: Any, name: str) -> bool:

@@ -30,16 +30,24 @@ GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
 GEMMA3_PARTS = 4
 
 
-def load_hf(spec: str) -> tuple[Any, Any]:
-    """A hub id or local directory; fairprune directories go through ``load_pretrained``."""
+def load_hf(spec: str, dtype: str = "auto", device_map: Any = None, max_memory: Any = None,
+            offload_folder: str | None = None) -> tuple[Any, Any]:
+    """A hub id or local directory; fairprune directories go through ``load_pretrained``.
+
+    ``dtype`` (``auto`` = the checkpoint's), ``device_map``, ``max_memory`` and
+    ``offload_folder`` go to ``from_pretrained``, which places the weights with accelerate.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(spec).expanduser()
     if path.is_dir() and (path / SIDECAR).exists():
-        return load_pretrained(path)
+        return load_pretrained(path)  # load_model casts and dispatches it
+    placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
     try:
-        model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            spec, dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+            **{k: v for k, v in placement.items() if v is not None})
     except OSError as exc:
         raise ModelSourceError(f"cannot load {spec!r} with transformers: {exc}") from exc
     try:

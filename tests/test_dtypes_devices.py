@@ -1,0 +1,140 @@
+"""Models in float16/bfloat16 and models spread over devices (accelerate): loading, analysis, non-finite values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fairprune as fp
+from fairprune.core.collect import collect_prompts, input_device
+from fairprune.core.errors import ConfigError, NonFiniteError
+from fairprune.core.prompts import pairs_to_groups
+from fairprune.core.registry import Registry
+from fairprune.core.sources import load_model
+from fairprune.testing import tiny_char_tokenizer, tiny_model, tiny_tokenizer
+
+REG = Registry(load_entrypoints=False)
+PAIRS = [("the black man walked into the room", "the white man walked into the room"),
+         ("a young woman works at the school", "an old woman works at the school"),
+         ("the muslim family went home", "the christian family went home")]
+
+
+def overflowing_llama() -> torch.nn.Module:
+    """The issue's reproduction: a tiny Llama whose layer-1 gate/up weights are 2000x, in float16."""
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.layers[1].mlp.gate_proj.weight.mul_(2000)
+        model.model.layers[1].mlp.up_proj.weight.mul_(2000)
+    return model.half()
+
+
+@pytest.fixture(scope="module")
+def saved_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dtype") / "tiny-llama"
+    fp.save_pretrained(tiny_model("llama", max_position_embeddings=512).to(torch.bfloat16), tiny_char_tokenizer(),
+                       path)
+    return path
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_load_model_gives_the_requested_dtype(saved_dir, dtype):
+    model, _ = load_model(str(saved_dir), registry=REG, dtype=dtype)
+    assert {p.dtype for p in model.parameters()} == {getattr(torch, dtype)}
+
+
+def test_auto_dtype_keeps_the_checkpoints(saved_dir):
+    model, _ = load_model(str(saved_dir), registry=REG)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_unknown_dtype_is_a_config_error(saved_dir):
+    with pytest.raises(ConfigError, match="model.dtype: unknown dtype 'float8'"):
+        load_model(str(saved_dir), registry=REG, dtype="float8")
+
+
+def test_config_rejects_unknown_dtype():
+    with pytest.raises(ConfigError, match="model.dtype"):
+        fp.load_config({"model": {"source": "x", "dtype": "int8"}})
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_analysis_is_close_to_float32(dtype):
+    """Reductions run in float32 whatever the model's dtype: scores agree with the float32 model's."""
+    model = tiny_model("llama")
+    groups = pairs_to_groups(PAIRS)
+    want = collect_prompts(model, tiny_tokenizer(), groups, progress=False, registry=REG)["neuron"]
+    got = collect_prompts(model.to(dtype), tiny_tokenizer(), groups, progress=False, registry=REG)["neuron"]
+    for layer in want.per_prompt:
+        assert got.per_prompt[layer].dtype == torch.float32
+        torch.testing.assert_close(got.per_prompt[layer], want.per_prompt[layer], atol=0.05, rtol=0.05)
+        torch.testing.assert_close(got.magnitude[layer], want.magnitude[layer], atol=0.02, rtol=0.02)
+
+
+def test_float16_overflow_names_site_model_layer_and_a_wider_dtype():
+    with pytest.raises(NonFiniteError) as info:
+        collect_prompts(overflowing_llama(), tiny_tokenizer(), pairs_to_groups(PAIRS), progress=False,
+                        registry=REG, label="pruned")
+    message = str(info.value)
+    assert "site 'neuron' of layer 1 of the pruned model" in message
+    assert "in float16; float16 overflows" in message and "model.dtype: float32" in message
+
+
+def test_the_same_model_in_float32_is_finite():
+    model = overflowing_llama().float()
+    result = collect_prompts(model, tiny_tokenizer(), pairs_to_groups(PAIRS), progress=False, registry=REG)
+    assert all(torch.isfinite(t).all() for t in result["neuron"].per_prompt.values())
+
+
+# -- models spread over devices --------------------------------------------------------------------
+
+DISK_MAP = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
+            "model.layers.1": "disk", "model.norm": "cpu", "lm_head": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def plain_dir(tmp_path_factory):
+    """A plain HF directory (no fairprune sidecar), so from_pretrained places it, as for hub models."""
+    path = tmp_path_factory.mktemp("dispatch") / "tiny-llama"
+    tiny_model("llama", max_position_embeddings=512).save_pretrained(path)
+    tiny_char_tokenizer().save_pretrained(path)
+    return path
+
+
+def offloaded(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters whose weights are not in memory (offloaded to disk by accelerate)."""
+    return sorted(name for name, p in model.named_parameters() if p.device.type == "meta")
+
+
+def test_max_memory_map_offloads_layers_and_the_bias_report_is_unchanged(plain_dir, tmp_path):
+    base, tok = load_model(str(plain_dir), registry=REG)
+    want = fp.analyze_bias(base, tok, axes=["race"], progress=False, registry=REG)
+    budget = sum(p.numel() * p.element_size() for p in base.parameters()) // 2
+    placed, _ = load_model(str(plain_dir), registry=REG, device_map="auto", max_memory={"cpu": budget},
+                           offload_folder=tmp_path / "offload")
+    assert "disk" in set(placed.hf_device_map.values())
+    assert offloaded(placed), "some layers must be offloaded (weights on the meta device)"
+    assert input_device(placed).type == "cpu"
+    got = fp.analyze_bias(placed, tok, axes=["race"], progress=False, registry=REG)
+    assert offloaded(placed), "offloaded weights go back to disk after the analysis"
+    for layer, scores in want.scores.items():
+        torch.testing.assert_close(got.scores[layer], scores, atol=1e-6, rtol=0)
+        torch.testing.assert_close(got.magnitude[layer], want.magnitude[layer], atol=1e-6, rtol=0)
+
+
+def test_explicit_device_map_dispatches_a_loaded_model(saved_dir, tmp_path):
+    base, tok = load_model(str(saved_dir), registry=REG, dtype="float32")
+    want = fp.analyze_bias(base, tok, axes=["race"], progress=False, registry=REG)
+    placed, _ = load_model(str(saved_dir), registry=REG, dtype="float32", device_map=DISK_MAP,
+                           offload_folder=tmp_path / "offload")
+    layer_1 = sorted(name for name, _ in placed.named_parameters() if name.startswith("model.layers.1."))
+    assert offloaded(placed) == layer_1
+    got = fp.analyze_bias(placed, tok, axes=["race"], progress=False, registry=REG)
+    for layer, scores in want.scores.items():
+        torch.testing.assert_close(got.scores[layer], scores, atol=1e-6, rtol=0)
+
+
+def test_disk_offload_without_a_folder_is_an_error(saved_dir):
+    from fairprune.core.errors import ModelSourceError
+
+    with pytest.raises(ModelSourceError, match="offload_folder"):
+        load_model(str(saved_dir), registry=REG, device_map=DISK_MAP)
