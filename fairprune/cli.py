@@ -12,7 +12,7 @@ from .core.errors import FairpruneError
 
 #: subcommand modules; each defines ``add_parser(subparsers)`` which sets ``func`` on its parser
 COMMANDS: tuple[str, ...] = (
-    "run", "sweep", "analyze", "prune", "evaluate", "plugins", "axes", "demo", "report", "plot",
+    "run", "sweep", "analyze", "prune", "evaluate", "plugins", "axes", "demo", "report", "plot", "serve",
 )
 
 

@@ -24,12 +24,15 @@ def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def pca_plot(base: Any, pruned: Any | None = None, members: Sequence[str] | None = None,
-             layer: int | None = None, site: str = "residual") -> Any:
+             layer: int | None = None, site: str = "residual", labels: Sequence[str] | None = None,
+             title: str | None = None) -> Any:
     """Group members' pooled activations projected on two principal axes, base and pruned side by side.
 
     ``base``/``pruned`` are ``[n_groups, n_members, width]``. One PCA is fitted on
     both models' points together so the panels share coordinates; an arrow runs
     from member 0 to each other member of every group: shorter arrows = less bias.
+    ``labels`` (one per group, e.g. the tokens of two aligned prompts) are written
+    beside member 0's points; ``title`` replaces the default figure title.
     """
     panels = [("base", as_array(base))] + ([("pruned", as_array(pruned))] if pruned is not None else [])
     shapes = {p.shape for _, p in panels}
@@ -48,6 +51,9 @@ def pca_plot(base: Any, pruned: Any | None = None, members: Sequence[str] | None
             for j in range(1, n_members):
                 ax.annotate("", xy=tuple(xy[g, j]), xytext=tuple(xy[g, 0]),
                             arrowprops={"arrowstyle": "->", "color": "#555555", "lw": 0.8, "alpha": 0.7})
+            if labels is not None and g < len(labels):
+                ax.annotate(str(labels[g]).strip(), tuple(xy[g, 0]), fontsize=7, alpha=0.8,
+                            xytext=(3, 3), textcoords="offset points")
         dist = np.abs(points[:, 1:, :] - points[:, :1, :]).mean()
         ax.set_title(f"{label}: mean |a − b| = {dist:.4f}")
         ax.set_xlabel(f"PC1 ({100 * ratio[0]:.0f}% of variance)")
@@ -55,7 +61,7 @@ def pca_plot(base: Any, pruned: Any | None = None, members: Sequence[str] | None
     axes[0][0].set_ylabel(f"PC2 ({100 * ratio[1]:.0f}% of variance)")
     axes[0][0].legend(fontsize=8)
     where = f"layer {layer} " if layer is not None else ""
-    fig.suptitle(f"PCA of {site} activations, {where}({n_groups} groups): arrows join members of a group")
+    fig.suptitle(title or f"PCA of {site} activations, {where}({n_groups} groups): arrows join members of a group")
     return fig
 
 
@@ -72,8 +78,28 @@ class TokenDistances:
     diverge_at: int  # index of the differing-span column
 
 
-def token_distances(model: Any, tokenizer: Any, prompt_a: str, prompt_b: str) -> TokenDistances:
-    """Relative distance ‖a − b‖ / mean(‖a‖, ‖b‖) of the two prompts' hidden states, per aligned token and layer."""
+@dataclass
+class AlignedStates:
+    """Two prompts' hidden states, token-aligned: the shared prefix, one column for the differing span, the suffix.
+
+    ``states[l, c, m]`` is prompt ``m``'s (0 = a, 1 = b) hidden state after layer ``l``
+    (row 0: the embedding output) at aligned column ``c``; the differing span's column
+    is the mean over the span's tokens.
+    """
+
+    tokens: list[str]
+    states: np.ndarray  # [n_layers + 1, n_columns, 2, hidden]
+    diverge_at: int  # index of the differing-span column
+
+    def distances(self) -> TokenDistances:
+        """Relative distance ‖a − b‖ / mean(‖a‖, ‖b‖) per layer and column."""
+        a, b = self.states[:, :, 0], self.states[:, :, 1]
+        scale = 0.5 * (np.linalg.norm(a, axis=-1) + np.linalg.norm(b, axis=-1))
+        return TokenDistances(self.tokens, np.linalg.norm(a - b, axis=-1) / np.maximum(scale, 1e-12), self.diverge_at)
+
+
+def aligned_states(model: Any, tokenizer: Any, prompt_a: str, prompt_b: str) -> AlignedStates:
+    """Hidden states of both prompts at every layer, aligned token by token (one forward pass per prompt)."""
     import torch
 
     ids = [tokenizer(p, return_tensors="pt")["input_ids"] for p in (prompt_a, prompt_b)]
@@ -88,17 +114,20 @@ def token_distances(model: Any, tokenizer: Any, prompt_a: str, prompt_b: str) ->
     with torch.inference_mode():
         states = [torch.stack(model(input_ids=x.to(device), output_hidden_states=True).hidden_states)[:, 0].double().cpu()
                   for x in ids]  # [n_layers + 1, seq, hidden]
-    cols_a, cols_b = _aligned(states[0], prefix, suffix), _aligned(states[1], prefix, suffix)
-    diff = (cols_a - cols_b).norm(dim=-1)
-    scale = 0.5 * (cols_a.norm(dim=-1) + cols_b.norm(dim=-1))
-    distances = (diff / scale.clamp_min(1e-12)).numpy()
+    columns = torch.stack([_aligned(states[0], prefix, suffix), _aligned(states[1], prefix, suffix)], 2)
+
     def word(toks: list[int]) -> str:
         return tokenizer.decode(toks).strip() or "∅"
 
     span_a, span_b = a_ids[prefix:len(a_ids) - suffix], b_ids[prefix:len(b_ids) - suffix]
     labels = ([tokenizer.decode([t]) for t in a_ids[:prefix]] + [f"{word(span_a)} / {word(span_b)}"]
               + [tokenizer.decode([t]) for t in a_ids[len(a_ids) - suffix:]])
-    return TokenDistances([t.replace("\n", "\\n") for t in labels], distances, prefix)
+    return AlignedStates([t.replace("\n", "\\n") for t in labels], columns.numpy(), prefix)
+
+
+def token_distances(model: Any, tokenizer: Any, prompt_a: str, prompt_b: str) -> TokenDistances:
+    """Relative distance ‖a − b‖ / mean(‖a‖, ‖b‖) of the two prompts' hidden states, per aligned token and layer."""
+    return aligned_states(model, tokenizer, prompt_a, prompt_b).distances()
 
 
 def _aligned(states: Any, prefix: int, suffix: int) -> Any:
