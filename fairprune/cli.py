@@ -9,6 +9,7 @@ import sys
 
 from .core.distributed import env_world_size, run_command
 from .core.errors import FairpruneError
+from .core.outputs import releasing_claims
 
 #: subcommand modules; each defines ``add_parser(subparsers)`` which sets ``func`` on its parser
 COMMANDS: tuple[str, ...] = (
@@ -35,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if env_world_size() > 1:  # started by torchrun: share the analysis among the processes
-            return run_command(args.func, args)
-        return int(args.func(args) or 0)
-    except FairpruneError as exc:
+            return run_command(releasing_claims(args.func), args)
+        return int(releasing_claims(args.func)(args) or 0)
+    except FairpruneError as exc:  # a user error: one line (config problems list one line per field)
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -8,7 +8,7 @@ import pytest
 
 import fairprune as fp
 from fairprune.cli import main as cli_main
-from fairprune.core.errors import ConfigError
+from fairprune.core.errors import ConfigError, OutputError
 from fairprune.core.report import headline_rows, summary_text
 from fairprune.testing import tiny_char_tokenizer, tiny_model
 
@@ -112,7 +112,7 @@ def test_bad_configs_fail_before_any_work(model_dir, tmp_path):
 
 
 def test_existing_output_is_kept_unless_overwrite(finished_run, model_dir):
-    with pytest.raises(ConfigError, match="exists and is not empty"):
+    with pytest.raises(OutputError, match="exists and is not empty"):
         fp.run(config_for(model_dir, finished_run.output_dir), progress=False)
     assert (finished_run.output_dir / "metrics.json").exists()
 

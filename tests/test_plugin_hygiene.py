@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from fairprune.cli import main as cli_main
 from fairprune.core.errors import PluginContractError
 from fairprune.core.hookspecs import hookimpl
 from fairprune.core.registry import DISABLE_ENV, STRICT_ENV, Registry, contract_problem, reset_registry
+from fairprune.testing.plugins import install_plugin
 
 GOOD_PLUGIN = '''
 from fairprune.core.hookspecs import hookimpl
@@ -76,15 +76,6 @@ def fairprune_register_evaluators(register):
     raise RuntimeError("tracker credentials missing")
 ''',
 }
-
-
-def install_plugin(root: Path, dist: str, entry_name: str, module: str, source: str) -> None:
-    """Write a module and a dist-info with one ``fairprune`` entry point under ``root``, as pip would."""
-    (root / f"{module}.py").write_text(textwrap.dedent(source))
-    info = root / f"{dist.replace('-', '_')}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[fairprune]\n{entry_name} = {module}\n")
 
 
 @pytest.fixture

@@ -58,7 +58,7 @@ def test_local_directories_load_pruned_and_plain(tmp_path):
     torch.testing.assert_close(logits(loaded), logits(model.float()), atol=1e-6, rtol=0)
     plain = tiny_model("llama")
     plain.save_pretrained(tmp_path / "plain")
-    loaded_plain, no_tokenizer = fp.load_model(str(tmp_path / "plain"), registry=REG)
+    loaded_plain, no_tokenizer = fp.load_model(str(tmp_path / "plain"), registry=REG, require_tokenizer=False)
     assert no_tokenizer is None
     torch.testing.assert_close(logits(loaded_plain), logits(plain), atol=0, rtol=0)
 
@@ -69,7 +69,7 @@ def test_gguf_file_uses_its_dequantized_cache(tmp_path):
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     model = tiny_model("qwen3")
-    fp.save_pretrained(model, None, tmp_path / "cache" / "gguf" / f"tiny-{key}")
+    fp.save_pretrained(model, tiny_tokenizer(), tmp_path / "cache" / "gguf" / f"tiny-{key}")
     loaded, _ = fp.load_model(str(gguf), registry=REG, cache_dir=tmp_path / "cache")
     torch.testing.assert_close(logits(loaded), logits(model), atol=0, rtol=0)
 
@@ -91,7 +91,7 @@ def test_bundled_model_not_installed_says_how_to_install(monkeypatch, tmp_path):
 
 
 def test_bundled_source_labels_cached_model(tmp_path):
-    fp.save_pretrained(tiny_model("llama"), None, tmp_path / "models" / "smollm2-135m")
+    fp.save_pretrained(tiny_model("llama"), tiny_tokenizer(), tmp_path / "models" / "smollm2-135m")
     model, _ = fp.load_model("smollm2-135m", registry=REG, cache_dir=tmp_path)
     assert model.config.fairprune_base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert model.config.fairprune_license == "apache-2.0"

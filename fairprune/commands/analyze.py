@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from ._common import add_overwrite_argument, add_trust_remote_code_argument, claim_out, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,12 +18,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                              "or none when --prompts is given)")
     parser.add_argument("--prompts", default=None, help="your own prompt groups (.yaml, .json, .jsonl or .csv)")
     parser.add_argument("--out", required=True, help="directory for the report")
+    add_overwrite_argument(parser)
+    add_trust_remote_code_argument(parser)
     parser.add_argument("--split", default="analysis", choices=("analysis", "heldout", "all"),
                         help="which templates of the axes to use (default: analysis)")
     parser.add_argument("--site", default="neuron", help="activation site (default: neuron = input of down_proj)")
     parser.add_argument("--pooling", default="suffix", help="token pooling: suffix (default), mean or last")
     parser.add_argument("--metric", default=None, help="bias metric (default: relative_mean_abs_diff)")
-    parser.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass (default: 16)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="prompts per forward pass (default: 16)")
     parser.add_argument("--top", type=int, default=5, help="neurons listed per layer in the summary")
     parser.add_argument("--plots", action="store_true",
                         help="also write the bias profile and neuron map plots (PNG) into --out (needs matplotlib)")
@@ -30,17 +35,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..core.bias import analyze_bias
     from ..core.distributed import is_main_process
+    from ..core.outputs import atomic_directory
     from ..core.prompts import load_prompt_groups
     from ..core.sources import load_model
 
+    out = claim_out(args)
     axes = [a.strip() for a in args.axes.split(",") if a.strip()] if args.axes else None
     groups = load_prompt_groups(args.prompts) if args.prompts else None
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
     report = analyze_bias(model, tokenizer, axes=axes, groups=groups, split=args.split, site=args.site,
                           pooling=args.pooling, metric=args.metric, batch_size=args.batch_size)
     if not is_main_process():  # under torchrun every process computed the same report; rank 0 writes it
         return 0
-    report.save(args.out)
+    with atomic_directory(out, overwrite=args.overwrite) as staging:
+        report.save(staging)
+        plots = write_plots(report, staging) if args.plots else []
     s = report.settings
     print(f"{s['n_groups']} prompt groups ({s['n_prompts']} prompts) on axes {', '.join(s['axes'])}; "
           f"site {s['site']}, pooling {s['pooling']}, metric {s['metric']}")
@@ -48,10 +57,14 @@ def main(args: argparse.Namespace) -> int:
     for row in report.layer_summary(args.top):
         top = ", ".join(f"{i}:{v:.3g}" for i, v in row["top"])
         print(f"{row['layer']:>5}  {row['mean']:>10.4g}  {row['max']:>10.4g}  {top}")
-    if args.plots:
-        from ..viz.analysis import write_analysis_plots
-
-        for path in write_analysis_plots(report, args.out):
-            print(f"plot: {path}")
+    for name in plots:
+        print(f"plot: {out / name}")
     print(f"saved to {args.out}")
     return 0
+
+
+def write_plots(report: object, directory: Path) -> list[str]:
+    """The bias profile and neuron map PNGs, written into ``directory``; their file names."""
+    from ..viz.analysis import write_analysis_plots
+
+    return [Path(path).name for path in write_analysis_plots(report, directory)]

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ._common import OUT, add_overwrite_argument, add_trust_remote_code_argument, positive_int
+
 DEFAULT_EVALUATORS = "activation_bias,output_bias,capability,parameters"
 
 
@@ -21,8 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--lambada", metavar="PATH", help="LAMBADA-format JSONL for the capability evaluator")
     parser.add_argument("--lambada-limit", type=int, default=400, help="first N LAMBADA passages (default: 400)")
     parser.add_argument("--params", metavar="JSON", help='extra evaluator params, e.g. \'{"output_bias": {...}}\'')
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--out", metavar="PATH", help="write all results as JSON here")
+    add_overwrite_argument(parser)
+    add_trust_remote_code_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=main)
 
@@ -47,6 +51,7 @@ def build_params(args: argparse.Namespace, evaluators: list[str]) -> dict[str, d
 def main(args: argparse.Namespace) -> int:
     from ..core.errors import ConfigError
     from ..core.evaluation import evaluate, results_to_dict
+    from ..core.outputs import check_output_file, write_file_atomic
     from ..core.persist import load_pretrained
     from ..core.sources import load_model
 
@@ -55,13 +60,15 @@ def main(args: argparse.Namespace) -> int:
     params = build_params(args, evaluators)
     if not Path(args.pruned).is_dir():
         raise ConfigError(f"--pruned: {args.pruned!r} is not a directory saved by fairprune")
-    base, tokenizer = load_model(args.base)
+    if args.out:
+        check_output_file(args.out, args.overwrite, OUT)
+    base, tokenizer = load_model(args.base, trust_remote_code=args.trust_remote_code)
     pruned, pruned_tokenizer = load_pretrained(args.pruned)
     results = evaluate(base, pruned, tokenizer or pruned_tokenizer, axes=axes, evaluators=evaluators, params=params,
                        batch_size=args.batch_size, progress=not args.no_progress)
     for name, result in results.items():
         print(f"## {name}\n\n{result.summary}\n")
     if args.out:
-        Path(args.out).write_text(json.dumps(results_to_dict(results), indent=2) + "\n", encoding="utf-8")
+        write_file_atomic(args.out, json.dumps(results_to_dict(results), indent=2) + "\n", args.overwrite, OUT)
         print(f"wrote {args.out}")
     return 0

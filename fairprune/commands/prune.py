@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._common import add_overwrite_argument, add_trust_remote_code_argument, claim_out
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("prune", help="apply a plan.json to a model and save it",
@@ -12,6 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--plan", required=True, help="plan.json written by `fairprune run` or plan.save()")
     parser.add_argument("--out", required=True, help="directory for the pruned model")
     parser.add_argument("--pruner", default="structural", help="pruner plugin (default: structural)")
+    add_overwrite_argument(parser)
+    add_trust_remote_code_argument(parser)
     parser.set_defaults(func=main)
 
 
@@ -21,10 +25,11 @@ def main(args: argparse.Namespace) -> int:
     from ..core.sources import load_model
     from ..core.surgery import prune
 
-    model, tokenizer = load_model(args.model)
+    out = claim_out(args)
     plan = Plan.load(args.plan)
+    model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code, require_tokenizer=False)
     result = prune(model, plan, pruner=args.pruner)
-    save_pretrained(model, tokenizer, args.out, plan=plan, base_model=getattr(model.config, "fairprune_base_model",
+    save_pretrained(model, tokenizer, out, overwrite=args.overwrite, plan=plan, base_model=getattr(model.config, "fairprune_base_model",
                                                                                 None) or args.model)
     print(f"removed {sum(len(v) for v in result.removed.values())} neurons, {result.params_removed:,} parameters "
           f"({100 * result.fraction_removed:.3f}%); saved to {args.out}")

@@ -46,6 +46,8 @@ class ModelSection(Strict):
     max_memory: dict[int | str, int | str] | None = Field(
         default=None, description="per-device memory limits for device_map, e.g. {0: 20GiB, cpu: 60GiB}")
     offload_folder: str | None = Field(default=None, description="where a device map's disk-offloaded layers go")
+    trust_remote_code: bool = Field(default=False, description="let a model or tokenizer run Python code shipped "
+                                                               "with it (auto_map); never by default")
 
 
 class BiasSection(Strict):

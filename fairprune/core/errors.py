@@ -1,4 +1,10 @@
-"""Exceptions raised by fairprune; each names what was wrong and how to fix it."""
+"""Exceptions raised by fairprune; each names what was wrong and how to fix it.
+
+A ``FairpruneError`` is a user error: the CLI prints its message as ``error: ...``
+on one line and exits 1. Its message names the config field (``output.dir``),
+the flag (``--out``) or the file and line where the problem is. Any other
+exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -63,3 +69,8 @@ class NonFiniteError(FairpruneError, FloatingPointError):
 
 class DistributedError(FairpruneError):
     """Another process of a torch.distributed run failed; the message is that process's."""
+
+
+class OutputError(FairpruneError):
+    """An output path that cannot be written now: a file, not writable, not empty without overwrite,
+    or being written by another process. Raised before any work."""

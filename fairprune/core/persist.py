@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,21 +87,23 @@ def sidecar_for(model: nn.Module, adapter: Any, *, plan: Any = None, run_config:
 
 def save_pretrained(model: nn.Module, tokenizer: Any, path: str | Path, *, plan: Any = None,
                     run_config: dict[str, Any] | None = None, base_model: str | None = None,
-                    card: str | None = None, extra_files: Mapping[str, bytes | str] | None = None) -> Path:
+                    card: str | None = None, extra_files: Mapping[str, bytes | str] | None = None,
+                    overwrite: bool = True) -> Path:
     """Save ``model`` (and ``tokenizer`` when given) as a Hugging Face directory with a sidecar; atomic.
 
-    An existing directory at ``path`` is replaced only once the new one is complete.
+    An existing directory at ``path`` is replaced (only when ``overwrite``) once the new one is complete.
+
+    Raises:
+        OutputError: ``path`` is a file, not writable, being written by another
+            process, or a non-empty directory while ``overwrite`` is False.
     """
+    from .outputs import Where, atomic_directory
     from .surgery import resolve_adapter
 
     target = Path(path).expanduser().resolve()
-    if target.exists() and not target.is_dir():
-        raise PersistError(f"cannot save to {target}: it exists and is not a directory")
     adapter = resolve_adapter(model)
     sidecar = sidecar_for(model, adapter, plan=plan, run_config=run_config, base_model=base_model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
+    with atomic_directory(target, overwrite, Where("save_pretrained path", "pass overwrite=True")) as tmp:
         _savable(model).save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -112,10 +112,6 @@ def save_pretrained(model: nn.Module, tokenizer: Any, path: str | Path, *, plan:
             (tmp / "README.md").write_text(card)
         for name, content in (extra_files or {}).items():
             _write_extra(tmp, name, content)
-        _move_into_place(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("saved %s (%d parameters, widths %s)", target, sidecar["parameters"], sidecar["widths"])
     return target
 
@@ -131,21 +127,6 @@ def _write_extra(root: Path, name: str, content: bytes | str) -> None:
         dest.write_bytes(content)
     else:
         dest.write_text(content)
-
-
-def _move_into_place(tmp: Path, target: Path) -> None:
-    if not target.exists():
-        tmp.rename(target)
-        return
-    backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    backup.rmdir()
-    target.rename(backup)
-    try:
-        tmp.rename(target)
-    except BaseException:
-        backup.rename(target)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
 
 
 def _savable(model: nn.Module) -> nn.Module:
@@ -197,12 +178,14 @@ def read_sidecar(path: str | Path) -> dict[str, Any] | None:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a directory's safetensors weights (single file or sharded with an index)."""
-    from safetensors.torch import load_file
+    """All tensors of a directory's safetensors weights (single file or sharded with an index).
 
+    Raises:
+        PersistError: no weights, a missing shard, or a file that is not readable safetensors (truncated).
+    """
     root = Path(path)
     if (root / WEIGHTS_FILE).exists():
-        return load_file(root / WEIGHTS_FILE)
+        return _load_weights_file(root / WEIGHTS_FILE)
     index = root / WEIGHTS_INDEX
     if not index.exists():
         raise PersistError(f"{root} has no weights: neither {WEIGHTS_FILE} nor {WEIGHTS_INDEX}")
@@ -211,8 +194,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     for shard in shards:
         if not (root / shard).exists():
             raise PersistError(f"{root}: weight shard {shard} listed in {WEIGHTS_INDEX} is missing")
-        state.update(load_file(root / shard))
+        state.update(_load_weights_file(root / shard))
     return state
+
+
+def _load_weights_file(file: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError) as exc:
+        raise PersistError(f"{file}: not a readable safetensors file (truncated or damaged?): "
+                           f"{' '.join(str(exc).split())}") from exc
 
 
 def load_pretrained(path: str | Path, *, registry: Any = None) -> tuple[nn.Module, Any]:
@@ -229,7 +223,7 @@ def load_pretrained(path: str | Path, *, registry: Any = None) -> tuple[nn.Modul
         raise PersistError(f"{root} is not a saved model directory: config.json is missing")
     sidecar = read_sidecar(root)
     state = read_state_dict(root)
-    config = AutoConfig.from_pretrained(root)
+    config = AutoConfig.from_pretrained(root, trust_remote_code=False)
     if sidecar is not None:
         text_config = getattr(config, "text_config", None) or config
         for cfg in {id(config): config, id(text_config): text_config}.values():
@@ -316,4 +310,4 @@ def _load_tokenizer(root: Path) -> Any:
     cls = getattr(transformers, str(saved.get("tokenizer_class", "")), None)
     if cls is not None and hasattr(cls, "from_pretrained"):
         return cls.from_pretrained(root)
-    return transformers.AutoTokenizer.from_pretrained(root)
+    return transformers.AutoTokenizer.from_pretrained(root, trust_remote_code=False)

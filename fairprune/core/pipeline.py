@@ -16,6 +16,7 @@ from typing import Any
 
 from .config import RunConfig, load_config, resolve_component
 from .errors import ConfigError
+from .outputs import releasing_claims
 
 logger = logging.getLogger(__name__)
 
@@ -181,13 +182,13 @@ def prepare(config: Any, overrides: list[str] | None, registry: Any) -> tuple[Ru
     """Validate the config and every plugin it names, seed torch, check the output directory: all before work."""
     import torch
 
-    from .outputs import check_output_dir
+    from .outputs import claim_output_dir
     from .registry import get_registry
 
     config = load_config(config, overrides)
     registry = registry or get_registry()
     validate_plugins(config, registry)
-    out_dir = check_output_dir(config.output.dir, config.output.overwrite)
+    out_dir = claim_output_dir(config.output.dir, config.output.overwrite)  # locked until the run ends
     torch.manual_seed(config.seed)
     return config, registry, out_dir
 
@@ -197,10 +198,12 @@ def load(config: RunConfig, registry: Any) -> tuple[Any, Any, Any]:
     from .sources import load_model
     from .surgery import resolve_adapter
 
-    model, tokenizer = load_model(config.model.source, registry=registry)
+    model, tokenizer = load_model(config.model.source, registry=registry,
+                                  trust_remote_code=config.model.trust_remote_code)
     return model, tokenizer, resolve_adapter(model, config.model.adapter, registry=registry)
 
 
+@releasing_claims
 def run(config: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | None = None, *,
         registry: Any = None, progress: bool = True) -> RunResult:
     """Run the whole pipeline from a config (path, dict or ``RunConfig``) and write the output directory."""

@@ -101,6 +101,20 @@ class BrokenPlugin:
 
 
 @dataclass
+class Conflict:
+    """One name registered by two plugins: neither is used, and asking for the name is an error."""
+
+    first: Entry
+    second: Entry
+
+    @property
+    def message(self) -> str:
+        return (f"{singular(self.first.kind)} {self.first.name!r} is registered twice: by plugin "
+                f"{self.first.plugin!r} ({self.first.package}) and by plugin {self.second.plugin!r} "
+                f"({self.second.package}); disable one with {DISABLE_ENV}={self.second.plugin}")
+
+
+@dataclass
 class Registry:
     """Name -> implementation tables for every plugin kind, built from a pluggy manager.
 
@@ -113,6 +127,8 @@ class Registry:
     strict: bool | None = None
     extra_plugins: tuple[Any, ...] = ()
     entries: dict[str, dict[str, Entry]] = field(default_factory=dict, init=False)
+    #: (kind, name) registered by more than one plugin -> the clash; a lookup of that name raises its message
+    conflicts: dict[tuple[str, str], Conflict] = field(default_factory=dict, init=False)
     broken: list[BrokenPlugin] = field(default_factory=list, init=False)
     packages: dict[str, str] = field(default_factory=dict, init=False)
 
@@ -140,7 +156,9 @@ class Registry:
         """Register an in-process plugin (a module or object with hook implementations).
 
         A hook implementation that matches no hook specification (a misspelled
-        hook) raises ``PluginContractError`` naming it; the plugin is not registered.
+        hook) raises ``PluginContractError`` naming it, and a name another plugin
+        already registered raises ``DuplicatePluginError`` naming both; in either
+        case the plugin is not registered.
         """
         name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
         if name in (self.disabled or ()):
@@ -149,8 +167,18 @@ class Registry:
         if problem:
             raise PluginContractError(f"plugin {name!r} {problem}")
         self.packages[name] = package or _package_of(plugin)
-        if self.entries:
+        if not self.entries:
+            return
+        try:
             self.rebuild()
+            clash = next((c.message for c in self.conflicts.values() if name in (c.first.plugin, c.second.plugin)),
+                         None)
+        except DuplicatePluginError as exc:  # strict mode raises on the first conflict
+            clash = str(exc)
+        if clash:
+            self.pm.unregister(plugin)
+            self.rebuild()
+            raise DuplicatePluginError(clash)
 
     def _register_checked(self, plugin: Any, name: str) -> str | None:
         """Register ``plugin`` and validate its hooks against the specs; on a problem unregister it and say why."""
@@ -176,7 +204,8 @@ class Registry:
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:  # a broken plugin must not take the others down
+            except (Exception, SystemExit) as exc:  # a broken plugin (even one calling sys.exit) must not
+                # take the others down
                 self._fail(ep.name, dist, f"failed to import: {type(exc).__name__}: {exc}", exc, stage="load")
                 continue
             problem = self._register_checked(plugin, ep.name)
@@ -185,19 +214,20 @@ class Registry:
                 continue
             self.packages[ep.name] = dist
 
-    def _fail(self, plugin: str, package: str, message: str, exc: Exception | None = None,
+    def _fail(self, plugin: str, package: str, message: str, exc: BaseException | None = None,
               stage: str = "register") -> None:
         message = " ".join(message.split())  # one line, whatever the exception text looked like
         self.broken.append(BrokenPlugin(plugin, package, message, stage))
         logger.warning("fairprune plugin %r (%s) %s", plugin, package, message)
         if self.strict:
-            if exc is not None:
+            if exc is not None and not isinstance(exc, SystemExit):
                 raise exc
             raise PluginContractError(f"plugin {plugin!r} ({package}) {message}")
 
     def rebuild(self) -> None:
         """Call every registration hook, plugin by plugin, and rebuild the name tables."""
         self.entries = {kind: {} for kind in KINDS}
+        self.conflicts = {}
         self.broken = [b for b in self.broken if b.stage == "load"]
         for hook_name, kind in HOOK_KINDS.items():
             caller = getattr(self.pm.hook, hook_name)
@@ -210,7 +240,7 @@ class Registry:
         collected: list[Any] = []
         try:
             impl.function(register=collected.append)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             self._fail(plugin_name, package, f"raised in {impl.function.__name__}: {type(exc).__name__}: {exc}", exc)
             return
         for obj in collected:
@@ -228,13 +258,18 @@ class Registry:
             self._add(Entry(real_kind, obj.name, obj, plugin_name, package))
 
     def _add(self, entry: Entry) -> None:
-        table = self.entries[entry.kind]
-        if entry.name in table:
-            other = table[entry.name]
-            raise DuplicatePluginError(
-                f"{singular(entry.kind)} {entry.name!r} is registered twice: by plugin {other.plugin!r} "
-                f"({other.package}) and by plugin {entry.plugin!r} ({entry.package})")
-        table[entry.name] = entry
+        """Add ``entry``; a name registered twice is reported like a broken plugin and removed, so only
+        runs that ask for that name fail (with the same message)."""
+        table, key = self.entries[entry.kind], (entry.kind, entry.name)
+        if key in self.conflicts:
+            first = self.conflicts[key].first
+        elif entry.name in table:
+            first = table.pop(entry.name)
+        else:
+            table[entry.name] = entry
+            return
+        conflict = self.conflicts[key] = Conflict(first, entry)
+        self._fail(entry.plugin, entry.package, conflict.message, DuplicatePluginError(conflict.message))
 
     # -- lookup ------------------------------------------------------------------------------
     def names(self, kind: str) -> list[str]:
@@ -245,6 +280,8 @@ class Registry:
 
     def entry(self, kind: str, name: str) -> Entry:
         table = self._table(kind)
+        if (kind, name) in self.conflicts:
+            raise DuplicatePluginError(self.conflicts[kind, name].message)
         if name not in table:
             known = sorted(table)
             close = difflib.get_close_matches(name, known, n=1)

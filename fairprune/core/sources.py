@@ -9,6 +9,7 @@ devices (accelerate), eval mode.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 import time
@@ -47,10 +48,53 @@ def pick_source(spec: str, registry: Registry) -> Any:
 #: ``model.dtype`` values and their torch names; ``auto`` keeps the checkpoint's dtype
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
+#: files of a model directory whose ``auto_map`` points at the directory's own Python code
+CODE_MAPPING_FILES = ("config.json", "tokenizer_config.json")
+TRUST_SETTING = "model.trust_remote_code: true (--trust-remote-code on the command line)"
+
+
+def custom_code_file(directory: Path) -> Path | None:
+    """The first file of ``directory`` with an ``auto_map`` (the model or tokenizer ships its own code), or None."""
+    for name in CODE_MAPPING_FILES:
+        file = directory / name
+        if not file.is_file():
+            continue
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):  # a broken file gets its own error from the loader
+            continue
+        if isinstance(data, dict) and data.get("auto_map"):
+            return file
+    return None
+
+
+def refuse_custom_code(spec: str | Path, trust_remote_code: bool) -> None:
+    """``ModelSourceError`` when local model directory ``spec`` ships its own code and it is not trusted."""
+    directory = Path(spec).expanduser()
+    if trust_remote_code or not directory.is_dir():
+        return
+    file = custom_code_file(directory)
+    if file is not None:
+        raise ModelSourceError(f"{file} maps to Python code shipped with the model (auto_map); fairprune never runs "
+                               f"it unless {TRUST_SETTING}")
+
+
+#: files of which a model directory with a tokenizer has at least one
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+NO_TOKENIZER = "{spec}: no tokenizer found (tokenizer.json or tokenizer_config.json); save the tokenizer beside the model"
+
+
+def refuse_directory_without_tokenizer(spec: str | Path) -> None:
+    """``ModelSourceError`` before loading when local model directory ``spec`` holds no tokenizer file."""
+    directory = Path(spec).expanduser()
+    if directory.is_dir() and not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelSourceError(NO_TOKENIZER.format(spec=spec))
+
 
 def load_model(spec: str, *, registry: Registry | None = None, cache_dir: str | Path | None = None,
                dtype: str = "auto", device_map: str | dict[str, Any] | None = None,
-               max_memory: dict[Any, Any] | None = None, offload_folder: str | Path | None = None) -> tuple[Any, Any]:
+               max_memory: dict[Any, Any] | None = None, offload_folder: str | Path | None = None,
+               trust_remote_code: bool = False, require_tokenizer: bool = True) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` for ``spec`` in eval mode.
 
     ``dtype`` is ``auto`` (the checkpoint's dtype; GGUF files dequantize to
@@ -61,8 +105,14 @@ def load_model(spec: str, *, registry: Registry | None = None, cache_dir: str | 
     mapped to ``disk``. Sources that accept these keywords load directly into
     place; others load on the CPU and are cast and dispatched here.
     ``model.config.fairprune_base_model`` and ``fairprune_license`` are set when
-    the source knows them (for model cards). Raises ``ConfigError`` on an
-    unknown dtype, ``ModelSourceError`` when nothing can load ``spec``.
+    the source knows them (for model cards). Code shipped with a model or
+    tokenizer (``auto_map``) runs only with ``trust_remote_code``.
+
+    Raises:
+        ConfigError: an unknown dtype.
+        ModelSourceError: no source understands ``spec``, the model cannot be
+            loaded, it ships code that is not trusted, or it has no tokenizer
+            (unless ``require_tokenizer`` is False).
     """
     if dtype not in DTYPES:
         from .errors import ConfigError
@@ -72,13 +122,20 @@ def load_model(spec: str, *, registry: Registry | None = None, cache_dir: str | 
         from .registry import get_registry
 
         registry = get_registry()
+    refuse_custom_code(spec, trust_remote_code)
+    if require_tokenizer:
+        refuse_directory_without_tokenizer(spec)
     source = pick_source(str(spec), registry)
     placement = {"dtype": dtype, "device_map": device_map, "max_memory": normalise_max_memory(max_memory),
                  "offload_folder": str(offload_folder) if offload_folder else None}
     kwargs = {"cache_dir": cache_root(cache_dir)} if _accepts(source.load, "cache_dir") else {}
     kwargs.update({k: v for k, v in placement.items() if v is not None and _accepts(source.load, k)})
+    if _accepts(source.load, "trust_remote_code"):
+        kwargs["trust_remote_code"] = trust_remote_code
     start = time.perf_counter()
     model, tokenizer = source.load(str(spec), **kwargs)
+    if tokenizer is None and require_tokenizer:
+        raise ModelSourceError(NO_TOKENIZER.format(spec=spec))
     model = place_model(model, **placement).eval()
     logger.info("loaded %r with source %r in %.1f s (%s)", spec, source.name, time.perf_counter() - start,
                 model_dtype(model))

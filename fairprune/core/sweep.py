@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Component, RunConfig, load_config
+from .outputs import releasing_claims
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def _point_evaluators(config: RunConfig) -> list[Component]:
     return chosen + [Component(name=n) for n in missing]
 
 
+@releasing_claims
 def sweep(config: Any, overrides: list[str] | None = None, *, max_perplexity_increase: float | None = None,
           registry: Any = None, progress: bool = True) -> SweepResult:
     """Run the grid in ``config.sweep``; save the chosen point's model when a constraint is given."""

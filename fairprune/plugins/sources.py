@@ -29,10 +29,11 @@ class HFSource(Plugin):
             return (path / "config.json").exists()
         return bool(_HUB_ID.match(spec)) and not spec.lower().endswith(".gguf")
 
-    def load(self, spec: str, cache_dir: Path | None = None, **placement: Any) -> tuple[Any, Any]:
+    def load(self, spec: str, cache_dir: Path | None = None, trust_remote_code: bool = False,
+             **placement: Any) -> tuple[Any, Any]:
         from .sources_impl import load_hf
 
-        return load_hf(spec, **placement)
+        return load_hf(spec, trust_remote_code=trust_remote_code, **placement)
 
 
 class GGUFSource(Plugin):

@@ -11,15 +11,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import struct
 import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import ModelSourceError, PersistError
+from ..core.errors import ModelSourceError, OutputError, PersistError
 from ..core.persist import SIDECAR, build_from_config, load_pretrained, load_state_strict, save_pretrained
-from ..core.sources import cache_root
+from ..core.sources import TRUST_SETTING, cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +32,13 @@ GEMMA3_PARTS = 4
 
 
 def load_hf(spec: str, dtype: str = "auto", device_map: Any = None, max_memory: Any = None,
-            offload_folder: str | None = None) -> tuple[Any, Any]:
+            offload_folder: str | None = None, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """A hub id or local directory; fairprune directories go through ``load_pretrained``.
 
     ``dtype`` (``auto`` = the checkpoint's), ``device_map``, ``max_memory`` and
     ``offload_folder`` go to ``from_pretrained``, which places the weights with accelerate.
+    Code shipped with the model or tokenizer runs only with ``trust_remote_code``
+    (transformers is told so explicitly, so it never asks on a terminal).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -46,18 +49,47 @@ def load_hf(spec: str, dtype: str = "auto", device_map: Any = None, max_memory: 
     placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            spec, dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+            spec, dtype=dtype if dtype == "auto" else getattr(torch, dtype), trust_remote_code=trust_remote_code,
             **{k: v for k, v in placement.items() if v is not None})
     except OSError as exc:
-        raise ModelSourceError(f"cannot load {spec!r} with transformers: {exc}") from exc
+        raise ModelSourceError(f"cannot load {spec!r} with transformers: {' '.join(str(exc).split())}") from exc
+    except ValueError as exc:
+        if _needs_code(exc):
+            raise ModelSourceError(_NEEDS_CODE.format(spec=spec, setting=TRUST_SETTING)) from exc
+        raise
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec)
-    except (OSError, ValueError):
-        logger.warning("no tokenizer found for %s", spec)
+        tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        if _needs_code(exc):
+            raise ModelSourceError(_NEEDS_CODE.format(spec=spec, setting=TRUST_SETTING)) from exc
+        logger.info("no tokenizer found for %s: %s", spec, exc)
         tokenizer = None
     if not path.is_dir() and getattr(model.config, "fairprune_base_model", None) is None:
         model.config.fairprune_base_model = spec
     return model, tokenizer
+
+
+_NEEDS_CODE = "{spec} needs Python code shipped with the model; fairprune never runs it unless {setting}"
+
+
+def _needs_code(exc: Exception) -> bool:
+    """Whether a transformers error is its refusal to run code shipped with a model (trust_remote_code)."""
+    return isinstance(exc, ValueError) and ("custom code" in str(exc) or "trust_remote_code" in str(exc))
+
+
+def read_gguf_config(path: Path, auto_config: Any) -> Any:
+    """The model config of a GGUF file; a file that is empty, not GGUF or cut short is a one-line
+    ``ModelSourceError`` instead of the reader's numpy or struct error."""
+    if path.stat().st_size == 0:
+        raise ModelSourceError(f"{path} is empty, not a GGUF model")
+    with path.open("rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise ModelSourceError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+    try:
+        return auto_config.from_pretrained(path.parent, gguf_file=path.name)
+    except (ValueError, OSError, EOFError, struct.error) as exc:  # what the gguf reader raises on a short file
+        raise ModelSourceError(f"cannot read {path} as a GGUF model (is the file complete?): "
+                               f"{type(exc).__name__}: {' '.join(str(exc).split())}") from exc
 
 
 def dequantize_gguf(path: Path) -> tuple[Any, Any]:
@@ -67,7 +99,7 @@ def dequantize_gguf(path: Path) -> tuple[Any, Any]:
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     start = time.perf_counter()
-    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    config = read_gguf_config(path, AutoConfig)
     model = build_from_config(AutoModelForCausalLM, config).float()
     tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model,
                                    torch_dtype=torch.float32)["tensors"]
@@ -95,7 +127,7 @@ def _cached_or_build(cache: Path, build: Callable[[], tuple[Any, Any]], base_mod
     _label(model, base_model, license_)
     try:
         save_pretrained(model, tokenizer, cache, base_model=base_model)
-    except OSError as exc:  # a read-only cache must not stop the load
+    except (OSError, OutputError) as exc:  # a read-only cache, or one another process is writing
         logger.warning("could not cache the dequantized model in %s: %s", cache, exc)
     return model, tokenizer
 
