@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml examples/plugins/fairprune-example/pyproject.toml
 	touch $(STAMP)
 
 test: setup
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 demo: setup

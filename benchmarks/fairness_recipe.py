@@ -26,7 +26,7 @@ import torch
 
 import fairprune as fp
 from fairprune.core.collect import collect_prompts
-from fairprune.core.evaluation import heldout_groups
+from fairprune.core.groups import gather
 from fairprune.core.registry import get_registry
 from fairprune.plugins.evaluators.activation_bias import pairwise_distance
 from fairprune.plugins.evaluators.data import read_jsonl_texts
@@ -113,7 +113,7 @@ def main() -> int:
     start = time.perf_counter()
     model, tok = fp.load_model("smollm2-135m")
     registry = get_registry()
-    groups = heldout_groups(["race"], registry)
+    groups = gather(axes=["race"], split="heldout", registry=registry).groups
     requests = word_requests(tok, read_jsonl_texts(LAMBADA, limit=args.lambada_limit, what="lambada_path"))
     pad = pad_id(tok)
     base = measure(model, tok, groups, requests, pad, args.batch_size)

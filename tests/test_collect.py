@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fairprune.core.collect import capture, collect_pooled, collect_prompts, resolve_adapter
+from fairprune.core.adapters import resolve_adapter
+from fairprune.core.collect import capture, collect_pooled, collect_prompts
 from fairprune.core.errors import PromptError
 from fairprune.core.prompts import pairs_to_groups
 from fairprune.core.registry import Registry

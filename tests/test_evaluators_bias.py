@@ -9,11 +9,11 @@ from itertools import combinations
 import pytest
 import torch
 
-from fairprune.core.evaluation import EvalContext
 from fairprune.core.protocols import PromptGroup
 from fairprune.core.registry import Registry
 from fairprune.plugins.evaluators.output_bias import js_divergence
 from fairprune.testing import tiny_model, tiny_tokenizer
+from fairprune.testing.evaluators import ModelPair, model_pair, run_evaluator
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +28,9 @@ GROUPS = [
 ]
 
 
-def context(base, pruned, registry, groups=GROUPS) -> EvalContext:
+def context(base, pruned, registry, groups=GROUPS) -> ModelPair:
     adapter = registry.get("architectures", "glu")
-    return EvalContext(base, pruned, tiny_tokenizer(), list(groups), adapter, adapter, batch_size=4,
+    return model_pair(base, pruned, tiny_tokenizer(), list(groups), adapter, batch_size=4,
                        registry=registry, progress=False)
 
 
@@ -50,7 +50,7 @@ def test_output_bias_matches_manual_distributions(registry: Registry) -> None:
     model = tiny_model("llama")
     tok = tiny_tokenizer()
     evaluator = registry.create("evaluators", "output_bias", {"continuations": [" was", " the man"], "n_boot": 100})
-    result = evaluator.evaluate(context(model, model, registry))
+    result = run_evaluator(evaluator, context(model, model, registry))
     js, gaps = [], []
     for group in GROUPS:
         logps = []
@@ -76,7 +76,7 @@ def test_output_bias_matches_manual_distributions(registry: Registry) -> None:
 def test_output_bias_is_zero_for_groups_of_identical_prompts(registry: Registry) -> None:
     same = [PromptGroup("race", "s", ("x", "y"), ("the man was", "the man was"))]
     model = tiny_model("llama")
-    result = registry.create("evaluators", "output_bias", {"n_boot": 20}).evaluate(context(model, model, registry,
+    result = run_evaluator(registry.create("evaluators", "output_bias", {"n_boot": 20}), context(model, model, registry,
                                                                                            same))
     assert result.metrics["js_base"] == pytest.approx(0.0, abs=1e-9)
     assert result.metrics["logprob_gap_base"] == pytest.approx(0.0, abs=1e-6)
@@ -84,7 +84,7 @@ def test_output_bias_is_zero_for_groups_of_identical_prompts(registry: Registry)
 
 def test_activation_bias_matches_manual_mean_pooled_residual(registry: Registry) -> None:
     model, tok = tiny_model("llama"), tiny_tokenizer()
-    result = registry.create("evaluators", "activation_bias", {"n_boot": 50}).evaluate(
+    result = run_evaluator(registry.create("evaluators", "activation_bias", {"n_boot": 50}), 
         context(model, model, registry))
     expected = []
     for group in GROUPS:
@@ -106,7 +106,7 @@ def test_activation_bias_sees_pruning_and_averages_layers(registry: Registry) ->
     adapter = registry.get("architectures", "glu")
     for layer in range(2):
         adapter.keep(pruned, layer, torch.arange(0, 64, 2))
-    result = registry.create("evaluators", "activation_bias", {"n_boot": 50}).evaluate(
+    result = run_evaluator(registry.create("evaluators", "activation_bias", {"n_boot": 50}), 
         context(base, pruned, registry))
     assert result.metrics["mlp_out_reduction_pct"] != pytest.approx(0.0, abs=1e-3)
     rows = [r for r in result.tables["layers"] if r["site"] == "residual"]
@@ -122,7 +122,7 @@ def test_activation_bias_handles_groups_of_three_members(registry: Registry) -> 
                          tuple(f"the {a} man {w}" for a in ("black", "white", "asian")))
              for i, w in enumerate(["was", "said no", "went home"])]
     model = tiny_model("llama")
-    result = registry.create("evaluators", "activation_bias", {"n_boot": 20, "sites": ["residual"]}).evaluate(
+    result = run_evaluator(registry.create("evaluators", "activation_bias", {"n_boot": 20, "sites": ["residual"]}), 
         context(model, model, registry, three + GROUPS))
     assert result.metrics["n_groups"] == 6 and result.metrics["residual_reduction_pct"] == 0.0
     assert len(list(combinations(range(3), 2))) == 3

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from fairprune.core.errors import ConfigError
-from fairprune.core.evaluation import EvalContext
 from fairprune.core.registry import Registry
 from fairprune.plugins.evaluators.data import GENERAL_CLOZE, GENERAL_TEXT, bundled_path
 from fairprune.plugins.evaluators.lm_scoring import encode, score_continuations, window_requests, word_requests
 from fairprune.testing import tiny_model, tiny_tokenizer
+from fairprune.testing.evaluators import ModelPair, model_pair, run_evaluator
 
 TEXT = ("the old man was a good friend of the family and he said no . the young woman works in the city "
         "because she is a teacher . they went home . ") * 3
@@ -24,9 +24,9 @@ def registry() -> Registry:
     return Registry(load_entrypoints=False)
 
 
-def context(base, pruned, registry) -> EvalContext:
+def context(base, pruned, registry) -> ModelPair:
     adapter = registry.get("architectures", "glu")
-    return EvalContext(base, pruned, tiny_tokenizer(), [], adapter, adapter, batch_size=3, registry=registry,
+    return model_pair(base, pruned, tiny_tokenizer(), [], adapter, batch_size=3, registry=registry,
                        progress=False)
 
 
@@ -59,8 +59,8 @@ def test_cloze_accuracy_on_rigged_models(registry: Registry, tmp_path) -> None:
         "the man was good", "she is a kind teacher", "they went to school", "the old woman lives in the city"]))
     table = {"was": "good", "kind": "teacher", "to": "home", "the": "city"}
     base, pruned = rigged_model(table), rigged_model({**table, "to": "school"})
-    result = registry.create("evaluators", "capability", {"tasks": ["cloze"], "cloze_path": str(cloze),
-                                                          "n_boot": 100}).evaluate(context(base, pruned, registry))
+    result = run_evaluator(registry.create("evaluators", "capability", {"tasks": ["cloze"], "cloze_path": str(cloze),
+                                                          "n_boot": 100}), context(base, pruned, registry))
     m = result.metrics
     assert m["cloze_acc_base"] == 0.75 and m["cloze_acc_pruned"] == 1.0
     assert m["cloze_acc_change_pts"] == pytest.approx(25.0)
@@ -79,15 +79,15 @@ def test_text_perplexity_equals_hf_loss_for_one_window(registry: Registry, tmp_p
     text.write_text(TEXT)
     ids = encode(tok, TEXT, special=False)
     assert 60 < len(ids) < 128
-    result = registry.create("evaluators", "capability", {"tasks": ["text"], "text_path": str(text), "window": 128,
-                                                          "stride": 128, "n_boot": 50}).evaluate(
+    result = run_evaluator(registry.create("evaluators", "capability", {"tasks": ["text"], "text_path": str(text), "window": 128,
+                                                          "stride": 128, "n_boot": 50}), 
         context(model, model, registry))
     with torch.no_grad():
         loss = model(torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
     assert result.metrics["text_ppl_base"] == pytest.approx(math.exp(loss), rel=1e-4)
     assert result.metrics["text_tokens"] == len(ids) - 1
-    capped = registry.create("evaluators", "capability", {"tasks": ["text"], "text_path": str(text),
-                                                          "text_max_tokens": 20, "n_boot": 20}).evaluate(
+    capped = run_evaluator(registry.create("evaluators", "capability", {"tasks": ["text"], "text_path": str(text),
+                                                          "text_max_tokens": 20, "n_boot": 20}), 
         context(model, model, registry))
     with torch.no_grad():
         loss20 = model(torch.tensor([ids[:20]]), labels=torch.tensor([ids[:20]])).loss.item()
@@ -127,15 +127,15 @@ def test_lambada_from_path_respects_limit_and_reports_bad_files(registry: Regist
         "the man was good", "she is kind", "they went home", "he said no"]))
     cap = registry.create("evaluators", "capability", {"tasks": ["lambada"], "lambada_path": str(lambada),
                                                        "lambada_limit": 3, "n_boot": 20})
-    result = cap.evaluate(context(model, model, registry))
+    result = run_evaluator(cap, context(model, model, registry))
     assert result.metrics["lambada_n"] == 3 and result.metrics["lambada_ppl_change_pct"] == 0.0
     missing = registry.create("evaluators", "capability", {"lambada_path": str(tmp_path / "nope.jsonl")})
     with pytest.raises(ConfigError, match="lambada_path"):
-        missing.evaluate(context(model, model, registry))
+        run_evaluator(missing, context(model, model, registry))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"txt": "x y"}\n')
     with pytest.raises(ConfigError, match="line 1"):
-        registry.create("evaluators", "capability", {"tasks": ["cloze"], "cloze_path": str(bad)}).evaluate(
+        run_evaluator(registry.create("evaluators", "capability", {"tasks": ["cloze"], "cloze_path": str(bad)}), 
             context(model, model, registry))
 
 

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from fairprune.core.errors import ConfigError, FairpruneError
-from fairprune.core.evaluation import EvalContext
 from fairprune.core.registry import Registry
 from fairprune.testing import tiny_model, tiny_tokenizer
+from fairprune.testing.evaluators import ModelPair, model_pair, run_evaluator
 
 pytest.importorskip("lm_eval")
 
@@ -22,9 +22,9 @@ def registry() -> Registry:
     return Registry(load_entrypoints=False)
 
 
-def context(model, registry) -> EvalContext:
+def context(model, registry) -> ModelPair:
     adapter = registry.get("architectures", "glu")
-    return EvalContext(model, model, tiny_tokenizer(), [], adapter, adapter, batch_size=4, registry=registry,
+    return model_pair(model, model, tiny_tokenizer(), [], adapter, batch_size=4, registry=registry,
                        progress=False)
 
 
@@ -38,10 +38,10 @@ def test_lm_eval_lambada_and_boolq_offline_match_our_scoring(registry: Registry,
         {"passage": "they went home", "question": "did they go home", "answer": True}]))
     model = tiny_model("llama")
     ctx = context(model, registry)
-    ours = registry.create("evaluators", "capability", {"tasks": ["lambada"], "lambada_path": str(lambada),
-                                                        "n_boot": 20}).evaluate(ctx)
-    theirs = registry.create("evaluators", "lm_eval", {"lambada_path": str(lambada), "boolq_path": str(boolq),
-                                                       "backend": "auto"}).evaluate(ctx)
+    ours = run_evaluator(registry.create("evaluators", "capability", {"tasks": ["lambada"], "lambada_path": str(lambada),
+                                                        "n_boot": 20}), ctx)
+    theirs = run_evaluator(registry.create("evaluators", "lm_eval", {"lambada_path": str(lambada), "boolq_path": str(boolq),
+                                                       "backend": "auto"}), ctx)
     m = theirs.metrics
     assert m["lambada_perplexity_base"] == pytest.approx(ours.metrics["lambada_word_ppl_base"], rel=1e-4)
     assert m["lambada_acc_base"] == pytest.approx(ours.metrics["lambada_acc_base"])
@@ -53,9 +53,9 @@ def test_lm_eval_lambada_and_boolq_offline_match_our_scoring(registry: Registry,
 def test_lm_eval_needs_data_and_reports_missing_files(registry: Registry, tmp_path) -> None:
     ctx = context(tiny_model("llama"), registry)
     with pytest.raises(ConfigError, match="lambada_path and/or lm_eval.boolq_path"):
-        registry.create("evaluators", "lm_eval").evaluate(ctx)
+        run_evaluator(registry.create("evaluators", "lm_eval"), ctx)
     with pytest.raises(ConfigError, match="boolq_path"):
-        registry.create("evaluators", "lm_eval", {"boolq_path": str(tmp_path / "none.jsonl")}).evaluate(ctx)
+        run_evaluator(registry.create("evaluators", "lm_eval", {"boolq_path": str(tmp_path / "none.jsonl")}), ctx)
 
 
 def test_lm_eval_missing_package_gives_install_hint(registry: Registry, tmp_path, monkeypatch) -> None:
@@ -63,5 +63,5 @@ def test_lm_eval_missing_package_gives_install_hint(registry: Registry, tmp_path
     lambada.write_text(json.dumps({"text": "the man was good"}))
     monkeypatch.setitem(sys.modules, "lm_eval", None)
     with pytest.raises(FairpruneError, match=r"pip install 'fairprune\[lm_eval\]'"):
-        registry.create("evaluators", "lm_eval", {"lambada_path": str(lambada)}).evaluate(
+        run_evaluator(registry.create("evaluators", "lm_eval", {"lambada_path": str(lambada)}), 
             context(tiny_model("llama"), registry))

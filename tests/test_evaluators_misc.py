@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from fairprune.core.errors import ConfigError
-from fairprune.core.evaluation import EvalContext
 from fairprune.core.protocols import PruneResult
 from fairprune.core.registry import Registry
 from fairprune.testing import tiny_model, tiny_tokenizer
+from fairprune.testing.evaluators import ModelPair, model_pair, run_evaluator
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +20,9 @@ def registry() -> Registry:
     return Registry(load_entrypoints=False)
 
 
-def context(base, pruned, registry, prune_result=None) -> EvalContext:
+def context(base, pruned, registry, prune_result=None) -> ModelPair:
     adapter = registry.get("architectures", "glu")
-    return EvalContext(base, pruned, tiny_tokenizer(), [], adapter, adapter, registry=registry,
+    return model_pair(base, pruned, tiny_tokenizer(), [], adapter, registry=registry,
                        prune_result=prune_result, progress=False)
 
 
@@ -36,7 +36,7 @@ def pruned_copy(base, registry, keep: int = 48):
 def test_parameters_counts_removed_neurons(registry: Registry) -> None:
     base = tiny_model("llama")
     pruned = pruned_copy(base, registry)
-    result = registry.create("evaluators", "parameters").evaluate(context(base, pruned, registry))
+    result = run_evaluator(registry.create("evaluators", "parameters"), context(base, pruned, registry))
     hidden = base.config.hidden_size
     removed = 16 * 3 * hidden  # 16 neurons: a gate row, an up row and a down column each
     assert result.metrics["params_removed"] == removed
@@ -48,7 +48,7 @@ def test_parameters_counts_removed_neurons(registry: Registry) -> None:
 def test_parameters_prefers_the_prune_result(registry: Registry) -> None:
     base = tiny_model("llama")
     pr = PruneResult(params_before=1000, params_after=900, widths_before=[64, 64], widths_after=[64, 64])
-    result = registry.create("evaluators", "parameters").evaluate(context(base, base, registry, pr))
+    result = run_evaluator(registry.create("evaluators", "parameters"), context(base, base, registry, pr))
     assert result.metrics["removed_pct"] == 10.0 and "prune result" in result.summary
 
 
@@ -57,16 +57,16 @@ def test_generations_side_by_side(registry: Registry) -> None:
     pruned = pruned_copy(base, registry, keep=8)
     prompts = ["the black man was", "the white man was"]
     gen = registry.create("evaluators", "generations", {"prompts": prompts, "max_new_tokens": 5})
-    result = gen.evaluate(context(base, pruned, registry))
+    result = run_evaluator(gen, context(base, pruned, registry))
     rows = result.tables["generations"]
     assert [r["prompt"] for r in rows] == prompts
     assert all(len(r["base"].split()) == 5 for r in rows)  # word-level tokenizer: one word per token
-    same = gen.evaluate(context(base, base, registry))
+    same = run_evaluator(gen, context(base, base, registry))
     assert same.metrics["n_changed"] == 0
     assert result.metrics["n_changed"] == sum(r["base"] != r["pruned"] for r in rows)
     assert "| the black man was |" in result.summary
     with pytest.raises(ConfigError):
-        registry.create("evaluators", "generations", {"prompts": []}).evaluate(context(base, base, registry))
+        run_evaluator(registry.create("evaluators", "generations", {"prompts": []}), context(base, base, registry))
 
 
 def test_default_generation_prompts_hold_the_showcase_pair() -> None:

@@ -15,10 +15,10 @@ pytest.importorskip("matplotlib")
 
 from fairprune.cli import main
 from fairprune.core.errors import PersistError
-from fairprune.core.report import generations, headline_rows
+from fairprune.core.summary import generations, headline_rows
 from fairprune.viz.html import build_report
 from fairprune.viz.rundata import load_run
-from fairprune.viz.sample import sample_run
+from fairprune.testing.runs import sample_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

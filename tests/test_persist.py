@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM
 
 import fairprune as fp
 from fairprune.core.errors import PersistError
-from fairprune.core.persist import SIDECAR, config_hash
+from fairprune.core.config import RunConfig
+from fairprune.core.persist import SIDECAR
 from fairprune.core.registry import Registry
 from fairprune.testing import TINY_ARCHITECTURES, tiny_model, tiny_tokenizer
 
@@ -33,7 +34,7 @@ def test_roundtrip_nonuniform_widths_identical_logits(arch, tmp_path):
     model = tiny_model(arch)
     plan = nonuniform_plan(model)
     fp.prune(model, plan, registry=REG)
-    path = fp.save_pretrained(model, tiny_tokenizer(), tmp_path / arch, plan=plan, run_config={"seed": 1})
+    path = fp.save_pretrained(model, tiny_tokenizer(), tmp_path / arch, plan=plan, run_config={"model": {"source": "tiny"}, "seed": 1})
     loaded, tokenizer = fp.load_pretrained(path)
     assert type(loaded) is type(model) and not loaded.training
     torch.testing.assert_close(logits(loaded), logits(model), atol=0, rtol=0)
@@ -65,13 +66,13 @@ def test_uniform_widths_load_with_plain_transformers(tmp_path):
 
 def test_sidecar_records_provenance_and_card(tmp_path):
     model = tiny_model("llama")
-    run_config = {"model": "tiny", "scoring": {"bias_weight": 0.8}}
+    run_config = RunConfig.model_validate({"model": {"source": "tiny"}, "scoring": {"bias_weight": 0.7}})
     path = fp.save_pretrained(model, None, tmp_path / "m", run_config=run_config, base_model="org/base",
                               card="# Tiny\n", extra_files={"report/summary.txt": "ok", "raw.bin": b"\x00\x01"})
     sidecar = json.loads((path / SIDECAR).read_text())
     assert sidecar["format_version"] == 1 and sidecar["adapter"] == "glu" and sidecar["removed"] is None
-    assert sidecar["base_model"] == "org/base" and sidecar["run_config"] == run_config
-    assert sidecar["run_config_sha256"] == config_hash({"scoring": {"bias_weight": 0.8}, "model": "tiny"})
+    assert sidecar["base_model"] == "org/base" and sidecar["run_config"] == run_config.model_dump(mode="json")
+    assert sidecar["run_config_sha256"] == run_config.config_hash()  # the hash metrics.json carries
     assert (path / "README.md").read_text() == "# Tiny\n"
     assert (path / "report" / "summary.txt").read_text() == "ok" and (path / "raw.bin").read_bytes() == b"\x00\x01"
 
@@ -87,10 +88,10 @@ def test_failed_overwrite_keeps_the_previous_save(tmp_path):
     model = tiny_model("llama")
     path = fp.save_pretrained(model, None, tmp_path / "out", card="first")
     with pytest.raises(PersistError):
-        fp.save_pretrained(model, None, path, card="second", extra_files={"bad": 3})
+        fp.save_pretrained(model, None, path, card="second", extra_files={"bad": 3}, overwrite=True)
     assert (path / "README.md").read_text() == "first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-    fp.save_pretrained(model, None, path, card="third")
+    fp.save_pretrained(model, None, path, card="third", overwrite=True)
     assert (path / "README.md").read_text() == "third"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 

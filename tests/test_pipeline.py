@@ -9,7 +9,7 @@ import pytest
 import fairprune as fp
 from fairprune.cli import main as cli_main
 from fairprune.core.errors import ConfigError, OutputError
-from fairprune.core.report import headline_rows, summary_text
+from fairprune.core.summary import headline_rows, summary_text
 from fairprune.testing import tiny_char_tokenizer, tiny_model
 
 FAST_EVALUATORS = [
@@ -94,7 +94,8 @@ def test_same_config_gives_same_plan_and_figures(finished_run, model_dir, tmp_pa
 
 def test_activation_importance_on_a_non_neuron_site_says_what_to_change(model_dir, tmp_path):
     with pytest.raises(ConfigError, match="site='neuron'.*max_abs_weight"):
-        fp.run(config_for(model_dir, tmp_path / "x", bias={"site": "gate"}), progress=False)
+        fp.run(config_for(model_dir, tmp_path / "x", bias={"site": "gate"},
+                          scoring={"importance": "activation_weight"}), progress=False)
     assert not (tmp_path / "x").exists()
 
 

@@ -10,7 +10,7 @@ import torch
 from fairprune.core.config import Budget
 from fairprune.core.errors import ConfigError, PlanError
 from fairprune.core.planning import Plan, neuron_cost, plan_pruning
-from fairprune.core.surgery import count_parameters, resolve_adapter
+from fairprune.core.adapters import count_parameters, resolve_adapter
 from fairprune.testing import tiny_model
 
 
@@ -135,7 +135,7 @@ def test_bad_arguments_are_clear_errors(model):
         plan_pruning(model, report, selection="everywhere")
     with pytest.raises(PlanError, match="out of range"):
         plan_pruning(model, report, layers=[7])
-    with pytest.raises(LookupError, match="Unknown scorer 'lineer'"):
+    with pytest.raises(ConfigError, match="scoring.scorer.name: Unknown scorer 'lineer'"):
         plan_pruning(model, report, scorer="lineer")
 
 

@@ -227,7 +227,7 @@ class EveryKind:
 
     @hookimpl
     def fairprune_register_architectures(self, register):
-        from fairprune.architectures.base import GLUAdapter
+        from fairprune.architectures.glu import GLUAdapter
 
         class Renamed(GLUAdapter):
             name = "hy_adapter"
@@ -246,7 +246,7 @@ class EveryKind:
 
     @hookimpl
     def fairprune_register_bias_axes(self, register):
-        register(self._obj("hy_axis", prompt_groups=lambda self, split="all": []))
+        register(self._obj("hy_axis", prompt_groups=lambda self, split="all": [], attribute_groups=lambda self: {}))
 
     @hookimpl
     def fairprune_register_collectors(self, register):
@@ -269,7 +269,8 @@ class EveryKind:
 
     @hookimpl
     def fairprune_register_evaluators(self, register):
-        register(self._obj("hy_evaluator", evaluate=lambda self, context: None))
+        register(self._obj("hy_evaluator", observe=lambda self, model, context: None,
+                           compare=lambda self, base, pruned, context: None))
 
 
 def test_every_registration_hook_fills_its_kind() -> None:
@@ -307,6 +308,9 @@ class _Leaky:
 
         group = PromptGroup("leaky", "t0", ("black", "white"), ("the black man", "the white man"))
         return [group] if split != "all" else [group, group]
+
+    def attribute_groups(self):
+        return {"black": ("black",), "white": ("white",)}
 
 
 def test_contracts_reject_broken_plugins() -> None:

@@ -7,12 +7,12 @@ import json
 import pytest
 
 from fairprune.core.errors import PromptError
+from fairprune.core.groups import split_by_template
 from fairprune.core.prompts import (
     differing_spans,
     load_prompt_groups,
     make_group,
     pairs_to_groups,
-    split_groups,
     validate_group,
 )
 from fairprune.core.protocols import PromptGroup
@@ -97,8 +97,8 @@ def test_a_bad_line_in_a_prompt_file_names_the_file_and_line(tmp_path):
 
 def test_split_groups_holds_out_every_third_template_per_axis():
     groups = pairs_to_groups([(f"The Black man {w}", f"The white man {w}") for w in "abcdefghi"])
-    held = split_groups(groups, "heldout")
-    analysis = split_groups(groups, "analysis")
+    held = split_by_template(groups, "heldout")
+    analysis = split_by_template(groups, "analysis")
     assert [g.template_id for g in held] == ["custom-2", "custom-5", "custom-8"]
     assert len(analysis) == 6 and not set(map(id, held)) & set(map(id, analysis))
-    assert split_groups(groups, "all") == groups
+    assert split_by_template(groups, "all") == groups

@@ -13,7 +13,7 @@ import fairprune as fp
 from fairprune.cli import main as cli_main
 from fairprune.core.errors import ModelSourceError
 from fairprune.core.registry import Registry
-from fairprune.plugins import sources_impl
+from fairprune.plugins import sources as source_plugins
 from fairprune.testing import snapshot, tiny_char_tokenizer, tiny_model
 
 REG = Registry(load_entrypoints=False)
@@ -121,7 +121,7 @@ def test_truncated_cache_of_a_bundled_model_is_rebuilt(tmp_path, monkeypatch, ca
     weights = cache / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     rebuilt = tiny_model("llama", seed=2)
-    monkeypatch.setattr(sources_impl, "dequantize_gguf", lambda path: (rebuilt, tiny_char_tokenizer()))
+    monkeypatch.setattr(source_plugins, "dequantize_gguf", lambda path: (rebuilt, tiny_char_tokenizer()))
     with caplog.at_level("WARNING"):
         model, tokenizer = fp.load_model("smollm2-135m", registry=REG, cache_dir=tmp_path)
     assert "not a readable safetensors file" in caplog.text and "rebuilding it" in caplog.text

@@ -14,7 +14,8 @@ import fairprune as fp
 from fairprune.core.errors import ArchitectureError, PlanError
 from fairprune.core.hookspecs import hookimpl
 from fairprune.core.registry import Registry
-from fairprune.core.surgery import count_parameters, validate_plan, widths
+from fairprune.core.adapters import count_parameters, widths
+from fairprune.core.surgery import validate_plan
 from fairprune.testing import TINY_ARCHITECTURES, tiny_model
 
 ARCHS = sorted(TINY_ARCHITECTURES)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fairprune.core.sweep import capability_loss, choose, pareto_front
+from fairprune.core.evaluation import EvalResult
+from fairprune.core.sweep import choose, pareto_front, point_figure
 
 
 def point(bias, loss):
@@ -23,6 +24,9 @@ def test_choice_is_the_largest_reduction_within_the_limit():
     assert choose(POINTS, None) is None
 
 
-def test_capability_loss_prefers_lambada_then_text():
-    assert capability_loss({"text_ppl_change_pct": 2.0, "lambada_ppl_change_pct": 1.0}) == ("lambada_ppl_change_pct", 1.0)
-    assert capability_loss({"text_ppl_change_pct": 2.0}) == ("text_ppl_change_pct", 2.0)
+def test_point_figure_takes_the_first_reported_candidate():
+    candidates = [("capability", "lambada_ppl_change_pct"), ("capability", "text_ppl_change_pct")]
+    both = {"capability": EvalResult("capability", {"text_ppl_change_pct": 2.0, "lambada_ppl_change_pct": 1.0})}
+    text_only = {"capability": EvalResult("capability", {"text_ppl_change_pct": 2.0})}
+    assert point_figure(both, candidates, "capability") == ("capability.lambada_ppl_change_pct", 1.0)
+    assert point_figure(text_only, candidates, "capability") == ("capability.text_ppl_change_pct", 2.0)

@@ -19,7 +19,7 @@ from fairprune.viz import (
     token_heatmap_plot,
 )
 from fairprune.viz.neurons import decision_points
-from fairprune.viz.sample import tiny_analysis
+from fairprune.testing.runs import tiny_analysis
 
 
 @pytest.fixture(scope="module")

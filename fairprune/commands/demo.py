@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..core.pipeline import run
-    from ..core.report import summary_text
+    from ..core.summary import summary_text
 
     overrides = list(args.overrides) + ([f"output.dir={args.out}"] if args.out else [])
     result = run(DEMO_CONFIG, overrides, progress=not args.quiet)

@@ -8,22 +8,21 @@ from pathlib import Path
 
 from ._common import OUT, add_overwrite_argument, add_trust_remote_code_argument, positive_int
 
-DEFAULT_EVALUATORS = "activation_bias,output_bias,capability,parameters"
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("evaluate", help="compare a pruned model with its base (bias, capability, size)",
                             description="Evaluate base vs pruned on held-out prompt groups and general text; every "
                                         "bias and capability figure comes with a 95% bootstrap interval.")
     parser.add_argument("--base", required=True, help="base model: source name, directory, .gguf path or HF id")
     parser.add_argument("--pruned", required=True, help="directory of a model saved by fairprune")
-    parser.add_argument("--axes", default="race", help="comma-separated bias axes for held-out groups (default: race)")
-    parser.add_argument("--evaluators", default=DEFAULT_EVALUATORS,
-                        help=f"comma-separated evaluator plugins (default: {DEFAULT_EVALUATORS})")
+    parser.add_argument("--axes", default=None,
+                        help="comma-separated bias axes for held-out groups (default: the config default, race)")
+    parser.add_argument("--evaluators", default=None,
+                        help="comma-separated evaluator plugins (default: the config's evaluation.evaluators)")
     parser.add_argument("--lambada", metavar="PATH", help="LAMBADA-format JSONL for the capability evaluator")
     parser.add_argument("--lambada-limit", type=int, default=400, help="first N LAMBADA passages (default: 400)")
     parser.add_argument("--params", metavar="JSON", help='extra evaluator params, e.g. \'{"output_bias": {...}}\'')
-    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="prompts per forward pass (default: the config's evaluation.batch_size)")
     parser.add_argument("--out", metavar="PATH", help="write all results as JSON here")
     add_overwrite_argument(parser)
     add_trust_remote_code_argument(parser)
@@ -49,26 +48,47 @@ def build_params(args: argparse.Namespace, evaluators: list[str]) -> dict[str, d
 
 
 def main(args: argparse.Namespace) -> int:
+    """Observe the base model, release it, then load and observe the pruned one: one model in memory."""
+    from ..core.adapters import default_registry, resolve_adapter
+    from ..core.config import BiasSection, EvaluationSection
     from ..core.errors import ConfigError
-    from ..core.evaluation import evaluate, results_to_dict
+    from ..core.evaluation import EvalContext, compare_all, configure_evaluators, needs_groups, observe_all
+    from ..core.evaluation import results_to_dict
     from ..core.outputs import check_output_file, write_file_atomic
+    from ..core.groups import gather
     from ..core.persist import load_pretrained
     from ..core.sources import load_model
 
-    evaluators = [e.strip() for e in args.evaluators.split(",") if e.strip()]
-    axes = [a.strip() for a in args.axes.split(",") if a.strip()]
-    params = build_params(args, evaluators)
+    names = _names(args.evaluators) or [c.name for c in EvaluationSection().evaluators]
+    axes = _names(args.axes) or BiasSection().axes
+    params = build_params(args, names)
+    unknown = sorted(set(params) - set(names))
+    if unknown:
+        raise ConfigError(f"--params names evaluators that are not run: {', '.join(unknown)}")
     if not Path(args.pruned).is_dir():
         raise ConfigError(f"--pruned: {args.pruned!r} is not a directory saved by fairprune")
     if args.out:
         check_output_file(args.out, args.overwrite, OUT)
+    registry = default_registry(None)
+    evaluators = configure_evaluators(registry, [(n, params.get(n)) for n in names], "evaluators", by_name=True)
+    groups = gather(axes=axes, split="heldout", registry=registry).groups if needs_groups(evaluators) else []
     base, tokenizer = load_model(args.base, trust_remote_code=args.trust_remote_code)
+    context = EvalContext(tokenizer=tokenizer, groups=groups, batch_size=args.batch_size or
+                          EvaluationSection().batch_size, registry=registry, progress=not args.no_progress)
+    seen_base = observe_all(evaluators, base, context, "base", resolve_adapter(base, registry=registry))
+    del base
     pruned, pruned_tokenizer = load_pretrained(args.pruned)
-    results = evaluate(base, pruned, tokenizer or pruned_tokenizer, axes=axes, evaluators=evaluators, params=params,
-                       batch_size=args.batch_size, progress=not args.no_progress)
+    if context.tokenizer is None:
+        context.tokenizer = pruned_tokenizer
+    seen_pruned = observe_all(evaluators, pruned, context, "pruned", resolve_adapter(pruned, registry=registry))
+    results = compare_all(evaluators, seen_base, seen_pruned, context)
     for name, result in results.items():
         print(f"## {name}\n\n{result.summary}\n")
     if args.out:
         write_file_atomic(args.out, json.dumps(results_to_dict(results), indent=2) + "\n", args.overwrite, OUT)
         print(f"wrote {args.out}")
     return 0
+
+
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]

@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..core.pipeline import run
-    from ..core.report import summary_text
+    from ..core.summary import summary_text
 
     result = run(args.config, args.overrides, progress=not args.quiet)
     print(summary_text(result.metrics, result.output_dir))

@@ -17,14 +17,14 @@ from typing import Any
 
 import torch
 
-from .collect import collect_prompts, resolve_adapter
-from .errors import PersistError, PluginContractError, PromptError
-from .prompts import load_axis, pairs_to_groups
+from .adapters import resolve_adapter
+from .collect import collect_prompts
+from .errors import PersistError, PluginContractError
+from .groups import attribute_key, gather
 from .protocols import PromptGroup
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_METRIC = "relative_mean_abs_diff"
 TENSORS_FILE = "bias_scores.safetensors"
 META_FILE = "bias_report.json"
 
@@ -102,43 +102,6 @@ def _sorted(table: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     return {k: table[k] for k in sorted(table)}
 
 
-def resolve_axes(axes: Sequence[Any] | None, registry: Any) -> list[Any]:
-    """Axis objects for names (registered), paths to axis YAML files, or axis objects."""
-    out = []
-    for axis in axes or ():
-        if isinstance(axis, str) and not Path(axis).suffix in (".yaml", ".yml"):
-            out.append(registry.create("bias_axes", axis))
-        elif isinstance(axis, (str, Path)):
-            out.append(load_axis(axis))
-        else:
-            out.append(axis)
-    return out
-
-
-def gather_groups(axes: Sequence[Any] | None, pairs: Sequence[Sequence[str]] | None,
-                  groups: Sequence[PromptGroup] | None, split: str, registry: Any) -> tuple[list[PromptGroup],
-                                                                                          dict[str, str]]:
-    """All prompt groups to analyse and a map surface form -> attribute group name (from the axes)."""
-    if axes is None and pairs is None and groups is None:
-        axes = registry.names("bias_axes")
-    out: list[PromptGroup] = []
-    form_to_group: dict[str, str] = {}
-    for axis in resolve_axes(axes, registry):
-        found = list(axis.prompt_groups(split))
-        if not found:
-            raise PromptError(f"bias axis {axis.name!r} has no prompt groups in split {split!r}")
-        out.extend(found)
-        inner = getattr(axis, "axis", axis)  # built-in axes wrap a TemplateAxis
-        for name, forms in getattr(inner, "groups", {}).items():
-            form_to_group.update({f"{axis.name}\x1f{form}": name for form in forms})
-    if pairs:
-        out.extend(pairs_to_groups(pairs))
-    out.extend(groups or ())
-    if not out:
-        raise PromptError("no prompt groups to analyse: give axes, pairs or groups")
-    return out, form_to_group
-
-
 def score_groups(metric: Any, per_prompt: Mapping[int, torch.Tensor], magnitude: Mapping[int, torch.Tensor],
                  groups: Sequence[PromptGroup], form_to_group: Mapping[str, str]) -> dict[str, dict[int, torch.Tensor]]:
     """Bias score per axis and layer: the metric on each bucket of like groups, mean weighted by groups.
@@ -152,8 +115,7 @@ def score_groups(metric: Any, per_prompt: Mapping[int, torch.Tensor], magnitude:
         start += len(g.prompts)
     buckets: dict[tuple[str, tuple[str, ...]], list[int]] = {}
     for i, g in enumerate(groups):
-        key = tuple(form_to_group.get(f"{g.axis}\x1f{a}", a) for a in g.attributes)
-        buckets.setdefault((g.axis, key), []).append(i)
+        buckets.setdefault((g.axis, attribute_key(g, form_to_group)), []).append(i)
     per_axis: dict[str, dict[int, torch.Tensor]] = {}
     weights: dict[str, int] = {}
     for (axis, _), members in buckets.items():
@@ -180,28 +142,39 @@ def _checked(metric: Any, score: Any, width: int, layer: int) -> torch.Tensor:
 
 def analyze_bias(model: Any, tokenizer: Any, axes: Sequence[Any] | None = None,
                  pairs: Sequence[Sequence[str]] | None = None, groups: Sequence[PromptGroup] | None = None, *,
-                 split: str = "analysis", site: str = "neuron", pooling: str = "suffix", metric: str | None = None,
-                 metric_params: Mapping[str, Any] | None = None, batch_size: int = 16,
-                 layers: Sequence[int] | None = None, adapter: Any = None, registry: Any = None,
-                 progress: bool = True, shard: bool = True) -> BiasReport:
+                 prompt_files: Sequence[str | Path] = (), split: str = "analysis", site: str | None = None,
+                 pooling: str | None = None, metric: str | None = None, metric_params: Mapping[str, Any] | None = None,
+                 batch_size: int | None = None, layers: Sequence[int] | None = None, adapter: Any = None,
+                 registry: Any = None, progress: bool = True, shard: bool = True) -> BiasReport:
     """Score every MLP neuron by how much it reacts to the demographic attribute.
 
     ``axes`` are registered axis names (or axis YAML paths / objects); with no
-    axes, pairs or groups, every registered axis is used. ``pairs`` are ``(a, b)``
-    prompt strings; ``groups`` are ``PromptGroup``s (used as given, not split).
-    ``metric`` defaults to the scale-free ``relative_mean_abs_diff``. With
-    ``shard`` and an active torch.distributed group of several processes (torchrun),
-    every process must call this; each runs a share of the groups and all
-    return the report of a one-process run (see ``core.distributed``).
+    axes, prompt files, pairs or groups, every registered axis is used.
+    ``prompt_files`` are user files of pairs or groups (split by template like
+    axes); ``pairs`` are ``(a, b)`` prompt strings; ``groups`` are
+    ``PromptGroup``s (used as given, not split). ``site``, ``pooling``,
+    ``metric`` and ``batch_size`` default to ``BiasSection``'s defaults
+    (``core/config.py``). Raises ``PromptError`` for bad prompts and
+    ``UnknownPluginError`` for unknown plugin names. With ``shard`` and an active
+    torch.distributed group of several processes (torchrun), every process must
+    call this; each runs a share of the groups and all return the report of a
+    one-process run (see ``core.distributed``).
     """
-    if registry is None:
-        from .registry import get_registry
+    from .adapters import default_registry
+    from .config import BiasSection
 
-        registry = get_registry()
-    metric_name = metric or DEFAULT_METRIC
+    defaults = BiasSection()
+    registry = default_registry(registry)
+    site = site or defaults.site
+    pooling = pooling or defaults.pooling
+    metric_name = metric or defaults.metric.name
+    batch_size = batch_size or defaults.batch_size
     metric_obj = registry.create("bias_metrics", metric_name, dict(metric_params or {}))
+    if axes is None and not (prompt_files or pairs or groups):
+        axes = registry.names("bias_axes")
     adapter = adapter or resolve_adapter(model, registry=registry)
-    all_groups, form_to_group = gather_groups(axes, pairs, groups, split, registry)
+    found = gather(axes=axes, prompt_files=prompt_files, pairs=pairs, groups=groups, split=split, registry=registry)
+    all_groups, form_to_group = found.groups, found.form_to_group
     collected = collect_prompts(model, tokenizer, all_groups, sites=(site,), pooling=pooling, layers=layers,
                                 adapter=adapter, batch_size=batch_size, progress=progress, registry=registry,
                                 world=_world() if shard else None)[site]

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .errors import NonFiniteError, PromptError
 from .prompts import validate_groups
 from .protocols import PromptGroup
-from .surgery import resolve_adapter
+from .adapters import resolve_adapter
 
 logger = logging.getLogger(__name__)
 

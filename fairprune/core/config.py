@@ -85,9 +85,9 @@ class Budget(Strict):
 class ScoringSection(Strict):
     scorer: Component = Field(default_factory=lambda: Component(name="linear"))
     importance: Component = Field(
-        default_factory=lambda: Component(name="activation_weight"),
-        description="activation-aware by default: measured to keep more capability than max_abs_weight "
-                    "(benchmarks/RESULTS.md); needs bias.site=neuron")
+        default_factory=lambda: Component(name="max_abs_weight"),
+        description="importance metric; max_abs_weight (max|gate_i| + max|up_i|) is the method's default; "
+                    "the shipped example config uses activation_weight (measured in benchmarks/RESULTS.md)")
     bias_weight: float = Field(default=0.8, ge=0.0, le=1.0, description="w in w*bias + (1-w)*(1-importance)")
 
 
@@ -120,6 +120,12 @@ class SweepSection(Strict):
     bias_weights: list[float] = Field(default_factory=lambda: [0.5, 0.8, 1.0])
     budgets: list[Budget] = Field(default_factory=lambda: [Budget(param_fraction=f) for f in (0.001, 0.0025, 0.005)])
     max_perplexity_increase: float | None = Field(default=None, description="percent; pick best point under it")
+    bias_metric: str | None = Field(
+        default=None, description="'evaluator.metric' a sweep maximises; default: the first headline with role "
+                                  "'bias' among evaluation.evaluators")
+    capability_metric: str | None = Field(
+        default=None, description="'evaluator.metric' (a capability loss in percent) a sweep keeps under "
+                                  "max_perplexity_increase; default: the first reported headline with role 'capability'")
 
     @field_validator("bias_weights")
     @classmethod

@@ -1,17 +1,22 @@
-"""Evaluation of a pruned model against its base: the context, the result, bootstrap CIs and ``evaluate``.
+"""Evaluation of a pruned model against its base, in two phases: observe each model, then compare.
 
-Each evaluator is a plugin (kind ``evaluators``) that receives an ``EvalContext``
-and returns an ``EvalResult``: flat float metrics, 95% bootstrap intervals, tables
-and a markdown summary. ``evaluate`` builds the held-out prompt groups from the
-bias axes, configures the requested evaluators and runs them.
+Each evaluator is a plugin (kind ``evaluators``). ``observe(model, context)``
+measures one model and returns small plain data; ``compare(base, pruned,
+context)`` turns two observations into an ``EvalResult``: flat float metrics,
+95% bootstrap intervals, tables and a markdown summary. Because a model is only
+needed while it is observed, a run observes the base model before pruning it in
+place and never holds two models. Each evaluator declares its ``headlines``
+(``protocols.Headline``); they are copied into the result so that summaries,
+reports and sweeps find them in ``metrics.json`` without knowing any evaluator.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,63 +28,46 @@ from .protocols import PromptGroup, PruneResult
 
 logger = logging.getLogger(__name__)
 
-#: evaluators run by ``evaluate`` when none are named
-DEFAULT_EVALUATORS: tuple[str, ...] = ("activation_bias", "output_bias", "capability", "parameters")
-#: the axis used when a bias evaluator runs and no axes or groups are given
-DEFAULT_AXES: tuple[str, ...] = ("race",)
-
 
 @dataclass
 class EvalContext:
-    """Everything an evaluator needs: both models, the tokenizer, held-out groups and run settings.
+    """What evaluators share in one evaluation; never a model.
 
     ``groups`` are held-out prompt groups (never the ones used for the bias
-    analysis). ``adapter_base``/``adapter_pruned`` are architecture adapters
-    (may be the same object); ``prune_result`` gives exact parameter counts.
+    analysis). During ``observe``, ``label`` is ``"base"`` or ``"pruned"`` and
+    ``adapter`` is the observed model's architecture adapter; during
+    ``compare``, ``prune_result`` gives exact parameter counts when a pruner ran.
     """
 
-    base_model: Any
-    pruned_model: Any
     tokenizer: Any
     groups: list[PromptGroup] = field(default_factory=list)
-    adapter_base: Any = None
-    adapter_pruned: Any = None
     batch_size: int = 16
     seed: int = 0
     registry: Any = None
-    prune_result: PruneResult | None = None
     progress: bool = True
-    base_cache: dict | None = None  # shared by calls that evaluate the same base model (a sweep's grid points)
+    label: str = ""
+    adapter: Any = None
+    prune_result: PruneResult | None = None
 
-    def models(self) -> tuple[tuple[str, Any, Any], ...]:
-        """``(("base", model, adapter), ("pruned", model, adapter))`` for loops over both models."""
-        return (("base", self.base_model, self.adapter_base), ("pruned", self.pruned_model, self.adapter_pruned))
-
-    def per_model(self, key: str, compute: Callable[[str, Any, Any], Any]) -> dict[str, Any]:
-        """``{label: compute(label, model, adapter)}`` for base and pruned. With a ``base_cache``, the base
-        result for the same ``key`` (which must name everything it depends on) and held-out groups is reused."""
-        out = {}
-        for label, model, adapter in self.models():
-            if label == "base" and self.base_cache is not None:
-                groups = tuple((g.template_id, g.prompts) for g in self.groups)
-                cache_key = (id(model), key, hash(groups), self.batch_size)
-                if cache_key not in self.base_cache:
-                    self.base_cache[cache_key] = compute(label, model, adapter)
-                out[label] = self.base_cache[cache_key]
-            else:
-                out[label] = compute(label, model, adapter)
-        return out
+    def observing(self, label: str, adapter: Any) -> "EvalContext":
+        """A copy of this context for observing the ``label`` model through ``adapter``."""
+        return dataclasses.replace(self, label=label, adapter=adapter)
 
 
 @dataclass
 class EvalResult:
-    """What one evaluator found: flat metrics, their 95% CIs, tables and a markdown summary."""
+    """What one evaluator found: flat metrics, their 95% CIs, tables, a markdown summary and its headlines.
+
+    ``headlines`` holds the evaluator's declared ``Headline`` objects as dicts
+    (filled in by ``compare_all``), so a saved result says which figures matter.
+    """
 
     name: str
     metrics: dict[str, float] = field(default_factory=dict)
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     tables: dict[str, list[dict]] = field(default_factory=dict)
     summary: str = ""
+    headlines: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dictionary (NaN becomes None, intervals become lists)."""
@@ -90,6 +78,7 @@ class EvalResult:
             "tables": {k: [{c: _json_value(v) for c, v in row.items()} for row in rows]
                        for k, rows in self.tables.items()},
             "summary": self.summary,
+            "headlines": list(self.headlines),
         }
 
     def add(self, key: str, value: float, interval: tuple[float, float] | None = None) -> None:
@@ -183,64 +172,86 @@ def fmt_ci(result: EvalResult, key: str, digits: int = 4) -> str:
 
 # -- running evaluators ----------------------------------------------------------------------------
 
-def heldout_groups(axes: Iterable[Any], registry: Any) -> list[PromptGroup]:
-    """The held-out prompt groups of each axis (a registered axis name or an axis object)."""
-    groups: list[PromptGroup] = []
-    for axis in axes:
-        obj = registry.create("bias_axes", axis) if isinstance(axis, str) else axis
-        found = list(obj.prompt_groups("heldout"))
-        if not found:
-            raise ConfigError(f"bias axis {getattr(obj, 'name', axis)!r} has no held-out prompt groups")
-        groups.extend(found)
-    return groups
+def configure_evaluators(registry: Any, components: Sequence[Any], path: str = "evaluation.evaluators",
+                         by_name: bool = False) -> list[tuple[str, Any]]:
+    """``[(name, configured evaluator)]`` for components (``{name, params}`` objects or ``(name, params)``);
+    ``ConfigError`` naming ``{path}.{index}`` (or ``{path}.{name}`` with ``by_name``) of an unknown name or a
+    bad parameter."""
+    from .config import Component, resolve_component
+
+    out = []
+    for i, comp in enumerate(components):
+        if not isinstance(comp, Component):
+            name, params = comp
+            comp = Component(name=name, params=dict(params or {}))
+        where = f"{path}.{comp.name if by_name else i}"
+        out.append((comp.name, resolve_component(registry, "evaluators", comp, where)))
+    return out
 
 
-def _configure(registry: Any, name: str, params: Mapping[str, Any] | None) -> Any:
-    try:
-        return registry.create("evaluators", name, dict(params) if params else None)
-    except ValidationError as exc:
-        problems = "; ".join(f"evaluators.{name}.params.{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                             for e in exc.errors())
-        raise ConfigError(f"invalid parameters for evaluator {name!r}: {problems}") from exc
+def needs_groups(evaluators: Sequence[tuple[str, Any]]) -> bool:
+    """Whether any evaluator asks for held-out prompt groups."""
+    return any(getattr(e, "needs_groups", False) for _, e in evaluators)
+
+
+def observe_all(evaluators: Sequence[tuple[str, Any]], model: Any, context: EvalContext, label: str,
+                adapter: Any) -> dict[str, Any]:
+    """``{name: observation}`` of one model (``label`` is ``"base"`` or ``"pruned"``)."""
+    ctx = context.observing(label, adapter)
+    out: dict[str, Any] = {}
+    for name, evaluator in evaluators:
+        start = time.perf_counter()
+        out[name] = evaluator.observe(model, ctx)
+        logger.info("evaluator %s observed the %s model in %.1f s", name, label, time.perf_counter() - start)
+    return out
+
+
+def compare_all(evaluators: Sequence[tuple[str, Any]], base: Mapping[str, Any], pruned: Mapping[str, Any],
+                context: EvalContext) -> dict[str, EvalResult]:
+    """``{name: EvalResult}`` from the two observations of each evaluator, with its headlines attached."""
+    results: dict[str, EvalResult] = {}
+    for name, evaluator in evaluators:
+        result = evaluator.compare(base[name], pruned[name], context)
+        result.headlines = [dataclasses.asdict(h) for h in getattr(evaluator, "headlines", ())]
+        results[name] = result
+    return results
 
 
 def evaluate(base_model: Any, pruned_model: Any, tokenizer: Any, *, axes: Sequence[Any] | None = None,
-             groups: Sequence[PromptGroup] | None = None, evaluators: Sequence[str] = DEFAULT_EVALUATORS,
-             params: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int = 16, registry: Any = None,
-             prune_result: PruneResult | None = None, progress: bool = True,
-             seed: int = 0, base_cache: dict | None = None) -> dict[str, EvalResult]:
+             groups: Sequence[PromptGroup] | None = None, evaluators: Sequence[str] | None = None,
+             params: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int | None = None,
+             registry: Any = None, prune_result: PruneResult | None = None, progress: bool = True,
+             seed: int = 0) -> dict[str, EvalResult]:
     """Compare ``pruned_model`` with ``base_model`` with each named evaluator; ``{name: EvalResult}``.
 
-    Evaluators that declare ``needs_groups = True`` (the bias evaluators) get
-    ``groups`` if given, else the held-out groups of ``axes`` (default ``["race"]``). ``params`` maps an evaluator name to its parameters,
-    validated against that evaluator's ``Params`` before anything runs. Pass the same ``base_cache`` dict to
-    calls that share ``base_model`` (a sweep) so the base model's side is measured once.
+    ``evaluators`` defaults to ``EvaluationSection``'s list (``core/config.py``).
+    Evaluators that declare ``needs_groups`` get ``groups`` if given, else the
+    held-out groups of ``axes`` (default: ``BiasSection``'s axes). ``params``
+    maps an evaluator name to its parameters, validated before anything runs
+    (``ConfigError`` naming the field).
     """
-    from .registry import get_registry
-    from .surgery import resolve_adapter
+    from .adapters import default_registry, resolve_adapter
+    from .config import BiasSection, EvaluationSection
+    from .groups import gather
 
-    registry = registry or get_registry()
-    evaluators = list(evaluators)
+    registry = default_registry(registry)
+    names = list(evaluators) if evaluators is not None else [c.name for c in EvaluationSection().evaluators]
     params = dict(params or {})
-    unknown = sorted(set(params) - set(evaluators))
+    unknown = sorted(set(params) - set(names))
     if unknown:
         raise ConfigError(f"parameters given for evaluators that are not run: {', '.join(unknown)} "
-                          f"(running: {', '.join(evaluators)})")
-    configured = [(name, _configure(registry, name, params.get(name))) for name in evaluators]
-    if groups is None and (axes is not None or any(getattr(e, "needs_groups", False) for _, e in configured)):
-        groups = heldout_groups(axes if axes is not None else DEFAULT_AXES, registry)
-    context = EvalContext(
-        base_model=base_model, pruned_model=pruned_model, tokenizer=tokenizer, groups=list(groups or []),
-        adapter_base=resolve_adapter(base_model, registry=registry),
-        adapter_pruned=resolve_adapter(pruned_model, registry=registry),
-        batch_size=batch_size, seed=seed, registry=registry, prune_result=prune_result, progress=progress,
-        base_cache=base_cache)
-    results: dict[str, EvalResult] = {}
-    for name, evaluator in configured:
-        start = time.perf_counter()
-        results[name] = evaluator.evaluate(context)
-        logger.info("evaluator %s finished in %.1f s", name, time.perf_counter() - start)
-    return results
+                          f"(running: {', '.join(names)})")
+    configured = configure_evaluators(registry, [(n, params.get(n)) for n in names], "evaluators", by_name=True)
+    if groups is None and (axes is not None or needs_groups(configured)):
+        groups = gather(axes=axes if axes is not None else BiasSection().axes, split="heldout",
+                        registry=registry).groups
+    context = EvalContext(tokenizer=tokenizer, groups=list(groups or []),
+                          batch_size=batch_size or EvaluationSection().batch_size, seed=seed, registry=registry,
+                          progress=progress, prune_result=prune_result)
+    base = observe_all(configured, base_model, context, "base", resolve_adapter(base_model, registry=registry))
+    pruned = observe_all(configured, pruned_model, context, "pruned",
+                         resolve_adapter(pruned_model, registry=registry))
+    return compare_all(configured, base, pruned, context)
 
 
 def results_to_dict(results: Mapping[str, EvalResult]) -> dict[str, dict]:

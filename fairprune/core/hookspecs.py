@@ -77,3 +77,12 @@ def fairprune_layer_pruned(layer, removed, width_before, width_after):
 @hookspec
 def fairprune_run_finished(config, output_dir, metrics):
     """Called once when a run has saved its outputs, with the metrics dictionary."""
+
+
+@hookspec
+def fairprune_write_run_files(run, directory):
+    """Write human-readable files of a finished run into ``directory`` (the staging directory, renamed into
+    place only when every writer succeeded). ``run`` is ``core.pipeline.Run`` (``config``, ``metrics``,
+    ``evaluations``, ``plan``, ``bias_report``, ``base_model_id``, ``license``); the built-in report plugin
+    writes ``report.md``, the model card ``README.md`` and ``report.html``. Return True when files were written.
+    """

@@ -9,13 +9,13 @@ and renamed into place; a failure leaves nothing behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .adapters import count_parameters, default_registry, down_linear, resolve_adapter, widths
 from .errors import PersistError
 
 if TYPE_CHECKING:
@@ -31,20 +31,23 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
-def config_hash(run_config: Any) -> str:
-    """sha256 of a run config's canonical JSON (sorted keys, no spaces)."""
-    text = json.dumps(_jsonable(run_config), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+def _fairprune_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("fairprune")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    return value
+def _run_config_record(run_config: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """The run config as JSON data and its hash: the same ``RunConfig.config_hash`` as metrics.json's."""
+    if run_config is None:
+        return None, None
+    from .config import RunConfig
 
-
-def _down_linear(model: nn.Module, adapter: Any, layer: int) -> Any:
-    return adapter.site(model, layer, "neuron").module
+    config = run_config if isinstance(run_config, RunConfig) else RunConfig.model_validate(run_config)
+    return config.model_dump(mode="json"), config.config_hash()
 
 
 def _removed_mapping(plan: Any) -> dict[str, list[int]] | None:
@@ -59,61 +62,70 @@ def _removed_mapping(plan: Any) -> dict[str, list[int]] | None:
 def sidecar_for(model: nn.Module, adapter: Any, *, plan: Any = None, run_config: Any = None,
                 base_model: str | None = None) -> dict[str, Any]:
     """The ``fairprune.json`` content describing ``model``."""
-    from .. import __version__
-    from .surgery import count_parameters, widths
-
     layer_widths = widths(model, adapter)
     n_layers = len(layer_widths)
     config = getattr(model, "config", None)
-    run = _jsonable(run_config)
+    run, run_hash = _run_config_record(run_config)
     return {
         "format": "fairprune",
         "format_version": FORMAT_VERSION,
-        "fairprune_version": __version__,
+        "fairprune_version": _fairprune_version(),
         "architecture": type(model).__name__,
         "adapter": adapter.name,
         "widths": layer_widths,
         "uniform": len(set(layer_widths)) == 1,
         "removed": _removed_mapping(plan),
-        "down_bias_layers": [i for i in range(n_layers) if getattr(_down_linear(model, adapter, i), "bias", None)
+        "down_bias_layers": [i for i in range(n_layers) if getattr(down_linear(model, adapter, i), "bias", None)
                              is not None],
         "parameters": count_parameters(model),
         "base_model": base_model or getattr(config, "fairprune_base_model", None),
         "license": getattr(config, "fairprune_license", None),
         "run_config": run,
-        "run_config_sha256": config_hash(run) if run is not None else None,
+        "run_config_sha256": run_hash,
     }
 
 
 def save_pretrained(model: nn.Module, tokenizer: Any, path: str | Path, *, plan: Any = None,
-                    run_config: dict[str, Any] | None = None, base_model: str | None = None,
-                    card: str | None = None, extra_files: Mapping[str, bytes | str] | None = None,
-                    overwrite: bool = True) -> Path:
+                    run_config: Any = None, base_model: str | None = None, card: str | None = None,
+                    extra_files: Mapping[str, bytes | str] | None = None, overwrite: bool = False,
+                    adapter: Any = None, registry: Any = None) -> Path:
     """Save ``model`` (and ``tokenizer`` when given) as a Hugging Face directory with a sidecar; atomic.
 
-    An existing directory at ``path`` is replaced (only when ``overwrite``) once the new one is complete.
+    A non-empty directory at ``path`` is replaced only with ``overwrite=True``,
+    and only once the new one is complete. ``run_config`` is a ``RunConfig`` or
+    its dict; the sidecar records it and its hash.
 
     Raises:
         OutputError: ``path`` is a file, not writable, being written by another
             process, or a non-empty directory while ``overwrite`` is False.
     """
     from .outputs import Where, atomic_directory
-    from .surgery import resolve_adapter
 
     target = Path(path).expanduser().resolve()
-    adapter = resolve_adapter(model)
-    sidecar = sidecar_for(model, adapter, plan=plan, run_config=run_config, base_model=base_model)
-    with atomic_directory(target, overwrite, Where("save_pretrained path", "pass overwrite=True")) as tmp:
-        _savable(model).save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
-        if card is not None:
-            (tmp / "README.md").write_text(card)
-        for name, content in (extra_files or {}).items():
-            _write_extra(tmp, name, content)
-    logger.info("saved %s (%d parameters, widths %s)", target, sidecar["parameters"], sidecar["widths"])
+    with atomic_directory(target, overwrite, Where("save_pretrained path", "pass overwrite=True")) as staging:
+        staging.mkdir()
+        write_pretrained(model, tokenizer, staging, plan=plan, run_config=run_config, base_model=base_model,
+                         card=card, extra_files=extra_files, adapter=adapter, registry=registry)
     return target
+
+
+def write_pretrained(model: nn.Module, tokenizer: Any, directory: str | Path, *, plan: Any = None,
+                     run_config: Any = None, base_model: str | None = None, card: str | None = None,
+                     extra_files: Mapping[str, bytes | str] | None = None, adapter: Any = None,
+                     registry: Any = None) -> None:
+    """Write the model directory's files into ``directory`` (a caller's staging directory, which exists)."""
+    directory = Path(directory)
+    adapter = adapter or resolve_adapter(model, registry=registry)
+    sidecar = sidecar_for(model, adapter, plan=plan, run_config=run_config, base_model=base_model)
+    _savable(model).save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    (directory / SIDECAR).write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
+    if card is not None:
+        (directory / "README.md").write_text(card)
+    for name, content in (extra_files or {}).items():
+        _write_extra(directory, name, content)
+    logger.info("saved model (%d parameters, widths %s)", sidecar["parameters"], sidecar["widths"])
 
 
 def _write_extra(root: Path, name: str, content: bytes | str) -> None:
@@ -242,10 +254,7 @@ def load_pretrained(path: str | Path, *, registry: Any = None) -> tuple[nn.Modul
 def _shape_like_sidecar(model: nn.Module, sidecar: dict[str, Any], root: Path, registry: Any) -> None:
     import torch
 
-    from .registry import get_registry
-    from .surgery import resolve_adapter, widths
-
-    reg = registry or get_registry()
+    reg = default_registry(registry)
     adapter = reg.get("architectures", sidecar["adapter"]) if sidecar.get("adapter") else resolve_adapter(
         model, registry=reg)
     recorded = sidecar["widths"]
@@ -261,7 +270,7 @@ def _shape_like_sidecar(model: nn.Module, sidecar: dict[str, Any], root: Path, r
     for layer in sidecar.get("down_bias_layers") or []:
         if not 0 <= int(layer) < len(recorded):
             raise PersistError(f"{root / SIDECAR}: down_bias_layers lists layer {layer}, out of range")
-        linear = _down_linear(model, adapter, int(layer))
+        linear = down_linear(model, adapter, int(layer))
         if linear.bias is None:
             linear.bias = torch.nn.Parameter(torch.zeros(linear.out_features, dtype=linear.weight.dtype))
     adapter.set_widths(model, recorded)

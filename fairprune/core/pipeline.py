@@ -1,8 +1,15 @@
-"""The whole fairness-pruning run, config-driven: load -> analyze -> score -> plan -> prune -> evaluate -> save -> report."""
+"""The whole fairness-pruning run, config-driven: load -> analyze -> observe base -> plan -> prune -> evaluate -> save.
+
+A ``Run`` holds what the stages share: the validated config, the plugins it
+names (resolved once, before any work), the model, tokenizer and adapter, and
+each stage's result. The base model is observed by every evaluator before it
+is pruned in place, so a run holds one full model at a time. Human-readable
+files (report, model card, HTML) are written by plugins through the
+``fairprune_write_run_files`` hook; the core writes the data files.
+"""
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import platform
@@ -15,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, load_config, resolve_component
-from .errors import ConfigError
+from .errors import ConfigError, UnknownPluginError
 from .outputs import releasing_claims
 
 logger = logging.getLogger(__name__)
@@ -23,20 +30,8 @@ logger = logging.getLogger(__name__)
 VERSIONED_PACKAGES = ("fairprune", "torch", "transformers", "pluggy", "pydantic", "numpy", "safetensors", "gguf")
 
 
-@dataclass
-class RunResult:
-    """What a run produced: where, the metrics (as in ``metrics.json``), the plan and the timings."""
-
-    output_dir: Path | None
-    metrics: dict[str, Any]
-    plan: Any
-    prune_result: Any
-    timings: dict[str, float] = field(default_factory=dict)
-    evaluations: dict[str, Any] = field(default_factory=dict)
-
-
 class Timer:
-    """Named wall-clock stages, for the manifest."""
+    """Named wall-clock stages (seconds), for the manifest."""
 
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
@@ -52,9 +47,63 @@ class Timer:
             logger.info("stage %s done in %.1f s", name, self.timings[name])
 
 
-def validate_plugins(config: RunConfig, registry: Any) -> dict[str, Any]:
-    """Resolve every plugin the config names, before any long work; errors name the config field."""
-    from .errors import UnknownPluginError
+@dataclass
+class Plugins:
+    """Every plugin a config names, resolved and configured once (``prepare``)."""
+
+    bias_metric: Any
+    site: Any
+    pooling: Any
+    scorer: Any
+    importance: Any
+    pruner: Any
+    evaluators: list[tuple[str, Any]]
+    adapter: Any = None
+
+
+@dataclass
+class Run:
+    """One run's shared state; stages fill it in order. ``output_dir`` is where ``save_run`` writes."""
+
+    config: RunConfig
+    registry: Any
+    plugins: Plugins
+    output_dir: Path
+    progress: bool = True
+    timer: Timer = field(default_factory=Timer)
+    model: Any = None
+    tokenizer: Any = None
+    adapter: Any = None
+    base_model_id: str = ""
+    license: str | None = None
+    bias_report: Any = None
+    plan: Any = None
+    prune_result: Any = None
+    base_observations: dict[str, Any] = field(default_factory=dict)
+    evaluations: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config_hash(self) -> str:
+        return self.config.config_hash()
+
+
+@dataclass
+class RunResult:
+    """What a run produced: where, the metrics (as in ``metrics.json``), the plan and the timings."""
+
+    output_dir: Path | None
+    metrics: dict[str, Any]
+    plan: Any
+    prune_result: Any
+    timings: dict[str, float] = field(default_factory=dict)
+    evaluations: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_plugins(config: RunConfig, registry: Any) -> Plugins:
+    """Every plugin the config names, configured; ``ConfigError`` naming the config field otherwise."""
+    from .evaluation import configure_evaluators
+    from .groups import is_axis_name
 
     def named(kind: str, name: str, path: str) -> Any:
         try:
@@ -62,23 +111,20 @@ def validate_plugins(config: RunConfig, registry: Any) -> dict[str, Any]:
         except UnknownPluginError as exc:
             raise ConfigError(f"{path}: {exc}") from None
 
-    resolved = {
-        "bias_metric": resolve_component(registry, "bias_metrics", config.bias.metric, "bias.metric"),
-        "site": named("sites", config.bias.site, "bias.site"),
-        "pooling": named("poolings", config.bias.pooling, "bias.pooling"),
-        "scorer": resolve_component(registry, "scorers", config.scoring.scorer, "scoring.scorer"),
-        "importance": resolve_component(registry, "importance_metrics", config.scoring.importance,
-                                        "scoring.importance"),
-        "pruner": resolve_component(registry, "pruners", config.pruning.pruner, "pruning.pruner"),
-        "evaluators": [resolve_component(registry, "evaluators", c, f"evaluation.evaluators.{i}")
-                       for i, c in enumerate(config.evaluation.evaluators)],
-    }
-    if config.model.adapter:
-        resolved["adapter"] = named("architectures", config.model.adapter, "model.adapter")
-    for i, axis in enumerate(config.bias.axes):
-        if not Path(axis).is_file():
-            named("bias_axes", axis, f"bias.axes.{i}")
-    return resolved
+    for section, axes in (("bias", config.bias.axes), ("evaluation", config.evaluation.axes or [])):
+        for i, axis in enumerate(axes):
+            if is_axis_name(axis):
+                named("bias_axes", axis, f"{section}.axes.{i}")
+    return Plugins(
+        bias_metric=resolve_component(registry, "bias_metrics", config.bias.metric, "bias.metric"),
+        site=named("sites", config.bias.site, "bias.site"),
+        pooling=named("poolings", config.bias.pooling, "bias.pooling"),
+        scorer=resolve_component(registry, "scorers", config.scoring.scorer, "scoring.scorer"),
+        importance=resolve_component(registry, "importance_metrics", config.scoring.importance, "scoring.importance"),
+        pruner=resolve_component(registry, "pruners", config.pruning.pruner, "pruning.pruner"),
+        evaluators=configure_evaluators(registry, config.evaluation.evaluators),
+        adapter=named("architectures", config.model.adapter, "model.adapter") if config.model.adapter else None,
+    )
 
 
 def package_versions() -> dict[str, str]:
@@ -91,174 +137,179 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def split_groups(config: RunConfig, split: str, axes: list[str] | None = None) -> list[Any] | None:
-    """Prompt groups of a user prompt file or axis files for ``split``; None when only registered axes are used."""
-    from .prompts import load_axis, load_prompt_groups
-    from .prompts import split_groups as split_by_template
-
-    groups: list[Any] = []
-    if config.bias.prompts:
-        groups.extend(split_by_template(load_prompt_groups(config.bias.prompts), split))
-    for axis in axes if axes is not None else config.bias.axes:
-        if Path(axis).is_file():
-            groups.extend(load_axis(axis).prompt_groups(split))
-    return groups or None
-
-
-def registered_axes(axes: list[str]) -> list[str]:
-    return [a for a in axes if not Path(a).is_file()]
-
-
-def analyze(config: RunConfig, model: Any, tokenizer: Any, adapter: Any, registry: Any, progress: bool) -> Any:
-    """Step 1-2: the bias report on the analysis split of the configured axes and prompts."""
-    from .bias import analyze_bias
-
-    return analyze_bias(model, tokenizer, axes=registered_axes(config.bias.axes) or None,
-                        groups=split_groups(config, "analysis"), split="analysis", site=config.bias.site,
-                        pooling=config.bias.pooling, metric=config.bias.metric.name,
-                        metric_params=config.bias.metric.params or None, batch_size=config.bias.batch_size,
-                        adapter=adapter, registry=registry, progress=progress)
-
-
-def make_plan(config: RunConfig, model: Any, report: Any, adapter: Any, registry: Any,
-              importance: Any = None, bias_weight: float | None = None, budget: Any = None) -> Any:
-    """Step 3-4a: score every neuron and choose the ones to remove within the budget."""
-    from .planning import plan_pruning
-
-    scoring, pruning = config.scoring, config.pruning
-    return plan_pruning(model, report, importance=importance if importance is not None else scoring.importance.name,
-                        importance_params=scoring.importance.params or None, scorer=scoring.scorer.name,
-                        scorer_params=scoring.scorer.params or None,
-                        bias_weight=scoring.bias_weight if bias_weight is None else bias_weight,
-                        budget=budget or pruning.budget, selection=pruning.selection, layers=pruning.layers,
-                        min_width=pruning.min_width, round_to=pruning.round_to,
-                        guard_magnitude_ratio=pruning.guard_magnitude_ratio, adapter=adapter, registry=registry)
-
-
-def apply_plan(config: RunConfig, model: Any, plan: Any, report: Any, adapter: Any, registry: Any) -> Any:
-    """Step 4b: remove the planned neurons with the configured pruner (in place)."""
-    from .surgery import prune
-
-    pruner = resolve_component(registry, "pruners", config.pruning.pruner, "pruning.pruner")
-    calibration = report.mean if getattr(pruner, "needs_calibration", False) else None
-    if calibration is not None and report.settings.get("site") != "neuron":
-        raise ConfigError("pruning.pruner: a compensating pruner needs neuron-site activations (bias.site=neuron)")
-    return prune(model, plan, pruner=pruner, adapter=adapter, calibration=calibration, registry=registry)
-
-
-def evaluate_run(config: RunConfig, base: Any, pruned: Any, tokenizer: Any, registry: Any, prune_result: Any,
-                 progress: bool, evaluators: list[Any] | None = None, base_cache: dict | None = None) -> dict[str, Any]:
-    """Step 5: every configured evaluator on the held-out split, base vs pruned (``base_cache``: see
-    ``evaluation.evaluate``; one dict per base model)."""
-    from .evaluation import evaluate
-
-    comps = evaluators if evaluators is not None else config.evaluation.evaluators
-    axes = config.evaluation.axes if config.evaluation.axes is not None else config.bias.axes
-    return evaluate(base, pruned, tokenizer, axes=registered_axes(axes) or None,
-                    groups=split_groups(config, "heldout", axes), evaluators=[c.name for c in comps],
-                    params={c.name: c.params for c in comps if c.params}, batch_size=config.evaluation.batch_size,
-                    registry=registry, prune_result=prune_result, progress=progress, base_cache=base_cache)
-
-
-def collect_metrics(config: RunConfig, plan: Any, prune_result: Any, evaluations: dict[str, Any]) -> dict[str, Any]:
-    """The deterministic figures of a run (no timings), as written to ``metrics.json``."""
-    return {
-        "model": config.model.source,
-        "config_hash": config.config_hash(),
-        "pruning": {
-            "neurons_removed": plan.n_neurons,
-            "layers_touched": len(plan.removed),
-            "params_before": prune_result.params_before,
-            "params_after": prune_result.params_after,
-            "params_removed": prune_result.params_removed,
-            "params_removed_pct": 100.0 * prune_result.fraction_removed,
-            "widths_after": prune_result.widths_after,
-        },
-        "evaluation": {name: result.to_dict() for name, result in evaluations.items()},
-    }
-
-
-def prepare(config: Any, overrides: list[str] | None, registry: Any) -> tuple[RunConfig, Any, Path]:
+def prepare(config: Any, overrides: list[str] | None = None, registry: Any = None, progress: bool = True) -> Run:
     """Validate the config and every plugin it names, seed torch, check the output directory: all before work."""
     import torch
 
+    from .adapters import default_registry
     from .outputs import claim_output_dir
-    from .registry import get_registry
 
     config = load_config(config, overrides)
-    registry = registry or get_registry()
-    validate_plugins(config, registry)
+    registry = default_registry(registry)
+    plugins = resolve_plugins(config, registry)
+    if plugins.pruner.needs_calibration and config.bias.site != "neuron":
+        raise ConfigError("pruning.pruner: a compensating pruner needs neuron-site activations (bias.site=neuron)")
+    if getattr(plugins.importance, "needs_activations", False) and config.bias.site != "neuron":
+        raise ConfigError(f"scoring.importance: {config.scoring.importance.name!r} needs neuron activations: set "
+                          "bias.site='neuron', or choose a weight-only importance such as 'max_abs_weight'")
     out_dir = claim_output_dir(config.output.dir, config.output.overwrite)  # locked until the run ends
     torch.manual_seed(config.seed)
-    return config, registry, out_dir
+    return Run(config, registry, plugins, out_dir, progress)
 
 
-def load(config: RunConfig, registry: Any) -> tuple[Any, Any, Any]:
-    """The model, its tokenizer and its architecture adapter."""
+def load(run: Run) -> None:
+    """The model, its tokenizer and its architecture adapter; the base model's id and licence."""
+    from .adapters import resolve_adapter
     from .sources import load_model
-    from .surgery import resolve_adapter
 
-    model, tokenizer = load_model(config.model.source, registry=registry,
-                                  trust_remote_code=config.model.trust_remote_code)
-    return model, tokenizer, resolve_adapter(model, config.model.adapter, registry=registry)
+    section = run.config.model
+    run.model, run.tokenizer = load_model(section.source, registry=run.registry, dtype=section.dtype,
+                                          device_map=section.device_map, max_memory=section.max_memory,
+                                          offload_folder=section.offload_folder,
+                                          trust_remote_code=section.trust_remote_code)
+    run.adapter = run.plugins.adapter or resolve_adapter(run.model, registry=run.registry)
+    run.base_model_id = getattr(run.model.config, "fairprune_base_model", None) or run.config.model.source
+    run.license = getattr(run.model.config, "fairprune_license", None)
 
 
+def analyze(run: Run) -> None:
+    """Steps 1-2: the bias report on the analysis split of the configured axes and prompt file."""
+    from .bias import analyze_bias
+
+    bias = run.config.bias
+    run.bias_report = analyze_bias(
+        run.model, run.tokenizer, axes=bias.axes, prompt_files=[bias.prompts] if bias.prompts else [],
+        split="analysis", site=bias.site, pooling=bias.pooling, metric=bias.metric.name,
+        metric_params=bias.metric.params or None, batch_size=bias.batch_size, adapter=run.adapter,
+        registry=run.registry, progress=run.progress)
+
+
+def eval_context(run: Run, prune_result: Any = None) -> Any:
+    """The ``EvalContext`` of a run: held-out groups of the evaluation axes (default: the bias axes)."""
+    from .evaluation import EvalContext, needs_groups
+    from .groups import run_groups
+
+    config = run.config
+    groups = run_groups(config, "heldout", run.registry).groups if needs_groups(run.plugins.evaluators) else []
+    return EvalContext(tokenizer=run.tokenizer, groups=groups, batch_size=config.evaluation.batch_size,
+                       seed=config.seed, registry=run.registry, progress=run.progress, prune_result=prune_result)
+
+
+def observe_base(run: Run, evaluators: list[tuple[str, Any]] | None = None) -> None:
+    """Every evaluator observes the model before it is pruned."""
+    from .evaluation import observe_all
+
+    run.base_observations = observe_all(evaluators or run.plugins.evaluators, run.model, eval_context(run), "base",
+                                        run.adapter)
+
+
+def make_plan(run: Run, *, importance: Any = None, bias_weight: float | None = None, budget: Any = None) -> Any:
+    """Step 3-4a: score every neuron and choose the ones to remove within the budget (overrides for sweeps)."""
+    from .planning import DEFAULT, plan_pruning
+
+    return plan_pruning(run.model, run.bias_report, scoring=run.config.scoring, pruning=run.config.pruning,
+                        importance=importance if importance is not None else DEFAULT,
+                        bias_weight=bias_weight if bias_weight is not None else DEFAULT,
+                        budget=budget if budget is not None else DEFAULT, adapter=run.adapter, registry=run.registry)
+
+
+def apply_plan(run: Run, plan: Any) -> Any:
+    """Step 4b: remove the planned neurons with the configured pruner (in place; all or nothing)."""
+    from .surgery import prune
+
+    pruner = run.plugins.pruner
+    calibration = run.bias_report.mean if pruner.needs_calibration else None
+    return prune(run.model, plan, pruner=pruner, adapter=run.adapter, calibration=calibration, registry=run.registry)
+
+
+def evaluate_pruned(run: Run, prune_result: Any, evaluators: list[tuple[str, Any]] | None = None) -> dict[str, Any]:
+    """Step 5: observe the pruned model and compare with the base observations; ``{name: EvalResult}``."""
+    from .evaluation import compare_all, observe_all
+
+    evaluators = evaluators or run.plugins.evaluators
+    context = eval_context(run, prune_result)
+    pruned = observe_all(evaluators, run.model, context, "pruned", run.adapter)
+    return compare_all(evaluators, run.base_observations, pruned, context)
+
+
+def collect_metrics(run: Run) -> dict[str, Any]:
+    """The deterministic figures of a run (no timings), as written to ``metrics.json``."""
+    plan, result = run.plan, run.prune_result
+    return {
+        "model": run.config.model.source,
+        "base_model": run.base_model_id,
+        "config_hash": run.config_hash,
+        "pruning": {
+            "neurons_removed": plan.n_neurons,
+            "layers_touched": len(plan.removed),
+            "params_before": result.params_before,
+            "params_after": result.params_after,
+            "params_removed": result.params_removed,
+            "params_removed_pct": 100.0 * result.fraction_removed,
+            "widths_after": result.widths_after,
+        },
+        "evaluation": {name: r.to_dict() for name, r in run.evaluations.items()},
+    }
+
+
+@releasing_claims
 @releasing_claims
 def run(config: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | None = None, *,
         registry: Any = None, progress: bool = True) -> RunResult:
     """Run the whole pipeline from a config (path, dict or ``RunConfig``) and write the output directory."""
-    from . import report as report_mod
-    from .outputs import atomic_directory
-    from .persist import save_pretrained
-    config, registry, out_dir = prepare(config, overrides, registry)
-    registry.hook.fairprune_run_started(config=config, output_dir=out_dir)
-    timer = Timer()
-
+    state = prepare(config, overrides, registry, progress)
+    state.registry.hook.fairprune_run_started(config=state.config, output_dir=state.output_dir)
+    timer = state.timer
     with timer.stage("load"):
-        model, tokenizer, adapter = load(config, registry)
+        load(state)
     with timer.stage("analyze"):
-        bias_report = analyze(config, model, tokenizer, adapter, registry, progress)
+        analyze(state)
+    with timer.stage("observe_base"):
+        observe_base(state)
     with timer.stage("plan"):
-        plan = make_plan(config, model, bias_report, adapter, registry)
-    base = copy.deepcopy(model)
+        state.plan = make_plan(state)
     with timer.stage("prune"):
-        prune_result = apply_plan(config, model, plan, bias_report, adapter, registry)
+        state.prune_result = apply_plan(state, state.plan)
     with timer.stage("evaluate"):
-        evaluations = evaluate_run(config, base, model, tokenizer, registry, prune_result, progress)
-    metrics = collect_metrics(config, plan, prune_result, evaluations)
-
-    with atomic_directory(out_dir, overwrite=config.output.overwrite) as staging, timer.stage("save"):
-        card = report_mod.model_card(config, metrics, base_model=_base_model_id(base, config),
-                                     license=getattr(base.config, "fairprune_license", None))
-        if config.output.save_model:
-            save_pretrained(model, tokenizer, staging, plan=plan, run_config=config.model_dump(mode="json"),
-                            base_model=_base_model_id(base, config), card=card)
-        else:
-            staging.mkdir()
-        write_run_files(staging, config, plan, bias_report, metrics, timer.timings, evaluations)
-    registry.hook.fairprune_run_finished(config=config, output_dir=out_dir, metrics=metrics)
-    logger.info("run written to %s", out_dir)
-    return RunResult(out_dir, metrics, plan, prune_result, timer.timings, evaluations)
+        state.evaluations = evaluate_pruned(state, state.prune_result)
+    state.metrics = collect_metrics(state)
+    save_run(state)
+    state.registry.hook.fairprune_run_finished(config=state.config, output_dir=state.output_dir,
+                                               metrics=state.metrics)
+    logger.info("run written to %s", state.output_dir)
+    return RunResult(state.output_dir, state.metrics, state.plan, state.prune_result, timer.timings,
+                     state.evaluations)
 
 
-def write_run_files(directory: Path, config: RunConfig, plan: Any, bias_report: Any, metrics: dict[str, Any],
-                    timings: dict[str, float], evaluations: dict[str, Any]) -> None:
-    """plan.json, bias/, metrics.json, report.md, report.html, config.yaml and manifest.json."""
+def save_run(run: Run, extra: Any = None) -> None:
+    """Write the run into its output directory, atomically: the model (when ``output.save_model``), the data
+    files, then the plugins' files (``fairprune_write_run_files``); ``extra(staging)`` may add more."""
+    from .outputs import atomic_directory
+    from .persist import write_pretrained
+
+    with atomic_directory(run.output_dir, overwrite=run.config.output.overwrite) as staging, run.timer.stage("save"):
+        staging.mkdir()
+        if run.config.output.save_model:
+            write_pretrained(run.model, run.tokenizer, staging, plan=run.plan, run_config=run.config,
+                             base_model=run.base_model_id, adapter=run.adapter)
+        write_data_files(run, staging)
+        if extra is not None:
+            extra(staging)
+        written = run.registry.hook.fairprune_write_run_files(run=run, directory=staging)
+        if not any(written):
+            logger.warning("no plugin wrote the run's report files (report.md, README.md, report.html); the "
+                           "built-in report plugin is fairprune.plugins.report")
+
+
+def write_data_files(run: Run, directory: Path) -> None:
+    """plan.json, bias/, metrics.json, config.yaml and manifest.json: the machine-readable record."""
     import yaml
 
-    from . import report as report_mod
-
-    plan.save(directory / "plan.json")
-    bias_report.save(directory / "bias")
-    (directory / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
-    (directory / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    (directory / "report.md").write_text(report_mod.report_markdown(config, metrics, evaluations))
-    manifest = {"config_hash": config.config_hash(), "versions": package_versions(), "timings_s": timings,
+    run.plan.save(directory / "plan.json")
+    run.bias_report.save(directory / "bias")
+    (directory / "metrics.json").write_text(json.dumps(run.metrics, indent=1, sort_keys=True))
+    (directory / "config.yaml").write_text(yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False))
+    manifest = {"config_hash": run.config_hash, "versions": package_versions(), "timings_s": run.timer.timings,
                 "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
                 "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    report_mod.write_html_report(directory)
-
-
-def _base_model_id(model: Any, config: RunConfig) -> str:
-    return getattr(model.config, "fairprune_base_model", None) or config.model.source

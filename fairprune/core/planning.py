@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .config import Budget
+from .config import Budget, PruningSection, ScoringSection
 from .errors import ConfigError, PlanError
 
 logger = logging.getLogger(__name__)
@@ -129,92 +129,152 @@ def _round_width(width: int, removed: int, multiple: int, min_width: int) -> int
     return width - target
 
 
-def plan_pruning(model: torch.nn.Module, bias: Any, *, importance: str | Mapping[int, torch.Tensor] = "activation_weight",
-                 importance_params: dict[str, Any] | None = None, scorer: str = "linear",
-                 scorer_params: dict[str, Any] | None = None, bias_weight: float = 0.8,
-                 budget: Budget | Mapping[str, Any] | None = None, selection: str = "global",
-                 layers: Sequence[int] | None = None, min_width: int = 1, round_to: int | None = None,
-                 guard_magnitude_ratio: float | None = 10.0, adapter: Any = None, registry: Any = None) -> Plan:
-    """Choose the neurons to remove from ``model`` given a ``BiasReport`` (or ``{layer: scores}``).
+class _Default:
+    """Marks a keyword of ``plan_pruning`` left to the config default (``None`` is a real value for some)."""
 
-    ``importance`` is a metric name or precomputed ``{layer: Tensor[width]}``; the default,
-    ``activation_weight`` (mean |h| x |down column|), needs a neuron-site report;
-    ``guard_magnitude_ratio`` protects neurons whose mean |activation| exceeds that
-    multiple of their layer's median (needs ``bias.magnitude`` from the neuron site).
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Any = _Default()
+
+
+def plan_sections(scoring: ScoringSection | None = None, pruning: PruningSection | None = None,
+                  **overrides: Any) -> tuple[ScoringSection, PruningSection]:
+    """The scoring and pruning sections of a plan: the given (or default) sections with ``overrides``
+    applied; names are those of ``plan_pruning``. ``ConfigError`` naming the field for a bad value."""
+    from pydantic import ValidationError
+
+    from .config import Component, format_validation_error
+
+    scoring = scoring or ScoringSection()
+    pruning = pruning or PruningSection()
+    given = {k: v for k, v in overrides.items() if v is not DEFAULT}
+    score_update: dict[str, Any] = {}
+    for key, params_key, field_name in (("importance", "importance_params", "importance"),
+                                        ("scorer", "scorer_params", "scorer")):
+        if key in given or params_key in given:
+            current = getattr(scoring, field_name)
+            name = given.get(key, current.name)
+            params = given.get(params_key, current.params if name == current.name else {})
+            score_update[field_name] = Component(name=name, params=dict(params or {}))
+    if "bias_weight" in given:
+        score_update["bias_weight"] = given["bias_weight"]
+    prune_update = {k: given[k] for k in ("budget", "selection", "layers", "min_width", "round_to",
+                                          "guard_magnitude_ratio") if k in given}
+    try:
+        scoring = ScoringSection.model_validate({**scoring.model_dump(), **_dumped(score_update)})
+        pruning = PruningSection.model_validate({**pruning.model_dump(), **_dumped(prune_update)})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+    return scoring, pruning
+
+
+def _dumped(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in values.items()}
+
+
+def plan_pruning(model: torch.nn.Module, bias: Any, *, scoring: ScoringSection | None = None,
+                 pruning: PruningSection | None = None, importance: Any = DEFAULT, importance_params: Any = DEFAULT,
+                 scorer: Any = DEFAULT, scorer_params: Any = DEFAULT, bias_weight: Any = DEFAULT,
+                 budget: Any = DEFAULT, selection: Any = DEFAULT, layers: Any = DEFAULT, min_width: Any = DEFAULT,
+                 round_to: Any = DEFAULT, guard_magnitude_ratio: Any = DEFAULT, adapter: Any = None,
+                 registry: Any = None) -> Plan:
+    """Choose the neurons to remove from ``model`` given a ``BiasReport`` (or ``{layer: Tensor[width]}``).
+
+    Settings come from ``scoring`` / ``pruning`` config sections (default: the
+    defaults of ``core/config.py``, importance ``max_abs_weight``); any keyword
+    given overrides its field. ``importance`` is a metric name or precomputed
+    ``{layer: Tensor[width]}``; activation-aware metrics need a neuron-site
+    report; ``guard_magnitude_ratio`` protects neurons whose mean |activation|
+    exceeds that multiple of their layer's median (``None``: no guard). Raises
+    ``ConfigError`` for bad settings and ``PlanError`` when scores do not fit the model.
     """
-    from .registry import get_registry
-    from .surgery import count_parameters, importance as compute_importance, resolve_adapter
+    from .adapters import count_parameters, default_registry, resolve_adapter
 
-    registry = registry or get_registry()
+    precomputed = importance if isinstance(importance, Mapping) else None
+    scoring, pruning = plan_sections(
+        scoring, pruning, importance=DEFAULT if precomputed is not None else importance,
+        importance_params=importance_params, scorer=scorer, scorer_params=scorer_params, bias_weight=bias_weight,
+        budget=budget, selection=selection, layers=layers, min_width=min_width, round_to=round_to,
+        guard_magnitude_ratio=guard_magnitude_ratio)
+    registry = default_registry(registry)
     adapter = adapter or resolve_adapter(model, registry=registry)
-    budget = budget if isinstance(budget, Budget) else Budget(**(budget or {"param_fraction": 0.002}))
-    if not 0.0 <= bias_weight <= 1.0:
-        raise ConfigError(f"bias_weight must lie in [0, 1], got {bias_weight}")
-    if selection not in ("global", "per_layer"):
-        raise ConfigError(f"selection must be 'global' or 'per_layer', got {selection!r}")
     bias_scores: Mapping[int, torch.Tensor] = getattr(bias, "scores", bias)
     n_layers = len(adapter.layers(model))
-    layers = sorted(set(layers)) if layers is not None else sorted(bias_scores)
+    layers = sorted(set(pruning.layers)) if pruning.layers is not None else sorted(bias_scores)
     bad = [layer for layer in layers if not 0 <= layer < n_layers or layer not in bias_scores]
     if bad:
         raise PlanError(f"layers {bad} are out of range (0..{n_layers - 1}) or have no bias scores")
 
-    imp = _importance(model, importance, importance_params, bias, adapter, registry, compute_importance)
-    scorer_obj = registry.create("scorers", scorer, scorer_params)
+    imp = precomputed if precomputed is not None else layer_importance(model, scoring.importance, bias, adapter,
+                                                                       registry)
+    scores = _prunability(scoring, registry, bias_scores, imp, {layer: adapter.width(model, layer) for layer in layers})
     widths = {layer: adapter.width(model, layer) for layer in layers}
     costs = {layer: neuron_cost(model, adapter, layer) for layer in layers}
     total_params = count_parameters(model)
-
-    scores: dict[int, torch.Tensor] = {}
-    for layer in layers:
-        b, i = bias_scores[layer].float().cpu(), imp[layer].float().cpu()
-        if b.shape != (widths[layer],) or i.shape != (widths[layer],):
-            raise PlanError(f"layer {layer}: bias {tuple(b.shape)} / importance {tuple(i.shape)} do not match "
-                            f"the layer width {widths[layer]} (was the model already pruned?)")
-        s = scorer_obj.score(b, i, bias_weight).float()
-        if s.shape != b.shape or not torch.isfinite(s).all():
-            raise PlanError(f"scorer {scorer!r} returned a bad score for layer {layer} (shape or non-finite values)")
-        scores[layer] = s
-
-    guarded = _guarded(bias, layers, guard_magnitude_ratio)
-    total, per_layer = allocate_budget(budget, widths, costs, total_params)
-    if per_layer is None and selection == "per_layer":
+    guarded = _guarded(bias, layers, pruning.guard_magnitude_ratio)
+    total, per_layer = allocate_budget(pruning.budget, widths, costs, total_params)
+    if per_layer is None and pruning.selection == "per_layer":
         per_layer = _split_proportionally(total, widths)
-    caps = {layer: widths[layer] - min_width for layer in layers}
+    caps = {layer: widths[layer] - pruning.min_width for layer in layers}
     removed = _select(scores, guarded, caps, total, per_layer)
-    if round_to:
-        removed = _apply_rounding(removed, scores, guarded, widths, round_to, min_width)
+    if pruning.round_to:
+        removed = _apply_rounding(removed, scores, guarded, widths, pruning.round_to, pruning.min_width)
 
     records = [{"layer": layer, "neuron": n, "bias": float(bias_scores[layer][n]), "importance": float(imp[layer][n]),
                 "score": float(scores[layer][n])} for layer in sorted(removed) for n in removed[layer]]
-    widths_before = [adapter.width(model, layer) for layer in range(n_layers)]
-    settings = {"importance": importance if isinstance(importance, str) else "precomputed",
-                "importance_params": importance_params or {}, "scorer": scorer, "scorer_params": scorer_params or {},
-                "bias_weight": bias_weight, "budget": budget.model_dump(exclude_none=True), "selection": selection,
-                "layers": layers, "min_width": min_width, "round_to": round_to,
-                "guard_magnitude_ratio": guard_magnitude_ratio, "guarded_neurons": int(sum(g.sum() for g in guarded.values())),
-                "adapter": adapter.name}
+    settings = {"importance": scoring.importance.name if precomputed is None else "precomputed",
+                "importance_params": scoring.importance.params, "scorer": scoring.scorer.name,
+                "scorer_params": scoring.scorer.params, "bias_weight": scoring.bias_weight,
+                **pruning.model_dump(mode="json", exclude={"pruner"}), "layers": layers,
+                "budget": pruning.budget.model_dump(exclude_none=True),
+                "guarded_neurons": int(sum(g.sum() for g in guarded.values())), "adapter": adapter.name}
     plan = Plan(removed={k: v for k, v in removed.items() if v}, records=records, settings=settings,
-                widths_before=widths_before, params_total=total_params,
+                widths_before=[adapter.width(model, layer) for layer in range(n_layers)], params_total=total_params,
                 params_to_remove=sum(costs[layer] * len(v) for layer, v in removed.items()))
     logger.info("plan: %d neurons in %d layers, %.4f%% of parameters", plan.n_neurons, len(plan.removed),
                 100 * plan.fraction_to_remove)
     return plan
 
 
-def _importance(model, importance, params, bias, adapter, registry, compute) -> Mapping[int, torch.Tensor]:
-    if not isinstance(importance, str):
-        return importance
-    metric = registry.get("importance_metrics", importance)
+def _prunability(scoring: ScoringSection, registry: Any, bias_scores: Mapping[int, torch.Tensor],
+                 imp: Mapping[int, torch.Tensor], widths: Mapping[int, int]) -> dict[int, torch.Tensor]:
+    """Per layer, the scorer's blend of bias and importance (``PlanError`` on shape or finiteness)."""
+    from .config import resolve_component
+
+    scorer = resolve_component(registry, "scorers", scoring.scorer, "scoring.scorer")
+    scores: dict[int, torch.Tensor] = {}
+    for layer, width in widths.items():
+        b, i = bias_scores[layer].float().cpu(), imp[layer].float().cpu()
+        if b.shape != (width,) or i.shape != (width,):
+            raise PlanError(f"layer {layer}: bias {tuple(b.shape)} / importance {tuple(i.shape)} do not match "
+                            f"the layer width {width} (was the model already pruned?)")
+        s = scorer.score(b, i, scoring.bias_weight).float()
+        if s.shape != b.shape or not torch.isfinite(s).all():
+            raise PlanError(f"scorer {scoring.scorer.name!r} returned a bad score for layer {layer} "
+                            "(shape or non-finite values)")
+        scores[layer] = s
+    return scores
+
+
+def layer_importance(model: torch.nn.Module, importance: Any, bias: Any, adapter: Any,
+                     registry: Any) -> dict[int, torch.Tensor]:
+    """``{layer: Tensor[width]}`` of the configured importance metric (a ``Component``); activation-aware
+    metrics read the neuron statistics of the bias report (``ConfigError`` when it has none)."""
+    from .config import resolve_component
+    from .surgery import importance as compute
+
+    metric = resolve_component(registry, "importance_metrics", importance, "scoring.importance")
     stats = None
     if getattr(metric, "needs_activations", False):
         settings = getattr(bias, "settings", {})
         if settings.get("site") != "neuron" or not getattr(bias, "magnitude", None):
-            raise ConfigError(f"importance metric {importance!r} needs neuron activations: analyze bias with "
+            raise ConfigError(f"importance metric {importance.name!r} needs neuron activations: analyze bias with "
                               "site='neuron' so the report carries them, or choose a weight-only importance "
                               "such as 'max_abs_weight'")
         stats = {layer: {"mean_abs": bias.magnitude[layer], "mean": bias.mean[layer]} for layer in bias.magnitude}
-    return compute(model, importance, adapter=adapter, stats=stats, registry=registry, params=params)
+    return compute(model, metric, adapter=adapter, stats=stats, registry=registry)
 
 
 def _guarded(bias: Any, layers: Sequence[int], ratio: float | None) -> dict[int, torch.Tensor]:

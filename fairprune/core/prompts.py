@@ -199,6 +199,10 @@ class TemplateAxis(Plugin):
                 out.append(group)
         return out
 
+    def attribute_groups(self) -> dict[str, tuple[str, ...]]:
+        """Attribute group name -> its surface forms (``{"Black": ("Black", "African American")}``)."""
+        return dict(self.groups)
+
     def counts(self) -> dict[str, int]:
         """Numbers of groups, templates, held-out templates and prompts (for ``fairprune axes``)."""
         groups = self.prompt_groups("all")
@@ -327,21 +331,3 @@ def _item_to_group(item: Any, axis: str, index: int, path: Path) -> PromptGroup:
     return make_group([str(p) for p in item["prompts"]], axis=str(item.get("axis", axis)),
                       template_id=str(item.get("template_id", f"{axis}-{index}")),
                       attributes=item.get("attributes"))
-
-
-def split_groups(groups: Sequence[PromptGroup], split: str = "all", heldout_every: int = 3) -> list[PromptGroup]:
-    """Split user groups by template, like axes: the i-th distinct template (in order of first
-    appearance, per axis) is held out when ``i % heldout_every == heldout_every - 1``."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if split == "all":
-        return list(groups)
-    order: dict[tuple[str, str], int] = {}
-    per_axis: dict[str, int] = {}
-    for g in groups:
-        key = (g.axis, g.template_id)
-        if key not in order:
-            order[key] = per_axis.get(g.axis, 0)
-            per_axis[g.axis] = order[key] + 1
-    held = {k for k, i in order.items() if i % heldout_every == heldout_every - 1}
-    return [g for g in groups if ((g.axis, g.template_id) in held) == (split == "heldout")]

@@ -126,12 +126,16 @@ class BiasAxis(Protocol):
 
     Contract: ``prompt_groups(split)`` with split in {"analysis", "heldout", "all"}
     returns ``list[PromptGroup]``; the split is deterministic and by template.
+    ``attribute_groups()`` maps each attribute group name to its surface forms
+    (``{"Black": ("Black", "African American"), ...}``); members of prompt groups
+    carry one of those forms.
     """
 
     name: str
     description: str
 
     def prompt_groups(self, split: str = "all") -> list[PromptGroup]: ...
+    def attribute_groups(self) -> Mapping[str, Sequence[str]]: ...
 
 
 @runtime_checkable
@@ -234,15 +238,45 @@ class ModelSource(Protocol):
     def load(self, spec: str) -> tuple[Any, Any]: ...
 
 
+@dataclass(frozen=True)
+class Headline:
+    """One figure an evaluator wants shown in the summary, the report, the model card and the sweep.
+
+    ``key`` names a metric of the evaluator's ``EvalResult.metrics``; ``unit`` is
+    appended to the value (``"%"``, ``" pts"``); ``better`` is ``"higher"``,
+    ``"lower"`` or ``"closer_to_50"`` (benchmarks whose ideal is 50%);
+    ``role`` is ``"bias"`` for a bias-reduction figure a sweep may maximise,
+    ``"capability"`` for a capability-loss figure (percent, lower is better) a
+    sweep may keep under a limit, and ``"info"`` otherwise.
+    """
+
+    key: str
+    label: str
+    unit: str = ""
+    better: str = "higher"
+    role: str = "info"
+
+
 @runtime_checkable
 class Evaluator(Protocol):
-    """Compares a base and a pruned model.
+    """Measures one model, then compares two measurements (two phases).
 
-    Contract: ``evaluate(context) -> EvalResult`` where context is
-    ``core.evaluation.EvalContext``. Metrics are plain floats (JSON-serialisable).
+    Contract: ``observe(model, context) -> observation`` measures one model and
+    returns plain, small data (lists, floats, numpy or CPU tensors; never the
+    model). ``context`` is ``core.evaluation.EvalContext``; ``context.label`` is
+    ``"base"`` or ``"pruned"`` and ``context.adapter`` is the model's
+    architecture adapter. ``compare(base, pruned, context) -> EvalResult`` turns
+    two observations into metrics (plain floats, JSON-serialisable) with
+    intervals; ``context.prune_result`` is set there when a pruner ran.
+    ``needs_groups`` asks for held-out prompt groups in ``context.groups``;
+    ``headlines`` declares the figures shown in summaries (see ``Headline``).
+    A run observes the base model before pruning, so it never holds two models.
     """
 
     name: str
     description: str
+    needs_groups: bool
+    headlines: tuple[Headline, ...]
 
-    def evaluate(self, context: Any) -> Any: ...
+    def observe(self, model: "nn.Module", context: Any) -> Any: ...
+    def compare(self, base: Any, pruned: Any, context: Any) -> Any: ...

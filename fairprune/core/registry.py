@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "fairprune.architectures.glu",
+    "fairprune.architectures.fused_gate_up",
     "fairprune.plugins.importance",
     "fairprune.plugins.bias_metrics",
     "fairprune.plugins.axes",
@@ -36,6 +37,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "fairprune.plugins.pruners",
     "fairprune.plugins.sources",
     "fairprune.plugins.evaluators",
+    "fairprune.plugins.report",
 )
 
 #: registration hook -> plugin kind(s) it fills
@@ -68,7 +70,7 @@ KINDS: tuple[str, ...] = tuple(PROTOCOLS)
 
 #: attributes a plugin may leave out; consumers read them with these defaults
 OPTIONAL_ATTRIBUTES: dict[str, Any] = {"needs_activations": False, "needs_calibration": False, "priority": 0,
-                                       "fixed_width": False}
+                                       "fixed_width": False, "needs_groups": False, "headlines": ()}
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 DISABLE_ENV = "FAIRPRUNE_PLUGINS_DISABLE"
 STRICT_ENV = "FAIRPRUNE_PLUGINS_STRICT"

@@ -13,8 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import ArchitectureError, ConfigError, PlanError, PluginContractError
-from .protocols import MLPWeights, PruneResult
+from .adapters import count_parameters, default_registry, mlp_weights, resolve_adapter, widths
+from .errors import ConfigError, PlanError, PluginContractError
+from .protocols import PruneResult
 
 if TYPE_CHECKING:
     import torch
@@ -23,38 +24,6 @@ if TYPE_CHECKING:
     from .registry import Registry
 
 logger = logging.getLogger(__name__)
-
-
-def _registry(registry: Registry | None) -> Registry:
-    if registry is not None:
-        return registry
-    from .registry import get_registry
-
-    return get_registry()
-
-
-def resolve_adapter(model: nn.Module, name: str | None = None, registry: Registry | None = None) -> Any:
-    """The architecture adapter called ``name``, or the highest-priority one that matches ``model``."""
-    reg = _registry(registry)
-    if name is not None:
-        return reg.get("architectures", name)
-    entries = sorted(reg.items("architectures"), key=lambda e: -int(getattr(e.obj, "priority", 0)))
-    for entry in entries:
-        if entry.obj.matches(model):
-            return entry.obj
-    known = ", ".join(e.name for e in entries) or "(none registered)"
-    raise ArchitectureError(f"{type(model).__name__} has no GLU MLP that a registered architecture adapter "
-                            f"understands; registered adapters: {known}")
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of distinct parameters (tied weights counted once)."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def widths(model: nn.Module, adapter: Any) -> list[int]:
-    """The MLP width of every decoder layer."""
-    return [int(adapter.width(model, i)) for i in range(len(adapter.layers(model)))]
 
 
 def plan_mapping(plan: Any) -> Mapping[Any, Any]:
@@ -233,6 +202,11 @@ def _configs(model: nn.Module) -> list[Any]:
     return [config] + ([text] if text is not None and text is not config else [])
 
 
+def snapshot_layers(model: nn.Module, adapter: Any, layers: Sequence[int]) -> Snapshot:
+    """A ``Snapshot`` of the MLPs of ``layers`` and the model config: ``restore()`` undoes a prune of them."""
+    return Snapshot(_affected_modules(model, adapter, list(layers)), _configs(model))
+
+
 def prune(model: nn.Module, plan: Any, *, pruner: str = "structural", adapter: Any = None,
           calibration: Mapping[int, torch.Tensor] | None = None, registry: Registry | None = None) -> PruneResult:
     """Remove the neurons of ``plan`` (``{layer: [indices]}``) from ``model`` in place; all or nothing.
@@ -244,7 +218,7 @@ def prune(model: nn.Module, plan: Any, *, pruner: str = "structural", adapter: A
     """
     import torch
 
-    reg = _registry(registry)
+    reg = default_registry(registry)
     adapter = adapter if adapter is not None else resolve_adapter(model, registry=reg)
     pruner_obj = reg.get("pruners", pruner) if isinstance(pruner, str) else pruner
     checked = validate_plan(model, adapter, plan)
@@ -256,7 +230,7 @@ def prune(model: nn.Module, plan: Any, *, pruner: str = "structural", adapter: A
     removed = {layer: idx.tolist() for layer, idx in checked.items()}
     if not checked:
         return PruneResult(params_before, params_before, widths_before, list(widths_before), {})
-    snapshot = Snapshot(_affected_modules(model, adapter, list(checked)), _configs(model))
+    snapshot = snapshot_layers(model, adapter, list(checked))
     try:
         with torch.no_grad():
             pruner_obj.apply(model, adapter, removed, calibration)
@@ -276,12 +250,6 @@ def prune(model: nn.Module, plan: Any, *, pruner: str = "structural", adapter: A
     return result
 
 
-def mlp_weights(model: nn.Module, adapter: Any, layer: int) -> MLPWeights:
-    """One layer's gate, up and down weights as views."""
-    gate, up = adapter.gate_up(model, layer)
-    return MLPWeights(layer=layer, gate=gate, up=up, down=adapter.down(model, layer))
-
-
 def importance(model: nn.Module, metric: str = "max_abs_weight", *, adapter: Any = None,
                stats: Mapping[int, Mapping[str, torch.Tensor]] | None = None, registry: Registry | None = None,
                params: dict[str, Any] | None = None) -> dict[int, torch.Tensor]:
@@ -292,7 +260,7 @@ def importance(model: nn.Module, metric: str = "max_abs_weight", *, adapter: Any
     """
     import torch
 
-    reg = _registry(registry)
+    reg = default_registry(registry)
     adapter = adapter if adapter is not None else resolve_adapter(model, registry=reg)
     scorer = reg.create("importance_metrics", metric, params) if isinstance(metric, str) else metric
     name = getattr(scorer, "name", str(metric))

@@ -1,28 +1,26 @@
 """A grid over bias weight and budget sharing one bias analysis; the Pareto front of bias vs capability.
 
-Each point prunes a fresh copy of the base model and measures held-out bias
-reduction and capability loss. With a capability constraint, the point with the
+One model is held: the base is observed once, then each point prunes it in
+place, is observed and compared, and the touched layers are restored exactly.
+Which figures a point is judged by comes from the evaluators' headlines (roles
+``bias`` and ``capability``) or ``sweep.bias_metric`` / ``sweep.capability_metric``;
+the core names no evaluator. With a capability constraint, the point with the
 largest bias reduction under it is saved as a full run.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Component, RunConfig, load_config
+from .config import load_config
+from .errors import ConfigError
 from .outputs import releasing_claims
 
 logger = logging.getLogger(__name__)
-
-#: evaluators a sweep point needs; the chosen point gets every configured evaluator
-POINT_EVALUATORS = ("activation_bias", "capability")
-#: capability-loss metric, preferred first: LAMBADA last-word perplexity, then the project's text perplexity
-CAPABILITY_KEYS = ("lambada_ppl_change_pct", "text_ppl_change_pct")
 
 
 @dataclass
@@ -36,12 +34,31 @@ class SweepResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def capability_loss(capability: dict[str, float]) -> tuple[str, float]:
-    """The capability-loss figure of a point (percent increase of perplexity; negative = better)."""
-    for key in CAPABILITY_KEYS:
-        if key in capability:
-            return key, float(capability[key])
-    raise KeyError(f"capability evaluator reported none of {CAPABILITY_KEYS}")
+def metric_choice(run: Any, key: str | None, role: str) -> list[tuple[str, str]]:
+    """Candidate ``(evaluator, metric)`` pairs for the sweep's bias or capability figure, in preference order:
+    the configured ``evaluator.metric``, else every headline with ``role`` of the run's evaluators."""
+    if key is not None:
+        evaluator, _, metric = key.partition(".")
+        if not metric or evaluator not in dict(run.plugins.evaluators):
+            raise ConfigError(f"sweep.{role}_metric: {key!r} must be 'evaluator.metric' with an evaluator of "
+                              f"evaluation.evaluators ({', '.join(n for n, _ in run.plugins.evaluators)})")
+        return [(evaluator, metric)]
+    found = [(name, h.key) for name, ev in run.plugins.evaluators for h in getattr(ev, "headlines", ())
+             if h.role == role]
+    if not found:
+        raise ConfigError(f"sweep: no evaluator in evaluation.evaluators declares a {role!r} headline; add one "
+                          f"(e.g. activation_bias, capability) or set sweep.{role}_metric")
+    return found
+
+
+def point_figure(evaluations: dict[str, Any], candidates: list[tuple[str, str]], role: str) -> tuple[str, float]:
+    """The first candidate metric a point reported: ``("evaluator.metric", value)``."""
+    for evaluator, metric in candidates:
+        value = evaluations.get(evaluator).metrics.get(metric) if evaluator in evaluations else None
+        if value is not None:
+            return f"{evaluator}.{metric}", float(value)
+    raise ConfigError(f"sweep: the evaluators reported none of the {role} metrics "
+                      f"{', '.join(f'{e}.{m}' for e, m in candidates)}")
 
 
 def pareto_front(points: list[dict[str, Any]]) -> list[int]:
@@ -65,48 +82,36 @@ def choose(points: list[dict[str, Any]], max_increase: float | None) -> dict[str
     return max(ok, key=lambda p: (p["bias_reduction_pct"], -p["capability_loss_pct"])) if ok else None
 
 
-def _point_evaluators(config: RunConfig) -> list[Component]:
-    chosen = [c for c in config.evaluation.evaluators if c.name in POINT_EVALUATORS]
-    missing = [n for n in POINT_EVALUATORS if n not in {c.name for c in chosen}]
-    return chosen + [Component(name=n) for n in missing]
-
-
 @releasing_claims
 def sweep(config: Any, overrides: list[str] | None = None, *, max_perplexity_increase: float | None = None,
           registry: Any = None, progress: bool = True) -> SweepResult:
-    """Run the grid in ``config.sweep``; save the chosen point's model when a constraint is given."""
-    from .outputs import atomic_directory
-    from .persist import save_pretrained
-    from .pipeline import (
-        Timer,
-        _base_model_id,
-        analyze,
-        apply_plan,
-        collect_metrics,
-        evaluate_run,
-        load,
-        make_plan,
-        prepare,
-        write_run_files,
-    )
-    from .report import model_card
+    """Run the grid in ``config.sweep`` on one model: the base is observed once, each point is pruned in place,
+    observed and restored; the chosen point (under the capability constraint) is saved as a full run."""
+    from . import pipeline
+    from .planning import layer_importance
 
-    config, registry, out_dir = prepare(config, overrides, registry)
+    run = pipeline.prepare(config, overrides, registry, progress)
+    config = run.config
     limit = max_perplexity_increase if max_perplexity_increase is not None else config.sweep.max_perplexity_increase
-    timer = Timer()
-    with timer.stage("load"):
-        base, tokenizer, adapter = load(config, registry)
-    with timer.stage("analyze"):
-        report = analyze(config, base, tokenizer, adapter, registry, progress)
-        importance = make_importance(config, base, report, adapter, registry)
-
+    bias_keys = metric_choice(run, config.sweep.bias_metric, "bias")
+    cap_keys = metric_choice(run, config.sweep.capability_metric, "capability")
+    bias_keys = [k for k in bias_keys if k[0] == bias_keys[0][0]]  # one evaluator per figure keeps points fast
+    cap_keys = [k for k in cap_keys if k[0] == cap_keys[0][0]]
+    needed = {bias_keys[0][0], cap_keys[0][0]}
+    point_evaluators = [(n, e) for n, e in run.plugins.evaluators if n in needed]
+    with run.timer.stage("load"):
+        pipeline.load(run)
+    with run.timer.stage("analyze"):
+        pipeline.analyze(run)
+        importance = layer_importance(run.model, config.scoring.importance, run.bias_report, run.adapter,
+                                      run.registry)
+    with run.timer.stage("observe_base"):
+        pipeline.observe_base(run)
     points = []
-    base_cache: dict = {}  # the base model's side of every evaluator is measured once for the whole grid
-    with timer.stage("grid"):
+    with run.timer.stage("grid"):
         for budget in config.sweep.budgets:
             for weight in config.sweep.bias_weights:
-                points.append(_run_point(config, base, tokenizer, report, adapter, registry, importance, weight,
-                                         budget, progress, base_cache))
+                points.append(_run_point(run, importance, weight, budget, point_evaluators, bias_keys, cap_keys))
     for i in pareto_front(points):
         points[i]["pareto"] = True
     chosen = choose(points, limit)
@@ -114,60 +119,47 @@ def sweep(config: Any, overrides: list[str] | None = None, *, max_perplexity_inc
         chosen["chosen"] = True
     logger.info("sweep: %d points, %d on the Pareto front, chosen: %s", len(points),
                 sum(p["pareto"] for p in points), chosen)
-
-    run_metrics = None
-    with atomic_directory(out_dir, overwrite=config.output.overwrite) as staging:
-        if chosen is not None:
-            budget = config.pruning.budget.model_validate(chosen["budget"])
-            model = copy.deepcopy(base)
-            plan = make_plan(config, model, report, adapter, registry, importance=importance,
-                             bias_weight=chosen["bias_weight"], budget=budget)
-            prune_result = apply_plan(config, model, plan, report, adapter, registry)
-            evaluations = evaluate_run(config, base, model, tokenizer, registry, prune_result, progress,
-                                       base_cache=base_cache)
-            point_config = load_config(config, [f"scoring.bias_weight={chosen['bias_weight']}",
-                                                f"pruning.budget={json.dumps(chosen['budget'])}"])
-            run_metrics = collect_metrics(point_config, plan, prune_result, evaluations)
-            if config.output.save_model:
-                save_pretrained(model, tokenizer, staging, plan=plan, run_config=point_config.model_dump(mode="json"),
-                                base_model=_base_model_id(base, config),
-                                card=model_card(point_config, run_metrics, _base_model_id(base, config),
-                                                getattr(base.config, "fairprune_license", None)))
-            else:
-                staging.mkdir()
-            write_run_files(staging, point_config, plan, report, run_metrics, timer.timings, evaluations)
-        else:
-            staging.mkdir()
-            report.save(staging / "bias")
-        write_sweep_files(staging, points, chosen, limit)
-    return SweepResult(points, chosen, out_dir, run_metrics, timer.timings)
+    if chosen is None:
+        _save_points_only(run, points, limit)
+        return SweepResult(points, None, run.output_dir, None, run.timer.timings)
+    run.config = load_config(config, [f"scoring.bias_weight={chosen['bias_weight']}",
+                                      f"pruning.budget={json.dumps(chosen['budget'])}"])
+    run.plan = pipeline.make_plan(run, importance=importance)
+    run.prune_result = pipeline.apply_plan(run, run.plan)
+    run.evaluations = pipeline.evaluate_pruned(run, run.prune_result)
+    run.metrics = pipeline.collect_metrics(run)
+    pipeline.save_run(run, extra=lambda staging: write_sweep_files(staging, points, chosen, limit))
+    return SweepResult(points, chosen, run.output_dir, run.metrics, run.timer.timings)
 
 
-def make_importance(config: RunConfig, model: Any, report: Any, adapter: Any, registry: Any) -> dict[int, Any]:
-    """Importance per layer, computed once for the whole grid."""
-    from .planning import _importance
-    from .surgery import importance as compute
+def _save_points_only(run: Any, points: list[dict[str, Any]], chosen_limit: float | None) -> None:
+    from .outputs import atomic_directory
 
-    return dict(_importance(model, config.scoring.importance.name, config.scoring.importance.params or None,
-                            report, adapter, registry, compute))
+    with atomic_directory(run.output_dir, overwrite=run.config.output.overwrite) as staging:
+        staging.mkdir()
+        run.bias_report.save(staging / "bias")
+        write_sweep_files(staging, points, None, chosen_limit)
 
 
-def _run_point(config: RunConfig, base: Any, tokenizer: Any, report: Any, adapter: Any, registry: Any,
-               importance: dict[int, Any], weight: float, budget: Any, progress: bool,
-               base_cache: dict) -> dict[str, Any]:
-    from .pipeline import apply_plan, evaluate_run, make_plan
+def _run_point(run: Any, importance: dict[int, Any], weight: float, budget: Any, evaluators: list[tuple[str, Any]],
+               bias_keys: list[tuple[str, str]], cap_keys: list[tuple[str, str]]) -> dict[str, Any]:
+    """Prune the run's model in place for one grid point, observe and compare, then restore it exactly."""
+    from . import pipeline
+    from .surgery import snapshot_layers
 
-    model = copy.deepcopy(base)
-    plan = make_plan(config, model, report, adapter, registry, importance=importance, bias_weight=weight,
-                     budget=budget)
-    result = apply_plan(config, model, plan, report, adapter, registry)
-    evaluations = evaluate_run(config, base, model, tokenizer, registry, result, progress,
-                               evaluators=_point_evaluators(config), base_cache=base_cache)
-    key, loss = capability_loss(evaluations["capability"].metrics)
+    plan = pipeline.make_plan(run, importance=importance, bias_weight=weight, budget=budget)
+    snapshot = snapshot_layers(run.model, run.adapter, list(plan.removed))
+    try:
+        result = pipeline.apply_plan(run, plan)
+        evaluations = pipeline.evaluate_pruned(run, result, evaluators)
+    finally:
+        snapshot.restore()
+    bias_key, bias = point_figure(evaluations, bias_keys, "bias")
+    cap_key, loss = point_figure(evaluations, cap_keys, "capability")
     point = {"bias_weight": weight, "budget": budget.model_dump(exclude_none=True),
              "neurons_removed": plan.n_neurons, "params_removed_pct": 100.0 * result.fraction_removed,
-             "bias_reduction_pct": float(evaluations["activation_bias"].metrics["reduction_pct"]),
-             "capability_loss_pct": loss, "capability_metric": key, "pareto": False, "chosen": False}
+             "bias_reduction_pct": bias, "bias_metric": bias_key, "capability_loss_pct": loss,
+             "capability_metric": cap_key, "pareto": False, "chosen": False}
     logger.info("sweep point %s", point)
     return point
 

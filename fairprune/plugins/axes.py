@@ -38,6 +38,10 @@ class BuiltinAxis(Plugin):
         """The axis' prompt groups for ``split`` (analysis, heldout or all)."""
         return self.axis.prompt_groups(split)
 
+    def attribute_groups(self) -> dict[str, tuple[str, ...]]:
+        """Attribute group name -> its surface forms."""
+        return self.axis.attribute_groups()
+
     def counts(self) -> dict[str, int]:
         """Numbers of groups, templates and prompts."""
         return self.axis.counts()

@@ -3,7 +3,7 @@
 ``pooled`` is ``[n_groups, n_members, width]``; member j carries the same
 attribute group in every group. Absolute scores are largest for neurons with
 large activations; the ``relative_`` scores divide by the neuron's typical
-magnitude, which is what keeps pruned models alive (see FINDINGS.md).
+magnitude, which is what keeps pruned models alive (benchmarks/RESULTS.md: absolute scores break the model).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Built-in pruners: structural removal, masking, and removal with mean compensation.
 
-The classes are light; their tensor code lives in ``pruning_impl`` and is
-imported when a pruner runs, so that ``fairprune plugins`` does not import torch.
+Each pruner computes every new tensor for every layer before writing any, so a
+failure while computing leaves the model untouched (the core also snapshots and
+restores, for third-party pruners). torch is imported inside the functions, so
+``fairprune plugins`` stays fast.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..core.adapters import count_parameters, down_linear, widths
+from ..core.errors import PlanError
 from ..core.hookspecs import hookimpl
 from ..core.plugin import Plugin
 from ..core.protocols import PruneResult
@@ -16,6 +20,76 @@ from ..core.protocols import PruneResult
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+def kept_indices(width: int, removed: Sequence[int]) -> torch.Tensor:
+    """The sorted neuron indices of a layer that are not in ``removed``."""
+    import torch
+
+    keep = torch.ones(width, dtype=torch.bool)
+    keep[torch.as_tensor(list(removed), dtype=torch.long)] = False
+    return keep.nonzero().flatten()
+
+
+def remove_neurons(model: nn.Module, adapter: Any, plan: Mapping[int, Sequence[int]]) -> PruneResult:
+    """Structural removal through ``adapter.keep``: gate/up rows and down columns go, widths shrink."""
+    before, params_before = widths(model, adapter), count_parameters(model)
+    keeps = {layer: kept_indices(before[layer], removed) for layer, removed in plan.items()}
+    for layer, keep in keeps.items():
+        adapter.keep(model, layer, keep)
+    return PruneResult(params_before, count_parameters(model), before, widths(model, adapter),
+                       {k: list(v) for k, v in plan.items()})
+
+
+def mask_neurons(model: nn.Module, adapter: Any, plan: Mapping[int, Sequence[int]]) -> PruneResult:
+    """Zero gate/up rows and down columns in place; widths and parameter counts stay."""
+    import torch
+
+    before, params = widths(model, adapter), count_parameters(model)
+    targets = []
+    for layer, removed in plan.items():
+        gate, up = adapter.gate_up(model, layer)
+        idx = torch.as_tensor(list(removed), dtype=torch.long, device=gate.device)
+        targets.append((gate, up, adapter.down(model, layer), idx))
+    with torch.no_grad():  # a zero down column alone already silences the neuron, even with MLP biases
+        for gate, up, down, idx in targets:
+            gate[idx] = 0
+            up[idx] = 0
+            down[:, idx] = 0
+    return PruneResult(params, params, before, list(before), {k: list(v) for k, v in plan.items()})
+
+
+def remove_with_compensation(model: nn.Module, adapter: Any, plan: Mapping[int, Sequence[int]],
+                             calibration: Mapping[int, torch.Tensor] | None) -> PruneResult:
+    """Structural removal plus ``sum_{i removed} E[h_i] down[:, i]`` added to each layer's down bias."""
+    import torch
+
+    if calibration is None:
+        raise PlanError("the compensated pruner needs calibration {layer: Tensor[width]} of mean activations")
+    shifts: dict[int, torch.Tensor] = {}
+    for layer, removed in plan.items():
+        down = adapter.down(model, layer)
+        idx = torch.as_tensor(list(removed), dtype=torch.long, device=down.device)
+        mean = torch.as_tensor(calibration[layer]).to(device=down.device, dtype=torch.float64)[idx]
+        shifts[layer] = down.detach().double().index_select(1, idx) @ mean
+    linears = {layer: down_linear(model, adapter, layer) for layer in plan}
+    result = remove_neurons(model, adapter, plan)
+    for layer, shift in shifts.items():
+        add_down_bias(linears[layer], shift)
+    result.params_after = count_parameters(model)
+    return result
+
+
+def add_down_bias(linear: nn.Linear, shift: torch.Tensor) -> None:
+    """Add ``shift`` to a linear's bias, creating a zero bias first when it has none."""
+    import torch
+    from torch import nn
+
+    weight = linear.weight
+    with torch.no_grad():
+        if linear.bias is None:
+            linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=weight.dtype, device=weight.device),
+                                       requires_grad=weight.requires_grad)
+        linear.bias.add_(shift.to(dtype=linear.bias.dtype, device=linear.bias.device))
 
 
 class StructuralPruner(Plugin):
@@ -27,8 +101,6 @@ class StructuralPruner(Plugin):
 
     def apply(self, model: nn.Module, adapter: Any, plan: Mapping[int, Sequence[int]],
               calibration: Mapping[int, torch.Tensor] | None) -> PruneResult:
-        from .pruning_impl import remove_neurons
-
         return remove_neurons(model, adapter, plan)
 
 
@@ -41,8 +113,6 @@ class MaskPruner(Plugin):
 
     def apply(self, model: nn.Module, adapter: Any, plan: Mapping[int, Sequence[int]],
               calibration: Mapping[int, torch.Tensor] | None) -> PruneResult:
-        from .pruning_impl import mask_neurons
-
         return mask_neurons(model, adapter, plan)
 
 
@@ -60,8 +130,6 @@ class CompensatedPruner(Plugin):
 
     def apply(self, model: nn.Module, adapter: Any, plan: Mapping[int, Sequence[int]],
               calibration: Mapping[int, torch.Tensor] | None) -> PruneResult:
-        from .pruning_impl import remove_with_compensation
-
         return remove_with_compensation(model, adapter, plan, calibration)
 
 

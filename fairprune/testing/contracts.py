@@ -333,18 +333,19 @@ class BiasAxisContract(PluginContract):
 
 
 class EvaluatorContract(PluginContract):
-    """For evaluators: ``evaluate(EvalContext) -> EvalResult`` with float metrics, deterministic, read-only.
+    """For evaluators: ``observe`` each model, then ``compare`` -> ``EvalResult``; float metrics,
+    deterministic, read-only, headlines that name real metrics.
 
-    The default context compares a tiny Llama with a copy that lost a quarter of
+    The default setting compares a tiny Llama with a copy that lost a quarter of
     each layer's neurons, on a few prompt groups within the tiny tokenizer's
-    vocabulary. Override ``make_context`` to test on something else.
+    vocabulary. Override ``make_setting`` to test on something else.
     """
 
     kind = "evaluators"
     attribute = "evaluator"
 
-    def make_context(self) -> Any:
-        """An ``EvalContext``: base tiny Llama, a pruned copy, the tiny tokenizer and four prompt groups."""
+    def make_setting(self) -> tuple[Any, Any, Any]:
+        """``(base model, pruned model, EvalContext)``: a tiny Llama, a pruned copy, four prompt groups."""
         import torch
 
         from fairprune.core.evaluation import EvalContext
@@ -369,22 +370,33 @@ class EvaluatorContract(PluginContract):
         groups = [PromptGroup("contract", tid, ("black", "white"), tuple(text.format(a) for a in ("black", "white")))
                   for tid, text in templates.items()]
         result = PruneResult(_n_params(base), _n_params(pruned), widths_before, widths_after, removed)
-        return EvalContext(base_model=base, pruned_model=pruned, tokenizer=tiny_tokenizer(), groups=groups,
-                           adapter_base=adapter, adapter_pruned=adapter, batch_size=4, seed=0,
-                           registry=Registry(), prune_result=result, progress=False)
+        context = EvalContext(tokenizer=tiny_tokenizer(), groups=groups, batch_size=4, seed=0, registry=Registry(),
+                              prune_result=result, progress=False)
+        return base, pruned, context
+
+    def run_evaluator(self, setting: tuple[Any, Any, Any]) -> Any:
+        """Observe base and pruned, then compare, as a run does."""
+        from fairprune.core.evaluation import compare_all, observe_all
+
+        base, pruned, context = setting
+        adapter = _adapter_for(base)
+        evaluators = [(self.plugin.name, self.plugin)]
+        seen_base = observe_all(evaluators, base, context, "base", adapter)
+        seen_pruned = observe_all(evaluators, pruned, context, "pruned", adapter)
+        return compare_all(evaluators, seen_base, seen_pruned, context)[self.plugin.name]
 
     @pytest.fixture(scope="class")
-    def context(self) -> Any:
-        return self.make_context()
+    def setting(self) -> Any:
+        return self.make_setting()
 
     @pytest.fixture(scope="class")
-    def result(self, context: Any) -> Any:
-        return self.plugin.evaluate(context)
+    def result(self, setting: Any) -> Any:
+        return self.run_evaluator(setting)
 
     def test_returns_an_eval_result(self, result: Any) -> None:
         from fairprune.core.evaluation import EvalResult
 
-        assert isinstance(result, EvalResult), f"evaluate() returned {type(result).__name__}, not EvalResult"
+        assert isinstance(result, EvalResult), f"compare() returned {type(result).__name__}, not EvalResult"
 
     def test_metrics_are_named_floats(self, result: Any) -> None:
         assert result.metrics, "an evaluator must report at least one metric"
@@ -395,25 +407,35 @@ class EvaluatorContract(PluginContract):
             assert key in result.metrics, f"interval for unknown metric {key!r}"
             assert len(interval) == 2 and all(isinstance(v, float) for v in interval)
 
+    def test_headlines_name_reported_metrics(self, result: Any) -> None:
+        from fairprune.core.protocols import Headline
+
+        for headline in self.plugin.headlines:
+            assert isinstance(headline, Headline), f"headline {headline!r} is not a Headline"
+            assert headline.key in result.metrics, f"headline {headline.key!r} is not among the metrics"
+            assert headline.better in ("higher", "lower", "closer_to_50"), headline.better
+            assert headline.role in ("bias", "capability", "info"), headline.role
+
     def test_result_is_json_serialisable(self, result: Any) -> None:
         json.dumps(result.to_dict(), allow_nan=False)
 
-    def test_deterministic(self, context: Any, result: Any) -> None:
-        again = self.plugin.evaluate(context)
+    def test_deterministic(self, setting: Any, result: Any) -> None:
+        again = self.run_evaluator(setting)
         assert set(again.metrics) == set(result.metrics)
         for key, value in result.metrics.items():
             other = again.metrics[key]
             assert (math.isnan(value) and math.isnan(other)) or math.isclose(value, other, rel_tol=1e-6,
                                                                             abs_tol=1e-9), key
 
-    def test_does_not_modify_the_models(self, context: Any) -> None:
-        before = {label: {k: v.clone() for k, v in model.state_dict().items()} for label, model, _ in context.models()}
-        self.plugin.evaluate(context)
-        for label, model, _ in context.models():
+    def test_does_not_modify_the_models(self, setting: Any) -> None:
+        base, pruned, _ = setting
+        before = [{k: v.clone() for k, v in model.state_dict().items()} for model in (base, pruned)]
+        self.run_evaluator(setting)
+        for model, saved in zip((base, pruned), before):
             after = model.state_dict()
-            assert set(after) == set(before[label])
-            for key, tensor in before[label].items():
-                assert bool((after[key] == tensor).all()), f"{label} model's {key} changed"
+            assert set(after) == set(saved)
+            for key, tensor in saved.items():
+                assert bool((after[key] == tensor).all()), f"{key} changed"
 
 
 def _n_params(model: Any) -> int:
@@ -431,7 +453,7 @@ def _hook_of_kind(kind: str) -> str:
 
 def _adapter_for(model: Any) -> Any:
     """The registered architecture adapter for ``model`` (built-in plugins only)."""
-    from fairprune.core.surgery import resolve_adapter
+    from fairprune.core.adapters import resolve_adapter
     from fairprune.core.registry import Registry
 
     return resolve_adapter(model, registry=Registry(load_entrypoints=False))

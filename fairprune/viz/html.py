@@ -82,7 +82,7 @@ def table_html(rows: Sequence[Mapping[str, Any]], fold: int = FOLD_ROWS) -> str:
 
 
 def _summary(run: RunFiles) -> str:
-    from ..core.report import headline_rows
+    from ..core.summary import headline_rows
 
     if not run.metrics:
         return ""
@@ -141,7 +141,7 @@ def _evaluators(run: RunFiles) -> str:
 
 
 def _generations(run: RunFiles) -> str:
-    from ..core.report import generations
+    from ..core.summary import generations
 
     rows = generations(run.metrics or {})
     if not rows:

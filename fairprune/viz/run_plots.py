@@ -96,18 +96,13 @@ def load_models(run: RunFiles) -> tuple[Any, Any, Any, list[Any]]:
     if not run.config or not run.has_model():
         raise PersistError(f"{run.directory}: activation plots need config.yaml and the saved pruned model")
     from ..core.config import load_config
-    from ..core.evaluation import heldout_groups
+    from ..core.groups import run_groups
     from ..core.persist import load_pretrained
-    from ..core.pipeline import registered_axes, split_groups
     from ..core.registry import get_registry
     from ..core.sources import load_model
 
-    config = load_config(run.config)
-    axes = config.evaluation.axes if config.evaluation.axes is not None else config.bias.axes
-    groups = split_groups(config, "heldout", axes) or heldout_groups(registered_axes(axes), get_registry())
-    if not groups:
-        raise PersistError(f"{run.directory}: the run's config gives no held-out prompt groups")
-    base, tokenizer = load_model(config.model.source)
+    groups = run_groups(load_config(run.config), "heldout", get_registry()).groups
+    base, tokenizer = load_model(load_config(run.config).model.source)
     pruned, _ = load_pretrained(run.directory)
     return base.eval(), pruned.eval(), tokenizer, groups
 

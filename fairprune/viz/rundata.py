@@ -130,7 +130,7 @@ def _kept_stats(run: RunFiles, model: Any) -> dict[int, dict[str, Any]] | None:
     magnitude = getattr(report, "magnitude", None)
     if not magnitude:
         return None
-    from ..core.surgery import resolve_adapter, widths
+    from ..core.adapters import resolve_adapter, widths
 
     current = widths(model, resolve_adapter(model))
     removed = run.removed()

@@ -4,7 +4,7 @@ Measured on fixed-width sites (the residual stream after each layer, and each
 MLP's output), which have the hidden size before and after pruning. For a group,
 a layer and a site: the mean over member pairs of mean_d |a_d − b_d|, where a
 and b are the members' pooled activations (``pooling``, default ``mean`` over all
-tokens, as in FINDINGS.md's "mean-pooled residual stream"). **Overall** for a
+tokens: the "mean-pooled residual stream" difference). **Overall** for a
 site is the mean over layers of that per-layer figure, then the mean over
 groups; CIs resample held-out groups, paired between base and pruned. The headline
 ``reduction_pct`` is the residual site's overall reduction (the first site's if
@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ...core.errors import ConfigError
 from ...core.evaluation import EvalContext, EvalResult, add_paired, bootstrap_ci, fmt_ci, reduction_pct
 from ...core.plugin import Plugin
+from ...core.protocols import Headline
 
 if TYPE_CHECKING:
     import torch
@@ -59,17 +60,22 @@ class ActivationBiasEvaluator(Plugin):
     description = "mean |a-b| between group members on residual and mlp_out sites, per layer, base vs pruned"
     Params = ActivationBiasParams
     needs_groups = True
+    headlines = (
+        Headline("reduction_pct", "Held-out activation bias (residual stream) reduction", "%", "higher", "bias"),
+        Headline("mlp_out_reduction_pct", "Held-out activation bias (MLP output) reduction", "%", "higher"),
+    )
 
-    def evaluate(self, context: EvalContext) -> EvalResult:
+    def observe(self, model, context: EvalContext) -> dict[str, np.ndarray]:
+        """Per site, ``[n_groups, n_layers]`` mean member distances of one model."""
         if not context.groups:
             raise ConfigError("activation_bias needs held-out prompt groups (pass axes=[...] or groups=[...])")
         if len(set(self.params.sites)) != len(self.params.sites):
             raise ConfigError(f"activation_bias.sites lists a site twice: {self.params.sites}")
+        return self._distances(context, model, context.adapter)
+
+    def compare(self, base: dict[str, np.ndarray], pruned: dict[str, np.ndarray], context: EvalContext) -> EvalResult:
         result = EvalResult(self.name)
         rows: list[dict] = []
-        key = f"{self.name}:{self.params.model_dump_json()}"
-        per_model = context.per_model(key, lambda _, model, adapter: self._distances(context, model, adapter))
-        base, pruned = per_model["base"], per_model["pruned"]
         for site in self.params.sites:
             if base[site].shape != pruned[site].shape:
                 raise ConfigError(f"activation_bias: site {site!r} has {base[site].shape[1]} layers in the base "

@@ -7,7 +7,7 @@
   Accuracy counts a passage correct when greedy decoding produces every token of
   ``" " + word`` (as lm-evaluation-harness does). Last-word perplexity
   ``{task}_ppl`` is per target token, exp(total NLL / total target tokens), the
-  figure FINDINGS.md quotes (SmolLM2 LAMBADA first 400: 15.8); ``{task}_word_ppl``
+  figure benchmarks/RESULTS.md quotes (SmolLM2 LAMBADA first 400: 15.8); ``{task}_word_ppl``
   is per word, exp(mean over passages of the word's summed NLL), the figure
   lm-evaluation-harness reports. CIs resample passages.
 """
@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ...core.evaluation import EvalContext, EvalResult, bootstrap_ci, change_pct
 from ...core.plugin import Plugin
+from ...core.protocols import Headline
 
 
 class CapabilityParams(BaseModel):
@@ -48,46 +49,60 @@ class CapabilityEvaluator(Plugin):
     description = "perplexity on general text, cloze and LAMBADA last-word accuracy/perplexity, base vs pruned"
     Params = CapabilityParams
 
-    def evaluate(self, context: EvalContext) -> EvalResult:
-        from .data import read_jsonl_texts, read_text
-        from .lm_scoring import encode, pad_id, window_requests, word_requests
+    needs_groups = False
+    headlines = (
+        Headline("lambada_ppl_change_pct", "LAMBADA last-word perplexity change", "%", "lower", "capability"),
+        Headline("lambada_acc_change_pts", "LAMBADA accuracy change", " pts", "higher"),
+        Headline("text_ppl_change_pct", "Perplexity change on the general English text", "%", "lower", "capability"),
+        Headline("cloze_acc_change_pts", "Cloze accuracy change", " pts", "higher"),
+    )
 
-        p = self.params
-        unknown = sorted(set(p.tasks) - {"text", "cloze", "lambada"})
-        if unknown:
-            from ...core.errors import ConfigError
+    def observe(self, model, context: EvalContext) -> dict[str, list]:
+        """``{task: [Score per window or passage]}`` of one model (``lm_scoring.Score``)."""
+        from .lm_scoring import pad_id, score_continuations
 
-            raise ConfigError(f"capability.tasks: unknown task(s) {', '.join(unknown)}; known: text, cloze, lambada")
-        if p.stride > p.window:
-            from ...core.errors import ConfigError
+        pad = pad_id(context.tokenizer)
+        return {task: score_continuations(model, requests, context.batch_size, pad, self.params.max_length,
+                                          context.progress, f"{task} ({context.label})")
+                for task, requests in self._requests(context.tokenizer).items()}
 
-            raise ConfigError(f"capability.stride ({p.stride}) must not exceed capability.window ({p.window})")
-        tok = context.tokenizer
+    def compare(self, base: dict[str, list], pruned: dict[str, list], context: EvalContext) -> EvalResult:
         result = EvalResult(self.name)
         rows: list[dict] = []
-        if "text" in p.tasks:
-            ids = encode(tok, read_text(p.text_path), special=False)[:p.text_max_tokens]
-            self._windows(context, result, window_requests(ids, p.window, p.stride), pad_id(tok), rows)
-        if "cloze" in p.tasks:
-            requests = word_requests(tok, read_jsonl_texts(p.cloze_path, what="cloze_path"))
-            self._words(context, result, "cloze", requests, pad_id(tok), rows)
-        if "lambada" in p.tasks and p.lambada_path:
-            texts = read_jsonl_texts(p.lambada_path, p.lambada_limit, what="lambada_path")
-            self._words(context, result, "lambada", word_requests(tok, texts), pad_id(tok), rows)
+        for task in base:
+            if task == "text":
+                self._windows(context, result, base[task], pruned[task], rows)
+            else:
+                self._words(context, result, task, base[task], pruned[task], rows)
         result.tables["capability"] = rows
         result.summary = _summary(rows)
         return result
 
-    def _score(self, context: EvalContext, requests: list, pad: int, desc: str) -> dict[str, list]:
-        from .lm_scoring import score_continuations
+    def _requests(self, tok) -> dict[str, list]:
+        """The scoring requests of each configured task (``ConfigError`` for bad settings or files)."""
+        from ...core.errors import ConfigError
+        from .data import read_jsonl_texts, read_text
+        from .lm_scoring import encode, window_requests, word_requests
 
-        key = f"{self.name}:{self.params.model_dump_json()}:{desc}:{hash(tuple(map(str, requests)))}"
-        return context.per_model(key, lambda label, model, _: score_continuations(
-            model, requests, context.batch_size, pad, self.params.max_length, context.progress, f"{desc} ({label})"))
+        p = self.params
+        unknown = sorted(set(p.tasks) - {"text", "cloze", "lambada"})
+        if unknown:
+            raise ConfigError(f"capability.tasks: unknown task(s) {', '.join(unknown)}; known: text, cloze, lambada")
+        if p.stride > p.window:
+            raise ConfigError(f"capability.stride ({p.stride}) must not exceed capability.window ({p.window})")
+        requests: dict[str, list] = {}
+        if "text" in p.tasks:
+            ids = encode(tok, read_text(p.text_path), special=False)[:p.text_max_tokens]
+            requests["text"] = window_requests(ids, p.window, p.stride)
+        if "cloze" in p.tasks:
+            requests["cloze"] = word_requests(tok, read_jsonl_texts(p.cloze_path, what="cloze_path"))
+        if "lambada" in p.tasks and p.lambada_path:
+            texts = read_jsonl_texts(p.lambada_path, p.lambada_limit, what="lambada_path")
+            requests["lambada"] = word_requests(tok, texts)
+        return requests
 
-    def _windows(self, context: EvalContext, result: EvalResult, requests: list, pad: int, rows: list) -> None:
-        scores = self._score(context, requests, pad, "text perplexity")
-        data = np.array([[b.nll, q.nll, b.n_tokens] for b, q in zip(scores["base"], scores["pruned"])])
+    def _windows(self, context: EvalContext, result: EvalResult, base: list, pruned: list, rows: list) -> None:
+        data = np.array([[b.nll, q.nll, b.n_tokens] for b, q in zip(base, pruned)])
         stats = {
             "base": lambda a: math.exp(a[:, 0].sum() / a[:, 2].sum()),
             "pruned": lambda a: math.exp(a[:, 1].sum() / a[:, 2].sum()),
@@ -97,13 +112,12 @@ class CapabilityEvaluator(Plugin):
         for suffix, stat in stats.items():
             result.add(f"text_ppl_{suffix}", stat(data), bootstrap_ci(data, stat, self.params.n_boot, context.seed))
         result.add("text_tokens", float(data[:, 2].sum()))
-        rows.append(_row(result, "text perplexity (per token)", "text_ppl", len(requests)))
+        rows.append(_row(result, "text perplexity (per token)", "text_ppl", len(base)))
 
-    def _words(self, context: EvalContext, result: EvalResult, task: str, requests: list, pad: int,
+    def _words(self, context: EvalContext, result: EvalResult, task: str, base: list, pruned: list,
                rows: list) -> None:
-        scores = self._score(context, requests, pad, task)
-        data = np.array([[b.nll, q.nll, b.greedy, q.greedy, b.n_tokens]
-                         for b, q in zip(scores["base"], scores["pruned"])], dtype=np.float64)
+        data = np.array([[b.nll, q.nll, b.greedy, q.greedy, b.n_tokens] for b, q in zip(base, pruned)],
+                        dtype=np.float64)
 
         def token_ppl(a: np.ndarray, col: int) -> float:
             return math.exp(a[:, col].sum() / a[:, 4].sum())
@@ -121,10 +135,10 @@ class CapabilityEvaluator(Plugin):
             for suffix, stat in stats.items():
                 key = f"{task}_{metric}_{suffix}"
                 result.add(key, stat(data), bootstrap_ci(data, stat, self.params.n_boot, context.seed))
-        result.add(f"{task}_n", float(len(requests)))
-        rows.append(_row(result, f"{task} last-word accuracy", f"{task}_acc", len(requests), "change_pts"))
-        rows.append(_row(result, f"{task} last-word perplexity (per token)", f"{task}_ppl", len(requests)))
-        rows.append(_row(result, f"{task} last-word perplexity (per word)", f"{task}_word_ppl", len(requests)))
+        result.add(f"{task}_n", float(len(base)))
+        rows.append(_row(result, f"{task} last-word accuracy", f"{task}_acc", len(base), "change_pts"))
+        rows.append(_row(result, f"{task} last-word perplexity (per token)", f"{task}_ppl", len(base)))
+        rows.append(_row(result, f"{task} last-word perplexity (per word)", f"{task}_word_ppl", len(base)))
 
 
 def _row(result: EvalResult, label: str, prefix: str, n: int, change: str = "change_pct") -> dict[str, Any]:

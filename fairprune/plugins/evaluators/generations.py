@@ -32,13 +32,17 @@ class GenerationsEvaluator(Plugin):
     name = "generations"
     description = "greedy completions of the base and pruned model side by side"
     Params = GenerationsParams
+    needs_groups = False
+    headlines = ()
 
-    def evaluate(self, context: EvalContext) -> EvalResult:
+    def observe(self, model, context: EvalContext) -> list[str]:
+        """One model's greedy completion of each prompt (the new text only)."""
         if not self.params.prompts:
             raise ConfigError("generations.prompts must hold at least one prompt")
-        rows = [{"prompt": prompt, "base": self._complete(context.base_model, context.tokenizer, prompt),
-                 "pruned": self._complete(context.pruned_model, context.tokenizer, prompt)}
-                for prompt in self.params.prompts]
+        return [self._complete(model, context.tokenizer, prompt) for prompt in self.params.prompts]
+
+    def compare(self, base: list[str], pruned: list[str], context: EvalContext) -> EvalResult:
+        rows = [{"prompt": prompt, "base": b, "pruned": q} for prompt, b, q in zip(self.params.prompts, base, pruned)]
         result = EvalResult(self.name, tables={"generations": rows})
         result.add("n_prompts", len(rows))
         result.add("n_changed", sum(r["base"] != r["pruned"] for r in rows))

@@ -115,14 +115,22 @@ class LmEvalEvaluator(Plugin):
     description = "LAMBADA and BoolQ through lm-evaluation-harness (optional extra), offline from local JSONL"
     Params = LmEvalParams
 
-    def evaluate(self, context: EvalContext) -> EvalResult:
+    needs_groups = False
+    headlines = ()
+
+    def observe(self, model, context: EvalContext) -> dict[str, dict[str, float]]:
+        """``{task: {metric: value, metric_stderr: value}}`` of one model."""
         tasks = task_configs(self.params)
         if not tasks:
             raise ConfigError("lm_eval needs data: set lm_eval.lambada_path and/or lm_eval.boolq_path "
                               "(local JSONL files; nothing is downloaded)")
         batch = self.params.batch_size or context.batch_size
-        found = {label: run_tasks(model, context.tokenizer, tasks, self.params.limit, batch, self.params.backend)
-                 for label, model, _ in context.models()}
+        return run_tasks(model, context.tokenizer, tasks, self.params.limit, batch, self.params.backend)
+
+    def compare(self, base: dict[str, dict[str, float]], pruned: dict[str, dict[str, float]],
+                context: EvalContext) -> EvalResult:
+        tasks = list(base)
+        found = {"base": base, "pruned": pruned}
         result = EvalResult(self.name)
         rows = []
         for task in tasks:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ...core.errors import ConfigError
 from ...core.evaluation import EvalContext, EvalResult, add_paired, fmt_ci
 from ...core.plugin import Plugin
+from ...core.protocols import Headline
 
 if TYPE_CHECKING:
     import torch
@@ -59,8 +60,13 @@ class OutputBiasEvaluator(Plugin):
     description = "next-token Jensen-Shannon divergence and log-prob gaps between group members, base vs pruned"
     Params = OutputBiasParams
     needs_groups = True
+    headlines = (
+        Headline("js_reduction_pct", "Held-out next-token JS divergence reduction", "%", "higher", "bias"),
+        Headline("logprob_gap_reduction_pct", "Held-out continuation log-prob gap reduction", "%", "higher"),
+    )
 
-    def evaluate(self, context: EvalContext) -> EvalResult:
+    def observe(self, model, context: EvalContext) -> dict[str, list[float]]:
+        """Per held-out group of one model: mean pairwise JS (nats) and continuation log-prob gap."""
         groups = context.groups
         if not groups:
             raise ConfigError("output_bias needs held-out prompt groups (pass axes=[...] or groups=[...])")
@@ -69,8 +75,12 @@ class OutputBiasEvaluator(Plugin):
             raise ConfigError(f"output_bias: prompt groups with fewer than 2 members: {small[:5]}")
         if not self.params.continuations:
             raise ConfigError("output_bias.continuations must name at least one continuation")
-        per_model = context.per_model(f"{self.name}:{self.params.model_dump_json()}",
-                                      lambda label, model, _: self._measure(context, model, label))
+        return self._measure(context, model, context.label)
+
+    def compare(self, base: dict[str, list[float]], pruned: dict[str, list[float]],
+                context: EvalContext) -> EvalResult:
+        groups = context.groups
+        per_model = {"base": base, "pruned": pruned}
         result = EvalResult(self.name)
         for measure in ("js", "logprob_gap"):
             add_paired(result, measure, per_model["base"][measure], per_model["pruned"][measure],

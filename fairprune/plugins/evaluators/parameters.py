@@ -4,19 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...core.adapters import count_parameters, widths
 from ...core.evaluation import EvalContext, EvalResult
 from ...core.plugin import Plugin
-
-
-def count_parameters(model: Any) -> int:
-    """Number of distinct parameters of a model (tied weights counted once)."""
-    return int(sum(p.numel() for p in model.parameters()))
-
-
-def _widths(model: Any, adapter: Any) -> list[int]:
-    if adapter is None:
-        return []
-    return [int(adapter.width(model, i)) for i in range(len(adapter.layers(model)))]
 
 
 class ParametersEvaluator(Plugin):
@@ -24,18 +14,24 @@ class ParametersEvaluator(Plugin):
 
     name = "parameters"
     description = "parameter counts and MLP widths before and after pruning, % removed"
+    needs_groups = False
+    headlines = ()  # the run summary states parameters removed from the prune result itself
 
-    def evaluate(self, context: EvalContext) -> EvalResult:
+    def observe(self, model: Any, context: EvalContext) -> dict[str, Any]:
+        """One model's parameter count and per-layer MLP widths."""
+        return {"params": count_parameters(model),
+                "widths": widths(model, context.adapter) if context.adapter is not None else []}
+
+    def compare(self, base: dict[str, Any], pruned: dict[str, Any], context: EvalContext) -> EvalResult:
         pr = context.prune_result
-        before = pr.params_before if pr is not None else count_parameters(context.base_model)
-        after = pr.params_after if pr is not None else count_parameters(context.pruned_model)
+        before = pr.params_before if pr is not None else base["params"]
+        after = pr.params_after if pr is not None else pruned["params"]
         result = EvalResult(self.name)
         result.add("params_base", before)
         result.add("params_pruned", after)
         result.add("params_removed", before - after)
         result.add("removed_pct", 100.0 * (before - after) / before if before else 0.0)
-        wb = _widths(context.base_model, context.adapter_base)
-        wp = _widths(context.pruned_model, context.adapter_pruned)
+        wb, wp = base["widths"], pruned["widths"]
         if wb and len(wb) == len(wp):
             result.tables["widths"] = [{"layer": i, "width_base": b, "width_pruned": q, "neurons_removed": b - q}
                                        for i, (b, q) in enumerate(zip(wb, wp))]

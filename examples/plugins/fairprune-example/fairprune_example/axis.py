@@ -1,7 +1,8 @@
 """The ``body_type`` bias axis: prompts that differ only in a word describing someone's build.
 
 Written as a plain Python object to show that an axis needs no YAML and no
-fairprune base class: a ``name``, a ``description`` and ``prompt_groups(split)``.
+fairprune base class: a ``name``, a ``description``, ``prompt_groups(split)`` and
+``attribute_groups()``.
 """
 
 from __future__ import annotations
@@ -68,3 +69,7 @@ class BodyTypeAxis(Plugin):
                 groups.append(PromptGroup(axis=self.name, template_id=template_id, attributes=attributes,
                                           prompts=tuple(text.format(a) for a in attributes)))
         return groups
+
+    def attribute_groups(self) -> dict[str, tuple[str, ...]]:
+        """Attribute group name -> surface forms, so different forms of one group are scored together."""
+        return dict(GROUPS)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fairprune.core.errors import ConfigError
 from fairprune.core.plugin import Plugin
+from fairprune.core.protocols import Headline
 
 if TYPE_CHECKING:
     import torch
@@ -55,22 +56,26 @@ class NextTokenConsistency(Plugin):
                                 description="axes whose held-out groups are used when the run passes none")
         n_boot: int = Field(default=500, ge=10)
 
-    def evaluate(self, context: "EvalContext") -> "EvalResult":
+    headlines = (Headline("consistency_change", "Share of held-out groups agreeing on the next token, change",
+                          "", "higher"),)
+
+    def observe(self, model: Any, context: "EvalContext") -> dict[str, list]:
+        """One model's greedy next token per prompt, and the group sizes."""
+        groups = list(context.groups) or self._fallback_groups(context)
+        prompts = [p for g in groups for p in g.prompts]
+        return {"tokens": next_tokens(model, context.tokenizer, prompts, context.batch_size).tolist(),
+                "sizes": [len(g.prompts) for g in groups]}
+
+    def compare(self, base: dict[str, list], pruned: dict[str, list], context: "EvalContext") -> "EvalResult":
         import numpy as np
 
         from fairprune.core.evaluation import EvalResult, bootstrap_ci
 
-        groups = list(context.groups) or self._fallback_groups(context)
-        prompts = [p for g in groups for p in g.prompts]
-        sizes = [len(g.prompts) for g in groups]
         result = EvalResult(self.name)
         agree = {}
-        predictions = {}
-        for label, model, _adapter in context.models():
-            tokens = next_tokens(model, context.tokenizer, prompts, context.batch_size).tolist()
-            predictions[label] = tokens
-            per_group, start = [], 0
-            for size in sizes:
+        for label, seen in (("base", base), ("pruned", pruned)):
+            tokens, per_group, start = seen["tokens"], [], 0
+            for size in seen["sizes"]:
                 per_group.append(float(len(set(tokens[start:start + size])) == 1))
                 start += size
             agree[label] = np.array(per_group)
@@ -80,10 +85,11 @@ class NextTokenConsistency(Plugin):
         result.add("consistency_change", pairs[:, 1].mean() - pairs[:, 0].mean(),
                    bootstrap_ci(pairs, lambda a: float(a[:, 1].mean() - a[:, 0].mean()),
                                 n_boot=self.params.n_boot, seed=context.seed))
-        same = np.array([float(a == b) for a, b in zip(predictions["base"], predictions["pruned"])])
+        same = np.array([float(a == b) for a, b in zip(base["tokens"], pruned["tokens"])])
         result.add("top1_agreement", same.mean(), bootstrap_ci(same, n_boot=self.params.n_boot, seed=context.seed))
-        result.add("n_groups", len(groups))
-        result.summary = (f"{len(groups)} held-out groups: members agree on the next token in "
+        n_groups = len(base["sizes"])
+        result.add("n_groups", n_groups)
+        result.summary = (f"{n_groups} held-out groups: members agree on the next token in "
                           f"{result.metrics['consistency_base']:.1%} (base) vs "
                           f"{result.metrics['consistency_pruned']:.1%} (pruned); the pruned model keeps the base "
                           f"model's token on {result.metrics['top1_agreement']:.1%} of prompts.")

@@ -1,4 +1,4 @@
-"""Real inputs for the plots from a tiny random model, in seconds: for tests, docs screenshots and trying things out.
+"""Tiny real runs in seconds, for tests, docs screenshots and trying the plots out.
 
 ``tiny_analysis()`` runs the real collection, planning, pruning and evaluation on a
 tiny Llama with the tiny tokenizer; ``sample_run(directory)`` writes a complete run
@@ -39,12 +39,12 @@ class TinyAnalysis:
 
 def tiny_analysis(bias_weight: float = 0.8, neurons: int = 12, seed: int = 0) -> TinyAnalysis:
     """Collect, score, plan (linear scorer, global selection), prune and evaluate a tiny Llama."""
-    from ..core.bias import analyze_bias
-    from ..core.evaluation import evaluate
-    from ..core.planning import Budget, plan_pruning
-    from ..core.prompts import pairs_to_groups
-    from ..core.surgery import importance, prune
-    from ..testing import tiny_model, tiny_tokenizer
+    from fairprune.core.bias import analyze_bias
+    from fairprune.core.evaluation import evaluate
+    from fairprune.core.planning import Budget, plan_pruning
+    from fairprune.core.prompts import pairs_to_groups
+    from fairprune.core.surgery import importance, prune
+    from fairprune.testing import tiny_model, tiny_tokenizer
 
     base, tokenizer = tiny_model("llama", seed=seed, num_hidden_layers=3), tiny_tokenizer()
     groups = pairs_to_groups(TINY_PAIRS, axis="race")
@@ -60,7 +60,7 @@ def tiny_analysis(bias_weight: float = 0.8, neurons: int = 12, seed: int = 0) ->
 
 
 def sample_run(directory: str | Path, bias_weight: float = 0.8, neurons: int = 12, seed: int = 0) -> Path:
-    """A complete run directory for a tiny random Llama, written by the pipeline's own stages and file writer.
+    """A complete run directory for a tiny random Llama, written by the pipeline itself (``fairprune.run``).
 
     The model and tokenizer are saved to ``directory/source`` and the prompt pairs to
     ``directory/pairs.yaml``; the run (model, plan, bias report, metrics, config,
@@ -68,13 +68,8 @@ def sample_run(directory: str | Path, bias_weight: float = 0.8, neurons: int = 1
     """
     import yaml
 
-    from ..core import pipeline
-    from ..core.config import load_config
-    from ..core.persist import save_pretrained
-    from ..core.registry import get_registry
-    from ..core.sources import load_model
-    from ..core.surgery import prune, resolve_adapter
-    from ..testing import tiny_model, tiny_tokenizer
+    from fairprune.core.pipeline import run
+    from fairprune.testing import tiny_model, tiny_tokenizer
 
     directory = Path(directory)
     source = directory / "source"
@@ -82,30 +77,8 @@ def sample_run(directory: str | Path, bias_weight: float = 0.8, neurons: int = 1
     tiny_tokenizer().save_pretrained(source)
     pairs = directory / "pairs.yaml"
     pairs.write_text(yaml.safe_dump({"axis": "race", "pairs": [list(p) for p in TINY_PAIRS]}))
-    config = load_config({"model": {"source": str(source)}, "bias": {"axes": [], "prompts": str(pairs)},
-                          "scoring": {"bias_weight": bias_weight}, "pruning": {"budget": {"neurons": neurons}},
-                          "evaluation": {"evaluators": ["activation_bias", "output_bias", "generations", "parameters"]},
-                          "output": {"dir": str(directory / "run")}, "seed": seed})
-    registry = get_registry()
-    model, tokenizer = load_model(str(source), registry=registry)
-    adapter = resolve_adapter(model, registry=registry)
-    report = pipeline.analyze(config, model, tokenizer, adapter, registry, False)
-    plan = pipeline.make_plan(config, model, report, adapter, registry)
-    base = copy.deepcopy(model)
-    result = prune(model, plan, adapter=adapter, registry=registry)
-    evaluations = pipeline.evaluate_run(config, base, model, tokenizer, registry, result, False)
-    metrics = pipeline.collect_metrics(config, plan, result, evaluations)
-    out = directory / "run"
-    save_pretrained(model, tokenizer, out, plan=plan, run_config=config.model_dump(mode="json"),
-                    base_model=str(source))
-    pipeline.write_run_files(out, config, plan, report, metrics, {}, evaluations)
-    return out
-
-
-def _greedy(model: Any, tokenizer: Any, prompt: str, tokens: int = 8) -> str:
-    import torch
-
-    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    with torch.inference_mode():
-        out = model.generate(ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    config = {"model": {"source": str(source)}, "bias": {"axes": [], "prompts": str(pairs)},
+              "scoring": {"bias_weight": bias_weight}, "pruning": {"budget": {"neurons": neurons}},
+              "evaluation": {"evaluators": ["activation_bias", "output_bias", "generations", "parameters"]},
+              "output": {"dir": str(directory / "run")}, "seed": seed}
+    return run(config, progress=False).output_dir

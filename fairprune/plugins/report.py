@@ -1,68 +1,24 @@
-"""Human-readable outputs of a run: the console summary, ``report.md`` and the model card.
+"""The built-in report plugin: ``report.md``, the model card (``README.md``) and ``report.html`` of a run.
 
-All figures are read from the metrics dictionary that is also written to
-``metrics.json``, so what a person reads always matches what a program reads.
+It implements the ``fairprune_write_run_files`` hook. All figures are read from
+the metrics dictionary that is also written to ``metrics.json`` (headlines as
+the evaluators declared them), so what a person reads always matches what a
+program reads. ``report.html`` needs matplotlib (the ``viz`` extra); without it
+the Markdown files are still written and a warning says what to install.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-#: (evaluator, metric, label, unit) of the headline figures, in display order
-HEADLINES: tuple[tuple[str, str, str, str], ...] = (
-    ("activation_bias", "reduction_pct", "Held-out activation bias (residual stream) reduction", "%"),
-    ("activation_bias", "mlp_out_reduction_pct", "Held-out activation bias (MLP output) reduction", "%"),
-    ("output_bias", "js_reduction_pct", "Held-out next-token JS divergence reduction", "%"),
-    ("output_bias", "logprob_gap_reduction_pct", "Held-out continuation log-prob gap reduction", "%"),
-    ("capability", "lambada_ppl_change_pct", "LAMBADA last-word perplexity change", "%"),
-    ("capability", "lambada_acc_change_pts", "LAMBADA accuracy change", " pts"),
-    ("capability", "text_ppl_change_pct", "Perplexity change on the general English text", "%"),
-    ("capability", "cloze_acc_change_pts", "Cloze accuracy change", " pts"),
-)
+from ..core.hookspecs import hookimpl
+from ..core.summary import headline_rows
 
-
-def metric(metrics: dict[str, Any], evaluator: str, key: str) -> float | None:
-    """One evaluator metric from a run's metrics dictionary, or None when absent."""
-    return metrics.get("evaluation", {}).get(evaluator, {}).get("metrics", {}).get(key)
-
-
-def interval(metrics: dict[str, Any], evaluator: str, key: str) -> tuple[float, float] | None:
-    found = metrics.get("evaluation", {}).get(evaluator, {}).get("intervals", {}).get(key)
-    return tuple(found) if found else None
-
-
-def headline_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
-    """(label, formatted value with 95% CI) for every headline figure the run measured."""
-    pr = metrics["pruning"]
-    rows = [("Parameters removed", f"{pr['params_removed']:,} of {pr['params_before']:,} "
-                                   f"({pr['params_removed_pct']:.3f}%), {pr['neurons_removed']} neurons "
-                                   f"in {pr['layers_touched']} layers")]
-    for evaluator, key, label, unit in HEADLINES:
-        value = metric(metrics, evaluator, key)
-        if value is None:
-            continue
-        ci = interval(metrics, evaluator, key)
-        ci_text = f" (95% CI {ci[0]:+.1f} to {ci[1]:+.1f})" if ci else ""
-        rows.append((label, f"{value:+.2f}{unit}{ci_text}"))
-    return rows
-
-
-def generations(metrics: dict[str, Any]) -> list[dict[str, str]]:
-    return metrics.get("evaluation", {}).get("generations", {}).get("tables", {}).get("generations", [])
-
-
-def summary_text(metrics: dict[str, Any], output_dir: str | Path | None = None) -> str:
-    """The short console summary of a run (bias, parameters, capability, completions)."""
-    width = max(len(label) for label, _ in headline_rows(metrics))
-    lines = ["fairprune run summary" + (f" ({output_dir})" if output_dir else "")]
-    lines += [f"  {label:<{width}}  {value}" for label, value in headline_rows(metrics)]
-    for row in generations(metrics):
-        lines += ["", f"  prompt: {row.get('prompt', '')}", f"    before: {row.get('base', '').strip()}",
-                  f"    after:  {row.get('pruned', '').strip()}"]
-    return "\n".join(lines)
+logger = logging.getLogger(__name__)
 
 
 def _table(rows: list[tuple[str, str]], header: tuple[str, str] = ("", "")) -> str:
@@ -125,7 +81,25 @@ def model_card(config: Any, metrics: dict[str, Any], base_model: str, license: s
 
 
 def write_html_report(directory: str | Path) -> Path | None:
-    """Write ``report.html`` beside ``report.md`` (plots embedded) from a run directory's files."""
+    """Write ``report.html`` beside ``report.md`` (plots embedded) from a run directory's files; None (with a
+    warning) when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        logger.warning("report.html not written: it needs matplotlib (pip install 'fairprune[viz]'); "
+                       "report.md and the model card are written")
+        return None
     from ..viz.html import build_report
 
     return build_report(directory)
+
+
+@hookimpl
+def fairprune_write_run_files(run, directory):
+    """report.md, the model card README.md (when the model is saved) and report.html."""
+    directory = Path(directory)
+    (directory / "report.md").write_text(report_markdown(run.config, run.metrics, run.evaluations))
+    if run.config.output.save_model:
+        (directory / "README.md").write_text(model_card(run.config, run.metrics, run.base_model_id, run.license))
+    write_html_report(directory)
+    return True

@@ -1,0 +1,1 @@
+"""The contract and the machinery of fairprune; imports nothing outside ``fairprune.core`` (see DESIGN)."""
