@@ -27,7 +27,7 @@ class MaxAbsWeight(Plugin):
     """The default: max|gate row i| + max|up row i| (the strongest input weight of the neuron)."""
 
     name = "max_abs_weight"
-    description = "max |gate row| + max |up row| per neuron (weight-only; needs no activations)"
+    description = "max |gate row| + max |up row| per neuron (weight-only; the library default)"
     needs_activations: ClassVar[bool] = False
 
     def score(self, weights: MLPWeights, stats: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
@@ -95,7 +95,8 @@ class ActivationWeight(Plugin):
     """
 
     name = "activation_weight"
-    description = "mean |activation| x L2 norm of down column (the default; activation-aware, protects massive activations)"
+    description = ("mean |activation| x L2 norm of down column (activation-aware; protects massive activations; "
+                   "the demo config's choice)")
     needs_activations: ClassVar[bool] = True
 
     def score(self, weights: MLPWeights, stats: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
