@@ -29,8 +29,8 @@ def main(args: argparse.Namespace) -> int:
     plan = Plan.load(args.plan)
     model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code, require_tokenizer=False)
     result = prune(model, plan, pruner=args.pruner)
-    save_pretrained(model, tokenizer, out, overwrite=args.overwrite, plan=plan, base_model=getattr(model.config, "fairprune_base_model",
-                                                                                None) or args.model)
+    base_model = getattr(model.config, "fairprune_base_model", None) or args.model
+    save_pretrained(model, tokenizer, out, overwrite=args.overwrite, plan=plan, base_model=base_model)
     print(f"removed {sum(len(v) for v in result.removed.values())} neurons, {result.params_removed:,} parameters "
           f"({100 * result.fraction_removed:.3f}%); saved to {args.out}")
     return 0

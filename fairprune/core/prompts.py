@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -61,7 +62,7 @@ def validate_group(group: PromptGroup) -> None:
     for j, prompt in enumerate(group.prompts):
         if not isinstance(prompt, str) or not prompt.strip():
             raise PromptError(f"{where} has an empty prompt (member {j}): {prompt!r}")
-        if group.attributes and group.attributes[j] and group.attributes[j] not in prompt:
+        if group.attributes and group.attributes[j] and mask_attribute(prompt, group.attributes[j]) == prompt:
             raise PromptError(f"prompt {prompt!r} does not contain its attribute {group.attributes[j]!r}")
     for j, a in enumerate(group.prompts):
         for b in group.prompts[j + 1:]:
@@ -71,6 +72,27 @@ def validate_group(group: PromptGroup) -> None:
             if len(set(spans)) != 1:
                 shown = "; ".join(f"{x!r} vs {y!r}" for x, y in spans)
                 raise PromptError(f"prompts {a!r} and {b!r} differ in more than the attribute span ({shown})")
+    if group.attributes and all(group.attributes):
+        _check_declared_attributes(group, where)
+
+
+def mask_attribute(prompt: str, attribute: str) -> str:
+    """``prompt`` with every whole-word occurrence of ``attribute`` (first letter in either case) replaced by
+    ``{attribute}``."""
+    first, rest = attribute[:1], re.escape(attribute[1:])
+    head = f"[{re.escape(first.lower())}{re.escape(first.upper())}]" if first.isalpha() else re.escape(first)
+    return re.sub(rf"(?<!\w){head}{rest}(?!\w)", "{attribute}", prompt)
+
+
+def _check_declared_attributes(group: PromptGroup, where: str) -> None:
+    """Declared attributes must be all the members differ in: masking each member's own attribute
+    leaves the same text for every member."""
+    masked = [mask_attribute(p, a) for p, a in zip(group.prompts, group.attributes)]
+    for j in range(1, len(masked)):
+        if masked[j] != masked[0]:
+            spans = "; ".join(f"{x!r} vs {y!r}" for x, y in differing_spans(masked[0], masked[j]))
+            raise PromptError(f"{where}: prompts {group.prompts[0]!r} and {group.prompts[j]!r} differ outside their "
+                              f"declared attributes {group.attributes[0]!r} / {group.attributes[j]!r} ({spans})")
 
 
 def validate_groups(groups: Iterable[PromptGroup]) -> None:
@@ -247,13 +269,41 @@ def axis_from_dict(data: Mapping[str, Any], source: str = "") -> TemplateAxis:
 
 
 def load_axis(path: str | Path) -> TemplateAxis:
-    """Load a bias axis from a YAML file (the format of ``fairprune/data/axes/*.yaml``)."""
+    """Load a bias axis from a YAML file (the format of ``fairprune/data/axes/*.yaml``).
+
+    Raises:
+        PromptError: one line naming the file (and line): unreadable, not UTF-8, not YAML, not an axis.
+    """
     path = Path(path)
+    return axis_from_dict(parse_data_file(read_text_file(path, "axis file"), path), str(path))
+
+
+def read_text_file(path: Path, what: str = "prompt file") -> str:
+    """A UTF-8 text file (a byte-order mark is dropped); ``PromptError`` naming the file otherwise."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise PromptError(f"cannot read axis file {str(path)!r}: {exc}") from exc
-    return axis_from_dict(data, str(path))
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise PromptError(f"{path}:{line}: {what} is not UTF-8 text (byte {exc.object[exc.start]:#04x}); "
+                          "save it as UTF-8") from None
+    except OSError as exc:
+        raise PromptError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
+
+
+def parse_data_file(text: str, path: Path) -> Any:
+    """Parsed YAML or JSON (by suffix); a syntax error is ``PromptError`` at ``file:line``."""
+    if path.suffix.lower() == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PromptError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg} (column {exc.colno})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise PromptError(f"{path}{line}: not valid YAML: {problem}") from None
 
 
 def builtin_axis_files() -> list[Path]:
@@ -274,29 +324,31 @@ def load_prompt_groups(path: str | Path, axis: str | None = None) -> list[Prompt
     """
     path = Path(path)
     axis = axis or path.stem
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PromptError(f"cannot read prompt file {str(path)!r}: {exc}") from exc
     suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".csv", ".yaml", ".yml", ".json"):
+        raise PromptError(f"prompt file {str(path)!r}: unknown format; use .yaml, .json, .jsonl or .csv")
+    text = read_text_file(path)
     if suffix == ".jsonl":
-        items = [_json_line(line, path, n) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        items = [(f"{path}:{n}", _json_line(line, path, n)) for n, line in enumerate(text.splitlines(), 1)
+                 if line.strip()]
     elif suffix == ".csv":
-        items = _csv_items(text)
-    elif suffix in (".yaml", ".yml", ".json"):
-        data = yaml.safe_load(text) if suffix != ".json" else json.loads(text)
+        items = _csv_items(text, path)
+    else:
+        data = parse_data_file(text, path)
         if isinstance(data, Mapping) and "templates" in data:
             return axis_from_dict(data, str(path)).prompt_groups("all")
         if isinstance(data, Mapping):
-            items = list(data.get("pairs") or data.get("groups") or [])
+            items = data.get("pairs") or data.get("groups") or []
             axis = str(data.get("axis", axis))
         else:
-            items = list(data or [])
-    else:
-        raise PromptError(f"prompt file {str(path)!r}: unknown format; use .yaml, .json, .jsonl or .csv")
+            items = data or []
+        if not isinstance(items, list):
+            raise PromptError(f"{path}: expected a list of prompt groups (or a mapping with 'pairs', 'groups' or "
+                              f"'templates'), got {type(items).__name__} {items!r:.40}")
+        items = [(f"{path}: group {i + 1}", item) for i, item in enumerate(items)]
     if not items:
         raise PromptError(f"prompt file {str(path)!r} holds no prompt groups")
-    return [_item_to_group(item, axis, i, path) for i, item in enumerate(items)]
+    return [_item_to_group(item, axis, i, where) for i, (where, item) in enumerate(items)]
 
 
 def _json_line(line: str, path: Path, number: int) -> Any:
@@ -306,28 +358,41 @@ def _json_line(line: str, path: Path, number: int) -> Any:
         raise PromptError(f"{path}:{number}: not JSON: {exc}") from exc
 
 
-def _csv_items(text: str) -> list[dict[str, Any]]:
-    rows = list(csv.reader(text.splitlines()))
-    if not rows:
+def _csv_items(text: str, path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """One item per non-empty row; a row with more or fewer cells than the header is an error at file:line."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
         return []
-    header = [h.strip() for h in rows[0]]
     items = []
-    for row in rows[1:]:
+    for row in reader:
         if not any(cell.strip() for cell in row):
             continue
+        if len(row) != len(header):
+            raise PromptError(f"{path}:{reader.line_num}: {len(row)} cells but the header has {len(header)} "
+                              f"columns ({', '.join(header)})")
         record = dict(zip(header, row))
         prompts = [record[h] for h in header if h not in _RESERVED_COLUMNS and record.get(h, "").strip()]
         item: dict[str, Any] = {"prompts": prompts}
         item.update({k: record[k] for k in _RESERVED_COLUMNS if record.get(k)})
-        items.append(item)
+        items.append((f"{path}:{reader.line_num}", item))
     return items
 
 
-def _item_to_group(item: Any, axis: str, index: int, path: Path) -> PromptGroup:
+def _item_to_group(item: Any, axis: str, index: int, where: str) -> PromptGroup:
+    """The validated group of one item; errors start with ``where`` (``file:line`` or ``file: group N``)."""
     if isinstance(item, (list, tuple)):
         item = {"prompts": list(item)}
     if not isinstance(item, Mapping) or not isinstance(item.get("prompts"), (list, tuple)):
-        raise PromptError(f"{path}: item {index} must be a list of prompts or have a 'prompts' list, got {item!r}")
-    return make_group([str(p) for p in item["prompts"]], axis=str(item.get("axis", axis)),
-                      template_id=str(item.get("template_id", f"{axis}-{index}")),
-                      attributes=item.get("attributes"))
+        raise PromptError(f"{where}: must be a list of prompts or have a 'prompts' list, got {item!r:.60}")
+    attributes = item.get("attributes")
+    if attributes is not None and not (isinstance(attributes, (list, tuple)) and all(
+            isinstance(a, str) for a in attributes)):
+        raise PromptError(f"{where}: 'attributes' must be a list of strings, got {attributes!r:.60}")
+    try:
+        return make_group([str(p) for p in item["prompts"]], axis=str(item.get("axis", axis)),
+                          template_id=str(item.get("template_id", f"{axis}-{index}")), attributes=attributes)
+    except PromptError as exc:
+        raise PromptError(f"{where}: {exc}") from None
+

@@ -1,0 +1,52 @@
+"""Every file a run reads is checked before the model loads; the message names the config field."""
+
+from __future__ import annotations
+
+import pytest
+
+from fairprune.core.config import load_config
+from fairprune.core.errors import ConfigError, PromptError
+from fairprune.core.preflight import check_input_files, input_files
+
+
+def config(tmp_path, **sections):
+    data = {"model": {"source": "smollm2-135m"}, "output": {"dir": str(tmp_path / "out")}}
+    data.update(sections)
+    return load_config(data)
+
+
+@pytest.mark.parametrize(("sections", "field"), [
+    ({"evaluation": {"evaluators": ["activation_bias", {"name": "capability",
+                                                        "params": {"lambada_path": "missing/lambada.jsonl"}}]}},
+     "evaluation.evaluators.1.params.lambada_path"),
+    ({"evaluation": {"evaluators": [{"name": "capability", "params": {"text_path": "missing.txt"}}]}},
+     "evaluation.evaluators.0.params.text_path"),
+    ({"bias": {"prompts": "missing-pairs.csv"}}, "bias.prompts"),
+    ({"bias": {"axes": ["race", "axes/mine.yaml"]}}, "bias.axes.1"),
+    ({"evaluation": {"axes": ["mine.yaml"]}}, "evaluation.axes.0"),
+])
+def test_a_missing_file_is_named_by_its_config_field(tmp_path, sections, field):
+    with pytest.raises(ConfigError) as info:
+        check_input_files(config(tmp_path, **sections))
+    assert str(info.value).startswith(f"{field}: file not found: ")
+
+
+def test_nested_plugin_paths_are_found():
+    params = {"benchmarks": [{"name": "crows_pairs", "path": "a.csv"}, {"name": "bbq", "data_file": "b.jsonl"}],
+              "limit": 10, "note_path": ""}
+    from fairprune.core.preflight import param_files
+
+    assert param_files(params, "evaluation.evaluators.0.params") == [
+        ("evaluation.evaluators.0.params.benchmarks.0.path", "a.csv"),
+        ("evaluation.evaluators.0.params.benchmarks.1.data_file", "b.jsonl")]
+
+
+def test_a_prompt_file_that_does_not_parse_is_refused_with_its_field_and_line(tmp_path):
+    bad = tmp_path / "pairs.csv"
+    bad.write_text("a,b\nThe Black man ran,The white man ran,extra\n")
+    with pytest.raises(PromptError, match=rf"^bias\.prompts: {bad}:2: 3 cells but the header has 2 columns"):
+        check_input_files(config(tmp_path, bias={"prompts": str(bad)}))
+
+
+def test_registered_axis_names_are_not_files(tmp_path):
+    assert input_files(config(tmp_path, bias={"axes": ["race", "gender"]})) == []
