@@ -53,7 +53,7 @@ def test_unreadable_prompt_files_are_one_line_naming_the_file(tmp_path, capsys, 
     assert cli_main(["analyze", "--model", str(tmp_path / "no-model"), "--prompts", str(path),
                      "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.splitlines() == [f"error: {message}"]
+    assert err.splitlines() == [f"error: --prompts: {message}"]
     assert snapshot(tmp_path) == before
 
 

@@ -36,11 +36,13 @@ def main(args: argparse.Namespace) -> int:
     from ..core.bias import analyze_bias
     from ..core.distributed import is_main_process
     from ..core.outputs import atomic_directory
+    from ..core.preflight import axis_files, check_files
     from ..core.prompts import load_prompt_groups
     from ..core.sources import load_model
 
-    out = claim_out(args)
     axes = [a.strip() for a in args.axes.split(",") if a.strip()] if args.axes else None
+    check_files(axis_files(axes or [], "--axes") + ([("--prompts", args.prompts, "prompts")] if args.prompts else []))
+    out = claim_out(args)
     groups = load_prompt_groups(args.prompts) if args.prompts else None
     model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
     report = analyze_bias(model, tokenizer, axes=axes, groups=groups, split=args.split, site=args.site,

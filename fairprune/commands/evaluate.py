@@ -31,8 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def build_params(args: argparse.Namespace, evaluators: list[str]) -> dict[str, dict]:
-    """Evaluator params from ``--params`` plus ``--lambada`` (for capability)."""
+    """Evaluator params from ``--params`` plus ``--lambada`` (for capability); their files are checked."""
     from ..core.errors import ConfigError
+    from ..core.preflight import check_files, param_files
 
     try:
         params = json.loads(args.params) if args.params else {}
@@ -40,9 +41,11 @@ def build_params(args: argparse.Namespace, evaluators: list[str]) -> dict[str, d
         raise ConfigError(f"--params is not valid JSON: {exc}") from exc
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise ConfigError("--params must be a JSON object mapping evaluator names to objects of parameters")
+    check_files([(field, path, "data") for field, path in param_files(params, "--params")])
     if args.lambada:
         if "capability" not in evaluators:
             raise ConfigError("--lambada is used by the capability evaluator, which is not in --evaluators")
+        check_files([("--lambada", args.lambada, "data")])
         params.setdefault("capability", {}).update(lambada_path=args.lambada, lambada_limit=args.lambada_limit)
     return params
 

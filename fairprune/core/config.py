@@ -95,7 +95,8 @@ class PruningSection(Strict):
     pruner: Component = Field(default_factory=lambda: Component(name="structural"))
     budget: Budget = Field(default_factory=lambda: Budget(param_fraction=0.002))
     selection: Literal["global", "per_layer"] = "global"
-    layers: list[int] | None = Field(default=None, description="only these layers may lose neurons")
+    layers: list[int] | None = Field(default=None, min_length=1,
+                                     description="only these layers may lose neurons (None: all; never empty)")
     min_width: int = Field(default=1, ge=1)
     round_to: int | None = Field(default=None, ge=1, description="round each pruned layer's width to a multiple")
     guard_magnitude_ratio: float | None = Field(

@@ -143,6 +143,7 @@ def prepare(config: Any, overrides: list[str] | None = None, registry: Any = Non
 
     from .adapters import default_registry
     from .outputs import claim_output_dir
+    from .preflight import check_input_files
 
     config = load_config(config, overrides)
     registry = default_registry(registry)
@@ -152,6 +153,7 @@ def prepare(config: Any, overrides: list[str] | None = None, registry: Any = Non
     if getattr(plugins.importance, "needs_activations", False) and config.bias.site != "neuron":
         raise ConfigError(f"scoring.importance: {config.scoring.importance.name!r} needs neuron activations: set "
                           "bias.site='neuron', or choose a weight-only importance such as 'max_abs_weight'")
+    check_input_files(config)
     out_dir = claim_output_dir(config.output.dir, config.output.overwrite)  # locked until the run ends
     torch.manual_seed(config.seed)
     return Run(config, registry, plugins, out_dir, progress)
@@ -253,21 +255,24 @@ def collect_metrics(run: Run) -> dict[str, Any]:
 
 
 @releasing_claims
-@releasing_claims
 def run(config: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | None = None, *,
         registry: Any = None, progress: bool = True) -> RunResult:
     """Run the whole pipeline from a config (path, dict or ``RunConfig``) and write the output directory."""
+    from .preflight import check_budget, check_plan_removes_neurons
+
     state = prepare(config, overrides, registry, progress)
     state.registry.hook.fairprune_run_started(config=state.config, output_dir=state.output_dir)
     timer = state.timer
     with timer.stage("load"):
         load(state)
+        check_budget(state.config, state.model, state.adapter)
     with timer.stage("analyze"):
         analyze(state)
     with timer.stage("observe_base"):
         observe_base(state)
     with timer.stage("plan"):
         state.plan = make_plan(state)
+        check_plan_removes_neurons(state.plan, state.config)
     with timer.stage("prune"):
         state.prune_result = apply_plan(state, state.plan)
     with timer.stage("evaluate"):

@@ -78,14 +78,21 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Plan":
-        return cls(removed={int(k): [int(i) for i in v] for k, v in data["removed"].items()},
+        """A plan from its ``to_dict`` form; ``PlanError`` when ``removed`` is missing or holds a non-integer."""
+        from .preflight import plan_data
+
+        data = plan_data(data)
+        return cls(removed=data["removed"],
                    records=list(data.get("records", [])), settings=dict(data.get("settings", {})),
                    widths_before=list(data.get("widths_before", [])), params_total=int(data.get("params_total", 0)),
                    params_to_remove=int(data.get("params_to_remove", 0)))
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read ``plan.json``; a missing file, broken JSON or bad content is one ``PlanError`` naming the file."""
+        from .preflight import read_plan_file
+
+        return cls.from_dict(read_plan_file(path))
 
 
 def neuron_cost(model: torch.nn.Module, adapter: Any, layer: int) -> int:

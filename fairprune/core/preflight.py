@@ -21,10 +21,6 @@ from typing import Any
 
 from .errors import ConfigError, PlanError, PromptError
 
-#: file suffixes that make a ``bias.axes`` entry a file path rather than a registered axis name
-AXIS_FILE_SUFFIXES = (".yaml", ".yml", ".json")
-
-
 def is_path_param(key: str) -> bool:
     """Whether a plugin parameter names a file the plugin reads: ``path`` or ``*_path`` / ``*_file``."""
     return key == "path" or key.endswith(("_path", "_file"))
@@ -43,21 +39,23 @@ def param_files(params: Any, prefix: str) -> list[tuple[str, str]]:
     return found
 
 
-def looks_like_file(name: str) -> bool:
-    """An axis entry meant as a file: it has a data-file suffix or a directory part."""
-    return name.lower().endswith(AXIS_FILE_SUFFIXES) or "/" in name or "\\" in name
+def axis_files(axes: Sequence[str], field: str) -> list[tuple[str, str, str]]:
+    """``(field.i, path, "axis")`` of the entries of ``axes`` that are files rather than registered names."""
+    from .groups import is_axis_name
+
+    return [(f"{field}.{i}", axis, "axis") for i, axis in enumerate(axes) if not is_axis_name(axis)]
 
 
-def input_files(config: Any) -> list[tuple[str, str]]:
-    """``(config field, path)`` of every file a run config makes the run read."""
-    found = [("bias.prompts", config.bias.prompts)] if config.bias.prompts else []
-    for section, axes in (("bias.axes", config.bias.axes), ("evaluation.axes", config.evaluation.axes or [])):
-        found.extend((f"{section}.{i}", axis) for i, axis in enumerate(axes) if looks_like_file(axis))
+def input_files(config: Any) -> list[tuple[str, str, str]]:
+    """``(config field, path, kind)`` of every file a run config makes the run read; kind is ``prompts``,
+    ``axis`` or ``data`` (read by a plugin)."""
+    found = [("bias.prompts", config.bias.prompts, "prompts")] if config.bias.prompts else []
+    found += axis_files(config.bias.axes, "bias.axes") + axis_files(config.evaluation.axes or [], "evaluation.axes")
     components = [("bias.metric", config.bias.metric), ("scoring.scorer", config.scoring.scorer),
                   ("scoring.importance", config.scoring.importance), ("pruning.pruner", config.pruning.pruner)]
     components += [(f"evaluation.evaluators.{i}", c) for i, c in enumerate(config.evaluation.evaluators)]
     for field, component in components:
-        found.extend(param_files(component.params, f"{field}.params"))
+        found.extend((f, path, "data") for f, path in param_files(component.params, f"{field}.params"))
     return found
 
 
@@ -78,20 +76,26 @@ def check_readable(path: str | Path, field: str) -> Path:
 
 
 def check_input_files(config: Any) -> None:
-    """Every file the run reads exists and is readable, and prompt and axis files parse (before any loading).
+    """Every file a run config makes the run read exists, is readable and (prompt and axis files) parses."""
+    check_files(input_files(config))
+
+
+def check_files(files: Sequence[tuple[str, str, str]]) -> None:
+    """Check ``(field, path, kind)`` triples before any loading: each file exists and is readable; ``prompts``
+    and ``axis`` files also parse.
 
     Raises:
-        ConfigError: a missing or unreadable file, named by its config field.
-        PromptError: a prompt or axis file that does not parse, with ``file:line``.
+        ConfigError: a missing or unreadable file, named by its field.
+        PromptError: a prompt or axis file that does not parse, with its field and ``file:line``.
     """
     from .prompts import load_axis, load_prompt_groups
 
-    for field, path in input_files(config):
+    for field, path, kind in files:
         check_readable(path, field)
         try:
-            if field == "bias.prompts":
+            if kind == "prompts":
                 load_prompt_groups(path)
-            elif field.startswith(("bias.axes.", "evaluation.axes.")):
+            elif kind == "axis":
                 load_axis(path)
         except PromptError as exc:
             raise PromptError(f"{field}: {exc}") from None

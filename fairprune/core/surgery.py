@@ -66,12 +66,16 @@ def _indices_list(layer: int, raw: Any) -> list[Any]:
 def validate_plan(model: nn.Module, adapter: Any, plan: Any) -> dict[int, torch.Tensor]:
     """Check a plan against the model and return ``{layer: LongTensor of sorted indices}``.
 
-    Every check runs before anything is touched: layer and neuron indices are
-    integers in range, no index repeats, and every layer keeps at least one neuron.
-    Layers with an empty index list are dropped from the result.
+    Every check runs before anything is touched: a plan that records the widths
+    it was made for (``Plan.widths_before``) matches the model's, layer and neuron
+    indices are integers in range, no index repeats, and every layer keeps at
+    least one neuron. Layers with an empty index list are dropped from the result.
     """
     import torch
 
+    from .preflight import check_plan_widths
+
+    check_plan_widths(getattr(plan, "widths_before", None) or [], widths(model, adapter))
     mapping = plan_mapping(plan)
     n_layers = len(adapter.layers(model))
     result: dict[int, torch.Tensor] = {}

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ...core.errors import ConfigError
 from ...core.evaluation import EvalContext, EvalResult
 from ...core.plugin import Plugin
 
@@ -22,8 +21,17 @@ class GenerationsParams(BaseModel):
     """Options of the generations evaluator."""
 
     model_config = ConfigDict(extra="forbid")
-    prompts: list[str] = Field(list(DEFAULT_PROMPTS), description="prompts to complete")
+    prompts: list[str] = Field(list(DEFAULT_PROMPTS), min_length=1, description="prompts to complete")
     max_new_tokens: int = Field(24, ge=1, le=512, description="tokens generated per prompt")
+
+    @field_validator("prompts")
+    @classmethod
+    def _no_empty_prompt(cls, prompts: list[str]) -> list[str]:
+        """An empty prompt gives the model nothing to continue; refused when the config is read."""
+        empty = [i for i, prompt in enumerate(prompts) if not prompt.strip()]
+        if empty:
+            raise ValueError(f"prompt {empty[0]} is empty; every prompt needs text to continue")
+        return prompts
 
 
 class GenerationsEvaluator(Plugin):
@@ -37,8 +45,6 @@ class GenerationsEvaluator(Plugin):
 
     def observe(self, model, context: EvalContext) -> list[str]:
         """One model's greedy completion of each prompt (the new text only)."""
-        if not self.params.prompts:
-            raise ConfigError("generations.prompts must hold at least one prompt")
         return [self._complete(model, context.tokenizer, prompt) for prompt in self.params.prompts]
 
     def compare(self, base: list[str], pruned: list[str], context: EvalContext) -> EvalResult:
