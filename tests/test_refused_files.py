@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from fairprune.cli import main as cli_main
 from fairprune.core.config import load_config
 from fairprune.core.errors import ConfigError, PromptError
 from fairprune.core.preflight import check_input_files, input_files
+from fairprune.testing import snapshot
 
 
 def config(tmp_path, **sections):
@@ -50,3 +54,33 @@ def test_a_prompt_file_that_does_not_parse_is_refused_with_its_field_and_line(tm
 
 def test_registered_axis_names_are_not_files(tmp_path):
     assert input_files(config(tmp_path, bias={"axes": ["race", "gender"]})) == []
+
+
+def test_run_checks_data_files_before_the_model_loads(tmp_path, capsys):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({
+        "model": {"source": str(tmp_path / "no-model")}, "output": {"dir": str(tmp_path / "out")},
+        "evaluation": {"evaluators": ["activation_bias", {"name": "capability",
+                                                          "params": {"lambada_path": str(tmp_path / "l.jsonl")}}]}}))
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert cli_main(["run", str(config), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: evaluation.evaluators.1.params.lambada_path: file not found: {tmp_path / 'l.jsonl'}"
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(("argv", "field"), [
+    (["evaluate", "--base", "{m}", "--pruned", "{t}", "--lambada", "{t}/l.jsonl"], "--lambada"),
+    (["evaluate", "--base", "{m}", "--pruned", "{t}", "--params", '{{"capability": {{"text_path": "{t}/x.txt"}}}}'],
+     "--params.capability.text_path"),
+    (["analyze", "--model", "{m}", "--axes", "race,{t}/mine.yaml", "--out", "{t}/out"], "--axes.1"),
+])
+def test_commands_check_files_before_the_model_loads(tmp_path, capsys, argv, field):
+    argv = [a.format(m=tmp_path / "no-model", t=tmp_path) for a in argv]
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert cli_main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {field}: file not found: {tmp_path}") and len(err.splitlines()) == 1
+    assert snapshot(tmp_path) == before

@@ -1,0 +1,37 @@
+"""Arguments and plugin parameters that cannot work are refused when read, before a model loads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fairprune.cli import main as cli_main
+from fairprune.testing import snapshot
+
+
+@pytest.mark.parametrize("command", ["analyze", "evaluate"])
+def test_batch_size_zero_is_refused_by_the_argument_parser(tmp_path, capsys, command):
+    argv = {"analyze": ["analyze", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o")],
+            "evaluate": ["evaluate", "--base", str(tmp_path / "m"), "--pruned", str(tmp_path)]}[command]
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        cli_main([*argv, "--batch-size", "0"])
+    assert info.value.code == 2
+    assert "argument --batch-size: must be at least 1, got 0" in capsys.readouterr().err
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("prompts", [[""], ["A Black man walked.", "   "], []])
+def test_an_empty_generations_prompt_is_a_config_error(tmp_path, capsys, prompts):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"model": {"source": str(tmp_path / "no-model")},
+                                  "evaluation": {"evaluators": [{"name": "generations", "params": {"prompts": prompts}}]},
+                                  "output": {"dir": str(tmp_path / "out")}}))
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert cli_main(["run", str(config), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "evaluation.evaluators.0.params.prompts" in err
+    assert ("is empty" in err) if prompts else ("at least 1 item" in err)
+    assert snapshot(tmp_path) == before
