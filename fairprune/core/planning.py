@@ -21,6 +21,7 @@ import torch
 
 from .config import Budget, PruningSection, ScoringSection
 from .errors import ConfigError, PlanError
+from .plan_files import plan_data, read_plan_file
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +80,6 @@ class Plan:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Plan":
         """A plan from its ``to_dict`` form; ``PlanError`` when ``removed`` is missing or holds a non-integer."""
-        from .preflight import plan_data
-
         data = plan_data(data)
         return cls(removed=data["removed"],
                    records=list(data.get("records", [])), settings=dict(data.get("settings", {})),
@@ -90,8 +89,6 @@ class Plan:
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
         """Read ``plan.json``; a missing file, broken JSON or bad content is one ``PlanError`` naming the file."""
-        from .preflight import read_plan_file
-
         return cls.from_dict(read_plan_file(path))
 
 

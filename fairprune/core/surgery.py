@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .adapters import count_parameters, default_registry, mlp_weights, resolve_adapter, widths
 from .errors import ConfigError, PlanError, PluginContractError
+from .plan_files import check_plan_widths
 from .protocols import PruneResult
 
 if TYPE_CHECKING:
@@ -72,8 +73,6 @@ def validate_plan(model: nn.Module, adapter: Any, plan: Any) -> dict[int, torch.
     least one neuron. Layers with an empty index list are dropped from the result.
     """
     import torch
-
-    from .preflight import check_plan_widths
 
     check_plan_widths(getattr(plan, "widths_before", None) or [], widths(model, adapter))
     mapping = plan_mapping(plan)
