@@ -65,7 +65,7 @@ def test_compare_measures_both_models_like_the_evaluators(explorer):
     assert states.states.shape[:3] == (4, len(states.tokens), 2)  # embeddings + 3 layers, aligned columns, 2 prompts
     assert states.tokens[states.diverge_at] == "black / white"
     assert steps == sorted(steps) and steps[-1] == 1.0
-    assert set(result.figures()) == {"profile", "pca", "tokens_base", "tokens_pruned"}
+    assert set(result.figures()) == {"profile", "pca", "tokens"}
 
 
 def test_base_only_explorer_shows_one_model(explorer):
@@ -74,7 +74,7 @@ def test_base_only_explorer_shows_one_model(explorer):
     assert result.labels == ("base",)
     assert all(set(row) == {"layer", "base"} for row in result.profile)
     assert all(set(row) == {"prompt", "base"} for row in result.completions)
-    assert set(result.figures()) == {"profile", "pca", "tokens_base"}
+    assert set(result.figures()) == {"profile", "pca", "tokens"}
 
 
 def test_template_choices_fill_prompts_from_axis_templates():
@@ -89,7 +89,7 @@ def test_page_answers_bad_input_with_a_message_and_no_plots(explorer):
 
     status, table, *plots = respond(explorer, PAIR[0], PAIR[0], 1, "suffix", 4)
     assert status.startswith("**Cannot compare:**") and "identical" in status
-    assert table == "" and plots == [None, None, None, None]
+    assert table == "" and plots == [None, None, None]
     status, table, *plots = respond(explorer, *PAIR, 1, "suffix", 4)
     assert status.startswith("Compared **black** with **white**")
     assert table.count("<tr>") == 3 and all(p is not None for p in plots)

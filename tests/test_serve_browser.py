@@ -32,7 +32,7 @@ from fairprune.serve.app import launch  # noqa: E402
 from fairprune.testing import tiny_model, tiny_tokenizer  # noqa: E402
 
 PAIR = ("the black man works in the city", "the white man works in the city")
-PLOTS = ("plot-profile", "plot-pca", "plot-tokens-base", "plot-tokens-pruned")
+PLOTS = ("plot-profile", "plot-pca", "plot-tokens")
 
 
 def free_port() -> int:

@@ -63,9 +63,7 @@ def build_app(explorer: Explorer, default_pair: tuple[str, str] = DEFAULT_PAIR) 
         with gr.Row():  # the figures carry their own titles
             profile = gr.Plot(format="png", show_label=False, scale=2, elem_id="plot-profile")
             pca = gr.Plot(format="png", show_label=False, scale=3, elem_id="plot-pca")
-        with gr.Row():
-            heatmaps = [gr.Plot(format="png", show_label=False, elem_id=f"plot-tokens-{label}")
-                        for label in explorer.labels]
+        tokens = gr.Plot(format="png", show_label=False, elem_id="plot-tokens")
 
         axis.change(lambda name: _template_update(choices, name), axis, [template, attr_a, attr_b])
         template.change(lambda name, tid: _attribute_update(choices, name, tid), [axis, template], [attr_a, attr_b])
@@ -76,7 +74,7 @@ def build_app(explorer: Explorer, default_pair: tuple[str, str] = DEFAULT_PAIR) 
             return respond(explorer, a, b, at, pool, tokens, progress)
 
         compare.click(run, [prompt_a, prompt_b, layer, pooling, new_tokens],
-                      [status, completions, profile, pca, *heatmaps], concurrency_limit=1)
+                      [status, completions, profile, pca, tokens], concurrency_limit=1)
     app.queue(default_concurrency_limit=1, max_size=32)
     return app
 
@@ -84,15 +82,14 @@ def build_app(explorer: Explorer, default_pair: tuple[str, str] = DEFAULT_PAIR) 
 def respond(explorer: Explorer, a: str, b: str, layer: float, pooling: str, tokens: float,
             progress: Any = None) -> tuple:
     """The page's outputs for one request: status, completions and figures, or the error message and nothing else."""
-    n_plots = 2 + len(explorer.labels)
     try:
         comparison = explorer.compare(a, b, layer=int(layer), pooling=pooling, max_new_tokens=int(tokens),
                                       progress=(lambda f, what: progress(f, desc=what)) if progress else None)
         figures = comparison.figures()
     except FairpruneError as exc:
-        return (f"**Cannot compare:** {html.escape(str(exc))}", "", *([None] * n_plots))
+        return (f"**Cannot compare:** {html.escape(str(exc))}", "", None, None, None)
     return (_done_line(comparison), completions_html(comparison), figures["profile"], figures["pca"],
-            *(figures[f"tokens_{label}"] for label in explorer.labels))
+            figures["tokens"])
 
 
 def completions_html(comparison: Comparison) -> str:

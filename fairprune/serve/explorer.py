@@ -46,7 +46,7 @@ class Comparison:
     completions: list[dict[str, str]]  # {prompt, base, [pruned]}: greedy continuations
 
     def figures(self) -> dict[str, Any]:
-        """``profile``, ``pca`` and one ``tokens_<label>`` heatmap per model, as matplotlib figures."""
+        """``profile``, ``pca`` and ``tokens`` (the heatmaps of every model), as matplotlib figures."""
         from ..viz.activations import pca_plot, token_heatmap_plot
         from ..viz.profile import bias_profile_plot
 
@@ -63,9 +63,9 @@ class Comparison:
                             title=f"Residual stream after layer {self.layer}, one point per token "
                                   f"(the first left out): {a} → {b}"),
         }
-        for label in self.labels:
-            figures[f"tokens_{label}"] = token_heatmap_plot(self.states[label].distances(),
-                                                            title=f"{label}: where the two prompts' states differ")
+        distances = [self.states[label].distances() for label in self.labels]
+        figures["tokens"] = token_heatmap_plot(distances[0], pruned=distances[1] if len(distances) > 1 else None,
+                                               title="Where the two prompts' hidden states differ, token by token")
         return figures
 
 

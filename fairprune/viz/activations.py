@@ -23,6 +23,47 @@ def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return mean, basis, np.pad(ratio, (0, 2 - ratio.size))
 
 
+@dataclass
+class PCAProjection:
+    """Points of one or more models in one shared PCA plane, with what the plot's labels need.
+
+    ``points[label]`` is ``[n_groups, n_members, 2]``; ``ratio`` the explained-variance
+    ratio of the two axes; ``distance[label]`` the mean |a − b| between members in the
+    full space (member 0 against each other member).
+    """
+
+    points: dict[str, np.ndarray]
+    ratio: np.ndarray
+    distance: dict[str, float]
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        """One plain row per model (nested lists), for a JSON table; ``from_rows`` reads it back."""
+        return [{"model": label, "distance": self.distance[label], "pc1_variance": float(self.ratio[0]),
+                 "pc2_variance": float(self.ratio[1]), "points": xy.tolist()} for label, xy in self.points.items()]
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[dict[str, Any]]) -> PCAProjection:
+        if not rows:
+            raise ConfigError("PCA data: no rows")
+        return cls({r["model"]: np.asarray(r["points"], dtype=np.float64) for r in rows},
+                   np.array([rows[0]["pc1_variance"], rows[0]["pc2_variance"]], dtype=np.float64),
+                   {r["model"]: float(r["distance"]) for r in rows})
+
+
+def pca_projection(panels: dict[str, Any]) -> PCAProjection:
+    """Fit one PCA on every model's ``[n_groups, n_members, width]`` points together and project each on it."""
+    arrays = {label: as_array(x) for label, x in panels.items()}
+    shapes = {a.shape for a in arrays.values()}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 3 or next(iter(shapes))[1] < 2:
+        raise ConfigError(f"PCA plot needs [n_groups, n_members>=2, width] arrays of one shape, got {sorted(shapes)}")
+    n_groups, n_members, width = next(iter(shapes))
+    mean, basis, ratio = pca_2d(np.concatenate([a.reshape(-1, width) for a in arrays.values()]))
+    points = {label: ((a.reshape(-1, width) - mean) @ basis.T).reshape(n_groups, n_members, 2)
+              for label, a in arrays.items()}
+    distance = {label: float(np.abs(a[:, 1:, :] - a[:, :1, :]).mean()) for label, a in arrays.items()}
+    return PCAProjection(points, ratio, distance)
+
+
 def pca_plot(base: Any, pruned: Any | None = None, members: Sequence[str] | None = None,
              layer: int | None = None, site: str = "residual", labels: Sequence[str] | None = None,
              title: str | None = None) -> Any:
@@ -34,17 +75,19 @@ def pca_plot(base: Any, pruned: Any | None = None, members: Sequence[str] | None
     ``labels`` (one per group, e.g. the tokens of two aligned prompts) are written
     beside member 0's points; ``title`` replaces the default figure title.
     """
-    panels = [("base", as_array(base))] + ([("pruned", as_array(pruned))] if pruned is not None else [])
-    shapes = {p.shape for _, p in panels}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 3 or next(iter(shapes))[1] < 2:
-        raise ConfigError(f"PCA plot needs [n_groups, n_members>=2, width] arrays of one shape, got {sorted(shapes)}")
-    n_groups, n_members, width = panels[0][1].shape
+    panels = {"base": base, **({"pruned": pruned} if pruned is not None else {})}
+    return pca_projection_plot(pca_projection(panels), members, layer, site, labels, title)
+
+
+def pca_projection_plot(projection: PCAProjection, members: Sequence[str] | None = None, layer: int | None = None,
+                        site: str = "residual", labels: Sequence[str] | None = None, title: str | None = None) -> Any:
+    """Draw a ``PCAProjection`` (computed now by ``pca_plot``, or read back from a run's data): a panel per model."""
+    panels = list(projection.points.items())
+    n_groups, n_members, _ = panels[0][1].shape
     members = list(members or [f"member {j}" for j in range(n_members)])
-    mean, basis, ratio = pca_2d(np.concatenate([p.reshape(-1, width) for _, p in panels]))
+    ratio = projection.ratio
     fig, axes = new_figure(5.2 * len(panels), 4.6, ncols=len(panels), sharex=True, sharey=True, squeeze=False)
-    for ax, (label, points) in zip(axes[0], panels):
-        xy = (points.reshape(-1, width) - mean) @ basis.T
-        xy = xy.reshape(n_groups, n_members, 2)
+    for ax, (label, xy) in zip(axes[0], panels):
         for j in range(n_members):
             ax.scatter(xy[:, j, 0], xy[:, j, 1], s=18, color=CYCLE[j % len(CYCLE)], label=members[j], zorder=3)
         for g in range(n_groups):
@@ -54,8 +97,7 @@ def pca_plot(base: Any, pruned: Any | None = None, members: Sequence[str] | None
             if labels is not None and g < len(labels):
                 ax.annotate(str(labels[g]).strip(), tuple(xy[g, 0]), fontsize=7, alpha=0.8,
                             xytext=(3, 3), textcoords="offset points")
-        dist = np.abs(points[:, 1:, :] - points[:, :1, :]).mean()
-        ax.set_title(f"{label}: mean |a − b| = {dist:.4f}")
+        ax.set_title(f"{label}: mean |a − b| = {projection.distance[label]:.4f}")
         ax.set_xlabel(f"PC1 ({100 * ratio[0]:.0f}% of variance)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"PC2 ({100 * ratio[1]:.0f}% of variance)")
@@ -76,6 +118,14 @@ class TokenDistances:
     tokens: list[str]
     distances: np.ndarray  # [n_layers + 1, n_columns]
     diverge_at: int  # index of the differing-span column
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (nested lists) for a JSON table; ``from_dict`` reads it back."""
+        return {"tokens": list(self.tokens), "distances": self.distances.tolist(), "diverge_at": int(self.diverge_at)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenDistances:
+        return cls(list(data["tokens"]), np.asarray(data["distances"], dtype=np.float64), int(data["diverge_at"]))
 
 
 @dataclass
@@ -140,16 +190,26 @@ def _aligned(states: Any, prefix: int, suffix: int) -> Any:
     return torch.cat([states[:, :prefix], middle, states[:, seq - suffix:]], 1)
 
 
-def token_heatmap_plot(result: TokenDistances, title: str | None = None) -> Any:
-    """Heatmap of ``token_distances``: layers on y, tokens on x; the columns before the attribute stay at zero."""
+def token_heatmap_plot(result: TokenDistances, title: str | None = None, pruned: TokenDistances | None = None) -> Any:
+    """Heatmap of ``token_distances``: layers on y, tokens on x; the columns before the attribute stay at zero.
+
+    With ``pruned`` (the same pair through the pruned model) the two heatmaps stand side by side on one colour scale.
+    """
+    panels = [("base", result)] + ([("pruned", pruned)] if pruned is not None else [])
     n_rows, n_cols = result.distances.shape
-    fig, ax = new_figure(max(5.0, 0.5 * n_cols + 2.5), max(3.0, 0.25 * n_rows + 1.8))
-    image = ax.imshow(result.distances, aspect="auto", origin="lower", cmap="magma", interpolation="nearest")
-    fig.colorbar(image, ax=ax, label="‖a − b‖ / mean ‖·‖")
-    ax.set_xticks(range(n_cols), result.tokens, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(n_rows), ["emb"] + [str(i) for i in range(n_rows - 1)], fontsize=7)
-    ax.axvline(result.diverge_at - 0.5, color="white", linestyle=":", linewidth=1)
-    ax.set_xlabel("token (the differing words share one column)")
-    ax.set_ylabel("layer output")
-    ax.set_title(title or "Where the two prompts' hidden states differ")
+    vmax = max(float(np.nanmax(r.distances)) for _, r in panels) or 1.0
+    fig, axes = new_figure(len(panels) * max(5.0, 0.5 * n_cols + 2.5), max(3.0, 0.25 * n_rows + 1.8),
+                           ncols=len(panels), squeeze=False, sharey=True)
+    for ax, (label, panel) in zip(axes[0], panels):
+        image = ax.imshow(panel.distances, aspect="auto", origin="lower", cmap="magma", interpolation="nearest",
+                          vmin=0.0, vmax=vmax)
+        ax.set_xticks(range(panel.distances.shape[1]), panel.tokens, rotation=60, ha="right", fontsize=8)
+        ax.axvline(panel.diverge_at - 0.5, color="white", linestyle=":", linewidth=1)
+        ax.set_xlabel("token (the differing words share one column)")
+        if len(panels) > 1:
+            ax.set_title(label)
+    axes[0][0].set_yticks(range(n_rows), ["emb"] + [str(i) for i in range(n_rows - 1)], fontsize=7)
+    axes[0][0].set_ylabel("layer output")
+    fig.colorbar(image, ax=list(axes[0]), label="‖a − b‖ / mean ‖·‖")
+    fig.suptitle(title or "Where the two prompts' hidden states differ")
     return fig
