@@ -3,12 +3,14 @@ headless Chromium (renders without script errors, every image loads)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("matplotlib")
@@ -41,8 +43,8 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def full_page(run_dir) -> str:
-    """The report with the model-loading plots (PCA, tokens) too."""
-    return build_report(run_dir, with_models=True).read_text()
+    """The report the run itself wrote: every picture, the PCA and token plots from the data the run stored."""
+    return (run_dir / "report.html").read_text()
 
 
 def test_report_holds_summary_plots_tables_and_generations(run_dir, full_page):
@@ -54,13 +56,46 @@ def test_report_holds_summary_plots_tables_and_generations(run_dir, full_page):
     assert plots == ["profile", "neurons", "scatter", "pca", "tokens"]
     assert page.count('<div class="gen">') == len(generations(run.metrics)) > 0
     assert "<h4>activation_bias: layers</h4>" in page
+    assert "<h3>activation_pictures</h3>" in page and "activation_pictures: pca" not in page  # drawn, not tabled
     assert not re.search(r'(src|href)="(https?:)?//', page)  # self-contained
     assert "Notes" not in page
 
 
-def test_run_writes_report_without_model_plots(run_dir):
-    page = build_report(run_dir).read_text()  # as at the end of every run
-    assert re.findall(r'<figure id="plot-(\w+)">', page) == ["profile", "neurons", "scatter"]
+def test_stored_pictures_are_what_the_models_give(run_dir, monkeypatch):
+    from fairprune.core.collect import collect_pooled
+    from fairprune.viz import run_plots
+    from fairprune.viz.activations import PCAProjection, pca_projection, token_distances
+
+    run = load_run(run_dir)
+    base, pruned, tokenizer, groups = run_plots.load_models(run)
+    stored = PCAProjection.from_rows(run.table("activation_pictures", "pca"))
+    layer = run.table("activation_pictures", "pca")[0]["layer"]
+    assert layer == base.config.num_hidden_layers // 2
+    pooled = {label: collect_pooled(m, tokenizer, groups, site="residual", pooling="mean", layers=[layer],
+                                    progress=False).pooled[layer] for label, m in (("base", base), ("pruned", pruned))}
+    fresh = pca_projection(pooled)
+    for label in ("base", "pruned"):
+        np.testing.assert_allclose(stored.points[label], fresh.points[label], atol=1e-4)
+        assert stored.distance[label] == pytest.approx(fresh.distance[label], rel=1e-5)
+    tokens = run.table("activation_pictures", "tokens")[0]
+    assert (tokens["prompt_a"], tokens["prompt_b"]) == groups[0].prompts[:2]
+    for label, model in (("base", base), ("pruned", pruned)):
+        fresh_tokens = token_distances(model, tokenizer, *groups[0].prompts[:2])
+        np.testing.assert_allclose(np.asarray(tokens[label]), fresh_tokens.distances, atol=1e-6)
+    monkeypatch.setattr(run_plots, "load_models", lambda run: pytest.fail("the stored data must suffice"))
+    page = build_report(run_dir).read_text()  # as at the end of every run, and with `fairprune report`
+    assert re.findall(r'<figure id="plot-(\w+)">', page) == ["profile", "neurons", "scatter", "pca", "tokens"]
+
+
+def test_run_without_stored_pictures_reloads_the_models_when_asked(run_dir, tmp_path):
+    old = tmp_path / "run"
+    shutil.copytree(run_dir, old)
+    metrics = json.loads((old / "metrics.json").read_text())
+    del metrics["evaluation"]["activation_pictures"]  # a run from before the evaluator, or without it
+    (old / "metrics.json").write_text(json.dumps(metrics))
+    assert re.findall(r'<figure id="plot-(\w+)">', build_report(old).read_text()) == ["profile", "neurons", "scatter"]
+    page = build_report(old, with_models=True).read_text()
+    assert re.findall(r'<figure id="plot-(\w+)">', page) == ["profile", "neurons", "scatter", "pca", "tokens"]
 
 
 def test_report_command_and_plot_command(run_dir, tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -14,6 +15,7 @@ from fairprune.testing import tiny_char_tokenizer, tiny_model
 
 FAST_EVALUATORS = [
     "activation_bias",
+    {"name": "activation_pictures", "params": {"n_boot": 50}},
     {"name": "output_bias", "params": {"n_boot": 50}},
     {"name": "capability", "params": {"tasks": ["text", "cloze"], "text_max_tokens": 300, "window": 150,
                                       "stride": 150}},
@@ -170,6 +172,8 @@ def test_sweep_shares_analysis_marks_pareto_and_saves_the_chosen_point(model_dir
     assert plan["settings"]["bias_weight"] == chosen["bias_weight"]
     assert plan["n_neurons"] == chosen["neurons_removed"]
     assert (result.output_dir / "model.safetensors").exists()
+    page = (result.output_dir / "report.html").read_text()  # the sweep's trade-off and the chosen point's pictures
+    assert {"pareto", "pca", "tokens"} <= set(re.findall(r'<figure id="plot-(\w+)"><img', page))
 
 
 def test_sweep_without_feasible_point_saves_no_model(model_dir, tmp_path):

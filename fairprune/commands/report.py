@@ -10,7 +10,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                             description="Rebuild report.html (plots embedded) from a run or sweep directory's files.")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `fairprune run` or `sweep`")
     parser.add_argument("--no-models", action="store_true",
-                        help="skip the PCA and token plots, which reload the base and pruned models")
+                        help="skip the PCA and token plots of a run that did not store their data "
+                             "(drawing them then reloads the base and pruned models)")
     parser.set_defaults(func=main)
 
 

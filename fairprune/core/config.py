@@ -106,7 +106,8 @@ class PruningSection(Strict):
 
 class EvaluationSection(Strict):
     evaluators: list[Component] = Field(default_factory=lambda: [
-        Component(name=n) for n in ("activation_bias", "output_bias", "capability", "generations", "parameters")])
+        Component(name=n) for n in ("activation_bias", "activation_pictures", "output_bias", "capability",
+                                    "generations", "parameters")])
     axes: list[str] | None = Field(default=None, description="held-out axes; defaults to bias.axes")
     batch_size: int = Field(default=16, ge=1)
 

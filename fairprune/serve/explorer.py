@@ -2,8 +2,8 @@
 and one comparison (per-layer bias profile, token-aligned hidden states, greedy completions) per request.
 
 Everything is measured with the library's own pieces: the ``activation_bias`` and
-``generations`` evaluators through ``evaluate`` (the same numbers a run reports),
-and ``viz.activations.aligned_states`` for the PCA and the token heatmap.
+``generations`` evaluators (each model observed once, then compared: the same numbers
+a run reports), and ``viz.activations.aligned_states`` for the PCA and the token heatmap.
 """
 
 from __future__ import annotations
@@ -145,26 +145,30 @@ class Explorer:
 
     def _measure(self, group: PromptGroup, layer: int, pooling: str, max_new_tokens: int,
                  report: Progress) -> Comparison:
-        from ..core.evaluation import evaluate
+        from ..core.adapters import default_registry, resolve_adapter
+        from ..core.evaluation import EvalContext, compare_all, configure_evaluators, observe_all
         from ..viz.activations import aligned_states
 
-        labels = self.labels
-        models = {"base": self.base, "pruned": self.pruned if self.pruned is not None else self.base}
-        report(0.05, "activation differences and greedy completions")
-        results = evaluate(models["base"], models["pruned"], self.tokenizer, groups=[group],
-                           evaluators=["activation_bias", "generations"], registry=self.registry, progress=False,
-                           params={"activation_bias": {"sites": ["residual"], "pooling": pooling, "n_boot": 10},
-                                   "generations": {"prompts": list(group.prompts), "max_new_tokens": max_new_tokens}})
-        profile = [{"layer": row["layer"], **{label: row[label] for label in labels}}
-                   for row in results["activation_bias"].tables["layers"]]
-        completions = [{"prompt": row["prompt"], **{label: row[label] for label in labels}}
-                       for row in results["generations"].tables["generations"]]
-        states = {}
-        for i, label in enumerate(labels):
-            report(0.7 + 0.25 * i / len(labels), f"hidden states of the {label} model")
-            states[label] = aligned_states(models[label], self.tokenizer, *group.prompts)
+        registry = default_registry(self.registry)
+        evaluators = configure_evaluators(registry, [
+            ("activation_bias", {"sites": ["residual"], "pooling": pooling, "n_boot": 10}),
+            ("generations", {"prompts": list(group.prompts), "max_new_tokens": max_new_tokens})], "explorer")
+        context = EvalContext(tokenizer=self.tokenizer, groups=[group], registry=registry, progress=False)
+        models = {"base": self.base, "pruned": self.pruned}
+        observed, states = {}, {}
+        for i, label in enumerate(self.labels):
+            report(0.05 + 0.9 * i / len(self.labels), f"the {label} model: activations and greedy completions")
+            model = models[label]
+            observed[label] = observe_all(evaluators, model, context, label, resolve_adapter(model, registry=registry))
+            states[label] = aligned_states(model, self.tokenizer, *group.prompts)
+        # a base-only page compares the base observation with itself: the same tables, one model's columns kept
+        results = compare_all(evaluators, observed["base"], observed.get("pruned", observed["base"]), context)
         report(1.0, "drawing")
-        return Comparison(group, labels, layer, pooling, profile, states, completions)
+        profile = [{"layer": row["layer"], **{label: row[label] for label in self.labels}}
+                   for row in results["activation_bias"].tables["layers"]]
+        completions = [{"prompt": row["prompt"], **{label: row[label] for label in self.labels}}
+                       for row in results["generations"].tables["generations"]]
+        return Comparison(group, self.labels, layer, pooling, profile, states, completions)
 
 
 @dataclass(frozen=True)

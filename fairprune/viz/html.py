@@ -13,12 +13,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .run_plots import PICTURES
 from .rundata import RECOVERABLE, RunFiles, load_run
 
 logger = logging.getLogger(__name__)
 
-#: plots in page order; the model-loading ones only when asked for
+#: plots in page order; those whose data the run did not store (they reload the models) only when asked for
 PAGE_PLOTS: tuple[str, ...] = ("profile", "neurons", "scatter", "pca", "tokens", "pareto")
+#: (evaluator, table) shown as a picture or as the completions section, not as a table of numbers
+DRAWN_TABLES: frozenset[tuple[str, str]] = frozenset({("generations", "generations"), (PICTURES, "pca"),
+                                                      (PICTURES, "tokens")})
 #: long tables are folded to this many rows (the rest behind a <details>)
 FOLD_ROWS = 12
 
@@ -113,7 +117,7 @@ def _plots(run: RunFiles, with_models: bool, notes: list[str]) -> str:
     for kind in PAGE_PLOTS:
         plot = PLOTS[kind]
         wanted = run.sweep if kind == "pareto" else run.metrics
-        if not wanted or (plot.needs_models and not with_models):
+        if not wanted or (plot.loads_models(run) and not with_models):
             continue
         try:
             fig = figure_for(kind, run)
@@ -133,7 +137,7 @@ def _evaluators(run: RunFiles) -> str:
         rows = [{"metric": k, "value": v, "95% CI": intervals.get(k)} for k, v in result.get("metrics", {}).items()]
         section = [f"<h3>{esc(name)}</h3>", table_html(rows)]
         for table, table_rows in result.get("tables", {}).items():
-            if name == "generations" and table == "generations":
+            if (name, table) in DRAWN_TABLES:
                 continue
             section += [f"<h4>{esc(name)}: {esc(table)}</h4>", table_html(table_rows)]
         out.append("".join(section))
@@ -192,8 +196,9 @@ def render(run: RunFiles, with_models: bool = False) -> str:
 def build_report(run_dir: str | Path, *, with_models: bool = False) -> Path:
     """Write ``report.html`` into ``run_dir`` from its files and return its path.
 
-    ``with_models`` adds the PCA and token plots, which reload the base and pruned
-    models (slower; ``fairprune report`` does it, the end of a run does not).
+    The PCA and token plots are drawn from the data the run stored (the
+    ``activation_pictures`` evaluator); for a run without it, ``with_models`` draws
+    them by reloading the base and pruned models (slower; ``fairprune report`` does).
     """
     run = load_run(run_dir)
     page = render(run, with_models=with_models)

@@ -14,14 +14,27 @@ from .rundata import RunFiles, full_importance
 logger = logging.getLogger(__name__)
 
 
+#: the evaluator whose tables hold the data of the PCA and token plots (measured while the run had its models)
+PICTURES = "activation_pictures"
+
+
 @dataclass(frozen=True)
 class PlotKind:
-    """One kind of plot: how to draw it from a run, what it shows, what to look for, and whether it loads models."""
+    """One kind of plot: how to draw it from a run, what it shows, what to look for, and whether it loads models.
+
+    A kind that ``needs_models`` is drawn from the run's ``stored`` table (evaluator, table) when the run has
+    it, and otherwise by reloading the base and pruned models.
+    """
 
     name: str
     draw: Callable[..., Any]
     caption: str
     needs_models: bool = False
+    stored: tuple[str, str] | None = None
+
+    def loads_models(self, run: RunFiles) -> bool:
+        """Whether drawing this plot for ``run`` reloads the models (its data was not stored)."""
+        return self.needs_models and not (self.stored and run.table(*self.stored))
 
 
 def _profile(run: RunFiles, **_: Any) -> Any:
@@ -68,8 +81,12 @@ def _pareto(run: RunFiles, **_: Any) -> Any:
 
 def _pca(run: RunFiles, layer: int | None = None, **_: Any) -> Any:
     from ..core.collect import collect_pooled
-    from .activations import pca_plot
+    from .activations import PCAProjection, pca_plot, pca_projection_plot
 
+    stored = run.table(PICTURES, "pca")
+    if stored and layer in (None, stored[0]["layer"]):
+        return pca_projection_plot(PCAProjection.from_rows(stored), members=stored[0]["members"],
+                                   layer=stored[0]["layer"])
     base, pruned, tokenizer, groups = load_models(run)
     n_layers = int(base.config.num_hidden_layers)
     layer = n_layers // 2 if layer is None else layer
@@ -83,12 +100,18 @@ def _pca(run: RunFiles, layer: int | None = None, **_: Any) -> Any:
 
 
 def _tokens(run: RunFiles, **_: Any) -> Any:
-    from .activations import token_distances, token_heatmap_plot
+    from .activations import TokenDistances, token_distances, token_heatmap_plot
 
-    base, _pruned, tokenizer, groups = load_models(run)
-    a, b = groups[0].prompts[:2]
-    return token_heatmap_plot(token_distances(base, tokenizer, a, b),
-                              title=f"Base model: {a!r} vs {b!r}")
+    stored = run.table(PICTURES, "tokens")
+    if stored:
+        row = stored[0]
+        a, b = row["prompt_a"], row["prompt_b"]
+        base, pruned = (TokenDistances.from_dict({**row, "distances": row[label]}) for label in ("base", "pruned"))
+    else:
+        base_model, pruned_model, tokenizer, groups = load_models(run)
+        a, b = groups[0].prompts[:2]
+        base, pruned = (token_distances(m, tokenizer, a, b) for m in (base_model, pruned_model))
+    return token_heatmap_plot(base, pruned=pruned, title=f"{a!r} vs {b!r}")
 
 
 def load_models(run: RunFiles) -> tuple[Any, Any, Any, list[Any]]:
@@ -121,10 +144,11 @@ PLOTS: dict[str, PlotKind] = {kind.name: kind for kind in (
              "are the Pareto front (no setting beats them on both); the star is the chosen setting."),
     PlotKind("pca", _pca, "Pooled residual-stream activations of held-out group members in one shared PCA plane; "
              "arrows join the members of a prompt group. Shorter arrows after pruning mean the model tells the "
-             "groups apart less.", needs_models=True),
+             "groups apart less.", needs_models=True, stored=(PICTURES, "pca")),
     PlotKind("tokens", _tokens, "For one held-out prompt pair: how far the two prompts' hidden states are apart "
-             "at every token and layer. Nothing differs before the attribute word (causal attention); what "
-             "follows shows how far the difference spreads.", needs_models=True),
+             "at every token and layer, base and pruned on one colour scale. Nothing differs before the attribute "
+             "word (causal attention); what follows shows how far the difference spreads.", needs_models=True,
+             stored=(PICTURES, "tokens")),
 )}
 
 
