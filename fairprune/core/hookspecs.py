@@ -65,6 +65,12 @@ def fairprune_register_evaluators(register):
 
 
 @hookspec
+def fairprune_register_bias_objectives(register):
+    """Register output-level bias objectives for attribution: ``register(objective)``; see
+    ``protocols.BiasObjective``."""
+
+
+@hookspec
 def fairprune_run_started(config, output_dir):
     """Called once when ``fairprune run`` starts, with the validated ``RunConfig`` and the output path."""
 

@@ -280,3 +280,41 @@ class Evaluator(Protocol):
 
     def observe(self, model: "nn.Module", context: Any) -> Any: ...
     def compare(self, base: Any, pruned: Any, context: Any) -> Any: ...
+
+
+@dataclass
+class ObjectiveInputs:
+    """What a bias objective reads for one batch of whole prompt groups (members of a group are adjacent).
+
+    ``sizes[g]`` is the number of members of group g (rows of group g follow those
+    of group g-1). ``logprobs`` is ``Tensor[n_prompts, vocab]``, the float32
+    log-softmax of the next-token distribution after each prompt; ``hidden`` is
+    ``None`` unless the objective ``uses`` it, else ``Tensor[n_layers, n_prompts,
+    hidden]``, the residual stream after each decoder layer mean-pooled over the
+    prompt's real tokens (float32). Both carry gradients during attribution.
+    """
+
+    sizes: list[int]
+    logprobs: "torch.Tensor"
+    hidden: "torch.Tensor | None" = None
+
+
+@runtime_checkable
+class BiasObjective(Protocol):
+    """An output-level bias measure on prompt groups that attribution differentiates (lower = fairer).
+
+    Contract: ``value(inputs) -> Tensor[n_groups]``, one finite float32 value per
+    group of ``inputs.sizes`` (in order), zero when all members of a group have the
+    same outputs, differentiable in ``inputs.logprobs`` / ``inputs.hidden``.
+    ``uses`` is a tuple naming what it reads: ``"logprobs"`` and/or ``"hidden"``.
+    ``bind(tokenizer)`` returns the objective ready for that tokenizer (e.g. with
+    its continuations encoded); it raises ``ConfigError`` for options the tokenizer
+    cannot serve.
+    """
+
+    name: str
+    description: str
+    uses: tuple[str, ...]
+
+    def bind(self, tokenizer: Any) -> "BiasObjective": ...
+    def value(self, inputs: ObjectiveInputs) -> "torch.Tensor": ...

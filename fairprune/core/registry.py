@@ -38,6 +38,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "fairprune.plugins.sources",
     "fairprune.plugins.evaluators",
     "fairprune.plugins.report",
+    "fairprune.plugins.objectives",
 )
 
 #: registration hook -> plugin kind(s) it fills
@@ -51,6 +52,7 @@ HOOK_KINDS: dict[str, str] = {
     "fairprune_register_pruners": "pruners",
     "fairprune_register_model_sources": "model_sources",
     "fairprune_register_evaluators": "evaluators",
+    "fairprune_register_bias_objectives": "bias_objectives",
 }
 
 #: the protocol each kind must satisfy; collectors split into sites and poolings
@@ -65,6 +67,7 @@ PROTOCOLS: dict[str, type] = {
     "pruners": protocols.Pruner,
     "model_sources": protocols.ModelSource,
     "evaluators": protocols.Evaluator,
+    "bias_objectives": protocols.BiasObjective,
 }
 KINDS: tuple[str, ...] = tuple(PROTOCOLS)
 

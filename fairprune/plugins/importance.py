@@ -107,5 +107,8 @@ class ActivationWeight(Plugin):
 
 @hookimpl
 def fairprune_register_importance_metrics(register):
-    for metric in (MaxAbsWeight(), PeakToPeak(), Variance(), L1Product(), L2Norm(), ActivationWeight()):
+    from .capability_cost import CapabilityCost
+
+    for metric in (MaxAbsWeight(), PeakToPeak(), Variance(), L1Product(), L2Norm(), ActivationWeight(),
+                   CapabilityCost()):
         register(metric)

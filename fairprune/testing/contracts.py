@@ -457,3 +457,94 @@ def _adapter_for(model: Any) -> Any:
     from fairprune.core.registry import Registry
 
     return resolve_adapter(model, registry=Registry(load_entrypoints=False))
+
+
+class BiasObjectiveContract(PluginContract):
+    """For bias objectives: ``value(ObjectiveInputs) -> Tensor[n_groups]``, finite, zero for identical members,
+    invariant to member order, equivariant to group order, and differentiable.
+
+    Inputs are random log-probabilities (and pooled hidden states) of groups of
+    2 and 3 members; ``bind`` gets the tiny word tokenizer.
+    """
+
+    kind = "bias_objectives"
+    attribute = "objective"
+    vocab: ClassVar[int] = 40
+    hidden: ClassVar[int] = 12
+    n_layers: ClassVar[int] = 3
+    sizes: ClassVar[tuple[int, ...]] = (2, 3, 2, 3)
+
+    def bound(self) -> Any:
+        from fairprune.testing.tokenizer import tiny_tokenizer
+
+        return self.plugin.bind(tiny_tokenizer())
+
+    def make_inputs(self, seed: int = 0, sizes: tuple[int, ...] | None = None) -> Any:
+        """Random ``ObjectiveInputs`` for groups of ``sizes`` members (log-softmax rows, pooled hidden states)."""
+        import torch
+
+        from fairprune.core.protocols import ObjectiveInputs
+
+        sizes = sizes or self.sizes
+        gen = torch.Generator().manual_seed(seed)
+        n = sum(sizes)
+        logits = torch.randn(n, self.vocab, generator=gen) * 2
+        hidden = torch.randn(self.n_layers, n, self.hidden, generator=gen)
+        return ObjectiveInputs(list(sizes), torch.log_softmax(logits, -1), hidden)
+
+    def test_uses_names_known_inputs(self) -> None:
+        uses = getattr(self.plugin, "uses", None)
+        assert isinstance(uses, tuple) and uses and set(uses) <= {"logprobs", "hidden"}, f"uses = {uses!r}"
+
+    def test_one_finite_value_per_group(self) -> None:
+        value = self.bound().value(self.make_inputs())
+        assert tuple(value.shape) == (len(self.sizes),) and value.dtype.is_floating_point
+        assert bool(value.isfinite().all()) and bool((value >= 0).all()), value
+
+    def test_zero_when_members_are_identical(self) -> None:
+        import torch
+
+        from fairprune.core.protocols import ObjectiveInputs
+
+        inputs = self.make_inputs()
+        rows = torch.tensor([start for start, size in zip(_starts(self.sizes), self.sizes) for _ in range(size)])
+        same = ObjectiveInputs(inputs.sizes, inputs.logprobs[rows], inputs.hidden[:, rows])
+        value = self.bound().value(same)
+        _close(value, torch.zeros_like(value))
+
+    def test_invariant_to_member_order(self) -> None:
+        from fairprune.core.protocols import ObjectiveInputs
+
+        inputs = self.make_inputs(seed=1)
+        order = [start + size - 1 - k for start, size in zip(_starts(self.sizes), self.sizes) for k in range(size)]
+        flipped = ObjectiveInputs(inputs.sizes, inputs.logprobs[order], inputs.hidden[:, order])
+        _close(self.bound().value(inputs), self.bound().value(flipped), atol=1e-5)
+
+    def test_follows_group_order(self) -> None:
+        import torch
+
+        from fairprune.core.protocols import ObjectiveInputs
+
+        inputs = self.make_inputs(seed=2)
+        starts = _starts(self.sizes)
+        new = [3, 0, 2, 1][:len(self.sizes)]
+        rows = [starts[g] + k for g in new for k in range(self.sizes[g])]
+        moved = ObjectiveInputs([self.sizes[g] for g in new], inputs.logprobs[rows], inputs.hidden[:, rows])
+        _close(self.bound().value(moved), self.bound().value(inputs)[torch.tensor(new)], atol=1e-5)
+
+    def test_differentiable(self) -> None:
+        inputs = self.make_inputs(seed=3)
+        inputs.logprobs.requires_grad_(True)
+        inputs.hidden.requires_grad_(True)
+        self.bound().value(inputs).sum().backward()
+        grads = [t.grad for t, use in ((inputs.logprobs, "logprobs"), (inputs.hidden, "hidden"))
+                 if use in self.plugin.uses]
+        assert all(g is not None and bool(g.isfinite().all()) and float(g.abs().sum()) > 0 for g in grads)
+
+
+def _starts(sizes: tuple[int, ...]) -> list[int]:
+    out, start = [], 0
+    for size in sizes:
+        out.append(start)
+        start += size
+    return out

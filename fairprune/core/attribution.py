@@ -1,0 +1,380 @@
+"""Signed, output-grounded neuron scores: batched backward passes through activations only.
+
+For a bias objective M on prompt groups (a ``bias_objectives`` plugin) and every
+neuron i (the input of down_proj), the first-order estimate of what removing the
+neuron does to M is
+
+    ΔM_i ≈ Σ_{prompts, positions} (r_i − h_i) · ∂M/∂h_i
+
+where r_i is what the pruner leaves in the neuron's place: 0 for ``structural``,
+the calibration mean E[h_i] for ``compensated``. The passes accumulate, per
+neuron, Σ ∂M/∂h_i and Σ h_i·∂M/∂h_i (float32), so one pass serves any r:
+memory is one vector per neuron per layer whatever the number of groups.
+
+The same estimate on the LM loss of a calibration text, taken per chunk and
+summed as |·| so that opposite signs across chunks cannot hide a cost, is the
+capability cost. Parameters never get gradients (``requires_grad_(False)``);
+the graph starts at the first layer's neuron activations. Neurons already
+chosen for removal are ablated by the same hooks (set to r), which equals the
+pruned model exactly, so selection can iterate without copying the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .collect import _batches, _device, _max_positions, _pad_id, tokenize_groups
+from .errors import ConfigError, PromptError
+from .prompts import validate_groups
+from .protocols import ObjectiveInputs, PromptGroup
+from .surgery import resolve_adapter
+
+logger = logging.getLogger(__name__)
+
+#: the bundled calibration text (general English) for the capability cost
+DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "data" / "text" / "general_english.txt"
+
+#: layer -> sorted neuron indices that are ablated (set to their fill value)
+Removed = Mapping[int, Sequence[int]]
+
+
+@dataclass
+class NeuronSums:
+    """Per-layer running sums of one attribution pass (float32 ``Tensor[width]`` each).
+
+    ``grad`` = Σ ∂M/∂h_i and ``grad_act`` = Σ h_i·∂M/∂h_i over real tokens;
+    ``act`` = Σ h_i and ``abs_act`` = Σ |h_i|; ``n_tokens`` counts the tokens.
+    """
+
+    grad: dict[int, torch.Tensor] = field(default_factory=dict)
+    grad_act: dict[int, torch.Tensor] = field(default_factory=dict)
+    act: dict[int, torch.Tensor] = field(default_factory=dict)
+    abs_act: dict[int, torch.Tensor] = field(default_factory=dict)
+    n_tokens: int = 0
+
+    def add(self, layer: int, h: torch.Tensor, g: torch.Tensor, mask: torch.Tensor) -> None:
+        """Accumulate one batch: ``h``, ``g`` ``[B, T, width]``, ``mask`` ``Bool[B, T]``."""
+        m = mask.to(h.device)[..., None].float()
+        h, g = h.detach().float() * m, g.float() * m
+        for table, value in ((self.grad, g), (self.grad_act, h * g), (self.act, h), (self.abs_act, h.abs())):
+            total = value.sum(dim=(0, 1)).cpu()
+            table[layer] = table[layer] + total if layer in table else total
+
+    def delta(self, fill: Mapping[int, torch.Tensor] | None) -> dict[int, torch.Tensor]:
+        """ΔM per neuron for removal to ``fill`` (``{layer: Tensor[width]}``; None = zero)."""
+        out = {}
+        for layer, grad in self.grad.items():
+            r = fill[layer].float().cpu() if fill is not None else torch.zeros_like(grad)
+            out[layer] = r * grad - self.grad_act[layer]
+        return out
+
+    def mean(self) -> dict[int, torch.Tensor]:
+        """Mean activation ``E[h_i]`` over the pass's real tokens, per layer."""
+        return {layer: s / max(self.n_tokens, 1) for layer, s in self.act.items()}
+
+    def magnitude(self) -> dict[int, torch.Tensor]:
+        """Mean |h_i| over the pass's real tokens, per layer."""
+        return {layer: s / max(self.n_tokens, 1) for layer, s in self.abs_act.items()}
+
+
+class _NeuronHooks:
+    """Pre-hooks on every down_proj: ablate removed neurons to their fill and, with ``track``, keep h for grads."""
+
+    def __init__(self, removed: Removed | None, fill: Mapping[int, torch.Tensor] | None) -> None:
+        self.masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for layer, idx in (removed or {}).items():
+            if len(idx):
+                self.masks[layer] = (torch.as_tensor(list(idx), dtype=torch.long),
+                                     fill[layer].float() if fill is not None else None)
+        self.track = False
+        self.kept: dict[int, torch.Tensor] = {}
+
+    def hook(self, layer: int) -> Any:
+        def pre_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            h = args[0]
+            if self.track and torch.is_grad_enabled() and not h.requires_grad:
+                h = h.detach().requires_grad_(True)  # the graph starts here: no parameter gradients
+            if layer in self.masks:
+                idx, fill = self.masks[layer]
+                keep = torch.ones(h.shape[-1], dtype=h.dtype, device=h.device)
+                keep[idx.to(h.device)] = 0
+                replace = torch.zeros_like(keep) if fill is None else (1 - keep) * fill.to(h.device, h.dtype)
+                h = h * keep + replace
+            if self.track:
+                self.kept[layer] = h
+            return (h, *args[1:])
+
+        return pre_hook
+
+
+@contextmanager
+def neuron_hooks(model: nn.Module, adapter: Any, removed: Removed | None = None,
+                 fill: Mapping[int, torch.Tensor] | None = None) -> Iterator[_NeuronHooks]:
+    """Hook the input of every layer's down_proj; removed in ``finally``. Ablation equals pruning."""
+    state = _NeuronHooks(removed, fill)
+    handles = []
+    try:
+        for layer in range(len(adapter.layers(model))):
+            target = adapter.site(model, layer, "neuron")
+            if not target.use_input or target.select is not None:
+                raise ConfigError(f"adapter {adapter.name!r}: the neuron site of layer {layer} is not a module input")
+            handles.append(target.module.register_forward_pre_hook(state.hook(layer)))
+        yield state
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no parameter gradients for the block; both restored afterwards."""
+    flags = [p.requires_grad for p in model.parameters()]
+    was_training = model.training
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+# -- bias objective passes ---------------------------------------------------------------------------
+
+@dataclass
+class GroupBatches:
+    """Prompt groups tokenized once and cut into left-padded batches of whole groups."""
+
+    groups: list[PromptGroup]
+    ids: list[list[int]]
+    diverge: list[int]
+    batch_groups: int
+    pad: int
+
+    def __iter__(self) -> Iterator[tuple[list[int], Any]]:
+        start_group, start_row = 0, 0
+        while start_group < len(self.groups):
+            chunk = self.groups[start_group:start_group + self.batch_groups]
+            n = sum(len(g.prompts) for g in chunk)
+            rows = list(range(start_row, start_row + n))
+            batch = next(_batches([self.ids[r] for r in rows], [self.diverge[r] for r in rows], n, self.pad, "left"))
+            yield [len(g.prompts) for g in chunk], batch
+            start_group += len(chunk)
+            start_row += n
+
+
+def group_batches(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGroup], batch_size: int) -> GroupBatches:
+    """Validate and tokenize ``groups``; batches hold whole groups, about ``batch_size`` prompts each."""
+    groups = list(groups)
+    if not groups:
+        raise PromptError("attribution needs at least one prompt group")
+    validate_groups(groups)
+    ids, diverge = tokenize_groups(tokenizer, groups, max_length=_max_positions(model))
+    per_group = max(len(g.prompts) for g in groups)
+    return GroupBatches(groups, ids, diverge, max(1, batch_size // per_group), _pad_id(tokenizer))
+
+
+def _objective_inputs(model: nn.Module, sizes: list[int], batch: Any, uses: Sequence[str]) -> ObjectiveInputs:
+    """One forward of a left-padded batch: last-position log-probs and, if used, pooled hidden states."""
+    device = _device(model)
+    mask = batch.mask.to(device)
+    want_hidden = "hidden" in uses
+    out = model(input_ids=batch.input_ids.to(device), attention_mask=mask.long(),
+                position_ids=batch.content_pos.to(device), use_cache=False, logits_to_keep=1,
+                output_hidden_states=want_hidden)
+    logprobs = torch.log_softmax(wide(out.logits[:, -1, :]), dim=-1)
+    hidden = None
+    if want_hidden:
+        weights = mask.float() / mask.float().sum(1, keepdim=True)
+        hidden = torch.stack([torch.einsum("bt,btd->bd", weights.to(wide(h).dtype), wide(h))
+                              for h in out.hidden_states[1:]])
+    # _batches sorts rows by length; put them back in group order
+    order = torch.argsort(torch.tensor(batch.rows)).to(device)
+    return ObjectiveInputs(sizes, logprobs.index_select(0, order),
+                           None if hidden is None else hidden.index_select(1, order))
+
+
+def wide(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32, or wider when it already is (float64 models keep float64 for exact checks)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _checked_value(objective: Any, inputs: ObjectiveInputs) -> torch.Tensor:
+    value = objective.value(inputs)
+    if not isinstance(value, torch.Tensor) or tuple(value.shape) != (len(inputs.sizes),):
+        raise ConfigError(f"bias objective {objective.name!r} returned "
+                          f"{tuple(getattr(value, 'shape', ()))}; expected one value per group ({len(inputs.sizes)})")
+    if not bool(torch.isfinite(value).all()):
+        raise FloatingPointError(f"bias objective {objective.name!r} is not finite on these prompts")
+    return value
+
+
+@dataclass
+class ObjectiveAttribution:
+    """One attribution pass: the objective's per-group values and the per-neuron sums."""
+
+    values: list[float]
+    sums: NeuronSums
+
+    @property
+    def objective(self) -> float:
+        """Mean of the objective over groups."""
+        return float(sum(self.values) / len(self.values))
+
+
+def attribute_objective(model: nn.Module, batches: GroupBatches, objective: Any, adapter: Any, *,
+                        removed: Removed | None = None, fill: Mapping[int, torch.Tensor] | None = None,
+                        progress: bool = False) -> ObjectiveAttribution:
+    """Forward and backward over every batch of groups; ``objective`` is a bound ``bias_objectives`` plugin.
+
+    The objective is the mean over all groups; its gradient w.r.t. every neuron
+    activation (with ``removed`` neurons ablated to ``fill``) is folded into
+    ``NeuronSums`` batch by batch.
+    """
+    sums, values = NeuronSums(), []
+    n_groups = len(batches.groups)
+    with frozen(model), neuron_hooks(model, adapter, removed, fill) as hooks:
+        hooks.track = True
+        for sizes, batch in tqdm(list(batches), desc=f"attributing {objective.name}", disable=not progress,
+                                 leave=False):
+            hooks.kept = {}
+            with torch.enable_grad():
+                per_group = _checked_value(objective, _objective_inputs(model, sizes, batch, objective.uses))
+                layers = sorted(hooks.kept)
+                grads = torch.autograd.grad(per_group.sum() / n_groups, [hooks.kept[i] for i in layers],
+                                            allow_unused=True)
+            for layer, grad in zip(layers, grads):
+                h = hooks.kept[layer]
+                sums.add(layer, h, torch.zeros_like(h) if grad is None else grad, batch.mask)
+            sums.n_tokens += int(batch.mask.sum())
+            values.extend(per_group.detach().cpu().tolist())
+            hooks.kept = {}
+    return ObjectiveAttribution(values, sums)
+
+
+@torch.no_grad()
+def objective_values(model: nn.Module, batches: GroupBatches, objective: Any, adapter: Any, *,
+                     removed: Removed | None = None, fill: Mapping[int, torch.Tensor] | None = None) -> list[float]:
+    """The objective per group, forward only, with ``removed`` neurons ablated (the measured value)."""
+    values: list[float] = []
+    with frozen(model), neuron_hooks(model, adapter, removed, fill):
+        for sizes, batch in batches:
+            values.extend(_checked_value(objective, _objective_inputs(model, sizes, batch, objective.uses)).tolist())
+    return values
+
+
+# -- capability cost --------------------------------------------------------------------------------
+
+@dataclass
+class TextChunks:
+    """Equal-length token chunks of a calibration text; each starts with ``n_prefix`` special tokens (e.g. BOS)."""
+
+    chunks: list[list[int]]
+    n_prefix: int
+
+
+def text_chunks(tokenizer: Any, path: str | Path | None = None, chunk_tokens: int = 128,
+                max_tokens: int = 2048) -> TextChunks:
+    """Chunks of a calibration text file (None: the bundled general English text).
+
+    Each chunk is the tokenizer's special prefix plus ``chunk_tokens`` text tokens;
+    at most ``max_tokens`` text tokens are used. ``ConfigError`` when the file is
+    missing or shorter than one chunk.
+    """
+    path = Path(path) if path is not None else DEFAULT_TEXT
+    if not path.is_file():
+        raise ConfigError(f"calibration text not found: {path}")
+    ids = list(tokenizer(path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"])[:max_tokens]
+    prefix = list(tokenizer("", add_special_tokens=True)["input_ids"])
+    chunks = [prefix + ids[k:k + chunk_tokens] for k in range(0, len(ids) - chunk_tokens + 1, chunk_tokens)]
+    if not chunks:
+        raise ConfigError(f"calibration text {path} has {len(ids)} tokens, fewer than one chunk of {chunk_tokens}")
+    return TextChunks(chunks, len(prefix))
+
+
+def _chunk_losses(model: nn.Module, chunks: Sequence[Sequence[int]], n_prefix: int) -> torch.Tensor:
+    """Mean next-token NLL (nats) of each chunk's text tokens: ``[n_chunks]``; chunks have one length."""
+    device = _device(model)
+    ids = torch.tensor([list(c) for c in chunks], dtype=torch.long, device=device)
+    logits = wide(model(input_ids=ids, use_cache=False).logits[:, :-1])
+    targets = ids[:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    return nll[:, max(n_prefix - 1, 0):].mean(1)
+
+
+@dataclass
+class CapabilityCost:
+    """Per-chunk first-order loss changes: ``grad[layer]``/``grad_act[layer]`` are ``[n_chunks, width]``."""
+
+    grad: dict[int, torch.Tensor]
+    grad_act: dict[int, torch.Tensor]
+    mean: dict[int, torch.Tensor]
+    magnitude: dict[int, torch.Tensor]
+    loss: float
+
+    def cost(self, fill: Mapping[int, torch.Tensor] | None) -> dict[int, torch.Tensor]:
+        """Mean over chunks of |ΔL_chunk| per neuron (nats per token) for removal to ``fill`` (None = zero)."""
+        out = {}
+        for layer, grad in self.grad.items():
+            r = fill[layer].float() if fill is not None else torch.zeros(grad.shape[-1])
+            out[layer] = (r[None] * grad - self.grad_act[layer]).abs().mean(0)
+        return out
+
+
+def capability_attribution(model: nn.Module, text: TextChunks, adapter: Any = None, *, batch_size: int = 4,
+                           progress: bool = False) -> CapabilityCost:
+    """One forward/backward per batch of chunks; per chunk, Σ ∂L/∂h_i and Σ h_i·∂L/∂h_i over positions."""
+    adapter = adapter or resolve_adapter(model)
+    chunks, n_prefix = text.chunks, text.n_prefix
+    grads: dict[int, list[torch.Tensor]] = {}
+    grad_acts: dict[int, list[torch.Tensor]] = {}
+    totals, losses = NeuronSums(), []
+    with frozen(model), neuron_hooks(model, adapter) as hooks:
+        hooks.track = True
+        for start in tqdm(range(0, len(chunks), batch_size), desc="capability cost", disable=not progress,
+                          leave=False):
+            batch = chunks[start:start + batch_size]
+            hooks.kept = {}
+            with torch.enable_grad():
+                loss = _chunk_losses(model, batch, n_prefix)
+                layers = sorted(hooks.kept)
+                got = torch.autograd.grad(loss.sum(), [hooks.kept[i] for i in layers], allow_unused=True)
+            mask = torch.ones(len(batch), len(batch[0]), dtype=torch.bool)
+            for layer, g in zip(layers, got):
+                h = hooks.kept[layer].detach().float()
+                g = torch.zeros_like(h) if g is None else g.float()
+                grads.setdefault(layer, []).append(g.sum(1).cpu())
+                grad_acts.setdefault(layer, []).append((h * g).sum(1).cpu())
+                totals.add(layer, h, torch.zeros_like(h), mask)
+            totals.n_tokens += mask.numel()
+            losses.extend(loss.detach().cpu().tolist())
+            hooks.kept = {}
+    return CapabilityCost({k: torch.cat(v) for k, v in grads.items()}, {k: torch.cat(v) for k, v in grad_acts.items()},
+                          totals.mean(), totals.magnitude(), float(sum(losses) / len(losses)))
+
+
+@torch.no_grad()
+def text_loss(model: nn.Module, text: TextChunks, adapter: Any, *, removed: Removed | None = None,
+              fill: Mapping[int, torch.Tensor] | None = None, batch_size: int = 4) -> float:
+    """Mean next-token NLL (nats) of the chunks with ``removed`` neurons ablated: the measured capability."""
+    chunks, n_prefix = text.chunks, text.n_prefix
+    losses: list[float] = []
+    with frozen(model), neuron_hooks(model, adapter, removed, fill):
+        for start in range(0, len(chunks), batch_size):
+            losses.extend(_chunk_losses(model, chunks[start:start + batch_size], n_prefix).tolist())
+    value = float(sum(losses) / len(losses))
+    if not math.isfinite(value):
+        raise FloatingPointError("the calibration loss is not finite")
+    return value

@@ -1,0 +1,279 @@
+"""Signed, iterative neuron selection by attribution, with a capability guard and a measured check.
+
+Each round attributes the bias objective on the analysis groups to every
+neuron (``core.attribution``) on the model as pruned so far (removed neurons
+ablated exactly as the pruner will leave them), keeps as candidates only the
+neurons whose removal is estimated to *lower* the objective, protects the
+top-γ neurons of each layer by capability cost, ranks the rest (bias reduction
+per unit of capability cost by default) and removes the round's share of the
+budget. A round is accepted only when the calibration-text perplexity, measured
+with the round's neurons removed, stays within its limit, and the measured
+objective improves; selection stops when it no longer improves enough. The
+budget is a ceiling, not a quota. The plan records, per neuron, its attribution
+and cost, and per round the predicted and measured change of the objective.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import attribution as attr
+from .config import Budget
+from .errors import ConfigError
+from .planning import Plan, neuron_cost
+from .protocols import PromptGroup
+from .surgery import count_parameters, resolve_adapter
+
+logger = logging.getLogger(__name__)
+
+RANKINGS = ("ratio", "reduction")
+
+
+@dataclass
+class SelectionSettings:
+    """How selection runs (the config's ``attribution`` section; see ``config.AttributionSection``)."""
+
+    rounds: int = 4
+    guard_fraction: float = 0.5
+    ranking: str = "ratio"
+    min_improvement_pct: float = 2.0
+    max_perplexity_increase_pct: float | None = 1.0
+    min_width: int = 1
+    layers: Sequence[int] | None = None
+
+
+@dataclass
+class Selection:
+    """What selection produced: the plan, the calibration means, first-round scores, cost and the round log."""
+
+    plan: Plan
+    calibration: dict[int, torch.Tensor]
+    scores: dict[int, torch.Tensor]  # −ΔM of round 1 (higher = removal lowers bias more)
+    cost: dict[int, torch.Tensor]
+    magnitude: dict[int, torch.Tensor]
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _State:
+    removed: dict[int, list[int]]
+    params: int
+    objective: float
+
+
+def _budget_ceiling(budget: Budget, widths: Mapping[int, int], total_params: int) -> tuple[float, float, dict[int, int]]:
+    """(max parameters, max neurons, per-layer caps) of a budget; the unused limits are infinite."""
+    caps = {layer: w for layer, w in widths.items()}
+    if budget.layer_percent is not None:
+        caps = {layer: int(math.floor(w * budget.layer_percent / 100.0)) for layer, w in widths.items()}
+        return math.inf, math.inf, caps
+    if budget.neurons is not None:
+        return math.inf, float(budget.neurons), caps
+    return budget.param_fraction * total_params, math.inf, caps
+
+
+def _guarded(cost: Mapping[int, torch.Tensor], fraction: float) -> dict[int, torch.Tensor]:
+    """Per layer, the top ``fraction`` of neurons by capability cost (never removed)."""
+    out = {}
+    for layer, c in cost.items():
+        k = int(math.ceil(fraction * c.numel()))
+        mask = torch.zeros(c.numel(), dtype=torch.bool)
+        if k:
+            mask[torch.topk(c, k).indices] = True
+        out[layer] = mask
+    return out
+
+
+def _ranked(delta: Mapping[int, torch.Tensor], cost: Mapping[int, torch.Tensor], guarded: Mapping[int, torch.Tensor],
+            removed: Mapping[int, list[int]], ranking: str, layers: Sequence[int]) -> list[tuple[float, int, int]]:
+    """Candidates (score, layer, neuron), best first: removal lowers the objective, not guarded, not removed."""
+    all_cost = torch.cat([cost[layer][~guarded[layer]] for layer in layers])
+    floor = 0.1 * float(all_cost.median()) if all_cost.numel() else 0.0  # near-zero costs must not dominate
+    entries = []
+    for layer in layers:
+        d = delta[layer]
+        ok = (d < 0) & ~guarded[layer]
+        if removed.get(layer):
+            ok[torch.tensor(removed[layer])] = False
+        gain = -d
+        score = gain / (cost[layer] + floor + 1e-12) if ranking == "ratio" else gain
+        entries.extend((float(score[n]), layer, int(n)) for n in ok.nonzero().flatten().tolist())
+    entries.sort(key=lambda e: (-e[0], e[1], e[2]))
+    return entries
+
+
+def _take(entries: list[tuple[float, int, int]], state: _State, quota_params: float, quota_neurons: float,
+          caps: Mapping[int, int], widths: Mapping[int, int], costs: Mapping[int, int],
+          min_width: int) -> list[tuple[int, int]]:
+    """The best candidates that fit this round's quota and every layer's cap."""
+    chosen, params, count = [], 0, 0
+    per_layer = {layer: len(v) for layer, v in state.removed.items()}
+    for _, layer, n in entries:
+        if params + costs[layer] > quota_params or count + 1 > quota_neurons:
+            continue
+        if per_layer.get(layer, 0) + 1 > min(caps[layer], widths[layer] - min_width):
+            continue
+        chosen.append((layer, n))
+        per_layer[layer] = per_layer.get(layer, 0) + 1
+        params += costs[layer]
+        count += 1
+    return chosen
+
+
+def _merged(removed: Mapping[int, list[int]], add: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
+    out = {layer: list(v) for layer, v in removed.items()}
+    for layer, n in add:
+        out.setdefault(layer, []).append(n)
+    return {layer: sorted(v) for layer, v in out.items() if v}
+
+
+def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequence[PromptGroup], *,
+                          objective: Any, capability: Any, budget: Budget, compensated: bool = False,
+                          settings: SelectionSettings | None = None, batch_size: int = 16, adapter: Any = None,
+                          registry: Any = None, progress: bool = True) -> Selection:
+    """Choose neurons to remove so that ``objective`` (a bound ``bias_objectives`` plugin) falls on ``groups``.
+
+    ``capability`` is the configured ``capability_cost`` importance metric (its
+    params name the calibration text). ``compensated`` says removed neurons are
+    replaced by their calibration mean (the ``compensated`` pruner) rather than zero.
+    Raises ``ConfigError`` for bad settings before any model work.
+    """
+    settings = settings or SelectionSettings()
+    _check(settings)
+    adapter = adapter or resolve_adapter(model, registry=registry)
+    n_layers = len(adapter.layers(model))
+    layers = sorted(set(settings.layers)) if settings.layers is not None else list(range(n_layers))
+    widths = {layer: adapter.width(model, layer) for layer in range(n_layers)}
+    costs = {layer: neuron_cost(model, adapter, layer) for layer in range(n_layers)}
+    total_params = count_parameters(model)
+    max_params, max_neurons, caps = _budget_ceiling(budget, widths, total_params)
+    batches = attr.group_batches(model, tokenizer, groups, batch_size)
+    text = capability.chunks(tokenizer)
+    start = time.perf_counter()
+
+    cap = attr.capability_attribution(model, text, adapter, progress=progress)
+    fill = cap.mean if compensated else None
+    cost = cap.cost(fill)
+    guarded = _guarded(cost, settings.guard_fraction)
+    current = attr.attribute_objective(model, batches, objective, adapter, fill=fill, progress=progress)
+    first = {layer: -d for layer, d in current.sums.delta(fill).items()}
+    state = _State({}, 0, current.objective)
+    objective_before = current.objective
+    log: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
+    stop = "budget reached"
+    for round_index in range(settings.rounds):
+        left = settings.rounds - round_index
+        quota_params = (max_params - state.params) / left if math.isfinite(max_params) else math.inf
+        quota_neurons = (max_neurons - sum(map(len, state.removed.values()))) / left if math.isfinite(max_neurons) \
+            else math.inf
+        delta = current.sums.delta(fill)
+        entries = _ranked(delta, cost, guarded, state.removed, settings.ranking, layers)
+        add = _take(entries, state, quota_params, quota_neurons, caps, widths, costs, settings.min_width)
+        if not add:
+            stop = "no candidate lowers the objective within the budget" if entries else "no candidates left"
+            break
+        add, loss_after = _capability_check(model, text, adapter, state, add, fill, cap.loss, settings)
+        if not add:
+            stop = f"perplexity on the calibration text would rise more than {settings.max_perplexity_increase_pct}%"
+            break
+        removed = _merged(state.removed, add)
+        predicted = float(sum(delta[layer][n] for layer, n in add))
+        last = round_index == settings.rounds - 1
+        nxt = None if last else attr.attribute_objective(model, batches, objective, adapter, removed=removed,
+                                                         fill=fill, progress=progress)
+        measured = nxt.objective if nxt is not None else _mean(attr.objective_values(
+            model, batches, objective, adapter, removed=removed, fill=fill))
+        entry = {"round": round_index + 1, "neurons": len(add), "objective_before": state.objective,
+                 "objective_after": measured, "predicted_change": predicted,
+                 "measured_change": measured - state.objective, "calibration_loss": loss_after}
+        log.append(entry)
+        logger.info("attribution round %d: %d neurons, objective %.6g -> %.6g (predicted %+.3g)", round_index + 1,
+                    len(add), state.objective, measured, predicted)
+        if measured >= state.objective:
+            entry["accepted"] = False
+            stop = "the objective stopped improving"
+            break
+        entry["accepted"] = True
+        records.extend({"layer": layer, "neuron": n, "attribution": float(delta[layer][n]),
+                        "cost": float(cost[layer][n]), "round": round_index + 1} for layer, n in add)
+        gain_pct = 100.0 * (state.objective - measured) / max(objective_before, 1e-12)
+        state = _State(removed, state.params + sum(costs[layer] for layer, _ in add), measured)
+        if gain_pct < settings.min_improvement_pct:
+            stop = f"a round improved the objective by {gain_pct:.2f}% (< {settings.min_improvement_pct}%)"
+            break
+        if nxt is not None:
+            current = nxt
+
+    plan = _plan(state, records, log, stop, objective_before, widths, costs, total_params, objective, capability,
+                 compensated, settings, budget, adapter, time.perf_counter() - start, cap.loss)
+    return Selection(plan, cap.mean, first, cost, cap.magnitude, log)
+
+
+def _check(settings: SelectionSettings) -> None:
+    if settings.ranking not in RANKINGS:
+        raise ConfigError(f"attribution.ranking must be one of {', '.join(RANKINGS)}, got {settings.ranking!r}")
+    if settings.rounds < 1:
+        raise ConfigError(f"attribution.rounds must be at least 1, got {settings.rounds}")
+    if not 0.0 <= settings.guard_fraction < 1.0:
+        raise ConfigError(f"attribution.guard_fraction must lie in [0, 1), got {settings.guard_fraction}")
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values))
+
+
+def _capability_check(model: Any, text: Any, adapter: Any, state: _State, add: list[tuple[int, int]], fill: Any,
+                      base_loss: float, settings: SelectionSettings) -> tuple[list[tuple[int, int]], float | None]:
+    """Halve the round's additions (dropping the lowest ranked) until the measured perplexity rise fits the limit."""
+    limit = settings.max_perplexity_increase_pct
+    if limit is None:
+        return add, None
+    while add:
+        loss = attr.text_loss(model, text, adapter, removed=_merged(state.removed, add), fill=fill)
+        if 100.0 * (math.exp(loss - base_loss) - 1.0) <= limit:
+            return add, loss
+        add = add[:len(add) // 2]
+    return [], None
+
+
+def _plan(state: _State, records: list[dict[str, Any]], log: list[dict[str, Any]], stop: str, before: float,
+          widths: Mapping[int, int], costs: Mapping[int, int], total_params: int, objective: Any, capability: Any,
+          compensated: bool, settings: SelectionSettings, budget: Budget, adapter: Any, seconds: float,
+          base_loss: float) -> Plan:
+    predicted = float(sum(r["predicted_change"] for r in log if r.get("accepted")))
+    measured = state.objective - before
+    agree = (predicted < 0) == (measured < 0) or not state.removed
+    if not agree:
+        logger.warning("attribution predicted a change of %+.3g in %s but removing the neurons measured %+.3g: "
+                       "the signs disagree", predicted, objective.name, measured)
+    verification = {"objective": objective.name, "objective_before": before, "objective_after": state.objective,
+                    "predicted_change": predicted, "measured_change": measured,
+                    "measured_change_pct": 100.0 * measured / before if before else 0.0, "signs_agree": agree}
+    settings_out = {
+        "method": "attribution", "objective": objective.name, "objective_params": _params(objective),
+        "capability": capability.name, "capability_params": _params(capability),
+        "fill": "mean" if compensated else "zero", "rounds": settings.rounds, "rounds_run": len(log),
+        "guard_fraction": settings.guard_fraction, "ranking": settings.ranking,
+        "min_improvement_pct": settings.min_improvement_pct,
+        "max_perplexity_increase_pct": settings.max_perplexity_increase_pct, "min_width": settings.min_width,
+        "layers": list(settings.layers) if settings.layers is not None else None,
+        "budget": budget.model_dump(exclude_none=True), "stop_reason": stop, "selection_seconds": round(seconds, 3),
+        "calibration_loss_base": base_loss, "round_log": log, "verification": verification, "adapter": adapter.name,
+    }
+    removed = {layer: v for layer, v in state.removed.items() if v}
+    return Plan(removed=removed, records=sorted(records, key=lambda r: (r["layer"], r["neuron"])),
+                settings=settings_out, widths_before=[widths[i] for i in sorted(widths)], params_total=total_params,
+                params_to_remove=sum(costs[layer] * len(v) for layer, v in removed.items()))
+
+
+def _params(plugin: Any) -> dict[str, Any]:
+    params = getattr(plugin, "params", None)
+    return params.model_dump(mode="json") if hasattr(params, "model_dump") else {}

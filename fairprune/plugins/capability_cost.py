@@ -1,0 +1,54 @@
+"""The ``capability_cost`` importance metric: first-order effect of removing a neuron on a text's LM loss.
+
+For each chunk c of a calibration text (default: the bundled general English
+text) the change of the chunk's mean next-token loss when neuron i is removed is
+estimated as Σ_positions (r_i − h_i)·∂L_c/∂h_i (``core.attribution``); the cost
+is the mean over chunks of |·|, so a neuron that helps one chunk and hurts
+another is not scored as free. Units: nats per token. The passes that compute
+it need the model and the tokenizer, so the metric reads its values from
+``stats["capability_cost"]`` (filled by the attribution method) and offers
+``chunks(tokenizer)`` for the text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..core.plugin import Plugin
+from ..core.protocols import MLPWeights
+
+if TYPE_CHECKING:
+    import torch
+
+
+class CapabilityCostParams(BaseModel):
+    """Options of ``capability_cost``."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = Field(None, description="path of a calibration text file; None: the bundled general English")
+    chunk_tokens: int = Field(128, ge=8, description="tokens per chunk; |·| is taken per chunk")
+    max_tokens: int = Field(2048, ge=8, description="text tokens used at most")
+
+
+class CapabilityCost(Plugin):
+    """Estimated |change of the LM loss| on a calibration text when the neuron is removed (higher = keep)."""
+
+    name = "capability_cost"
+    description = "first-order |change of LM loss| per chunk of a calibration text when the neuron is removed"
+    Params = CapabilityCostParams
+    needs_activations: ClassVar[bool] = True
+
+    def chunks(self, tokenizer: Any) -> Any:
+        """The calibration text as ``attribution.TextChunks`` (``ConfigError`` if missing or too short)."""
+        from ..core.attribution import text_chunks
+
+        return text_chunks(tokenizer, self.params.text, self.params.chunk_tokens, self.params.max_tokens)
+
+    def score(self, weights: MLPWeights, stats: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
+        if stats is None or "capability_cost" not in stats:
+            raise ValueError(f"{self.name} needs stats['capability_cost'] for layer {weights.layer}: it is computed "
+                             "by backward passes over a calibration text (bias.method: attribution)")
+        return stats["capability_cost"].detach().float()

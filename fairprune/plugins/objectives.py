@@ -1,0 +1,170 @@
+"""Built-in bias objectives: output-level measures of how differently a model treats the members of a group.
+
+Attribution (``core.attribution``) differentiates an objective with respect to
+every neuron's activation, so each ``value`` must be differentiable and is
+computed in float32. Lower is fairer; every objective is zero when all members
+of a group produce the same outputs.
+
+- ``next_token_js``: mean Jensen–Shannon divergence (nats) between the members'
+  next-token distributions after the prompt, over member pairs;
+- ``continuation_gap``: mean over member pairs of |log p(c | member i) − log p(c |
+  member j)| (nats) for shared continuations c: given words, or else the group's
+  most likely next tokens;
+- ``activation_distance``: mean over layers and member pairs of mean |a − b| of
+  the mean-pooled residual stream (the ``activation_bias`` evaluator's measure).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..core.errors import ConfigError
+from ..core.hookspecs import hookimpl
+from ..core.plugin import Plugin
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..core.protocols import ObjectiveInputs
+
+#: log-probabilities are floored here so that 0·log 0 terms keep finite gradients
+LOG_FLOOR = -80.0
+
+
+def _pairs(n: int) -> tuple[Any, Any]:
+    import torch
+
+    if n < 2:
+        raise ConfigError(f"a bias objective needs groups of at least 2 members, got one of {n}")
+    rows, cols = torch.triu_indices(n, n, offset=1)
+    return rows, cols
+
+
+def pairwise_js(logprobs: torch.Tensor) -> torch.Tensor:
+    """Mean JS divergence (nats) over member pairs: ``logprobs`` ``[n_members, vocab]`` -> scalar (float32)."""
+    import math
+
+    import torch
+
+    lp = _wide(logprobs).clamp_min(LOG_FLOOR)
+    rows, cols = _pairs(lp.shape[0])
+    a, b = lp[rows], lp[cols]
+    logm = torch.logaddexp(a, b) - math.log(2.0)
+    js = 0.5 * ((a.exp() * (a - logm)).sum(-1) + (b.exp() * (b - logm)).sum(-1))
+    return js.clamp_min(0.0).mean()
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """float32, or wider when ``t`` already is."""
+    import torch
+
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _per_group(inputs: ObjectiveInputs, table: torch.Tensor, fn: Any) -> torch.Tensor:
+    """Apply ``fn`` to each group's rows of ``table`` (dim 0 = prompts) and stack: ``[n_groups]``."""
+    import torch
+
+    out, start = [], 0
+    for size in inputs.sizes:
+        out.append(fn(table[start:start + size]))
+        start += size
+    return _wide(torch.stack(out))
+
+
+class NextTokenJS(Plugin):
+    """Mean JS divergence between the members' next-token distributions (the ``output_bias`` headline)."""
+
+    name = "next_token_js"
+    description = "mean Jensen-Shannon divergence (nats) between group members' next-token distributions"
+    uses: ClassVar[tuple[str, ...]] = ("logprobs",)
+
+    def bind(self, tokenizer: Any) -> NextTokenJS:
+        return self
+
+    def value(self, inputs: ObjectiveInputs) -> torch.Tensor:
+        return _per_group(inputs, inputs.logprobs, pairwise_js)
+
+
+class ContinuationGapParams(BaseModel):
+    """Options of ``continuation_gap``."""
+
+    model_config = ConfigDict(extra="forbid")
+    continuations: list[str] = Field(
+        default_factory=list,
+        description="shared single-token continuations (e.g. ' was'); empty: the group's top_k most likely next tokens")
+    top_k: int = Field(10, ge=1, description="how many of the group's most likely next tokens, when no continuations")
+
+
+class ContinuationGap(Plugin):
+    """Spread across members of the log-probabilities of shared continuations.
+
+    With no ``continuations`` the shared ones are each group's ``top_k`` next
+    tokens by mean probability over members (chosen without gradient), so the
+    objective follows whatever the prompts make likely rather than fixed words.
+    """
+
+    name = "continuation_gap"
+    description = "mean |log p(c|member i) - log p(c|member j)| (nats) over shared continuations c and member pairs"
+    Params = ContinuationGapParams
+    uses: ClassVar[tuple[str, ...]] = ("logprobs",)
+    token_ids: tuple[int, ...] = ()
+
+    def bind(self, tokenizer: Any) -> ContinuationGap:
+        ids = []
+        for text in self.params.continuations:
+            encoded = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+            if len(encoded) != 1:
+                raise ConfigError(f"bias.objective.params.continuations: {text!r} encodes to {len(encoded)} tokens; "
+                                  "continuation_gap takes single-token continuations (or none, for the top_k)")
+            ids.append(int(encoded[0]))
+        bound = copy.copy(self)
+        bound.token_ids = tuple(ids)
+        return bound
+
+    def value(self, inputs: ObjectiveInputs) -> torch.Tensor:
+        return _per_group(inputs, inputs.logprobs, self._gap)
+
+    def _gap(self, lp: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        if self.token_ids:
+            index = torch.tensor(self.token_ids, device=lp.device)
+        else:
+            k = min(self.params.top_k, lp.shape[-1])
+            index = torch.topk(lp.detach().float().exp().mean(0), k).indices
+        chosen = _wide(lp).index_select(-1, index)  # [members, C]
+        rows, cols = _pairs(chosen.shape[0])
+        return (chosen[rows] - chosen[cols]).abs().mean()
+
+
+class ActivationDistance(Plugin):
+    """Mean |a − b| of the mean-pooled residual stream over layers and member pairs (for comparison)."""
+
+    name = "activation_distance"
+    description = "mean over layers and member pairs of mean |a - b| of the mean-pooled residual stream"
+    uses: ClassVar[tuple[str, ...]] = ("hidden",)
+
+    def bind(self, tokenizer: Any) -> ActivationDistance:
+        return self
+
+    def value(self, inputs: ObjectiveInputs) -> torch.Tensor:
+        if inputs.hidden is None:
+            raise ConfigError("activation_distance needs the residual stream (inputs.hidden)")
+        per_prompt = _wide(inputs.hidden).transpose(0, 1)  # [prompts, layers, hidden]
+
+        def distance(x: torch.Tensor) -> torch.Tensor:
+            rows, cols = _pairs(x.shape[0])
+            return (x[rows] - x[cols]).abs().mean()
+
+        return _per_group(inputs, per_prompt, distance)
+
+
+@hookimpl
+def fairprune_register_bias_objectives(register):
+    register(NextTokenJS())
+    register(ContinuationGap())
+    register(ActivationDistance())
