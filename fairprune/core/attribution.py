@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .collect import _batches, _device, _max_positions, _pad_id, tokenize_groups
+from .collect import _batches, _max_positions, _pad_id, input_device, non_finite_error, tokenize_groups
 from .errors import ConfigError, PromptError
 from .prompts import validate_groups
 from .protocols import ObjectiveInputs, PromptGroup
@@ -188,7 +188,7 @@ def group_batches(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGroup
 
 def _objective_inputs(model: nn.Module, sizes: list[int], batch: Any, uses: Sequence[str]) -> ObjectiveInputs:
     """One forward of a left-padded batch: last-position log-probs and, if used, pooled hidden states."""
-    device = _device(model)
+    device = input_device(model)
     mask = batch.mask.to(device)
     want_hidden = "hidden" in uses
     out = model(input_ids=batch.input_ids.to(device), attention_mask=mask.long(),
@@ -217,7 +217,7 @@ def _checked_value(objective: Any, inputs: ObjectiveInputs) -> torch.Tensor:
         raise ConfigError(f"bias objective {objective.name!r} returned "
                           f"{tuple(getattr(value, 'shape', ()))}; expected one value per group ({len(inputs.sizes)})")
     if not bool(torch.isfinite(value).all()):
-        raise FloatingPointError(f"bias objective {objective.name!r} is not finite on these prompts")
+        raise non_finite_error(f"bias objective {objective.name!r}", None, None, inputs.logprobs.dtype)
     return value
 
 
@@ -306,7 +306,7 @@ def text_chunks(tokenizer: Any, path: str | Path | None = None, chunk_tokens: in
 
 def _chunk_losses(model: nn.Module, chunks: Sequence[Sequence[int]], n_prefix: int) -> torch.Tensor:
     """Mean next-token NLL (nats) of each chunk's text tokens: ``[n_chunks]``; chunks have one length."""
-    device = _device(model)
+    device = input_device(model)
     ids = torch.tensor([list(c) for c in chunks], dtype=torch.long, device=device)
     logits = wide(model(input_ids=ids, use_cache=False).logits[:, :-1])
     targets = ids[:, 1:]
@@ -376,5 +376,5 @@ def text_loss(model: nn.Module, text: TextChunks, adapter: Any, *, removed: Remo
             losses.extend(_chunk_losses(model, chunks[start:start + batch_size], n_prefix).tolist())
     value = float(sum(losses) / len(losses))
     if not math.isfinite(value):
-        raise FloatingPointError("the calibration loss is not finite")
+        raise non_finite_error("the calibration text's loss", None, None, next(model.parameters()).dtype)
     return value
