@@ -50,12 +50,48 @@ class ModelSection(Strict):
                                                                "with it (auto_map); never by default")
 
 
+class AttributionSection(Strict):
+    """How the signed attribution method (``bias.method: attribution``) selects neurons.
+
+    Each round attributes ``bias.objective`` to every neuron on the model as pruned
+    so far; candidates are neurons whose removal is estimated to lower it, the
+    top ``guard_fraction`` of each layer by capability cost are protected, and a
+    round is kept only if the measured calibration-text perplexity stays within
+    ``max_perplexity_increase_pct`` and the measured objective falls.
+    ``pruning.budget`` is a ceiling shared equally by the rounds.
+    """
+
+    capability: Component = Field(
+        default_factory=lambda: Component(name="capability_cost"),
+        description="importance metric giving the capability cost and its calibration text (params: text, "
+                    "chunk_tokens, max_tokens)")
+    rounds: int = Field(default=4, ge=1, description="rounds of removal; attributions are recomputed each round")
+    guard_fraction: float = Field(default=0.5, ge=0.0, lt=1.0,
+                                  description="gamma: the top fraction of each layer by capability cost is never removed")
+    ranking: Literal["ratio", "reduction"] = Field(
+        default="ratio", description="ratio: estimated bias reduction per unit of capability cost; reduction: alone")
+    min_improvement_pct: float = Field(
+        default=2.0, ge=0.0, description="stop when a round lowers the objective by less than this percent of its "
+                                         "starting value")
+    max_perplexity_increase_pct: float | None = Field(
+        default=1.0, gt=0.0, description="a round is halved until the perplexity on the calibration text, measured "
+                                         "with its neurons removed, rises by at most this percent; None: no check")
+
+
 class BiasSection(Strict):
     axes: list[str] = Field(default_factory=lambda: ["race"], description="bias axes by name or path to an axis file")
     prompts: str | None = Field(default=None, description="a file of your own prompt pairs/groups (YAML, JSONL, CSV)")
+    method: Literal["activation", "attribution"] = Field(
+        default="activation",
+        description="activation: score neurons by activation differences (bias.metric), then scoring and pruning; "
+                    "attribution: signed first-order effect of removing each neuron on bias.objective, selected in "
+                    "rounds under a capability guard (bias.attribution)")
     site: str = "neuron"
     pooling: str = "suffix"
     metric: Component = Field(default_factory=lambda: Component(name="relative_mean_abs_diff"))
+    objective: Component = Field(default_factory=lambda: Component(name="next_token_js"),
+                                 description="output-level bias objective of the attribution method")
+    attribution: AttributionSection = Field(default_factory=AttributionSection)
     batch_size: int = Field(default=16, ge=1)
 
 

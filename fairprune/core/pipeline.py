@@ -59,6 +59,8 @@ class Plugins:
     pruner: Any
     evaluators: list[tuple[str, Any]]
     adapter: Any = None
+    objective: Any = None  # bias.method attribution: the bias objective and the capability cost metric
+    capability: Any = None
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Run:
     base_model_id: str = ""
     license: str | None = None
     bias_report: Any = None
+    selection: Any = None  # the attribution method's Selection (plan, calibration, round log)
     plan: Any = None
     prune_result: Any = None
     base_observations: dict[str, Any] = field(default_factory=dict)
@@ -124,7 +127,24 @@ def resolve_plugins(config: RunConfig, registry: Any) -> Plugins:
         pruner=resolve_component(registry, "pruners", config.pruning.pruner, "pruning.pruner"),
         evaluators=configure_evaluators(registry, config.evaluation.evaluators),
         adapter=named("architectures", config.model.adapter, "model.adapter") if config.model.adapter else None,
+        **attribution_plugins(config, registry),
     )
+
+
+def attribution_plugins(config: RunConfig, registry: Any) -> dict[str, Any]:
+    """The bias objective and capability metric of ``bias.method: attribution`` (empty for the activation method)."""
+    if config.bias.method != "attribution":
+        return {}
+    if config.bias.site != "neuron":
+        raise ConfigError("bias.site: the attribution method scores neurons (the input of down_proj); set "
+                          f"bias.site=neuron, got {config.bias.site!r}")
+    capability = resolve_component(registry, "importance_metrics", config.bias.attribution.capability,
+                                   "bias.attribution.capability")
+    if not callable(getattr(capability, "chunks", None)):
+        raise ConfigError(f"bias.attribution.capability: {capability.name!r} gives no calibration text; use "
+                          "capability_cost (or a metric with chunks(tokenizer))")
+    return {"objective": resolve_component(registry, "bias_objectives", config.bias.objective, "bias.objective"),
+            "capability": capability}
 
 
 def package_versions() -> dict[str, str]:
@@ -175,10 +195,16 @@ def load(run: Run) -> None:
 
 
 def analyze(run: Run) -> None:
-    """Steps 1-2: the bias report on the analysis split of the configured axes and prompt file."""
+    """Steps 1-2: the bias report on the analysis split of the configured axes and prompt file (the attribution
+    method also selects the neurons here: its scores are recomputed round by round)."""
     from .bias import analyze_bias
 
     bias = run.config.bias
+    if bias.method == "attribution":
+        from .selection import run_selection
+
+        run.selection, run.bias_report = run_selection(run)
+        return
     run.bias_report = analyze_bias(
         run.model, run.tokenizer, axes=bias.axes, prompt_files=[bias.prompts] if bias.prompts else [],
         split="analysis", site=bias.site, pooling=bias.pooling, metric=bias.metric.name,
@@ -209,6 +235,12 @@ def make_plan(run: Run, *, importance: Any = None, bias_weight: float | None = N
     """Step 3-4a: score every neuron and choose the ones to remove within the budget (overrides for sweeps)."""
     from .planning import DEFAULT, plan_pruning
 
+    if run.config.bias.method == "attribution":
+        from .selection import run_selection
+
+        if budget is not None and budget != run.config.pruning.budget:  # a sweep point: select for its budget
+            return run_selection(run, budget=budget)[0].plan
+        return run.selection.plan
     return plan_pruning(run.model, run.bias_report, scoring=run.config.scoring, pruning=run.config.pruning,
                         importance=importance if importance is not None else DEFAULT,
                         bias_weight=bias_weight if bias_weight is not None else DEFAULT,
@@ -249,9 +281,19 @@ def collect_metrics(run: Run) -> dict[str, Any]:
             "params_removed": result.params_removed,
             "params_removed_pct": 100.0 * result.fraction_removed,
             "widths_after": result.widths_after,
+            **_attribution_metrics(plan),
         },
         "evaluation": {name: r.to_dict() for name, r in run.evaluations.items()},
     }
+
+
+def _attribution_metrics(plan: Any) -> dict[str, Any]:
+    """The attribution method's verification (predicted vs measured objective change) and stop reason."""
+    settings = getattr(plan, "settings", {}) or {}
+    if settings.get("method") != "attribution":
+        return {}
+    return {"attribution": {**settings["verification"], "rounds_run": settings["rounds_run"],
+                            "stop_reason": settings["stop_reason"], "selection_seconds": settings["selection_seconds"]}}
 
 
 @releasing_claims

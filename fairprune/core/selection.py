@@ -277,3 +277,38 @@ def _plan(state: _State, records: list[dict[str, Any]], log: list[dict[str, Any]
 def _params(plugin: Any) -> dict[str, Any]:
     params = getattr(plugin, "params", None)
     return params.model_dump(mode="json") if hasattr(params, "model_dump") else {}
+
+
+def run_selection(run: Any, budget: Budget | None = None) -> tuple[Selection, Any]:
+    """The attribution stage of a pipeline ``Run``: select on the analysis groups; the selection and a
+    ``BiasReport`` of its first-round scores (−ΔM, higher = removal lowers bias more), magnitudes and the
+    calibration means the compensated pruner adds back."""
+    from .groups import run_groups
+
+    config = run.config
+    groups = run_groups(config, "analysis", run.registry).groups
+    section = config.bias.attribution
+    settings = SelectionSettings(rounds=section.rounds, guard_fraction=section.guard_fraction,
+                                 ranking=section.ranking, min_improvement_pct=section.min_improvement_pct,
+                                 max_perplexity_increase_pct=section.max_perplexity_increase_pct,
+                                 min_width=config.pruning.min_width, layers=config.pruning.layers)
+    selection = select_by_attribution(
+        run.model, run.tokenizer, groups, objective=run.plugins.objective.bind(run.tokenizer),
+        capability=run.plugins.capability, budget=budget or config.pruning.budget,
+        compensated=bool(getattr(run.plugins.pruner, "needs_calibration", False)), settings=settings,
+        batch_size=config.bias.batch_size, adapter=run.adapter, registry=run.registry, progress=run.progress)
+    return selection, selection_report(selection, groups, run.model, run.adapter)
+
+
+def selection_report(selection: Selection, groups: Sequence[PromptGroup], model: Any, adapter: Any) -> Any:
+    """A ``BiasReport`` carrying the attribution scores, so runs save, plot and reload them like any analysis."""
+    from .bias import BiasReport
+
+    axes = sorted({g.axis for g in groups})
+    settings = {"method": "attribution", "site": "neuron", "pooling": "all", "metric": selection.plan.settings["objective"],
+                "axes": axes, "split": "analysis", "n_groups": len(groups),
+                "n_prompts": sum(len(g.prompts) for g in groups), "layers": sorted(selection.scores),
+                "model_class": type(model).__name__, "adapter": getattr(adapter, "name", "")}
+    per_axis = {"+".join(axes): {layer: s.clone() for layer, s in selection.scores.items()}}
+    return BiasReport(dict(selection.scores), per_axis, dict(selection.magnitude),
+                      dict(selection.calibration), settings, list(groups))

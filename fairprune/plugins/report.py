@@ -31,17 +31,33 @@ def report_markdown(config: Any, metrics: dict[str, Any], evaluations: dict[str,
     """``report.md``: headline figures, each evaluator's section, the plan settings and the config."""
     parts = [f"# fairprune report: {config.model.source}", "",
              f"Config hash `{metrics['config_hash'][:12]}`; bias axes: {', '.join(config.bias.axes)}; "
-             f"site `{config.bias.site}`, pooling `{config.bias.pooling}`, metric `{config.bias.metric.name}`; "
+             + (f"method `attribution`, objective `{config.bias.objective.name}`; " if config.bias.method ==
+                "attribution" else "")
+             + f"site `{config.bias.site}`, pooling `{config.bias.pooling}`, metric `{config.bias.metric.name}`; "
              f"scorer `{config.scoring.scorer.name}` (bias_weight {config.scoring.bias_weight}), importance "
              f"`{config.scoring.importance.name}`, pruner `{config.pruning.pruner.name}`, budget "
              f"{config.pruning.budget.describe()} ({config.pruning.selection} selection).", "",
              "## Headline figures (held-out prompts, base vs pruned)", "", _table(headline_rows(metrics), ("", "")), ""]
+    parts += attribution_section(metrics)
     for name, result in evaluations.items():
         if getattr(result, "summary", ""):
             parts += [f"## {name}", "", result.summary.strip(), ""]
     parts += ["## Config", "", "```yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).strip(),
               "```", ""]
     return "\n".join(parts)
+
+
+def attribution_section(metrics: dict[str, Any]) -> list[str]:
+    """The attribution method's check: predicted vs measured change of its objective on the analysis groups."""
+    check = metrics.get("pruning", {}).get("attribution")
+    if not check:
+        return []
+    agree = "agree" if check["signs_agree"] else "**disagree: the first-order estimate was wrong about the direction**"
+    return ["## Attribution check (analysis groups)", "",
+            f"Objective `{check['objective']}`: {check['objective_before']:.6g} before, {check['objective_after']:.6g} "
+            f"with the chosen neurons removed (measured change {check['measured_change']:+.4g}, "
+            f"{check['measured_change_pct']:+.1f}%; first-order prediction {check['predicted_change']:+.4g}); the "
+            f"signs {agree}. {check['rounds_run']} round(s); stopped because {check['stop_reason']}.", ""]
 
 
 def model_card(config: Any, metrics: dict[str, Any], base_model: str, license: str | None = None) -> str:
@@ -52,21 +68,17 @@ def model_card(config: Any, metrics: dict[str, Any], base_model: str, license: s
     if license:
         front["license"] = license
     pr = metrics["pruning"]
+    chosen, method = _method_text(config)
     body = [
         f"# {Path(config.output.dir).name}", "",
         f"A fairness-pruned version of `{base_model}` made with fairprune. {pr['neurons_removed']} MLP neurons "
-        f"({pr['params_removed_pct']:.3f}% of the parameters) were removed structurally: the neurons whose "
-        f"activation moved most with the demographic word in prompt pairs of the axes "
-        f"{', '.join(config.bias.axes)}, weighed against their importance.", "",
-        "## Method", "",
-        f"1. Prompt groups differing only in a demographic attribute ran through the base model; the "
-        f"`{config.bias.site}` activation of every MLP neuron was pooled (`{config.bias.pooling}`) and scored with "
-        f"`{config.bias.metric.name}`.",
-        f"2. Importance `{config.scoring.importance.name}`; scorer `{config.scoring.scorer.name}` with bias weight "
-        f"{config.scoring.bias_weight}.",
-        f"3. Budget {config.pruning.budget.describe()}, {config.pruning.selection} selection; pruner "
-        f"`{config.pruning.pruner.name}`. Layers may have different widths; load with "
-        "`fairprune.load_pretrained(path)` (uniform widths also load with `AutoModelForCausalLM`).", "",
+        f"({pr['params_removed_pct']:.3f}% of the parameters) were removed structurally: {chosen} in prompt groups "
+        f"of the axes {', '.join(config.bias.axes)}.", "",
+        "## Method", "", *method,
+        f"3. Budget {config.pruning.budget.describe()}; pruner `{config.pruning.pruner.name}`. Layers may have "
+        "different widths; load with `fairprune.load_pretrained(path)` (uniform widths also load with "
+        "`AutoModelForCausalLM`).", "",
+        *attribution_section(metrics),
         "## Measured figures", "",
         "Bias figures are on held-out templates never used to choose neurons; 95% bootstrap intervals in brackets.",
         "", _table(headline_rows(metrics), ("measure", "value")), "",
@@ -78,6 +90,30 @@ def model_card(config: Any, metrics: dict[str, Any], base_model: str, license: s
         "- Inherits all limitations and the licence of the base model.", "",
     ]
     return "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + "\n".join(body)
+
+
+def _method_text(config: Any) -> tuple[str, list[str]]:
+    """What the card says was removed and how, for the configured bias method."""
+    bias = config.bias
+    if bias.method == "attribution":
+        a = bias.attribution
+        return ("the neurons whose removal was estimated, and then measured, to make the model's outputs differ "
+                "less between prompts that differ only in a demographic attribute"), [
+            f"1. Signed attribution: for every MLP neuron, the first-order change of the output-level bias "
+            f"objective `{bias.objective.name}` when the neuron is removed, from backward passes over the "
+            "analysis prompt groups; only neurons whose removal lowers it are candidates.",
+            f"2. Capability guard: the same estimate on the language-model loss of a calibration text "
+            f"(`{a.capability.name}`); the costliest {a.guard_fraction:.0%} of each layer are protected and "
+            f"candidates are ranked by `{a.ranking}`. Up to {a.rounds} rounds, recomputed on the model as pruned "
+            f"so far; a round is kept only if the measured calibration perplexity rises by at most "
+            f"{a.max_perplexity_increase_pct}% and the measured objective falls."]
+    return ("the neurons whose activation moved most with the demographic word, weighed against their "
+            "importance"), [
+        f"1. Prompt groups differing only in a demographic attribute ran through the base model; the "
+        f"`{bias.site}` activation of every MLP neuron was pooled (`{bias.pooling}`) and scored with "
+        f"`{bias.metric.name}`.",
+        f"2. Importance `{config.scoring.importance.name}`; scorer `{config.scoring.scorer.name}` with bias weight "
+        f"{config.scoring.bias_weight}; {config.pruning.selection} selection."]
 
 
 def write_html_report(directory: str | Path) -> Path | None:
