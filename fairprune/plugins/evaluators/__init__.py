@@ -1,5 +1,6 @@
 """Built-in evaluators: activation and output bias, the report's activation pictures, capability, lm_eval,
-generations, parameters.
+generations, parameters, and the field's benchmarks read from their files (CrowS-Pairs, BBQ, WinoBias,
+StereoSet).
 
 The evaluator classes import only pydantic at module level; torch, transformers
 and lm_eval are imported when an evaluator runs, so listing plugins stays fast.
@@ -14,12 +15,17 @@ from ...core.hookspecs import hookimpl
 def fairprune_register_evaluators(register):
     from .activation_bias import ActivationBiasEvaluator
     from .activation_pictures import ActivationPicturesEvaluator
+    from .bbq import BBQEvaluator
     from .capability import CapabilityEvaluator
+    from .crows_pairs import CrowsPairsEvaluator
     from .generations import GenerationsEvaluator
     from .lm_eval_harness import LmEvalEvaluator
     from .output_bias import OutputBiasEvaluator
     from .parameters import ParametersEvaluator
+    from .stereoset import StereoSetEvaluator
+    from .winobias import WinoBiasEvaluator
 
     for evaluator in (ActivationBiasEvaluator, ActivationPicturesEvaluator, OutputBiasEvaluator, CapabilityEvaluator,
-                      LmEvalEvaluator, GenerationsEvaluator, ParametersEvaluator):
+                      LmEvalEvaluator, GenerationsEvaluator, ParametersEvaluator, CrowsPairsEvaluator, BBQEvaluator,
+                      WinoBiasEvaluator, StereoSetEvaluator):
         register(evaluator())
