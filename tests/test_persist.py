@@ -128,4 +128,10 @@ def test_bfloat16_model_keeps_its_dtype(tmp_path):
     fp.prune(model, {1: [0]}, registry=REG)
     loaded, _ = fp.load_pretrained(fp.save_pretrained(model, None, tmp_path / "bf16"))
     assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    # transformers keeps the rotary frequencies in float32 (model.to(bfloat16) had rounded them): same buffers,
+    # same outputs
+    for name, buffer in loaded.named_buffers():
+        model.get_buffer(name).data = buffer.clone()
     torch.testing.assert_close(logits(loaded), logits(model), atol=0, rtol=0)

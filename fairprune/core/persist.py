@@ -9,9 +9,10 @@ and renamed into place; a failure leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -189,33 +190,34 @@ def read_sidecar(path: str | Path) -> dict[str, Any] | None:
     return data
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a directory's safetensors weights (single file or sharded with an index).
+def check_weights(path: str | Path) -> list[Path]:
+    """The safetensors files of a directory (one file, or the shards of an index), each opened to check it.
 
     Raises:
         PersistError: no weights, a missing shard, or a file that is not readable safetensors (truncated).
     """
     root = Path(path)
     if (root / WEIGHTS_FILE).exists():
-        return _load_weights_file(root / WEIGHTS_FILE)
-    index = root / WEIGHTS_INDEX
-    if not index.exists():
+        files = [root / WEIGHTS_FILE]
+    elif (root / WEIGHTS_INDEX).exists():
+        files = [root / s for s in sorted(set(json.loads((root / WEIGHTS_INDEX).read_text()).get("weight_map",
+                                                                                                  {}).values()))]
+    else:
         raise PersistError(f"{root} has no weights: neither {WEIGHTS_FILE} nor {WEIGHTS_INDEX}")
-    shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
-    state: dict[str, torch.Tensor] = {}
-    for shard in shards:
-        if not (root / shard).exists():
-            raise PersistError(f"{root}: weight shard {shard} listed in {WEIGHTS_INDEX} is missing")
-        state.update(_load_weights_file(root / shard))
-    return state
+    for file in files:
+        if not file.exists():
+            raise PersistError(f"{root}: weight shard {file.name} listed in {WEIGHTS_INDEX} is missing")
+        _open_weights(file)
+    return files
 
 
-def _load_weights_file(file: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def _open_weights(file: Path) -> None:
+    """Open a safetensors file (its header, checked against the file size); PersistError when it is damaged."""
+    from safetensors import SafetensorError, safe_open
 
     try:
-        return load_file(file)
+        with safe_open(file, "pt") as handle:
+            handle.keys()
     except (SafetensorError, OSError) as exc:
         raise PersistError(f"{file}: not a readable safetensors file (truncated or damaged?): "
                            f"{' '.join(str(exc).split())}") from exc
@@ -224,9 +226,12 @@ def _load_weights_file(file: Path) -> dict[str, torch.Tensor]:
 def load_pretrained(path: str | Path, *, registry: Any = None) -> tuple[nn.Module, Any]:
     """Rebuild a model saved by ``save_pretrained`` (any per-layer widths); returns ``(model, tokenizer or None)``.
 
-    The model is built from its config, each layer is cut to its recorded width,
-    recorded down biases are added, and the weights are loaded strictly; any
-    mismatch with the sidecar raises ``PersistError``.
+    transformers' own ``from_pretrained`` loads the weights, so its key mapping
+    applies (a multimodal checkpoint's ``language_model.model.*`` keys, older
+    layouts); the model class it instantiates is cut to the sidecar's per-layer
+    widths (and given the recorded down biases) before the weights arrive.
+    Weights load in the checkpoint's dtype. Any tensor missing, unexpected or
+    misshapen is a ``PersistError``; nothing is left randomly initialised.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -234,29 +239,85 @@ def load_pretrained(path: str | Path, *, registry: Any = None) -> tuple[nn.Modul
     if not (root / "config.json").exists():
         raise PersistError(f"{root} is not a saved model directory: config.json is missing")
     sidecar = read_sidecar(root)
-    state = read_state_dict(root)
+    check_weights(root)
     config = AutoConfig.from_pretrained(root, trust_remote_code=False)
+    base = _model_class(AutoModelForCausalLM, config)
+    adapter = None
     if sidecar is not None:
-        text_config = getattr(config, "text_config", None) or config
-        for cfg in {id(config): config, id(text_config): text_config}.values():
-            cfg.intermediate_size = max(sidecar["widths"])
-    model = build_from_config(AutoModelForCausalLM, config)
+        reg = default_registry(registry)
+        adapter = reg.get("architectures", sidecar["adapter"]) if sidecar.get("adapter") else None
+        base_cls, base = base, sized_class(base, sidecar, adapter, reg, root)
+    try:
+        with _quiet_transformers():
+            model, info = base.from_pretrained(root, config=config, dtype="auto", output_loading_info=True,
+                                               ignore_mismatched_sizes=True, trust_remote_code=False)
+    except OSError as exc:
+        raise PersistError(f"{root}: transformers cannot load it: {' '.join(str(exc).split())}") from exc
+    _refuse_incomplete_load(info, root)
     if sidecar is not None:
-        _shape_like_sidecar(model, sidecar, root, registry)
-    load_state_strict(model, state, root)
-    dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
-    if len(dtypes) == 1:
-        model = model.to(dtypes.pop())
+        model.__class__ = base_cls  # the plain transformers class again (pickling, isinstance by name)
+        (adapter or resolve_adapter(model, registry=registry)).set_widths(model, sidecar["widths"])
     model.eval()
     return model, _load_tokenizer(root)
 
 
-def _shape_like_sidecar(model: nn.Module, sidecar: dict[str, Any], root: Path, registry: Any) -> None:
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No "Loading weights" progress bar and no load report: fairprune checks the load itself."""
+    from transformers.utils import logging as hf_logging
+
+    bar, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def _model_class(auto_cls: Any, config: Any) -> type:
+    """The class ``auto_cls`` builds for ``config`` (found by building it on the meta device: no memory)."""
     import torch
 
-    reg = default_registry(registry)
-    adapter = reg.get("architectures", sidecar["adapter"]) if sidecar.get("adapter") else resolve_adapter(
-        model, registry=reg)
+    with torch.device("meta"):
+        return type(build_from_config(auto_cls, config))
+
+
+def sized_class(base: type, sidecar: dict[str, Any], adapter: Any, registry: Any, root: Path) -> type:
+    """A subclass of ``base`` whose instances are cut to the sidecar's widths (and get its down biases) right
+    after ``base.__init__``, so ``from_pretrained`` finds parameters of the saved shapes. It carries ``base``'s
+    name and module, so transformers treats it as ``base`` (its key mappings, not custom code)."""
+
+    def __init__(self: nn.Module, config: Any, *args: Any, **kwargs: Any) -> None:
+        base.__init__(self, config, *args, **kwargs)
+        _shape_like_sidecar(self, sidecar, root, adapter or resolve_adapter(self, registry=registry))
+
+    return type(base.__name__, (base,), {"__init__": __init__, "__module__": base.__module__,
+                                         "__qualname__": base.__qualname__, "__doc__": base.__doc__})
+
+
+def _refuse_incomplete_load(info: dict[str, Any], root: Path) -> None:
+    """PersistError when from_pretrained left a tensor misshapen, unloaded or unused."""
+    mismatched = info.get("mismatched_keys") or []
+    if mismatched:
+        key, saved, expected = next(iter(mismatched))
+        raise PersistError(f"{root}: tensor {key} has shape {tuple(saved)} in the weights but {SIDECAR} and "
+                           f"config.json imply {tuple(expected)}")
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    if unexpected:
+        raise PersistError(f"{root}: weights hold tensors the model does not have, e.g. {unexpected[:3]} "
+                           f"(does {SIDECAR} match the weights?)")
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise PersistError(f"{root}: the weights lack tensors the model needs, e.g. {missing[:3]}")
+
+
+def _shape_like_sidecar(model: nn.Module, sidecar: dict[str, Any], root: Path, adapter: Any) -> None:
+    """Cut each layer of a freshly built model to its recorded width and add the recorded down biases."""
+    import torch
+
     recorded = sidecar["widths"]
     current = widths(model, adapter)
     if len(recorded) != len(current):
@@ -272,8 +333,8 @@ def _shape_like_sidecar(model: nn.Module, sidecar: dict[str, Any], root: Path, r
             raise PersistError(f"{root / SIDECAR}: down_bias_layers lists layer {layer}, out of range")
         linear = down_linear(model, adapter, int(layer))
         if linear.bias is None:
-            linear.bias = torch.nn.Parameter(torch.zeros(linear.out_features, dtype=linear.weight.dtype))
-    adapter.set_widths(model, recorded)
+            linear.bias = torch.nn.Parameter(torch.zeros(linear.out_features, dtype=linear.weight.dtype,
+                                                         device=linear.weight.device))
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], root: Path | str) -> None:

@@ -118,7 +118,7 @@ def check_budget(config: Any, model: Any, adapter: Any) -> None:
     costs = {layer: neuron_cost(model, adapter, layer) for layer in layers}
     total, per_layer = allocate_budget(pruning.budget, widths, costs, count_parameters(model))
     if (per_layer is not None and not any(per_layer.values())) or (per_layer is None and not total):
-        raise ConfigError(f"pruning.budget: {pruning.budget.describe()} is less than one neuron of this model "
+        raise ConfigError(f"pruning.budget: {budget_text(pruning.budget)} is less than one neuron of this model "
                           f"(a neuron holds {min(costs.values()):,} of {count_parameters(model):,} parameters); "
                           "raise the budget")
     if not any(w > pruning.min_width for w in widths.values()):
@@ -139,4 +139,9 @@ def check_plan_removes_neurons(plan: Any, config: Any) -> None:
     hint = (f"round_to={pruning.round_to} rounds every layer back to its full width; lower it or raise the budget"
             if pruning.round_to else "every candidate neuron is guarded or at min_width; relax "
             "pruning.guard_magnitude_ratio or pruning.min_width")
-    raise ConfigError(f"pruning.budget: the plan removes no neuron ({pruning.budget.describe()}): {hint}")
+    raise ConfigError(f"pruning.budget: the plan removes no neuron ({budget_text(pruning.budget)}): {hint}")
+
+
+def budget_text(budget: Any) -> str:
+    """``param_fraction=1e-09``: the budget as its config says it (``describe()`` rounds tiny fractions to 0%)."""
+    return ", ".join(f"{key}={value:g}" for key, value in budget.model_dump(exclude_none=True).items())

@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 from .disk import snapshot
-from .models import TINY_ARCHITECTURES, VOCAB_SIZE, tiny_model
+from .models import TINY_ARCHITECTURES, VOCAB_SIZE, tiny_model, tiny_multimodal_model
 from .tokenizer import tiny_char_tokenizer, tiny_tokenizer
 
-__all__ = ["TINY_ARCHITECTURES", "VOCAB_SIZE", "snapshot", "tiny_char_tokenizer", "tiny_model", "tiny_tokenizer"]
+__all__ = ["TINY_ARCHITECTURES", "VOCAB_SIZE", "snapshot", "tiny_char_tokenizer", "tiny_model", "tiny_multimodal_model",
+           "tiny_tokenizer"]

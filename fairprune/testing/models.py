@@ -109,3 +109,25 @@ def _spread_weights(model: Any, seed: int) -> None:
                 param.copy_(param + 0.1 * torch.randn(param.shape, generator=gen))
             elif param.dim() == 2:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
+
+
+def tiny_multimodal_model(seed: int = 0, **text_overrides: Any) -> Any:
+    """A tiny random ``Gemma3ForConditionalGeneration`` (vision tower + 2-layer Gemma 3 text model, width 64).
+
+    transformers saves its text weights under other names than it holds them
+    in memory (``language_model.model.*``), which a loader must map back.
+    """
+    import torch
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    text = {**_COMMON, "head_dim": 8, "sliding_window": 16, "tie_word_embeddings": True, **text_overrides}
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                  patch_size=14)
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                          image_token_index=VOCAB_SIZE - 1, boi_token_index=VOCAB_SIZE - 3,
+                          eoi_token_index=VOCAB_SIZE - 2)
+    torch.manual_seed(seed)
+    model = Gemma3ForConditionalGeneration(config)
+    _spread_weights(model, seed)
+    model.config.architectures = [type(model).__name__]
+    return model.float().eval()
