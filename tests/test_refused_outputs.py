@@ -217,3 +217,10 @@ def test_leftovers_of_a_running_save_are_left_alone(tmp_path):
     with outputs.atomic_directory(tmp_path / "other") as staging:
         staging.mkdir()
     assert live.exists()
+
+
+def test_demo_into_a_directory_the_user_names_needs_overwrite(run_dir, tmp_path, capsys):
+    before = snapshot(tmp_path)
+    code, err = refused(capsys, ["demo", "--out", str(run_dir), "--quiet"])
+    assert code == 1 and "output.dir:" in err and "exists and is not empty" in err and "--overwrite" in err
+    assert snapshot(tmp_path) == before

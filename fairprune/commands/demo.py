@@ -11,7 +11,9 @@ DEMO_CONFIG = Path(__file__).resolve().parent.parent / "data" / "configs" / "fai
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo", help="fairness-prune the bundled SmolLM2-135M on the race axis",
                             description=f"Run {DEMO_CONFIG.name} (also at examples/fair-smollm2.yaml).")
-    parser.add_argument("--out", default=None, help="output directory (default: the config's output.dir)")
+    parser.add_argument("--out", default=None, help="output directory (default: the config's output.dir, which "
+                                                     "each demo run replaces)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out when it exists and is not empty")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=main)
@@ -21,7 +23,9 @@ def main(args: argparse.Namespace) -> int:
     from ..core.pipeline import run
     from ..core.summary import summary_text
 
-    overrides = list(args.overrides) + ([f"output.dir={args.out}"] if args.out else [])
+    # the demo's own directory is replaced on every run; a directory the user names is not, unless asked
+    chosen = [f"output.dir={args.out}", f"output.overwrite={str(args.overwrite).lower()}"] if args.out else []
+    overrides = chosen + list(args.overrides)
     result = run(DEMO_CONFIG, overrides, progress=not args.quiet)
     print(summary_text(result.metrics, result.output_dir))
     return 0

@@ -199,13 +199,13 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """One line per problem: the dotted field path and why."""
+    """The dotted field path and why: one line for one problem, an indented line per problem for several."""
     lines = []
     for err in exc.errors():
         path = ".".join(p for p in (prefix, _field_path(err["loc"])) if p)
         lines.append(f"{path or '(config)'}: {err['msg']}" + (f" (got {err['input']!r})" if err["type"] != "missing"
                                                            and not isinstance(err["input"], dict) else ""))
-    return "invalid config:\n  " + "\n  ".join(lines)
+    return "invalid config: " + lines[0] if len(lines) == 1 else "invalid config:\n  " + "\n  ".join(lines)
 
 
 def validate_config(data: dict[str, Any]) -> RunConfig:
