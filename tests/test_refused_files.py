@@ -25,6 +25,8 @@ def config(tmp_path, **sections):
      "evaluation.evaluators.1.params.lambada_path"),
     ({"evaluation": {"evaluators": [{"name": "capability", "params": {"text_path": "missing.txt"}}]}},
      "evaluation.evaluators.0.params.text_path"),
+    ({"evaluation": {"evaluators": [{"name": "crows_pairs", "params": {"path": "data/crows_pairs.csv"}}]}},
+     "evaluation.evaluators.0.params.path"),
     ({"bias": {"prompts": "missing-pairs.csv"}}, "bias.prompts"),
     ({"bias": {"axes": ["race", "axes/mine.yaml"]}}, "bias.axes.1"),
     ({"evaluation": {"axes": ["mine.yaml"]}}, "evaluation.axes.0"),
