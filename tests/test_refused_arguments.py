@@ -35,3 +35,14 @@ def test_an_empty_generations_prompt_is_a_config_error(tmp_path, capsys, prompts
     assert "evaluation.evaluators.0.params.prompts" in err
     assert ("is empty" in err) if prompts else ("at least 1 item" in err)
     assert snapshot(tmp_path) == before
+
+
+def test_an_unexpected_exception_keeps_its_traceback(monkeypatch, tmp_path):
+    from fairprune.commands import axes
+
+    def broken(args):
+        raise RuntimeError("a bug, not a user error")
+
+    monkeypatch.setattr(axes, "main", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli_main(["axes"])

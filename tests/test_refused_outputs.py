@@ -224,3 +224,25 @@ def test_demo_into_a_directory_the_user_names_needs_overwrite(run_dir, tmp_path,
     code, err = refused(capsys, ["demo", "--out", str(run_dir), "--quiet"])
     assert code == 1 and "output.dir:" in err and "exists and is not empty" in err and "--overwrite" in err
     assert snapshot(tmp_path) == before
+
+
+def test_plot_into_an_existing_file_needs_overwrite(tmp_path, capsys):
+    (tmp_path / "figure.png").write_bytes(b"an earlier figure")
+    before = snapshot(tmp_path)
+    code, err = refused(capsys, ["plot", "profile", str(tmp_path / "no-run"), "--out", str(tmp_path / "figure.png")])
+    assert code == 1 and "--out:" in err and "exists" in err and "--overwrite" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_two_runs_on_one_directory_one_writes_the_other_is_refused(model_dir, tmp_path):
+    out = tmp_path / "shared"
+    config = write_config(tmp_path, model_dir, out)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = [subprocess.Popen([sys.executable, "-m", "fairprune", "run", str(config), "--quiet"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in runs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 1], results
+    err = next(err for code, err in results if code == 1).strip().splitlines()[-1]
+    assert "being written by another fairprune process" in err or "exists and is not empty" in err
+    assert (out / "metrics.json").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["run.json", "shared"]

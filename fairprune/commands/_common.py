@@ -22,8 +22,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace --out when it exists and is not empty (the old copy stays until the new one "
-                             "is complete)")
+                        help="replace --out when it exists (a non-empty directory, or a file); the old copy stays "
+                             "until the new one is complete")
 
 
 def add_trust_remote_code_argument(parser: argparse.ArgumentParser) -> None:
