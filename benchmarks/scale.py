@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from bias_analysis import PeakRSS, _cpu_model, make_pairs, timed_rounds
+from bias_analysis import _cpu_model, bare_forward, make_pairs, timed_rounds
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -73,18 +73,6 @@ def weights_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
-def body_forward(model: Any, tok: Any, prompts: list[str], batch_size: int) -> None:
-    """The decoder body on padded batches, without the LM head: what any activation analysis must run."""
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    with torch.inference_mode():
-        for i in range(0, len(prompts), batch_size):
-            enc = [tok(p)["input_ids"] for p in prompts[i:i + batch_size]]
-            width = max(map(len, enc))
-            ids = torch.tensor([x + [pad] * (width - len(x)) for x in enc])
-            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in enc])
-            model.model(input_ids=ids, attention_mask=mask, use_cache=False)
-
-
 def timings(path: Path, args: argparse.Namespace) -> list[str]:
     """Rows of the in-process table, for float32 then bfloat16."""
     import optipfair.bias as ob
@@ -97,12 +85,12 @@ def timings(path: Path, args: argparse.Namespace) -> list[str]:
     rows = []
     for dtype in ("float32", "bfloat16"):
         model, tok = load_model(str(path), dtype=dtype)
-        body_forward(model, tok, prompts[:4], 4)  # warm-up
+        bare_forward(model.model, tok, prompts[:4], 4)  # warm-up; model.model is the body, no LM head
         phases = {
             "optipfair analyze_neuron_bias": lambda: ob.analyze_neuron_bias(model, tok, pairs, show_progress=False),
             "fairprune analyze_bias": lambda: analyze_bias(model, tok, pairs=pairs, batch_size=args.batch_size,
                                                            progress=False),
-            "bare batched forward of the body": lambda: body_forward(model, tok, prompts, args.batch_size),
+            "bare batched forward of the body": lambda: bare_forward(model.model, tok, prompts, args.batch_size),
         }
         got = timed_rounds(phases, args.repeats)
         bare, opt = got["bare batched forward of the body"][0], got["optipfair analyze_neuron_bias"][0]
