@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import fairprune as fp
-from fairprune.core.collect import collect_prompts, input_device
+from fairprune.core.collect import collect_prompts
+from fairprune.core.devices import input_device
 from fairprune.core.errors import ConfigError, NonFiniteError
 from fairprune.core.prompts import pairs_to_groups
 from fairprune.core.registry import Registry

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import NonFiniteError, PromptError
+from .devices import input_device, non_finite_error
+from .errors import PromptError
 from .prompts import validate_groups
 from .protocols import PromptGroup
 from .adapters import resolve_adapter
@@ -193,17 +194,6 @@ class _PooledReducer:
         self.pooled[key][rows] = sums[:, 0]
         self.sum[key][rows] = sums[:, 1]
         self.abs_sum[key][rows] = absum
-
-
-def non_finite_error(where: str, label: str | None, layer: int | None, dtype: Any) -> NonFiniteError:
-    """The error for a NaN/inf at ``where`` (a site or an evaluator) of the ``label`` model, with what to do."""
-    model = f"the {label} model" if label else "the model"
-    at = f" of layer {layer}" if layer is not None else ""
-    dtype = str(dtype).removeprefix("torch.")
-    advice = {"float16": "float16 overflows: load the model in a wider dtype (model.dtype: float32, or bfloat16)",
-              "bfloat16": "load the model in float32 (model.dtype: float32)"}.get(
-        dtype, "this is not the overflow of a narrow dtype: check the model's weights")
-    return NonFiniteError(f"{where}{at} of {model} produced non-finite values (NaN or inf) in {dtype}; {advice}")
 
 
 def collect_prompts(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGroup], *,
@@ -390,55 +380,6 @@ def _max_positions(model: nn.Module) -> int | None:
     config = getattr(config, "text_config", None) or config
     value = getattr(config, "max_position_embeddings", None)
     return int(value) if isinstance(value, int) and value > 0 else None
-
-
-# -- devices: models spread over several devices or offloaded (accelerate) ------------------------
-
-def execution_device(module: nn.Module) -> torch.device:
-    """Where ``module`` computes: its accelerate hook's execution device, else its first non-meta parameter's.
-
-    Inside a forward hook the activation's own ``.device`` is the surest answer;
-    this is for code that must place tensors before a forward (inputs, masks).
-    """
-    hook = getattr(module, "_hf_hook", None)
-    for one in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):
-        device = getattr(one, "execution_device", None)
-        if device is not None:
-            return _as_device(device)
-    for tensor in module.parameters():
-        if tensor.device.type != "meta":
-            return tensor.device
-    return torch.device("cpu")
-
-
-def input_device(model: nn.Module) -> torch.device:
-    """Where a model's input ids go: the device its input embeddings run on (any placement)."""
-    device_map = getattr(model, "hf_device_map", None)
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if device_map and embeddings is not None:
-        name = next((n for n, m in model.named_modules() if m is embeddings), "")
-        real = [d for d in device_map.values() if d not in ("cpu", "disk")]
-        main = _as_device(real[0]) if real else torch.device("cpu")
-        for key in sorted(device_map, key=len, reverse=True):
-            if key == "" or name == key or name.startswith(key + "."):
-                placed = device_map[key]
-                return main if placed in ("cpu", "disk") else _as_device(placed)
-    return execution_device(embeddings if embeddings is not None else model)
-
-
-def to_device(value: Any, device: torch.device) -> Any:
-    """``value`` with every tensor in it (nested tuples, lists, dicts) moved to ``device``."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, (list, tuple)):
-        return type(value)(to_device(v, device) for v in value)
-    if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
-    return value
-
-
-def _as_device(device: Any) -> torch.device:
-    return torch.device(f"cuda:{device}") if isinstance(device, int) else torch.device(device)
 
 
 def _registry() -> Any:
