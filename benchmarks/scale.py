@@ -38,6 +38,7 @@ import torch
 from bias_analysis import _cpu_model, bare_forward, make_pairs, timed_rounds
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's fairprune, also in the processes it starts (PYTHONPATH)
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 START, END = "<!-- scale:start -->", "<!-- scale:end -->"
 EXAMPLE = ROOT / "examples" / "fair-llama-3.2-1b.yaml"
