@@ -11,7 +11,8 @@ first appeared and which dtype to use instead.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -62,6 +63,65 @@ def to_device(value: Any, device: torch.device) -> Any:
     if isinstance(value, Mapping):
         return {k: to_device(v, device) for k, v in value.items()}
     return value
+
+
+def offloaded_modules(roots: Any) -> list[nn.Module]:
+    """The modules under ``roots`` whose weights accelerate keeps offloaded (CPU or disk) between forwards."""
+    found: dict[int, nn.Module] = {}
+    for root in roots:
+        for module in root.modules():
+            hook = getattr(module, "_hf_hook", None)
+            if any(getattr(one, "offload", False) for one in getattr(hook, "hooks", None) or [hook]):
+                found[id(module)] = module
+    return list(found.values())
+
+
+@contextmanager
+def onloaded(roots: Any) -> Iterator[None]:
+    """Offloaded weights under ``roots`` in CPU memory for an edit (surgery); afterwards the edited
+    tensors, new shapes included, go back where accelerate keeps them and are offloaded again.
+
+    Modules that are not offloaded are left alone. All offloaded weights under
+    ``roots`` are in memory together inside the block.
+    """
+    modules = offloaded_modules(roots)
+    hooks = [_offload_hook(m) for m in modules]
+    saved = [hook.execution_device for hook in hooks]
+    try:
+        for module, hook in zip(modules, hooks):
+            hook.execution_device = torch.device("cpu")
+            hook.pre_forward(module)
+        yield
+    finally:
+        for module, hook, device in zip(modules, hooks, saved):
+            _write_back(module, hook)
+            hook.post_forward(module, None)
+            hook.execution_device = device
+
+
+def _offload_hook(module: nn.Module) -> Any:
+    hook = module._hf_hook
+    return next(one for one in getattr(hook, "hooks", None) or [hook] if getattr(one, "offload", False))
+
+
+def _write_back(module: nn.Module, hook: Any) -> None:
+    """Store ``module``'s current tensors in its hook's weights map: in memory, or on disk when they came from there."""
+    from accelerate.utils import OffloadedWeightsLoader, PrefixedDataset, offload_weight
+
+    tensors = dict(module.named_parameters(recurse=False))
+    if getattr(hook, "offload_buffers", False):
+        tensors.update(module.named_buffers(recurse=False))
+    weights = hook.weights_map
+    store, prefix = (weights.dataset, weights.prefix) if isinstance(weights, PrefixedDataset) else (weights, "")
+    for name, tensor in tensors.items():
+        key, value = prefix + name, tensor.detach().to("cpu")
+        if isinstance(store, OffloadedWeightsLoader):
+            if key in store.state_dict or store.save_folder is None:
+                store.state_dict[key] = value
+            else:  # a disk-offloaded weight: rewrite its file, so memory stays free
+                offload_weight(value, key, store.save_folder, index=store.index)
+        else:
+            store[key] = value
 
 
 def _as_device(device: Any) -> torch.device:
