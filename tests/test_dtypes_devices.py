@@ -139,3 +139,17 @@ def test_disk_offload_without_a_folder_is_an_error(saved_dir):
 
     with pytest.raises(ModelSourceError, match="offload_folder"):
         load_model(str(saved_dir), registry=REG, device_map=DISK_MAP)
+
+
+def test_pruning_an_offloaded_layer_equals_pruning_the_plain_model(saved_dir, tmp_path):
+    plan = {0: [1, 2, 40], 1: [3, 4, 5, 6]}
+    plain, _ = load_model(str(saved_dir), registry=REG, dtype="float32")
+    placed, _ = load_model(str(saved_dir), registry=REG, dtype="float32", device_map=DISK_MAP,
+                           offload_folder=tmp_path / "offload")
+    want, got = fp.prune(plain, plan, registry=REG), fp.prune(placed, plan, registry=REG)
+    assert got.widths_after == want.widths_after == [61, 60]
+    layer_1 = sorted(name for name, _ in placed.named_parameters() if name.startswith("model.layers.1."))
+    assert offloaded(placed) == layer_1, "the pruned layer is offloaded again"
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    with torch.no_grad():
+        torch.testing.assert_close(placed(ids).logits, plain(ids).logits, atol=0, rtol=0)

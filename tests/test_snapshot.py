@@ -111,3 +111,27 @@ def test_whole_copies_undo_any_change_for_pruners_that_do_not_promise_less():
         adapter.down(model, 1).mul_(2)
     snap.restore()
     assert_restored(model, before, logits)
+
+
+def test_a_structural_prune_holds_no_replaced_weight_at_any_time():
+    """While the built-in pruner runs, each layer's old weights are freed as soon as they are replaced."""
+    import fairprune as fp
+
+    model = tiny_model("llama")
+    olds = [weakref.ref(layer.mlp.gate_proj.weight) for layer in model.model.layers]
+    alive_during = []
+
+    class Spy:
+        name = "spy"
+        description = "structural removal that records which replaced weights are still alive"
+        needs_calibration = False
+        changes_only_planned = True
+
+        def apply(self, model, adapter, plan, calibration):
+            result = REG.get("pruners", "structural").apply(model, adapter, plan, calibration)
+            gc.collect()
+            alive_during.extend(ref() is not None for ref in olds)
+            return result
+
+    fp.prune(model, PLAN, pruner=Spy(), registry=REG)
+    assert alive_during == [False, False]

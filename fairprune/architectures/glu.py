@@ -42,11 +42,11 @@ def _slice_linear(linear: nn.Linear, indices: torch.Tensor, dim: int) -> None:
 
     idx = indices.to(linear.weight.device)
     with torch.no_grad():
-        linear.weight = nn.Parameter(linear.weight.index_select(dim, idx).clone(),
+        linear.weight = nn.Parameter(linear.weight.index_select(dim, idx),  # already a new tensor: no clone
                                      requires_grad=linear.weight.requires_grad)
         if dim == 0:
             if linear.bias is not None:
-                linear.bias = nn.Parameter(linear.bias.index_select(0, idx).clone(),
+                linear.bias = nn.Parameter(linear.bias.index_select(0, idx),
                                            requires_grad=linear.bias.requires_grad)
             linear.out_features = int(idx.numel())
         else:

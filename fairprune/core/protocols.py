@@ -210,7 +210,10 @@ class Pruner(Protocol):
     Contract: ``apply(model, adapter, plan, calibration) -> PruneResult``. The plan
     has been validated by the core. ``calibration`` is ``None`` or maps layer to
     ``Tensor[width]`` mean activation ``E[h_i]`` (for compensating pruners, which set
-    ``needs_calibration = True``).
+    ``needs_calibration = True``). A pruner that changes nothing but the planned
+    neurons' gate/up rows and down columns (removed or changed in place) and small
+    MLP tensors (a down bias) may set ``changes_only_planned = True``: the core's
+    all-or-nothing snapshot then copies only those slices instead of every MLP weight.
     """
 
     name: str

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import numbers
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .adapters import count_parameters, default_registry, mlp_weights, resolve_adapter, widths
@@ -125,78 +124,6 @@ def _validate_calibration(plan: Mapping[int, torch.Tensor], calibration: Any, mo
     return checked
 
 
-@dataclass
-class _ModuleState:
-    module: Any
-    params: dict[str, Any]
-    data: dict[str, Any]
-    buffers: dict[str, Any]
-    attrs: dict[str, Any]
-
-
-class Snapshot:
-    """A restorable copy of some modules and config objects, for all-or-nothing edits.
-
-    Parameters keep their identity on restore (their data is put back), so
-    optimizers and hooks that refer to them stay valid.
-    """
-
-    _PLAIN = (int, float, bool, str, type(None), tuple)
-
-    def __init__(self, modules: Sequence[Any], configs: Sequence[Any]) -> None:
-        self.states: list[_ModuleState] = []
-        seen: set[int] = set()
-        for root in modules:
-            for module in root.modules():
-                if id(module) in seen:
-                    continue
-                seen.add(id(module))
-                params = dict(module._parameters)
-                self.states.append(_ModuleState(
-                    module, params,
-                    {k: p.detach().clone() for k, p in params.items() if p is not None},
-                    {k: (b.detach().clone() if b is not None else None) for k, b in module._buffers.items()},
-                    {k: v for k, v in vars(module).items() if not k.startswith("_") and isinstance(v, self._PLAIN)},
-                ))
-        self.configs = [(cfg, dict(vars(cfg))) for cfg in configs]
-
-    def restore(self) -> None:
-        """Put every recorded module and config back exactly as it was."""
-        import torch
-
-        with torch.no_grad():
-            for state in self.states:
-                module = state.module
-                for key, param in state.params.items():
-                    if param is not None:
-                        param.data = state.data[key]
-                module._parameters.clear()
-                module._parameters.update(state.params)
-                for key, buf in state.buffers.items():
-                    module._buffers[key] = buf
-                for key in [k for k in module._buffers if k not in state.buffers]:
-                    del module._buffers[key]
-                for key in [k for k, v in vars(module).items()
-                            if not k.startswith("_") and isinstance(v, self._PLAIN) and k not in state.attrs]:
-                    delattr(module, key)
-                for key, value in state.attrs.items():
-                    object.__setattr__(module, key, value)
-        for cfg, saved in self.configs:
-            vars(cfg).clear()
-            vars(cfg).update(saved)
-
-
-def _affected_modules(model: nn.Module, adapter: Any, layers: Sequence[int]) -> list[Any]:
-    """The MLP module of each layer (the whole decoder layer when the adapter cannot say)."""
-    modules = []
-    for layer in layers:
-        try:
-            modules.append(adapter.site(model, layer, "mlp_out").module)
-        except (ValueError, AttributeError, NotImplementedError):
-            modules.append(adapter.layers(model)[layer])
-    return modules
-
-
 def _configs(model: nn.Module) -> list[Any]:
     config = getattr(model, "config", None)
     if config is None:
@@ -205,9 +132,14 @@ def _configs(model: nn.Module) -> list[Any]:
     return [config] + ([text] if text is not None and text is not config else [])
 
 
-def snapshot_layers(model: nn.Module, adapter: Any, layers: Sequence[int]) -> Snapshot:
-    """A ``Snapshot`` of the MLPs of ``layers`` and the model config: ``restore()`` undoes a prune of them."""
-    return Snapshot(_affected_modules(model, adapter, list(layers)), _configs(model))
+def snapshot_layers(model: nn.Module, adapter: Any, plan: Mapping[int, Sequence[int]], *,
+                    only_planned: bool = True) -> Any:
+    """A ``Snapshot`` of the MLPs a plan ``{layer: [indices]}`` touches and of the model config:
+    ``restore()`` undoes a prune of them. ``only_planned`` saves just the planned slices of gate/up/down
+    (for pruners that promise to change nothing else; see ``core.snapshot``)."""
+    from .snapshot import Snapshot, mlp_slices
+
+    return Snapshot(mlp_slices(model, adapter, plan), _configs(model), only_planned=only_planned)
 
 
 def prune(model: nn.Module, plan: Any, *, pruner: str = "structural", adapter: Any = None,
@@ -233,16 +165,23 @@ def prune(model: nn.Module, plan: Any, *, pruner: str = "structural", adapter: A
     removed = {layer: idx.tolist() for layer, idx in checked.items()}
     if not checked:
         return PruneResult(params_before, params_before, widths_before, list(widths_before), {})
-    snapshot = snapshot_layers(model, adapter, list(checked))
-    try:
-        with torch.no_grad():
-            pruner_obj.apply(model, adapter, removed, calibration)
-        widths_after = widths(model, adapter)
-        adapter.set_widths(model, widths_after)
-    except BaseException:
-        snapshot.restore()
-        logger.error("pruner %r failed; the model was restored to its state before pruning", pruner_name)
-        raise
+    from .devices import onloaded
+    from .snapshot import mlp_slices
+
+    mlps = [module for module, _, _ in mlp_slices(model, adapter, removed)]
+    with onloaded(mlps):  # weights offloaded by a device map are edited in CPU memory, then offloaded again
+        snapshot = snapshot_layers(model, adapter, removed,
+                                   only_planned=bool(getattr(pruner_obj, "changes_only_planned", False)))
+        try:
+            with torch.no_grad():
+                pruner_obj.apply(model, adapter, removed, calibration)
+            widths_after = widths(model, adapter)
+            adapter.set_widths(model, widths_after)
+        except BaseException:
+            snapshot.restore()
+            logger.error("pruner %r failed; the model was restored to its state before pruning", pruner_name)
+            raise
+        del snapshot
     result = PruneResult(params_before, count_parameters(model), widths_before, widths_after, removed)
     for layer, indices in removed.items():
         reg.hook.fairprune_layer_pruned(layer=layer, removed=list(indices), width_before=widths_before[layer],

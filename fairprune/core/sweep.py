@@ -148,7 +148,8 @@ def _run_point(run: Any, importance: dict[int, Any], weight: float, budget: Any,
     from .surgery import snapshot_layers
 
     plan = pipeline.make_plan(run, importance=importance, bias_weight=weight, budget=budget)
-    snapshot = snapshot_layers(run.model, run.adapter, list(plan.removed))
+    snapshot = snapshot_layers(run.model, run.adapter, plan.to_mapping(),
+                               only_planned=bool(getattr(run.plugins.pruner, "changes_only_planned", False)))
     try:
         result = pipeline.apply_plan(run, plan)
         evaluations = pipeline.evaluate_pruned(run, result, evaluators)

@@ -1,8 +1,9 @@
 """Built-in pruners: structural removal, masking, and removal with mean compensation.
 
 Each pruner computes every new tensor for every layer before writing any, so a
-failure while computing leaves the model untouched (the core also snapshots and
-restores, for third-party pruners). torch is imported inside the functions, so
+failure while computing leaves the model untouched. Each changes only the
+planned neurons' gate/up rows and down columns (and a down bias), and says so
+(``changes_only_planned``), so the core's snapshot copies just those slices. torch is imported inside the functions, so
 ``fairprune plugins`` stays fast.
 """
 
@@ -70,7 +71,7 @@ def remove_with_compensation(model: nn.Module, adapter: Any, plan: Mapping[int, 
         down = adapter.down(model, layer)
         idx = torch.as_tensor(list(removed), dtype=torch.long, device=down.device)
         mean = torch.as_tensor(calibration[layer]).to(device=down.device, dtype=torch.float64)[idx]
-        shifts[layer] = down.detach().double().index_select(1, idx) @ mean
+        shifts[layer] = down.detach().index_select(1, idx).double() @ mean  # select first: a small copy
     linears = {layer: down_linear(model, adapter, layer) for layer in plan}
     result = remove_neurons(model, adapter, plan)
     for layer, shift in shifts.items():
@@ -98,6 +99,7 @@ class StructuralPruner(Plugin):
     name = "structural"
     description = "remove neurons (gate/up rows, down columns); layers may end with different widths"
     needs_calibration: ClassVar[bool] = False
+    changes_only_planned: ClassVar[bool] = True  # the core then snapshots just the planned slices
 
     def apply(self, model: nn.Module, adapter: Any, plan: Mapping[int, Sequence[int]],
               calibration: Mapping[int, torch.Tensor] | None) -> PruneResult:
@@ -110,6 +112,7 @@ class MaskPruner(Plugin):
     name = "mask"
     description = "zero the neurons' weights but keep widths (same outputs as structural; for quick experiments)"
     needs_calibration: ClassVar[bool] = False
+    changes_only_planned: ClassVar[bool] = True  # the core then snapshots just the planned slices
 
     def apply(self, model: nn.Module, adapter: Any, plan: Mapping[int, Sequence[int]],
               calibration: Mapping[int, torch.Tensor] | None) -> PruneResult:
@@ -127,6 +130,7 @@ class CompensatedPruner(Plugin):
     name = "compensated"
     description = "remove neurons and add their mean contribution to a down_proj bias (needs calibration)"
     needs_calibration: ClassVar[bool] = True
+    changes_only_planned: ClassVar[bool] = True
 
     def apply(self, model: nn.Module, adapter: Any, plan: Mapping[int, Sequence[int]],
               calibration: Mapping[int, torch.Tensor] | None) -> PruneResult:
