@@ -99,3 +99,22 @@ def test_two_processes_equal_one_on_smollm2(tmp_path):
     done = torchrun(*args, "--out", str(tmp_path / "two"), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_report(BiasReport.load(tmp_path / "two"), BiasReport.load(tmp_path / "one"))
+
+
+@pytest.mark.integration  # two whole runs and a torchrun start-up: about a minute on two busy cores
+def test_two_process_run_writes_once_and_equals_a_one_process_run(tiny_dir, tmp_path):
+    import yaml
+
+    config = {"model": {"source": str(tiny_dir)}, "bias": {"axes": ["race"], "batch_size": 8},
+              "pruning": {"budget": {"neurons": 8}},
+              "evaluation": {"evaluators": ["activation_bias", "parameters"]}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert cli_main(["run", str(path), "--quiet", "--set", f"output.dir={tmp_path / 'one'}"]) == 0
+    done = torchrun("run", str(path), "--quiet", "--set", f"output.dir={tmp_path / 'two'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("run written to") <= 1
+    assert_same_report(BiasReport.load(tmp_path / "two" / "bias"), BiasReport.load(tmp_path / "one" / "bias"))
+    assert (json.loads((tmp_path / "two" / "plan.json").read_text())["removed"]
+            == json.loads((tmp_path / "one" / "plan.json").read_text())["removed"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "run.yaml", "two"], "no locks or staging left"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,3 +154,43 @@ def test_pruning_an_offloaded_layer_equals_pruning_the_plain_model(saved_dir, tm
     ids = torch.tensor([[1, 5, 9, 13, 17]])
     with torch.no_grad():
         torch.testing.assert_close(placed(ids).logits, plain(ids).logits, atol=0, rtol=0)
+
+
+# -- evaluators and whole runs in half precision ---------------------------------------------------
+
+def test_the_issues_overflow_case_is_an_error_naming_evaluator_model_and_layer():
+    """A float16 model whose layer 1 overflows, evaluated against the float32 original: no JS of 0.0."""
+    groups = pairs_to_groups(PAIRS)
+    base = tiny_model("llama")
+    params = {"output_bias": {}, "capability": {"tasks": ["text"], "text_max_tokens": 40, "window": 20, "stride": 20}}
+    for evaluator in ("output_bias", "capability"):
+        with pytest.raises(NonFiniteError) as info:
+            fp.evaluate(base, overflowing_llama(), tiny_tokenizer(), groups=groups, evaluators=[evaluator],
+                        params={evaluator: params[evaluator]}, registry=REG, progress=False)
+        message = str(info.value)
+        assert f"evaluator {evaluator!r}: the output of layer 1 of the pruned model" in message, message
+        assert "in float16; float16 overflows" in message
+
+
+def test_activation_bias_names_the_site_layer_and_model():
+    with pytest.raises(NonFiniteError, match=r"evaluator 'activation_bias': site '\w+' of layer 1 of the "
+                                             r"pruned model"):
+        fp.evaluate(tiny_model("llama"), overflowing_llama(), tiny_tokenizer(), groups=pairs_to_groups(PAIRS),
+                    evaluators=["activation_bias"], registry=REG, progress=False)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_whole_run_in_half_precision(saved_dir, tmp_path, dtype):
+    config = {"model": {"source": str(saved_dir), "dtype": dtype}, "bias": {"axes": ["race"], "batch_size": 8},
+              "pruning": {"budget": {"neurons": 8}}, "output": {"dir": str(tmp_path / "run")},
+              "evaluation": {"evaluators": [
+                  "activation_bias", {"name": "output_bias", "params": {"n_boot": 20}},
+                  {"name": "capability", "params": {"tasks": ["text", "cloze"], "text_max_tokens": 200,
+                                                    "window": 100, "stride": 100}}, "parameters"]}}
+    result = fp.run(config, progress=False, registry=REG)
+    saved, _ = load_model(str(result.output_dir), registry=REG)
+    assert {p.dtype for p in saved.parameters()} == {getattr(torch, dtype)}
+    figures = [v for e in result.metrics["evaluation"].values() for v in e["metrics"].values()
+               if isinstance(v, float)]
+    assert figures and all(np.isfinite(figures))
+    assert result.metrics["evaluation"]["output_bias"]["metrics"]["js_base"] > 0

@@ -19,5 +19,6 @@ def main(args: argparse.Namespace) -> int:
     from ..core.summary import summary_text
 
     result = run(args.config, args.overrides, progress=not args.quiet)
-    print(summary_text(result.metrics, result.output_dir))
+    if result.output_dir is not None:  # under torchrun, only rank 0 has the run's results
+        print(summary_text(result.metrics, result.output_dir))
     return 0

@@ -142,7 +142,21 @@ def non_finite_error(where: str, label: str | None, layer: int | None, dtype: An
     advice = {"float16": "float16 overflows: load the model in a wider dtype (model.dtype: float32, or bfloat16)",
               "bfloat16": "load the model in float32 (model.dtype: float32)"}.get(
         dtype, "this is not the overflow of a narrow dtype: check the model's weights")
-    return NonFiniteError(f"{where}{at} of {model} produced non-finite values (NaN or inf) in {dtype}; {advice}")
+    error = NonFiniteError(f"{where}{at} of {model} produced non-finite values (NaN or inf) in {dtype}; {advice}")
+    error.where, error.label, error.layer, error.dtype = where, label, layer, dtype
+    return error
+
+
+def check_finite_logits(model: nn.Module, logits: torch.Tensor, inputs: Mapping[str, Any]) -> None:
+    """Raise ``NonFiniteError`` when ``logits`` hold a NaN/inf, naming the first decoder layer whose
+    output already did (found by running ``inputs`` once more)."""
+    if bool(torch.isfinite(logits).all()):
+        return
+    from .adapters import resolve_adapter
+
+    layer = first_non_finite_layer(model, resolve_adapter(model).layers(model), **inputs)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), logits.dtype)
+    raise non_finite_error("the output" if layer is not None else "the logits", None, layer, dtype)
 
 
 def first_non_finite_layer(model: nn.Module, layers: Any, **inputs: Any) -> int | None:

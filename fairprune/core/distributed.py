@@ -189,9 +189,12 @@ def current() -> World | None:
     return World(dist.get_rank(), dist.get_world_size(), device)
 
 
-def is_main_process() -> bool:
-    """True in a single-process run and on rank 0 of a distributed one: the process that writes files."""
-    world = current()
+def is_main_process(init: bool = False) -> bool:
+    """True in a single-process run and on rank 0 of a distributed one: the process that writes files.
+
+    With ``init``, first join the torchrun world the environment describes, if any.
+    """
+    world = init_from_env() if init else current()
     return world is None or world.is_main
 
 

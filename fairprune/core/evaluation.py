@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from .errors import ConfigError
+from .errors import ConfigError, NonFiniteError
 from .protocols import PromptGroup, PruneResult
 
 logger = logging.getLogger(__name__)
@@ -201,7 +201,14 @@ def observe_all(evaluators: Sequence[tuple[str, Any]], model: Any, context: Eval
     out: dict[str, Any] = {}
     for name, evaluator in evaluators:
         start = time.perf_counter()
-        out[name] = evaluator.observe(model, ctx)
+        try:
+            out[name] = evaluator.observe(model, ctx)
+        except NonFiniteError as exc:  # say which evaluator and which model met the NaN/inf
+            if getattr(exc, "label", "") is not None:
+                raise
+            from .devices import non_finite_error
+
+            raise non_finite_error(f"evaluator {name!r}: {exc.where}", label, exc.layer, exc.dtype) from exc
         logger.info("evaluator %s observed the %s model in %.1f s", name, label, time.perf_counter() - start)
     return out
 

@@ -162,6 +162,7 @@ def prepare(config: Any, overrides: list[str] | None = None, registry: Any = Non
     import torch
 
     from .adapters import default_registry
+    from .distributed import is_main_process
     from .outputs import claim_output_dir
     from .preflight import check_input_files
 
@@ -174,7 +175,10 @@ def prepare(config: Any, overrides: list[str] | None = None, registry: Any = Non
         raise ConfigError(f"scoring.importance: {config.scoring.importance.name!r} needs neuron activations: set "
                           "bias.site='neuron', or choose a weight-only importance such as 'max_abs_weight'")
     check_input_files(config)
-    out_dir = claim_output_dir(config.output.dir, config.output.overwrite)  # locked until the run ends
+    if is_main_process(init=True):  # under torchrun only rank 0 writes, so only it claims the directory
+        out_dir = claim_output_dir(config.output.dir, config.output.overwrite)  # locked until the run ends
+    else:
+        out_dir = Path(config.output.dir).expanduser().absolute()
     torch.manual_seed(config.seed)
     return Run(config, registry, plugins, out_dir, progress)
 
@@ -299,7 +303,13 @@ def _attribution_metrics(plan: Any) -> dict[str, Any]:
 @releasing_claims
 def run(config: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | None = None, *,
         registry: Any = None, progress: bool = True) -> RunResult:
-    """Run the whole pipeline from a config (path, dict or ``RunConfig``) and write the output directory."""
+    """Run the whole pipeline from a config (path, dict or ``RunConfig``) and write the output directory.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process loads the model and takes a
+    share of the bias analysis; then rank 0 alone observes, prunes, evaluates and
+    writes, and the other processes return a ``RunResult`` without an output directory.
+    """
+    from .distributed import is_main_process
     from .preflight import check_budget, check_plan_removes_neurons
 
     state = prepare(config, overrides, registry, progress)
@@ -309,7 +319,9 @@ def run(config: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | 
         load(state)
         check_budget(state.config, state.model, state.adapter)
     with timer.stage("analyze"):
-        analyze(state)
+        analyze(state)  # shared among the processes of a torchrun world
+    if not is_main_process():  # the other processes' share of the work is done; rank 0 goes on alone
+        return RunResult(None, {}, None, None, timer.timings)
     with timer.stage("observe_base"):
         observe_base(state)
     with timer.stage("plan"):

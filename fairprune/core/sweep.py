@@ -29,7 +29,7 @@ class SweepResult:
 
     points: list[dict[str, Any]]
     chosen: dict[str, Any] | None
-    output_dir: Path
+    output_dir: Path | None  # None in torchrun processes other than rank 0
     run: Any = None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -88,6 +88,7 @@ def sweep(config: Any, overrides: list[str] | None = None, *, max_perplexity_inc
     """Run the grid in ``config.sweep`` on one model: the base is observed once, each point is pruned in place,
     observed and restored; the chosen point (under the capability constraint) is saved as a full run."""
     from . import pipeline
+    from .distributed import is_main_process
     from .planning import layer_importance
 
     run = pipeline.prepare(config, overrides, registry, progress)
@@ -105,6 +106,8 @@ def sweep(config: Any, overrides: list[str] | None = None, *, max_perplexity_inc
         pipeline.analyze(run)
         importance = layer_importance(run.model, config.scoring.importance, run.bias_report, run.adapter,
                                       run.registry)
+    if not is_main_process():  # under torchrun the analysis was shared; rank 0 runs the grid alone
+        return SweepResult([], None, None, None, run.timer.timings)
     with run.timer.stage("observe_base"):
         pipeline.observe_base(run)
     points = []

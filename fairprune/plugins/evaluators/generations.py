@@ -61,9 +61,10 @@ class GenerationsEvaluator(Plugin):
         """Greedy continuation of one prompt (the new text only)."""
         import torch
 
+        from ...core.devices import input_device
         from .lm_scoring import encode, pad_id
 
-        ids = torch.tensor([encode(tokenizer, prompt)], device=next(model.parameters()).device)
+        ids = torch.tensor([encode(tokenizer, prompt)], device=input_device(model))
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                  max_new_tokens=self.params.max_new_tokens, pad_token_id=pad_id(tokenizer))

@@ -46,10 +46,6 @@ def pad_id(tokenizer) -> int:
     return 0
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _accepts_logits_to_keep(model: nn.Module) -> bool:
     try:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -65,8 +61,14 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int
 
 
 def forward_left_padded(model: nn.Module, sequences: Sequence[Sequence[int]], keep: int, pad: int) -> torch.Tensor:
-    """Logits ``[B, keep, vocab]`` (float32) of the last ``keep`` positions of each left-padded sequence."""
-    device = _device(model)
+    """Logits ``[B, keep, vocab]`` (float32) of the last ``keep`` positions of each left-padded sequence.
+
+    Inputs go to the device of the model's input embeddings (any device map).
+    Raises ``NonFiniteError`` naming the first layer whose output is NaN/inf.
+    """
+    from ...core.devices import check_finite_logits, input_device
+
+    device = input_device(model)
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -74,10 +76,12 @@ def forward_left_padded(model: nn.Module, sequences: Sequence[Sequence[int]], ke
         ids[row, width - len(seq):] = torch.as_tensor(list(seq), dtype=torch.long)
         mask[row, width - len(seq):] = 1
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+              "position_ids": position_ids.to(device), "use_cache": False}
     kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
-    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device),
-                use_cache=False, **kwargs)
-    return out.logits[:, -keep:, :].float()
+    logits = model(**inputs, **kwargs).logits[:, -keep:, :].float()
+    check_finite_logits(model, logits, inputs)
+    return logits
 
 
 @torch.no_grad()
