@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from benchmark_helpers import (UnigramLM, bbq_record, compare, context, stereoset_item, write_crows, write_jsonl,
                                write_stereoset, write_winobias)
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from fairprune.core.errors import ConfigError
@@ -332,3 +335,50 @@ def test_stereoset_invalid_json_names_the_line(tmp_path):
     path.write_text('{"data":\n  {"intrasentence": [}\n}')
     with pytest.raises(ConfigError, match=r"line 2: is not valid JSON"):
         StereoSetEvaluator().configure({"path": str(path)})
+
+
+# -- scoring details and properties -----------------------------------------------------------------
+
+def test_sentences_are_conditioned_on_bos_else_eos_else_their_first_token():
+    from fairprune.plugins.evaluators.benchmark_scoring import sentence_logprobs, sentence_prefix
+    from fairprune.testing import tiny_char_tokenizer
+
+    tok = tiny_char_tokenizer()
+    assert sentence_prefix(tok) == [tok.bos_token_id]
+    [with_bos] = sentence_logprobs(A_MODEL, tok, ["ab"])
+    assert with_bos.n_tokens == 2 and with_bos.logprob == pytest.approx(A_MODEL.logprob("a") + A_MODEL.logprob("b"))
+    tok.bos_token = None
+    assert sentence_prefix(tok) == [tok.eos_token_id]
+    tok.eos_token = None
+    [bare] = sentence_logprobs(A_MODEL, tok, ["ab"])
+    assert sentence_prefix(tok) == [] and bare.n_tokens == 1 and bare.logprob == pytest.approx(A_MODEL.logprob("b"))
+
+
+def test_bbq_length_normalization_changes_which_answer_wins(tmp_path):
+    # summed, " a" beats " aa" (one more negative log-prob); per token, " aa" wins (the boosted "a" dominates)
+    rows = [("disambig", "neg", ("aa", "a", "c"), (T, O, U), 0)]
+    path = str(write_bbq(tmp_path / "Age.jsonl", rows))
+    summed = compare(BBQEvaluator().configure({"path": path, "n_boot": 20}), A_MODEL, A_MODEL).metrics
+    normalized = compare(BBQEvaluator().configure({"path": path, "n_boot": 20, "length_normalize": True}),
+                         A_MODEL, A_MODEL).metrics
+    assert summed["accuracy_disambiguated_base"] == 0.0 and normalized["accuracy_disambiguated_base"] == 100.0
+
+
+@given(st.lists(st.floats(-5, 5, allow_nan=False).filter(lambda v: v != 0), min_size=1, max_size=30))
+def test_swapping_the_sentences_of_every_pair_mirrors_pct_stereotype(diffs):
+    from fairprune.plugins.evaluators.benchmark_base import pct_positive
+
+    values = np.asarray(diffs)[:, None]
+    assert pct_positive(values) + pct_positive(-values) == pytest.approx(100.0)
+
+
+@given(st.lists(st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans()), min_size=1, max_size=40))
+def test_bbq_bias_scores_stay_within_the_papers_range(rows):
+    from fairprune.plugins.evaluators.bbq import STATISTICS
+
+    # features: [ambiguous, correct, answered unknown, answered biased, biased answer known]
+    features = np.asarray([[amb, correct and not biased, unknown and not biased, biased, 1.0]
+                           for amb, correct, unknown, biased in rows], dtype=np.float64)
+    for name in ("bias_score_ambiguous", "bias_score_disambiguated"):
+        value = STATISTICS[name](features)
+        assert math.isnan(value) or -100.0 <= value <= 100.0
