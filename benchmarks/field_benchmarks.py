@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--winobias-split", default="test", choices=("dev", "test"))
     parser.add_argument("--bbq", default=str(SHARED / "bbq"), help="BBQ file or directory ('' to skip)")
     parser.add_argument("--bbq-limit", type=int, default=400, help="BBQ examples per category file (sampled)")
+    parser.add_argument("--bbq-length-normalize", action="store_true",
+                        help="BBQ answers ranked by mean log-probability per token instead of the sum")
     parser.add_argument("--crows-pairs", default="", help="CrowS-Pairs CSV (optional)")
     parser.add_argument("--stereoset", default="", help="StereoSet dev.json (optional)")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -47,7 +49,7 @@ def evaluator_params(args: argparse.Namespace) -> dict[str, dict]:
     if args.winobias:
         params["winobias"] = {"path": args.winobias, "split": args.winobias_split}
     if args.bbq:
-        params["bbq"] = {"path": args.bbq, "limit": args.bbq_limit}
+        params["bbq"] = {"path": args.bbq, "limit": args.bbq_limit, "length_normalize": args.bbq_length_normalize}
     if args.crows_pairs:
         params["crows_pairs"] = {"path": args.crows_pairs}
     if args.stereoset:
