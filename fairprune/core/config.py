@@ -281,11 +281,11 @@ def load_config(source: str | Path | dict[str, Any] | RunConfig, overrides: list
 
 def resolve_component(registry: Any, kind: str, component: Component, path: str) -> Any:
     """The configured plugin for a component; errors name the config path of the bad field."""
-    from .errors import UnknownPluginError
+    from .errors import DuplicatePluginError, UnknownPluginError
 
     try:
         return registry.create(kind, component.name, component.params)
-    except UnknownPluginError as exc:
+    except (UnknownPluginError, DuplicatePluginError) as exc:
         raise ConfigError(f"{path}.name: {exc}") from None
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, prefix=f"{path}.params")) from None

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, load_config, resolve_component
-from .errors import ConfigError, UnknownPluginError
+from .errors import ConfigError, DuplicatePluginError, UnknownPluginError
 from .outputs import releasing_claims
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def resolve_plugins(config: RunConfig, registry: Any) -> Plugins:
     def named(kind: str, name: str, path: str) -> Any:
         try:
             return registry.get(kind, name)
-        except UnknownPluginError as exc:
+        except (UnknownPluginError, DuplicatePluginError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
 
     for section, axes in (("bias", config.bias.axes), ("evaluation", config.evaluation.axes or [])):

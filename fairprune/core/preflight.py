@@ -11,12 +11,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, PromptError
+
+logger = logging.getLogger(__name__)
 
 def is_path_param(key: str) -> bool:
     """Whether a plugin parameter names a file the plugin reads: ``path`` or ``*_path`` / ``*_file``."""
@@ -132,8 +135,15 @@ def check_budget(config: Any, model: Any, adapter: Any) -> None:
 
 
 def check_plan_removes_neurons(plan: Any, config: Any) -> None:
-    """``ConfigError`` before pruning when the plan chose no neuron (say which setting to change)."""
+    """``ConfigError`` before pruning when the budget's plan chose no neuron (say which setting to change).
+
+    The attribution method may find that no removal lowers the bias objective:
+    a finding, reported by its verification, so it only logs a warning here.
+    """
     if plan.n_neurons:
+        return
+    if getattr(config.bias, "method", "activation") == "attribution":
+        logger.warning("the attribution selection removes no neuron: no candidate lowered the bias objective")
         return
     pruning = config.pruning
     hint = (f"round_to={pruning.round_to} rounds every layer back to its full width; lower it or raise the budget"
