@@ -246,3 +246,13 @@ def test_two_runs_on_one_directory_one_writes_the_other_is_refused(model_dir, tm
     err = next(err for code, err in results if code == 1).strip().splitlines()[-1]
     assert "being written by another fairprune process" in err or "exists and is not empty" in err
     assert (out / "metrics.json").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["run.json", "shared"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc, where nobody can create files")
+def test_a_parent_nobody_can_write_is_refused_before_loading(model_dir, tmp_path, capsys):
+    config = write_config(tmp_path, model_dir, "/proc/fairprune-test-out")
+    before = snapshot(tmp_path)
+    code, err = refused(capsys, ["run", str(config), "--quiet"])
+    assert code == 1 and err.startswith("error: output.dir: ") and "/proc" in err
+    assert "cannot write" in err or "not writable" in err or "cannot create" in err
+    assert snapshot(tmp_path) == before
