@@ -11,7 +11,7 @@ import torch
 
 import fairprune as fp
 from fairprune.cli import main as cli_main
-from fairprune.core.errors import ModelSourceError
+from fairprune.core.errors import ModelSourceError, PersistError
 from fairprune.core.registry import Registry
 from fairprune.plugins import sources as source_plugins
 from fairprune.testing import snapshot, tiny_char_tokenizer, tiny_model
@@ -129,3 +129,11 @@ def test_truncated_cache_of_a_bundled_model_is_rebuilt(tmp_path, monkeypatch, ca
     for a, b in zip(again.state_dict().values(), rebuilt.state_dict().values()):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     assert model.config.fairprune_base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_a_broken_shard_index_is_one_line(tmp_path):
+    path = fp.save_pretrained(tiny_model("llama"), tiny_char_tokenizer(), tmp_path / "m")
+    (path / "model.safetensors").rename(path / "model-00001-of-00001.safetensors")
+    (path / "model.safetensors.index.json").write_text("{not json")
+    with pytest.raises(PersistError, match=r"model\.safetensors\.index\.json is not a valid index"):
+        fp.load_pretrained(path)

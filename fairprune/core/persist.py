@@ -200,8 +200,11 @@ def check_weights(path: str | Path) -> list[Path]:
     if (root / WEIGHTS_FILE).exists():
         files = [root / WEIGHTS_FILE]
     elif (root / WEIGHTS_INDEX).exists():
-        files = [root / s for s in sorted(set(json.loads((root / WEIGHTS_INDEX).read_text()).get("weight_map",
-                                                                                                  {}).values()))]
+        try:
+            weight_map = json.loads((root / WEIGHTS_INDEX).read_text()).get("weight_map", {})
+        except (ValueError, AttributeError) as exc:
+            raise PersistError(f"{root / WEIGHTS_INDEX} is not a valid index ({exc})") from None
+        files = [root / shard for shard in sorted(set(weight_map.values()))]
     else:
         raise PersistError(f"{root} has no weights: neither {WEIGHTS_FILE} nor {WEIGHTS_INDEX}")
     for file in files:
