@@ -194,3 +194,14 @@ def test_whole_run_in_half_precision(saved_dir, tmp_path, dtype):
                if isinstance(v, float)]
     assert figures and all(np.isfinite(figures))
     assert result.metrics["evaluation"]["output_bias"]["metrics"]["js_base"] > 0
+
+
+def test_analyze_command_loads_the_requested_dtype(saved_dir, tmp_path):
+    from fairprune.cli import main as cli_main
+    from fairprune.core.bias import BiasReport
+
+    assert cli_main(["analyze", "--model", str(saved_dir), "--axes", "race", "--dtype", "float16",
+                     "--out", str(tmp_path / "fp16")]) == 0
+    assert cli_main(["analyze", "--model", str(saved_dir), "--axes", "race", "--out", str(tmp_path / "auto")]) == 0
+    assert BiasReport.load(tmp_path / "fp16").settings["dtype"] == "float16"
+    assert BiasReport.load(tmp_path / "auto").settings["dtype"] == "bfloat16"

@@ -20,6 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="directory for the report")
     add_overwrite_argument(parser)
     add_trust_remote_code_argument(parser)
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="weights and activations (default: auto = the checkpoint's; reductions stay float32)")
+    parser.add_argument("--device-map", default=None, choices=("auto", "balanced", "sequential"),
+                        help="spread the model over the available devices with accelerate")
     parser.add_argument("--split", default="analysis", choices=("analysis", "heldout", "all"),
                         help="which templates of the axes to use (default: analysis)")
     parser.add_argument("--site", default="neuron", help="activation site (default: neuron = input of down_proj)")
@@ -44,7 +48,8 @@ def main(args: argparse.Namespace) -> int:
     check_files(axis_files(axes or [], "--axes") + ([("--prompts", args.prompts, "prompts")] if args.prompts else []))
     out = claim_out(args)
     groups = load_prompt_groups(args.prompts) if args.prompts else None
-    model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code, dtype=args.dtype,
+                                  device_map=args.device_map)
     report = analyze_bias(model, tokenizer, axes=axes, groups=groups, split=args.split, site=args.site,
                           pooling=args.pooling, metric=args.metric, batch_size=args.batch_size)
     if not is_main_process():  # under torchrun every process computed the same report; rank 0 writes it

@@ -187,6 +187,7 @@ def analyze_bias(model: Any, tokenizer: Any, axes: Sequence[Any] | None = None,
         "n_groups_per_axis": {a: sum(g.axis == a for g in all_groups) for a in per_axis},
         "n_prompts": sum(len(g.prompts) for g in all_groups), "n_tokens": collected.n_tokens,
         "layers": layer_ids, "model_class": type(model).__name__, "adapter": getattr(adapter, "name", ""),
+        "dtype": str(next((p.dtype for p in model.parameters() if p.is_floating_point()), "")).removeprefix("torch."),
     }
     logger.info("bias analysis: %d groups on axes %s, %d tokens", len(all_groups), list(per_axis),
                 collected.n_tokens)
