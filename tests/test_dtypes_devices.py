@@ -154,6 +154,10 @@ def test_pruning_an_offloaded_layer_equals_pruning_the_plain_model(saved_dir, tm
     ids = torch.tensor([[1, 5, 9, 13, 17]])
     with torch.no_grad():
         torch.testing.assert_close(placed(ids).logits, plain(ids).logits, atol=0, rtol=0)
+    fp.save_pretrained(placed, None, tmp_path / "saved")  # offloaded weights are gathered for saving
+    reloaded, _ = fp.load_pretrained(tmp_path / "saved")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, plain(ids).logits, atol=0, rtol=0)
 
 
 # -- evaluators and whole runs in half precision ---------------------------------------------------
