@@ -209,3 +209,21 @@ def test_analyze_command_loads_the_requested_dtype(saved_dir, tmp_path):
     assert cli_main(["analyze", "--model", str(saved_dir), "--axes", "race", "--out", str(tmp_path / "auto")]) == 0
     assert BiasReport.load(tmp_path / "fp16").settings["dtype"] == "float16"
     assert BiasReport.load(tmp_path / "auto").settings["dtype"] == "bfloat16"
+
+
+def test_scoring_in_logit_budgeted_forwards_gives_the_same_scores(monkeypatch):
+    """A large vocabulary splits a scoring batch into several forwards; the scores do not change."""
+    from fairprune.plugins.evaluators import lm_scoring
+
+    model = tiny_model("llama")
+    requests = lm_scoring.window_requests(list(range(3, 120)), window=20, stride=20)
+    whole = lm_scoring.score_continuations(model, requests, batch_size=16)
+    calls = []
+    forward = lm_scoring.forward_left_padded
+    monkeypatch.setattr(lm_scoring, "forward_left_padded", lambda *a: calls.append(len(a[1])) or forward(*a))
+    monkeypatch.setattr(lm_scoring, "LOGITS_BUDGET", 2 * 21 * 128)  # two sequences of 21 kept positions
+    split = lm_scoring.score_continuations(model, requests, batch_size=16)
+    assert max(calls) == 2 and len(calls) == 3
+    for a, b in zip(whole, split):
+        assert a.n_tokens == b.n_tokens and a.greedy == b.greedy
+        assert a.nll == pytest.approx(b.nll, abs=1e-4)

@@ -30,6 +30,11 @@ class ContinuationScore:
         return -self.nll
 
 
+#: float32 logits one scoring forward may produce (128 MiB): with a 128k vocabulary about 260 positions, so a
+#: 1B model's evaluation stays within half its bf16 weights' size on top of them
+LOGITS_BUDGET = 2**25
+
+
 def encode(tokenizer, text: str, special: bool = True) -> list[int]:
     """Token ids of ``text``; ``special`` adds the tokenizer's special tokens (e.g. BOS)."""
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
@@ -124,18 +129,26 @@ def score_continuations(model: nn.Module, requests: Sequence[tuple[Sequence[int]
         seqs.append(seq)
     results: list[ContinuationScore | None] = [None] * len(seqs)
     batches = list(length_batches([len(s) for s in seqs], batch_size))
+    vocab = _vocab_size(model)
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
         keep = max(len(requests[i][1]) for i in batch) + 1
-        logits = forward_left_padded(model, [seqs[i] for i in batch], keep, pad)
-        logprobs = torch.log_softmax(logits, dim=-1)
-        for row, i in enumerate(batch):
-            target = torch.as_tensor(list(requests[i][1]), dtype=torch.long, device=logprobs.device)
-            n = target.numel()
-            lp = logprobs[row, keep - 1 - n:keep - 1, :]
-            nll = -lp.gather(1, target[:, None]).sum().item()
-            greedy = bool((lp.argmax(-1) == target).all().item())
-            results[i] = ContinuationScore(nll=float(nll), n_tokens=int(n), greedy=greedy)
+        rows = max(1, LOGITS_BUDGET // (keep * vocab)) if vocab else len(batch)
+        for start in range(0, len(batch), rows):  # a large vocabulary scores fewer sequences per forward
+            part = batch[start:start + rows]
+            logprobs = torch.log_softmax(forward_left_padded(model, [seqs[i] for i in part], keep, pad), dim=-1)
+            for row, i in enumerate(part):
+                target = torch.as_tensor(list(requests[i][1]), dtype=torch.long, device=logprobs.device)
+                n = target.numel()
+                lp = logprobs[row, keep - 1 - n:keep - 1, :]
+                nll = -lp.gather(1, target[:, None]).sum().item()
+                greedy = bool((lp.argmax(-1) == target).all().item())
+                results[i] = ContinuationScore(nll=float(nll), n_tokens=int(n), greedy=greedy)
     return results  # type: ignore[return-value]
+
+
+def _vocab_size(model: nn.Module) -> int | None:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return int(head.weight.shape[0]) if head is not None and hasattr(head, "weight") else None
 
 
 def word_requests(tokenizer, texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:
