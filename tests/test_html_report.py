@@ -135,3 +135,18 @@ def test_report_renders_in_headless_chromium(full_page, tmp_path):
     assert shot.read_bytes()[:4] == b"\x89PNG"
     if os.environ.get("FAIRPRUNE_SCREENSHOT"):  # refresh the README's picture: FAIRPRUNE_SCREENSHOT=docs/report.png
         shutil.copy(shot, os.environ["FAIRPRUNE_SCREENSHOT"])
+
+
+@pytest.mark.integration
+def test_demo_config_report_embeds_every_picture_and_nothing_external(tmp_path):
+    """The demo config on SmolLM2 (capability and completions left out, for time): five pictures, all inline."""
+    from fairprune.commands.demo import DEMO_CONFIG
+    from fairprune.core.pipeline import run
+
+    evaluators = '["activation_bias", "activation_pictures", "parameters"]'
+    result = run(DEMO_CONFIG, [f"output.dir={tmp_path / 'demo'}", f"evaluation.evaluators={evaluators}"],
+                 progress=False)
+    page = (result.output_dir / "report.html").read_text()
+    assert re.findall(r'<figure id="plot-(\w+)"><img', page) == ["profile", "neurons", "scatter", "pca", "tokens"]
+    references = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert references and all(ref.startswith(("data:image/png;base64,", "#")) for ref in references)
