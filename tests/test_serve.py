@@ -126,6 +126,16 @@ def test_serve_command_loads_the_named_models_once_and_listens_on_localhost(expl
     assert loaded.labels == ("base", "pruned") and loaded.limits.max_tokens == 96
 
 
+def test_serve_command_refuses_a_pruned_model_of_another_base(explorer, tmp_path, capsys):
+    pytest.importorskip("gradio")
+    other, pruned_dir = tmp_path / "other", tmp_path / "pruned"
+    tiny_model("llama", num_hidden_layers=2).save_pretrained(other)
+    explorer.tokenizer.save_pretrained(other)
+    fp.save_pretrained(explorer.pruned, explorer.tokenizer, pruned_dir, base_model="tiny")
+    assert main(["serve", "--model", str(other), "--pruned", str(pruned_dir)]) == 1
+    assert "does not match" in capsys.readouterr().err
+
+
 def test_serve_command_refuses_a_directory_not_saved_by_fairprune(tmp_path, capsys):
     pytest.importorskip("gradio")
     assert main(["serve", "--model", "tiny", "--pruned", str(tmp_path)]) == 1

@@ -97,9 +97,10 @@ class Explorer:
         pruned_model = None
         if pruned is not None:
             pruned_model, pruned_tokenizer = load_pretrained(pruned)
-            if pruned_tokenizer.get_vocab() != tokenizer.get_vocab():
-                raise PersistError(f"the model in {str(pruned)!r} has another tokenizer than {model!r}; "
-                                   "give the base model it was pruned from")
+            shape = [(m.config.num_hidden_layers, m.config.hidden_size) for m in (base, pruned_model)]
+            if pruned_tokenizer.get_vocab() != tokenizer.get_vocab() or shape[0] != shape[1]:
+                raise PersistError(f"the model in {str(pruned)!r} (layers, hidden size {shape[1]}, its tokenizer) "
+                                   f"does not match {model!r} {shape[0]}; give the base model it was pruned from")
             names["pruned"] = str(pruned)
         return cls(base.eval(), tokenizer, pruned_model.eval() if pruned_model is not None else None, names,
                    limits or Limits())
