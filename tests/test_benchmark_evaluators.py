@@ -382,3 +382,21 @@ def test_bbq_bias_scores_stay_within_the_papers_range(rows):
     for name in ("bias_score_ambiguous", "bias_score_disambiguated"):
         value = STATISTICS[name](features)
         assert math.isnan(value) or -100.0 <= value <= 100.0
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_choices_continued_from_the_prompt_cache_score_as_whole_sequences(arch, monkeypatch):
+    from fairprune.plugins.evaluators import benchmark_scoring
+    from fairprune.testing import tiny_char_tokenizer, tiny_model
+
+    model, tok = tiny_model(arch), tiny_char_tokenizer()
+    prompts = ["Context: two men.\nQuestion: who?\nAnswer:", "A longer context, with more words in it.\nAnswer:",
+               "Hi:"]
+    choices = [["The old man", "The young man", "Unknown"], ["a", "bb", "Can't be determined"], ["x", "yz"]]
+    assert benchmark_scoring._takes_cache(model), "the cached path must be the one under test"
+    cached = benchmark_scoring.choice_logprobs(model, tok, prompts, choices, batch_size=2)
+    monkeypatch.setattr(benchmark_scoring, "_takes_cache", lambda model: False)
+    whole = benchmark_scoring.choice_logprobs(model, tok, prompts, choices, batch_size=2)
+    assert [[s.n_tokens for s in row] for row in cached] == [[s.n_tokens for s in row] for row in whole]
+    for row_cached, row_whole in zip(cached, whole):
+        assert [s.logprob for s in row_cached] == pytest.approx([s.logprob for s in row_whole], abs=1e-4)
