@@ -400,3 +400,20 @@ def test_choices_continued_from_the_prompt_cache_score_as_whole_sequences(arch, 
     assert [[s.n_tokens for s in row] for row in cached] == [[s.n_tokens for s in row] for row in whole]
     for row_cached, row_whole in zip(cached, whole):
         assert [s.logprob for s in row_cached] == pytest.approx([s.logprob for s in row_whole], abs=1e-4)
+
+
+def test_cached_choice_scoring_splits_batches_to_stay_within_the_logits_budget(monkeypatch):
+    from fairprune.plugins.evaluators import benchmark_scoring
+    from fairprune.testing import tiny_char_tokenizer, tiny_model
+
+    model, tok = tiny_model("llama"), tiny_char_tokenizer()
+    prompts, choices = ["Q one:", "Q two:", "Q three:"], [["ab", "c"], ["d", "efg"], ["h", "i"]]
+    whole = benchmark_scoring.choice_logprobs(model, tok, prompts, choices, batch_size=3)
+    sizes = []
+    real = benchmark_scoring._score_batch
+    monkeypatch.setattr(benchmark_scoring, "_score_batch", lambda m, c, t, p: sizes.append(len(c)) or real(m, c, t, p))
+    monkeypatch.setattr(benchmark_scoring, "LOGITS_BUDGET", 1)  # room for one prompt's choices per forward
+    split = benchmark_scoring.choice_logprobs(model, tok, prompts, choices, batch_size=3)
+    assert sizes == [1, 1, 1]
+    flat = [s.logprob for row in split for s in row]
+    assert flat == pytest.approx([s.logprob for row in whole for s in row], abs=1e-4)

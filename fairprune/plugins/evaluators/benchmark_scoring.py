@@ -18,7 +18,8 @@ from itertools import islice
 import torch
 from tqdm.auto import tqdm
 
-from .lm_scoring import _accepts_logits_to_keep, encode, length_batches, pad_id, score_continuations
+from .lm_scoring import (LOGITS_BUDGET, _accepts_logits_to_keep, _vocab_size, encode, length_batches, pad_id,
+                         score_continuations)
 
 
 @dataclass(frozen=True)
@@ -106,11 +107,17 @@ def _shared_prompt_scores(model, contexts: list[list[int]], targets: list[list[l
                           pad: int, progress: bool, desc: str) -> list[list[Scored]]:
     """Choice scores with each prompt run once: BBQ's three short answers then cost one prompt, not three."""
     out: list[list[Scored]] = [[] for _ in contexts]
+    vocab = _vocab_size(model)
     batches = list(length_batches([len(c) for c in contexts], batch_size))
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        for i, scores in zip(batch, _score_batch(model, [contexts[i] for i in batch], [targets[i] for i in batch],
-                                                 pad)):
-            out[i] = scores
+        # the choices' logits ([prompts x choices, longest choice, vocab]) stay within the scoring budget
+        cells = max(len(options) * max(len(t) for t in options) for options in (targets[i] for i in batch))
+        rows = max(1, LOGITS_BUDGET // (cells * vocab)) if vocab else len(batch)
+        for start in range(0, len(batch), rows):
+            part = batch[start:start + rows]
+            for i, scores in zip(part, _score_batch(model, [contexts[i] for i in part], [targets[i] for i in part],
+                                                    pad)):
+                out[i] = scores
     return out
 
 
