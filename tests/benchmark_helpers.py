@@ -107,3 +107,11 @@ def stereoset_item(target: str, bias_type: str, stereotype: str, anti: str, unre
 def write_stereoset(path: Path, items: list[dict]) -> Path:
     path.write_text(json.dumps({"version": "1.0-test", "data": {"intrasentence": items, "intersentence": []}}))
     return path
+
+
+class UnigramLMTakingCache(UnigramLM):
+    """A ``UnigramLM`` whose forward accepts a ``cache`` argument but returns no cache."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Any = None, position_ids: Any = None,
+                use_cache: bool = False, logits_to_keep: int = 0, cache: Any = None) -> SimpleNamespace:
+        return super().forward(input_ids, attention_mask, position_ids, use_cache, logits_to_keep)

@@ -417,3 +417,16 @@ def test_cached_choice_scoring_splits_batches_to_stay_within_the_logits_budget(m
     assert sizes == [1, 1, 1]
     flat = [s.logprob for row in split for s in row]
     assert flat == pytest.approx([s.logprob for row in whole for s in row], abs=1e-4)
+
+
+def test_a_model_that_returns_no_cache_is_scored_whole():
+    from benchmark_helpers import UnigramLMTakingCache
+
+    from fairprune.plugins.evaluators.benchmark_scoring import _takes_cache, choice_logprobs
+    from fairprune.testing import tiny_char_tokenizer
+
+    model = UnigramLMTakingCache({"a": 1.0})
+    assert _takes_cache(model)
+    [[a, b]] = choice_logprobs(model, tiny_char_tokenizer(), ["Q:"], [["a", "bb"]])
+    assert a.logprob == pytest.approx(model.logprob(" ") + model.logprob("a"))
+    assert b.logprob == pytest.approx(model.logprob(" ") + 2 * model.logprob("b"))

@@ -83,7 +83,10 @@ def choice_logprobs(model, tokenizer, prompts: Sequence[str], choices: Sequence[
         contexts.append(context)
         targets.append(encoded)
     if _takes_cache(model):
-        return _shared_prompt_scores(model, contexts, targets, batch_size, pad_id(tokenizer), progress, desc)
+        try:
+            return _shared_prompt_scores(model, contexts, targets, batch_size, pad_id(tokenizer), progress, desc)
+        except _NoCache:
+            pass  # the model takes a cache argument but returns none: score each sequence whole
     requests = [(context, target) for context, options in zip(contexts, targets) for target in options]
     scores = iter(score_continuations(model, requests, batch_size, pad_id(tokenizer), progress=progress, desc=desc))
     return [[Scored(s.logprob, s.n_tokens) for s in islice(scores, len(options))] for options in targets]
@@ -97,6 +100,10 @@ def _cache_argument(model) -> str | None:
     except (TypeError, ValueError):
         return None
     return next((name for name in ("cache", "past_key_values") if name in parameters), None)
+
+
+class _NoCache(Exception):
+    """A model's forward returned no key/value cache to continue from."""
 
 
 def _takes_cache(model) -> bool:
@@ -138,8 +145,10 @@ def _score_batch(model, contexts: list[list[int]], targets: list[list[list[int]]
     owner = torch.as_tensor([row for row, options in enumerate(targets) for _ in options])
     flat = [target for options in targets for target in options]
     argument = _cache_argument(model)
-    cache = first.get(argument)
-    cache.batch_select_indices(owner.to(device))  # one copy of the prompt's cache per choice
+    cache = first.get(argument) if hasattr(first, "get") else None
+    if not hasattr(cache, "batch_select_indices"):
+        raise _NoCache
+    cache.batch_select_indices(owner)  # one copy of the prompt's cache per choice (a CPU index suits any device)
     length = max(len(t) for t in flat)
     cids = torch.full((len(flat), length), pad, dtype=torch.long)
     cmask = torch.zeros((len(flat), length), dtype=torch.long)
