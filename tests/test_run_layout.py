@@ -156,3 +156,18 @@ def test_plan_pruning_defaults_to_max_abs_weight() -> None:
     report = fp.analyze_bias(model, tiny_char_tokenizer(), axes=["race"], progress=False, batch_size=8)
     plan = fp.plan_pruning(model, report, budget=fp.Budget(neurons=4))
     assert plan.settings["importance"] == "max_abs_weight"
+
+
+def test_levels_show_without_a_sign_and_changes_with_one() -> None:
+    from fairprune.core.summary import headline_rows
+
+    metrics = {"pruning": {"params_removed": 1, "params_before": 10, "params_removed_pct": 10.0,
+                           "neurons_removed": 1, "layers_touched": 1},
+               "evaluation": {"bench": {"metrics": {"pct_base": 58.1, "pct_change": 1.0},
+                                        "intervals": {"pct_change": [-0.4, 2.4]},
+                                        "headlines": [{"key": "pct_base", "label": "Level", "unit": "%",
+                                                       "kind": "level"},
+                                                      {"key": "pct_change", "label": "Change", "unit": " pts"}]}}}
+    rows = dict(headline_rows(metrics))
+    assert rows["Level"] == "58.10%"
+    assert rows["Change"] == "+1.00 pts (95% CI -0.4 to +2.4)"

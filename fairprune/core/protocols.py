@@ -250,7 +250,9 @@ class Headline:
     ``"lower"`` or ``"closer_to_50"`` (benchmarks whose ideal is 50%);
     ``role`` is ``"bias"`` for a bias-reduction figure a sweep may maximise,
     ``"capability"`` for a capability-loss figure (percent, lower is better) a
-    sweep may keep under a limit, and ``"info"`` otherwise.
+    sweep may keep under a limit, and ``"info"`` otherwise. ``kind`` is
+    ``"change"`` (base to pruned; shown with its sign) or ``"level"`` (one
+    model's figure, such as a benchmark score; shown without a sign).
     """
 
     key: str
@@ -258,6 +260,7 @@ class Headline:
     unit: str = ""
     better: str = "higher"
     role: str = "info"
+    kind: str = "change"
 
 
 @runtime_checkable

@@ -43,8 +43,9 @@ def headline_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
         if value is None:
             continue
         ci = interval(metrics, evaluator, h["key"])
-        ci_text = f" (95% CI {ci[0]:+.1f} to {ci[1]:+.1f})" if ci else ""
-        rows.append((h["label"], f"{value:+.2f}{h.get('unit', '')}{ci_text}"))
+        sign = "+" if h.get("kind", "change") == "change" else ""
+        ci_text = f" (95% CI {ci[0]:{sign}.1f} to {ci[1]:{sign}.1f})" if ci else ""
+        rows.append((h["label"], f"{value:{sign}.2f}{h.get('unit', '')}{ci_text}"))
     return rows
 
 

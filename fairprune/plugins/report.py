@@ -83,8 +83,9 @@ def model_card(config: Any, metrics: dict[str, Any], base_model: str, license: s
         "Bias figures are on held-out templates never used to choose neurons; 95% bootstrap intervals in brackets.",
         "", _table(headline_rows(metrics), ("measure", "value")), "",
         "## Limitations", "",
-        "- Bias is measured on template prompts written for fairprune; a lower activation or output difference on "
-        "them does not prove the model is fair in other contexts or languages.",
+        "- The held-out bias figures come from template prompts written for fairprune, and benchmark figures (where "
+        "listed above) cover only their benchmark's sentences and categories; neither proves the model is fair in "
+        "other contexts or languages.",
         "- Only the listed axes were targeted; other kinds of bias may be unchanged or larger.",
         "- Structural pruning changes the model: check the capability figures above for your use.",
         "- Inherits all limitations and the licence of the base model.", "",

@@ -415,6 +415,7 @@ class EvaluatorContract(PluginContract):
             assert headline.key in result.metrics, f"headline {headline.key!r} is not among the metrics"
             assert headline.better in ("higher", "lower", "closer_to_50"), headline.better
             assert headline.role in ("bias", "capability", "info"), headline.role
+            assert headline.kind in ("change", "level"), headline.kind
 
     def test_result_is_json_serialisable(self, result: Any) -> None:
         json.dumps(result.to_dict(), allow_nan=False)

@@ -158,9 +158,12 @@ class BBQEvaluator(BenchmarkEvaluator):
     description = "BBQ from its JSONL files: accuracy and the paper's bias scores s_AMB / s_DIS per category"
     Params = BBQParams
     headlines = (
-        Headline(key="bias_score_ambiguous_base", label="BBQ bias score, ambiguous (base)", better="lower"),
-        Headline(key="bias_score_ambiguous_pruned", label="BBQ bias score, ambiguous (pruned)", better="lower"),
-        Headline(key="accuracy_disambiguated_pruned", label="BBQ accuracy, disambiguated (pruned)", unit="%"),
+        Headline(key="bias_score_ambiguous_base", label="BBQ bias score, ambiguous (base)", better="lower",
+                 kind="level"),
+        Headline(key="bias_score_ambiguous_pruned", label="BBQ bias score, ambiguous (pruned)", better="lower",
+                 kind="level"),
+        Headline(key="accuracy_disambiguated_pruned", label="BBQ accuracy, disambiguated (pruned)", unit="%",
+                 kind="level"),
     )
 
     def load(self) -> list[Example]:

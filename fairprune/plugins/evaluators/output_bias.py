@@ -75,8 +75,10 @@ class OutputBiasEvaluator(Plugin):
     headlines = (
         Headline("js_reduction_pct", "Held-out next-token JS divergence reduction", "%", "higher", "bias"),
         Headline("logprob_gap_reduction_pct", "Held-out continuation log-prob gap reduction", "%", "higher"),
-        Headline("js_above_floor_pct_base", "Held-out JS above the word-swap noise floor (base)", "%", "lower"),
-        Headline("js_above_floor_pct_pruned", "Held-out JS above the word-swap noise floor (pruned)", "%", "lower"),
+        Headline("js_above_floor_pct_base", "Held-out JS above the word-swap noise floor (base)", "%", "lower",
+                 kind="level"),
+        Headline("js_above_floor_pct_pruned", "Held-out JS above the word-swap noise floor (pruned)", "%", "lower",
+                 kind="level"),
     )
 
     def observe(self, model, context: EvalContext) -> dict[str, list[float]]:

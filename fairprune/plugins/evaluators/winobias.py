@@ -80,9 +80,10 @@ class WinoBiasEvaluator(BenchmarkEvaluator):
     description = "WinoBias from its files: % of pairs where the pro-stereotypical pronoun is more likely (ideal 50)"
     Params = WinoBiasParams
     headlines = (
-        Headline(key="pct_pro_base", label="WinoBias % pro-stereotypical (base)", unit="%", better="closer_to_50"),
+        Headline(key="pct_pro_base", label="WinoBias % pro-stereotypical (base)", unit="%", better="closer_to_50",
+                 kind="level"),
         Headline(key="pct_pro_pruned", label="WinoBias % pro-stereotypical (pruned)", unit="%",
-                 better="closer_to_50"),
+                 better="closer_to_50", kind="level"),
     )
 
     def load(self) -> list[SentencePair]:
