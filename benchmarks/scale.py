@@ -137,22 +137,26 @@ def memory(path: Path, tmp: Path, args: argparse.Namespace) -> list[str]:
 
 
 def sharded(path: Path, tmp: Path) -> list[str]:
-    """The analysis in one process (2 threads) and in two (torchrun, 1 thread each); analysis time only."""
+    """The analysis in one process (1 and 2 threads) and in two (torchrun, 1 thread each); analysis time only."""
     pairs = pairs_file(tmp)
     worker = [str(Path(__file__).resolve()), "--worker", str(path), str(pairs)]
-    one = subprocess.run([sys.executable, *worker, str(tmp / "one.pt")], cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "2"})
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *worker,
-                          str(tmp / "two.pt")], cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    for done in (one, two):
+    runs = {"1 process, 1 thread": ([sys.executable, *worker], "1"),
+            "1 process, 2 threads": ([sys.executable, *worker], "2"),
+            "2 processes (torchrun, gloo), 1 thread each":
+                ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *worker], "1")}
+    got = {}
+    for name, (cmd, threads) in runs.items():
+        out = tmp / f"{len(got)}.pt"
+        done = subprocess.run([*cmd, str(out)], cwd=ROOT, capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": threads})
         if done.returncode != 0:
             raise SystemExit(done.stderr[-4000:])
-    a, b = torch.load(tmp / "one.pt"), torch.load(tmp / "two.pt")
-    diff = max(float((a["scores"][k] - b["scores"][k]).abs().max()) for k in a["scores"])
-    rows = [f"| 1 process, 2 threads | {a['seconds']:.2f} | 1.00x | |",
-            f"| 2 processes (torchrun, gloo), 1 thread each | {b['seconds']:.2f} | {a['seconds'] / b['seconds']:.2f}x | "
-            f"{diff:.1e} |"]
+        got[name] = torch.load(out)
+    first = got["1 process, 1 thread"]
+    rows = []
+    for name, result in got.items():
+        diff = max(float((first["scores"][k] - result["scores"][k]).abs().max()) for k in first["scores"])
+        rows.append(f"| {name} | {result['seconds']:.2f} | {first['seconds'] / result['seconds']:.2f}x | {diff:.1e} |")
     print("\n".join(rows), flush=True)
     return rows
 
@@ -213,7 +217,8 @@ def main() -> int:
                       *memory(path, tmp, args), ""]
         if "torchrun" in only:
             parts += ["Sharded analysis, bfloat16, same pairs (analysis time between barriers, model loading "
-                      "excluded):", "", "| processes | analysis (s) | speed-up | max abs score diff vs 1 process |",
+                      "excluded):", "",
+                      "| processes | analysis (s) | speed-up vs 1 process, 1 thread | max abs score diff vs it |",
                       "|---|---:|---:|---:|", *sharded(path, tmp), ""]
     load_after = os.getloadavg()
     parts += [f"Load average at the end: {load_after[0]:.1f}.", "", END]

@@ -35,6 +35,40 @@ def get_path(root: Any, path: str) -> Any:
     return root
 
 
+#: rows (or, for columns, matrix rows) moved per step of an in-place compaction
+_BLOCK = 256
+
+
+def compact(weight: torch.Tensor, keep: torch.Tensor, dim: int) -> torch.Tensor:
+    """``weight.index_select(dim, keep)`` for a 2-D weight, written into the weight's own memory.
+
+    With ``keep`` sorted and unique, the kept slice ``j`` comes from position
+    ``keep[j] >= j``, so moving blocks in order never overwrites a slice still to
+    be read. The result is a contiguous view of the same storage: pruning needs no
+    second copy of the weight (and a memory-mapped checkpoint's pages are reused,
+    not doubled). Other layouts fall back to ``index_select`` (a new tensor).
+    """
+    import torch
+
+    if weight.device.type == "meta" or weight.dim() != 2 or not weight.is_contiguous():
+        return weight.index_select(dim, keep)  # nothing to move (meta) or a layout this does not handle
+    n = int(keep.numel())
+    if n and not (bool((keep[1:] > keep[:-1]).all()) and int(keep[0]) >= 0):
+        return weight.index_select(dim, keep)
+    rows, cols = weight.shape
+    flat = weight.view(-1)
+    with torch.no_grad():
+        if dim == 0:
+            for start in range(0, n, _BLOCK):
+                part = keep[start:start + _BLOCK]
+                flat[start * cols:(start + part.numel()) * cols] = weight.index_select(0, part).reshape(-1)
+            return flat[:n * cols].view(n, cols)
+        for start in range(0, rows, _BLOCK):
+            stop = min(rows, start + _BLOCK)
+            flat[start * n:stop * n] = weight[start:stop].index_select(1, keep).reshape(-1)
+        return flat[:rows * n].view(rows, n)
+
+
 def _slice_linear(linear: nn.Linear, indices: torch.Tensor, dim: int) -> None:
     """Keep ``indices`` along ``dim`` of a linear's weight (0 = outputs, 1 = inputs), in place."""
     import torch
@@ -42,8 +76,7 @@ def _slice_linear(linear: nn.Linear, indices: torch.Tensor, dim: int) -> None:
 
     idx = indices.to(linear.weight.device)
     with torch.no_grad():
-        linear.weight = nn.Parameter(linear.weight.index_select(dim, idx),  # already a new tensor: no clone
-                                     requires_grad=linear.weight.requires_grad)
+        linear.weight = nn.Parameter(compact(linear.weight.data, idx, dim), requires_grad=linear.weight.requires_grad)
         if dim == 0:
             if linear.bias is not None:
                 linear.bias = nn.Parameter(linear.bias.index_select(0, idx),
