@@ -147,6 +147,21 @@ def measure(model, tok, groups, other, requests, pad, batch_size) -> dict:
             "other_js": other_js, "other_gap": other_gap, "lambada": lambada(model, requests, pad, batch_size)}
 
 
+def cached_base(args, compute) -> dict:
+    """The base model's measures, kept in the fairprune cache per model and LAMBADA limit (they never change)."""
+    import pickle
+
+    from fairprune.core.sources import cache_root
+
+    path = cache_root(None) / "benchmarks" / f"fairness_recipe-base-{args.model}-{args.lambada_limit}.pkl"
+    if path.is_file():
+        return pickle.loads(path.read_bytes())
+    base = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(base))
+    return base
+
+
 def change(after: np.ndarray, before: np.ndarray) -> float:
     """Percent change of the mean (negative = less bias)."""
     return 100.0 * (float(after.mean()) / float(before.mean()) - 1.0)
@@ -188,7 +203,9 @@ def attribution_plan(model, tok, r: dict, registry) -> tuple:
     v = selection.plan.settings["verification"]
     print(f"  verification: objective {v['objective_before']:.5f} -> {v['objective_after']:.5f} (predicted "
           f"{v['predicted_change']:+.5f}, measured {v['measured_change']:+.5f}); stop: "
-          f"{selection.plan.settings['stop_reason']}", flush=True)
+          f"{selection.plan.settings['stop_reason']}; rounds "
+          f"{[(r['neurons'], round(r['calibration_loss'] or 0, 4), r['accepted']) for r in selection.rounds]} "
+          f"(base calibration loss {selection.plan.settings['calibration_loss_base']:.4f})", flush=True)
     return selection.plan, selection.calibration, seconds
 
 
@@ -217,7 +234,7 @@ def main() -> int:
     other = other_style_groups()
     requests = word_requests(tok, read_jsonl_texts(args.lambada_path, limit=args.lambada_limit, what="lambada_path"))
     pad = pad_id(tok)
-    base = measure(model, tok, groups, other, requests, pad, args.batch_size)
+    base = cached_base(args, lambda: measure(model, tok, groups, other, requests, pad, args.batch_size))
     print(f"base: residual {base['residual'].mean():.4f}, JS {base['js'].mean():.5f}, gap {base['gap'].mean():.4f}, "
           f"other-style JS {base['other_js'].mean():.5f}, LAMBADA acc {base['lambada'][0]:.2f}% ppl "
           f"{base['lambada'][1]:.3f} ({len(groups)} held-out groups)", flush=True)

@@ -286,21 +286,23 @@ class TextChunks:
 
 
 def text_chunks(tokenizer: Any, path: str | Path | None = None, chunk_tokens: int = 128,
-                max_tokens: int = 2048) -> TextChunks:
+                max_tokens: int = 2048, start: int = 0) -> TextChunks:
     """Chunks of a calibration text file (None: the bundled general English text).
 
     Each chunk is the tokenizer's special prefix plus ``chunk_tokens`` text tokens;
-    at most ``max_tokens`` text tokens are used. ``ConfigError`` when the file is
-    missing or shorter than one chunk.
+    at most ``max_tokens`` text tokens from token ``start`` on are used.
+    ``ConfigError`` when the file is missing or too short for one chunk there.
     """
     path = Path(path) if path is not None else DEFAULT_TEXT
     if not path.is_file():
         raise ConfigError(f"calibration text not found: {path}")
-    ids = list(tokenizer(path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"])[:max_tokens]
+    ids = list(tokenizer(path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"])
+    ids = ids[start:start + max_tokens]
     prefix = list(tokenizer("", add_special_tokens=True)["input_ids"])
     chunks = [prefix + ids[k:k + chunk_tokens] for k in range(0, len(ids) - chunk_tokens + 1, chunk_tokens)]
     if not chunks:
-        raise ConfigError(f"calibration text {path} has {len(ids)} tokens, fewer than one chunk of {chunk_tokens}")
+        raise ConfigError(f"calibration text {path} has {len(ids)} tokens from token {start} on, fewer than one "
+                          f"chunk of {chunk_tokens}")
     return TextChunks(chunks, len(prefix))
 
 

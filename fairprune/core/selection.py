@@ -156,9 +156,12 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
     max_params, max_neurons, caps = _budget_ceiling(budget, widths, total_params)
     batches = attr.group_batches(model, tokenizer, groups, batch_size)
     text = capability.chunks(tokenizer)
+    check_text = capability.check_chunks(tokenizer) if callable(getattr(capability, "check_chunks", None)) else text
     start = time.perf_counter()
 
     cap = attr.capability_attribution(model, text, adapter, progress=progress)
+    check_loss = cap.loss if check_text is text or settings.max_perplexity_increase_pct is None else \
+        attr.text_loss(model, check_text, adapter)
     fill = cap.mean if compensated else None
     cost = cap.cost(fill)
     guarded = _guarded(cost, settings.guard_fraction)
@@ -180,7 +183,7 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
         if not add:
             stop = "no candidate lowers the objective within the budget" if entries else "no candidates left"
             break
-        add, loss_after = _capability_check(model, text, adapter, state, add, fill, cap.loss, settings)
+        add, loss_after = _capability_check(model, check_text, adapter, state, add, fill, check_loss, settings)
         if not add:
             stop = f"perplexity on the calibration text would rise more than {settings.max_perplexity_increase_pct}%"
             break
@@ -213,7 +216,7 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
             current = nxt
 
     plan = _plan(state, records, log, stop, objective_before, widths, costs, total_params, objective, capability,
-                 compensated, settings, budget, adapter, time.perf_counter() - start, cap.loss)
+                 compensated, settings, budget, adapter, time.perf_counter() - start, check_loss)
     return Selection(plan, cap.mean, first, cost, cap.magnitude, log)
 
 

@@ -30,7 +30,9 @@ class CapabilityCostParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str | None = Field(None, description="path of a calibration text file; None: the bundled general English")
     chunk_tokens: int = Field(128, ge=8, description="tokens per chunk; |·| is taken per chunk")
-    max_tokens: int = Field(2048, ge=8, description="text tokens used at most")
+    max_tokens: int = Field(2048, ge=8, description="text tokens used at most for the cost")
+    check_tokens: int = Field(1024, ge=0, description="the next tokens of the text, never used for the cost, on "
+                                                      "which selection measures the real loss; 0: reuse the cost's")
 
 
 class CapabilityCost(Plugin):
@@ -46,6 +48,16 @@ class CapabilityCost(Plugin):
         from ..core.attribution import text_chunks
 
         return text_chunks(tokenizer, self.params.text, self.params.chunk_tokens, self.params.max_tokens)
+
+    def check_chunks(self, tokenizer: Any) -> Any:
+        """The text that selection's measured check reads: the ``check_tokens`` after the cost's tokens, so
+        a neuron chosen for looking cheap on the cost text is judged on text it was not chosen on."""
+        from ..core.attribution import text_chunks
+
+        if not self.params.check_tokens:
+            return self.chunks(tokenizer)
+        return text_chunks(tokenizer, self.params.text, self.params.chunk_tokens, self.params.check_tokens,
+                           start=self.params.max_tokens)
 
     def score(self, weights: MLPWeights, stats: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
         if stats is None or "capability_cost" not in stats:
