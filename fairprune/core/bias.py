@@ -44,6 +44,8 @@ class BiasReport:
     mean: dict[int, torch.Tensor]
     settings: dict[str, Any] = field(default_factory=dict)
     groups: list[PromptGroup] = field(default_factory=list)
+    #: further per-neuron tables, name -> layer -> ``Tensor[width]`` (the attribution method's capability cost)
+    extra: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
 
     def layer_summary(self, top: int = 5) -> list[dict[str, Any]]:
         """Per layer: mean and max score, and the ``top`` neurons with their scores."""
@@ -67,6 +69,8 @@ class BiasReport:
             tensors.update({f"{name}/{layer}": t.float().contiguous() for layer, t in table.items()})
         for axis, table in self.per_axis.items():
             tensors.update({f"per_axis/{axis}/{layer}": t.float().contiguous() for layer, t in table.items()})
+        for name, table in self.extra.items():
+            tensors.update({f"extra/{name}/{layer}": t.float().contiguous() for layer, t in table.items()})
         save_file(tensors, str(directory / TENSORS_FILE))
         meta = {"settings": self.settings, "axes": list(self.per_axis), "groups": [asdict(g) for g in self.groups],
                 "layer_summary": self.layer_summary()}
@@ -86,16 +90,20 @@ class BiasReport:
         tensors = load_file(str(directory / TENSORS_FILE))
         tables: dict[str, dict[int, torch.Tensor]] = {"scores": {}, "magnitude": {}, "mean": {}}
         per_axis: dict[str, dict[int, torch.Tensor]] = {axis: {} for axis in meta.get("axes", [])}
+        extra: dict[str, dict[int, torch.Tensor]] = {}
         for key, tensor in tensors.items():
             parts = key.split("/")
             if parts[0] == "per_axis":
                 per_axis.setdefault("/".join(parts[1:-1]), {})[int(parts[-1])] = tensor
+            elif parts[0] == "extra":
+                extra.setdefault("/".join(parts[1:-1]), {})[int(parts[-1])] = tensor
             else:
                 tables[parts[0]][int(parts[1])] = tensor
         groups = [PromptGroup(g["axis"], g["template_id"], tuple(g["attributes"]), tuple(g["prompts"]))
                   for g in meta.get("groups", [])]
         return cls(_sorted(tables["scores"]), {a: _sorted(t) for a, t in per_axis.items()},
-                   _sorted(tables["magnitude"]), _sorted(tables["mean"]), meta.get("settings", {}), groups)
+                   _sorted(tables["magnitude"]), _sorted(tables["mean"]), meta.get("settings", {}), groups,
+                   {name: _sorted(t) for name, t in extra.items()})
 
 
 def _sorted(table: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:

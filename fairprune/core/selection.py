@@ -313,5 +313,5 @@ def selection_report(selection: Selection, groups: Sequence[PromptGroup], model:
                 "n_prompts": sum(len(g.prompts) for g in groups), "layers": sorted(selection.scores),
                 "model_class": type(model).__name__, "adapter": getattr(adapter, "name", "")}
     per_axis = {"+".join(axes): {layer: s.clone() for layer, s in selection.scores.items()}}
-    return BiasReport(dict(selection.scores), per_axis, dict(selection.magnitude),
-                      dict(selection.calibration), settings, list(groups))
+    return BiasReport(dict(selection.scores), per_axis, dict(selection.magnitude), dict(selection.calibration),
+                      settings, list(groups), extra={"capability_cost": dict(selection.cost)})

@@ -88,6 +88,9 @@ def model_card(config: Any, metrics: dict[str, Any], base_model: str, license: s
         "other contexts or languages.",
         "- Only the listed axes were targeted; other kinds of bias may be unchanged or larger.",
         "- Structural pruning changes the model: check the capability figures above for your use.",
+        *(["- The capability cost that guarded the selection was estimated on the bundled general English text, "
+           "so a perplexity measured on that text is in-sample; prefer held-out capability figures (LAMBADA)."]
+          if config.bias.method == "attribution" else []),
         "- Inherits all limitations and the licence of the base model.", "",
     ]
     return "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + "\n".join(body)

@@ -102,7 +102,13 @@ def _meta(run: RunFiles) -> str:
         parts.append(f"config <code>{esc(metrics['config_hash'][:12])}</code>")
     if bias.get("axes"):
         parts.append("axes " + esc(", ".join(map(str, bias["axes"]))))
-    if settings:
+    if settings.get("method") == "attribution":
+        check = settings.get("verification", {})
+        parts.append(f"signed attribution on <code>{esc(settings.get('objective'))}</code> ({esc(settings.get('fill'))} "
+                     f"fill, {esc(settings.get('ranking'))} ranking, guard {esc(settings.get('guard_fraction'))}, "
+                     f"{esc(settings.get('rounds_run'))} round(s)), budget {esc(settings.get('budget'))}; objective on "
+                     f"the analysis groups {esc(check.get('objective_before'))} &rarr; {esc(check.get('objective_after'))}")
+    elif settings:
         parts.append(f"scorer <code>{esc(settings.get('scorer'))}</code> (bias_weight {esc(settings.get('bias_weight'))}),"
                      f" importance <code>{esc(settings.get('importance'))}</code>, {esc(settings.get('selection'))} "
                      f"selection, budget {esc(settings.get('budget'))}")

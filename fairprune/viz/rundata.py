@@ -95,6 +95,9 @@ def full_importance(run: RunFiles) -> dict[int, Any] | None:
     import torch
 
     settings = run.plan_settings()
+    cost = (run.bias.extra.get("capability_cost") if run.bias is not None else None) or None
+    if settings.get("method") == "attribution" and cost:  # the base model's cost of every neuron, saved by selection
+        return dict(cost)
     metric = settings.get("importance")
     if not run.plan or not metric or metric == "precomputed" or not run.has_model():
         run.notes.append("importance of every neuron needs plan.json, a named importance metric and the saved model")
