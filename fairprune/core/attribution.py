@@ -33,11 +33,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .adapters import resolve_adapter
 from .collect import _batches, _max_positions, _pad_id, input_device, non_finite_error, tokenize_groups
 from .errors import ConfigError, PromptError
 from .prompts import validate_groups
 from .protocols import ObjectiveInputs, PromptGroup
-from .surgery import resolve_adapter
 
 logger = logging.getLogger(__name__)
 

@@ -25,11 +25,11 @@ from typing import Any
 import torch
 
 from . import attribution as attr
+from .adapters import count_parameters, resolve_adapter
 from .config import Budget
 from .errors import ConfigError
 from .planning import Plan, neuron_cost
 from .protocols import PromptGroup
-from .surgery import count_parameters, resolve_adapter
 
 logger = logging.getLogger(__name__)
 
