@@ -82,6 +82,7 @@ class Run:
     selection: Any = None  # the attribution method's Selection (plan, calibration, round log)
     plan: Any = None
     prune_result: Any = None
+    heldout_groups: list[Any] | None = None
     base_observations: dict[str, Any] = field(default_factory=dict)
     evaluations: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -222,8 +223,10 @@ def eval_context(run: Run, prune_result: Any = None) -> Any:
     from .groups import run_groups
 
     config = run.config
-    groups = run_groups(config, "heldout", run.registry).groups if needs_groups(run.plugins.evaluators) else []
-    return EvalContext(tokenizer=run.tokenizer, groups=groups, batch_size=config.evaluation.batch_size,
+    if run.heldout_groups is None:  # read once: a sweep evaluates every grid point on the same groups
+        needed = needs_groups(run.plugins.evaluators)
+        run.heldout_groups = run_groups(config, "heldout", run.registry).groups if needed else []
+    return EvalContext(tokenizer=run.tokenizer, groups=run.heldout_groups, batch_size=config.evaluation.batch_size,
                        seed=config.seed, registry=run.registry, progress=run.progress, prune_result=prune_result)
 
 

@@ -202,13 +202,11 @@ class BBQEvaluator(BenchmarkEvaluator):
 
     def compare(self, base: dict[str, list], pruned: dict[str, list], context: Any) -> EvalResult:
         examples = self.examples
-        for observation in (base, pruned):
-            self.check_observation(observation, len(examples))
-        features = {"base": self.features(base), "pruned": self.features(pruned)}
+        base_features, pruned_features = self.paired_features(base, pruned)
         result = EvalResult(self.name)
         categories = sorted({e.category for e in examples})
         subsets = subsets_by([e.category for e in examples])
-        self.compare_subsets(result, features["base"], features["pruned"], subsets, STATISTICS, context, "n_examples")
+        self.compare_subsets(result, base_features, pruned_features, subsets, STATISTICS, context, "n_examples")
         no_target = np.array([e.biased is None for e in examples])
         for suffix, mask in subsets.items():
             result.add(f"n_without_target{suffix}", float((no_target & mask).sum()))

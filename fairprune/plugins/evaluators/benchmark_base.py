@@ -76,6 +76,16 @@ class BenchmarkEvaluator(Plugin):
             raise ConfigError(f"{self.name} needs params with a 'path' to the benchmark's file")
         return self._examples
 
+    def features(self, observation: dict[str, list]) -> np.ndarray:
+        """Per-example figures of one observation that the statistics read (``[n_examples, ...]``)."""
+        raise NotImplementedError
+
+    def paired_features(self, base: dict[str, list], pruned: dict[str, list]) -> tuple[np.ndarray, np.ndarray]:
+        """``features`` of the base and the pruned observation, each checked against the selected examples."""
+        for observation in (base, pruned):
+            self.check_observation(observation, len(self.examples))
+        return self.features(base), self.features(pruned)
+
     def check_observation(self, observation: dict[str, list], n_examples: int) -> None:
         """An error when an observation does not belong to this evaluator's examples (another file or filter)."""
         sizes = {key: len(values) for key, values in observation.items() if isinstance(values, list)}

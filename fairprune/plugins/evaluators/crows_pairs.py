@@ -80,12 +80,13 @@ class CrowsPairsEvaluator(BenchmarkEvaluator):
         return self.score_pairs(model, context, [(p.sent_more, p.sent_less) for p in self.examples], "CrowS-Pairs",
                                 ("sent_more", "sent_less"))
 
+    def features(self, observation: dict[str, list[float]]) -> np.ndarray:
+        """Per pair: log p(sent_more) − log p(sent_less), nats."""
+        return np.asarray(observation["sent_more"]) - np.asarray(observation["sent_less"])
+
     def compare(self, base: dict[str, list[float]], pruned: dict[str, list[float]], context: Any) -> EvalResult:
         pairs = self.examples
-        for observation in (base, pruned):
-            self.check_observation(observation, len(pairs))
-        diff = {label: np.asarray(obs["sent_more"]) - np.asarray(obs["sent_less"])
-                for label, obs in (("base", base), ("pruned", pruned))}
+        diff = dict(zip(("base", "pruned"), self.paired_features(base, pruned)))
         result = EvalResult(self.name)
         types = sorted({p.bias_type for p in pairs})
         self.compare_subsets(result, diff["base"], diff["pruned"], subsets_by([p.bias_type for p in pairs]),

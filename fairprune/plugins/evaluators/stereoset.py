@@ -141,12 +141,10 @@ class StereoSetEvaluator(BenchmarkEvaluator):
 
     def compare(self, base: dict[str, list], pruned: dict[str, list], context: Any) -> EvalResult:
         items = self.examples
-        for observation in (base, pruned):
-            self.check_observation(observation, len(items))
-        features = {"base": self.features(base), "pruned": self.features(pruned)}
+        base_features, pruned_features = self.paired_features(base, pruned)
         result = EvalResult(self.name)
         types = sorted({i.bias_type for i in items})
-        self.compare_subsets(result, features["base"], features["pruned"], subsets_by([i.bias_type for i in items]),
+        self.compare_subsets(result, base_features, pruned_features, subsets_by([i.bias_type for i in items]),
                              {"ss": stereotype_score, "lms": lm_score, "icat": icat}, context, "n_items")
         rows = [(f"{label}{', ' + t if t else ''}", f"{metric}{'_' + slug(t) if t else ''}")
                 for t in ["", *types] for metric, label in (("ss", "SS (ideal 50)"), ("lms", "LMS"),

@@ -112,12 +112,13 @@ class WinoBiasEvaluator(BenchmarkEvaluator):
         """Total log-probability (nats) of each pair's pro and anti sentence."""
         return self.score_pairs(model, context, [(p.pro, p.anti) for p in self.examples], "WinoBias", ("pro", "anti"))
 
+    def features(self, observation: dict[str, list[float]]) -> np.ndarray:
+        """Per pair: log p(pro) − log p(anti), nats."""
+        return np.asarray(observation["pro"]) - np.asarray(observation["anti"])
+
     def compare(self, base: dict[str, list[float]], pruned: dict[str, list[float]], context: Any) -> EvalResult:
         pairs = self.examples
-        for observation in (base, pruned):
-            self.check_observation(observation, len(pairs))
-        gap = {label: np.asarray(obs["pro"]) - np.asarray(obs["anti"]) for label, obs in (("base", base),
-                                                                                         ("pruned", pruned))}
+        gap = dict(zip(("base", "pruned"), self.paired_features(base, pruned)))
         result = EvalResult(self.name)
         kinds = sorted({p.type for p in pairs})
         self.compare_subsets(result, gap["base"], gap["pruned"], subsets_by([f"type{p.type}" for p in pairs]),
