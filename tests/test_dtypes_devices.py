@@ -220,7 +220,7 @@ def test_scoring_in_logit_budgeted_forwards_gives_the_same_scores(monkeypatch):
     whole = lm_scoring.score_continuations(model, requests, batch_size=16)
     calls = []
     forward = lm_scoring.forward_left_padded
-    monkeypatch.setattr(lm_scoring, "forward_left_padded", lambda *a: calls.append(len(a[1])) or forward(*a))
+    monkeypatch.setattr(lm_scoring, "forward_left_padded", lambda *a, **k: calls.append(len(a[1])) or forward(*a, **k))
     monkeypatch.setattr(lm_scoring, "LOGITS_BUDGET", 2 * 21 * 128)  # two sequences of 21 kept positions
     split = lm_scoring.score_continuations(model, requests, batch_size=16)
     assert max(calls) == 2 and len(calls) == 3

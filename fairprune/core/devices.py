@@ -147,10 +147,23 @@ def non_finite_error(where: str, label: str | None, layer: int | None, dtype: An
     return error
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every value of a floating-point ``tensor`` is finite, without a tensor-sized temporary.
+
+    ``isfinite(t).all()`` widens a bfloat16 tensor first (2.5x its size at a 128k
+    vocabulary's logits); its minimum and maximum are NaN when any value is NaN
+    and ±inf when any is infinite.
+    """
+    if tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor)
+    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
+
+
 def check_finite_logits(model: nn.Module, logits: torch.Tensor, inputs: Mapping[str, Any]) -> None:
     """Raise ``NonFiniteError`` when ``logits`` hold a NaN/inf, naming the first decoder layer whose
     output already did (found by running ``inputs`` once more)."""
-    if bool(torch.isfinite(logits).all()):
+    if all_finite(logits):
         return
     from .adapters import resolve_adapter
 

@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from .errors import ConfigError, NonFiniteError
+from .memory import release_memory
 from .protocols import PromptGroup, PruneResult
 
 logger = logging.getLogger(__name__)
@@ -209,6 +210,7 @@ def observe_all(evaluators: Sequence[tuple[str, Any]], model: Any, context: Eval
             from .devices import non_finite_error
 
             raise non_finite_error(f"evaluator {name!r}: {exc.where}", label, exc.layer, exc.dtype) from exc
+        release_memory()  # each evaluator's batches and logits, freed in the heap, before the next one
         logger.info("evaluator %s observed the %s model in %.1f s", name, label, time.perf_counter() - start)
     return out
 

@@ -203,18 +203,21 @@ def analyze(run: Run) -> None:
     """Steps 1-2: the bias report on the analysis split of the configured axes and prompt file (the attribution
     method also selects the neurons here: its scores are recomputed round by round)."""
     from .bias import analyze_bias
+    from .memory import release_memory
 
     bias = run.config.bias
     if bias.method == "attribution":
         from .selection import run_selection
 
         run.selection, run.bias_report = run_selection(run)
+        release_memory()
         return
     run.bias_report = analyze_bias(
         run.model, run.tokenizer, axes=bias.axes, prompt_files=[bias.prompts] if bias.prompts else [],
         split="analysis", site=bias.site, pooling=bias.pooling, metric=bias.metric.name,
         metric_params=bias.metric.params or None, batch_size=bias.batch_size, adapter=run.adapter,
         registry=run.registry, progress=run.progress)
+    release_memory()  # the analysis's per-prompt tables and activations, freed in the heap
 
 
 def eval_context(run: Run, prune_result: Any = None) -> Any:
@@ -256,11 +259,15 @@ def make_plan(run: Run, *, importance: Any = None, bias_weight: float | None = N
 
 def apply_plan(run: Run, plan: Any) -> Any:
     """Step 4b: remove the planned neurons with the configured pruner (in place; all or nothing)."""
+    from .memory import release_memory
     from .surgery import prune
 
     pruner = run.plugins.pruner
     calibration = run.bias_report.mean if pruner.needs_calibration else None
-    return prune(run.model, plan, pruner=pruner, adapter=run.adapter, calibration=calibration, registry=run.registry)
+    result = prune(run.model, plan, pruner=pruner, adapter=run.adapter, calibration=calibration,
+                   registry=run.registry)
+    release_memory()  # the replaced weights
+    return result
 
 
 def evaluate_pruned(run: Run, prune_result: Any, evaluators: list[tuple[str, Any]] | None = None) -> dict[str, Any]:
@@ -346,6 +353,7 @@ def run(config: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | 
 def save_run(run: Run, extra: Any = None) -> None:
     """Write the run into its output directory, atomically: the model (when ``output.save_model``), the data
     files, then the plugins' files (``fairprune_write_run_files``); ``extra(staging)`` may add more."""
+    from .memory import release_memory
     from .outputs import atomic_directory
     from .persist import write_pretrained
 
@@ -357,6 +365,7 @@ def save_run(run: Run, extra: Any = None) -> None:
         write_data_files(run, staging)
         if extra is not None:
             extra(staging)
+        release_memory()  # before the report plugin draws its figures
         written = run.registry.hook.fairprune_write_run_files(run=run, directory=staging)
         if not any(written):
             logger.warning("no plugin wrote the run's report files (report.md, README.md, report.html); the "

@@ -120,9 +120,9 @@ def _method_text(config: Any) -> tuple[str, list[str]]:
         f"{config.scoring.bias_weight}; {config.pruning.selection} selection."]
 
 
-def write_html_report(directory: str | Path) -> Path | None:
-    """Write ``report.html`` beside ``report.md`` (plots embedded) from a run directory's files; None (with a
-    warning) when matplotlib is missing."""
+def write_html_report(directory: str | Path, model: Any = None) -> Path | None:
+    """Write ``report.html`` beside ``report.md`` (plots embedded) from a run directory's files and, when given,
+    the run's pruned ``model`` (not reloaded then); None (with a warning) when matplotlib is missing."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -131,7 +131,7 @@ def write_html_report(directory: str | Path) -> Path | None:
         return None
     from ..viz.html import build_report
 
-    return build_report(directory)
+    return build_report(directory, model=model)
 
 
 @hookimpl
@@ -141,5 +141,5 @@ def fairprune_write_run_files(run, directory):
     (directory / "report.md").write_text(report_markdown(run.config, run.metrics, run.evaluations))
     if run.config.output.save_model:
         (directory / "README.md").write_text(model_card(run.config, run.metrics, run.base_model_id, run.license))
-    write_html_report(directory)
+    write_html_report(directory, run.model)
     return True

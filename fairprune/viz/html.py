@@ -199,14 +199,17 @@ def render(run: RunFiles, with_models: bool = False) -> str:
             + "\n".join(b for b in body if b) + "</body></html>\n")
 
 
-def build_report(run_dir: str | Path, *, with_models: bool = False) -> Path:
+def build_report(run_dir: str | Path, *, with_models: bool = False, model: Any = None) -> Path:
     """Write ``report.html`` into ``run_dir`` from its files and return its path.
 
     The PCA and token plots are drawn from the data the run stored (the
     ``activation_pictures`` evaluator); for a run without it, ``with_models`` draws
     them by reloading the base and pruned models (slower; ``fairprune report`` does).
+    ``model`` is the run's pruned model, when the run writes its own report: the
+    importance of every neuron is then read from it, not from a reloaded copy.
     """
     run = load_run(run_dir)
+    run.model = model
     page = render(run, with_models=with_models)
     path = run.directory / "report.html"
     staging = path.with_name(".report.html.tmp")

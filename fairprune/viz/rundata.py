@@ -36,6 +36,8 @@ class RunFiles:
     config: dict[str, Any] | None = None
     sweep: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    #: the run's pruned model while the run itself writes its report: used instead of reloading the saved one
+    model: Any = None
 
     @cached_property
     def bias(self) -> Any | None:
@@ -99,14 +101,15 @@ def full_importance(run: RunFiles) -> dict[int, Any] | None:
     if settings.get("method") == "attribution" and cost:  # the base model's cost of every neuron, saved by selection
         return dict(cost)
     metric = settings.get("importance")
-    if not run.plan or not metric or metric == "precomputed" or not run.has_model():
+    if not run.plan or not metric or metric == "precomputed" or (run.model is None and not run.has_model()):
         run.notes.append("importance of every neuron needs plan.json, a named importance metric and the saved model")
         return None
     try:
         from ..core.persist import load_pretrained
         from ..core.surgery import importance
 
-        model, _ = load_pretrained(run.directory)
+        # a second copy of the weights would be the peak of a run's memory: the run passes its model in
+        model = run.model if run.model is not None else load_pretrained(run.directory)[0]
         stats = _kept_stats(run, model)
         pruned = importance(model, metric, stats=stats, params=settings.get("importance_params") or None)
     except RECOVERABLE as exc:

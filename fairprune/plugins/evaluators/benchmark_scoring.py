@@ -141,7 +141,7 @@ def _score_batch(model, contexts: list[list[int]], targets: list[list[list[int]]
     keep = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}  # the LM head on the last position only
     first = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                   position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device), use_cache=True, **keep)
-    first_lp = torch.log_softmax(first.logits[:, -1, :].float(), dim=-1)  # predicts each choice's first token
+    first_lp = torch.log_softmax(first.logits[:, -1, :], dim=-1, dtype=torch.float32)  # predicts each choice's first token
     owner = torch.as_tensor([row for row, options in enumerate(targets) for _ in options])
     flat = [target for options in targets for target in options]
     argument = _cache_argument(model)
@@ -158,7 +158,8 @@ def _score_batch(model, contexts: list[list[int]], targets: list[list[list[int]]
     positions = mask.sum(-1)[owner][:, None] + torch.arange(length)[None, :]
     second = model(input_ids=cids.to(device), attention_mask=torch.cat([mask[owner], cmask], 1).to(device),
                    position_ids=positions.to(device), use_cache=True, **{argument: cache})
-    lp = torch.log_softmax(second.logits[:, :-1, :].float(), dim=-1).cpu()  # position i predicts token i + 1
+    # one float32 copy (the log-softmax of the model-dtype logits); position i predicts token i + 1
+    lp = torch.log_softmax(second.logits[:, :-1, :], dim=-1, dtype=torch.float32).cpu()
     later = lp.gather(2, cids[:, 1:, None]).squeeze(-1)
     later = torch.where(cmask[:, 1:].bool(), later, torch.zeros((), dtype=later.dtype))  # padded rows may be NaN
     totals = first_lp.cpu()[owner, cids[:, 0]] + later.sum(-1)

@@ -30,9 +30,14 @@ class ContinuationScore:
         return -self.nll
 
 
-#: float32 logits one scoring forward may produce (128 MiB): with a 128k vocabulary about 260 positions, so a
-#: 1B model's evaluation stays within half its bf16 weights' size on top of them
+#: logits one scoring forward may produce (2**25: 64 MiB in bfloat16, 128 MiB in float32): with a 128k
+#: vocabulary about 260 positions
 LOGITS_BUDGET = 2**25
+
+#: positions whose float32 log-probabilities exist at once while a continuation is scored (4 MiB at a 128k
+#: vocabulary; the log-softmax's temporaries are ~3x that): the logits stay in the model's dtype, one chunk of
+#: positions is widened at a time
+SCORE_POSITIONS = 8
 
 
 def encode(tokenizer, text: str, special: bool = True) -> list[int]:
@@ -65,8 +70,10 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int
         yield order[start:start + batch_size]
 
 
-def forward_left_padded(model: nn.Module, sequences: Sequence[Sequence[int]], keep: int, pad: int) -> torch.Tensor:
-    """Logits ``[B, keep, vocab]`` (float32) of the last ``keep`` positions of each left-padded sequence.
+def forward_left_padded(model: nn.Module, sequences: Sequence[Sequence[int]], keep: int, pad: int,
+                        widen: bool = True) -> torch.Tensor:
+    """Logits ``[B, keep, vocab]`` of the last ``keep`` positions of each left-padded sequence: float32 with
+    ``widen``, else in the model's dtype.
 
     Inputs go to the device of the model's input embeddings (any device map).
     Raises ``NonFiniteError`` naming the first layer whose output is NaN/inf.
@@ -84,9 +91,9 @@ def forward_left_padded(model: nn.Module, sequences: Sequence[Sequence[int]], ke
     inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
               "position_ids": position_ids.to(device), "use_cache": False}
     kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
-    logits = model(**inputs, **kwargs).logits[:, -keep:, :].float()
+    logits = model(**inputs, **kwargs).logits[:, -keep:, :]
     check_finite_logits(model, logits, inputs)
-    return logits
+    return logits.float() if widen else logits
 
 
 @torch.no_grad()
@@ -96,15 +103,16 @@ def last_token_logprobs(model: nn.Module, tokenizer, prompts: Sequence[str], bat
     encoded = [encode(tokenizer, p) for p in prompts]
     if any(len(e) == 0 for e in encoded):
         raise ValueError("cannot score an empty prompt")
-    out: list[torch.Tensor | None] = [None] * len(encoded)
+    out: torch.Tensor | None = None  # filled in place: no second [n_prompts, vocab] copy from stacking rows
     pad = pad_id(tokenizer)
     batches = list(length_batches([len(e) for e in encoded], batch_size))
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        logits = forward_left_padded(model, [encoded[i] for i in batch], 1, pad)[:, -1, :]
-        logprobs = torch.log_softmax(logits, dim=-1).cpu()
-        for row, i in enumerate(batch):
-            out[i] = logprobs[row]
-    return torch.stack(out)  # type: ignore[arg-type]
+        logits = forward_left_padded(model, [encoded[i] for i in batch], 1, pad, widen=False)[:, -1, :]
+        logprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32).cpu()
+        if out is None:
+            out = torch.empty(len(encoded), logprobs.shape[-1], dtype=torch.float32)
+        out[torch.as_tensor(batch)] = logprobs
+    return out  # type: ignore[return-value]
 
 
 @torch.no_grad()
@@ -135,15 +143,35 @@ def score_continuations(model: nn.Module, requests: Sequence[tuple[Sequence[int]
         rows = max(1, LOGITS_BUDGET // (keep * vocab)) if vocab else len(batch)
         for start in range(0, len(batch), rows):  # a large vocabulary scores fewer sequences per forward
             part = batch[start:start + rows]
-            logprobs = torch.log_softmax(forward_left_padded(model, [seqs[i] for i in part], keep, pad), dim=-1)
+            logits = forward_left_padded(model, [seqs[i] for i in part], keep, pad, widen=False)
             for row, i in enumerate(part):
-                target = torch.as_tensor(list(requests[i][1]), dtype=torch.long, device=logprobs.device)
+                target = torch.as_tensor(list(requests[i][1]), dtype=torch.long, device=logits.device)
                 n = target.numel()
-                lp = logprobs[row, keep - 1 - n:keep - 1, :]
-                nll = -lp.gather(1, target[:, None]).sum().item()
-                greedy = bool((lp.argmax(-1) == target).all().item())
-                results[i] = ContinuationScore(nll=float(nll), n_tokens=int(n), greedy=greedy)
+                logprob, hit = target_logprobs(logits[row, keep - 1 - n:keep - 1, :], target)
+                results[i] = ContinuationScore(nll=float(-logprob.sum().item()), n_tokens=int(n),
+                                               greedy=bool(hit.all().item()))
     return results  # type: ignore[return-value]
+
+
+def target_logprobs(logits: torch.Tensor, target: torch.Tensor,
+                    chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability (nats) of each target token, ``Tensor[n]``, and whether it is the most likely one,
+    ``Bool[n]``, from ``logits`` ``[n, vocab]`` (any dtype).
+
+    The log-softmax is computed in float32, ``chunk`` positions at a time (default
+    ``SCORE_POSITIONS``), so only one chunk's float32 copy of a large vocabulary
+    exists at once. The figures are those of a whole ``log_softmax(logits.float())``:
+    each position's log-softmax is its own.
+    """
+    chunk = chunk or SCORE_POSITIONS
+    logprob = torch.empty(target.numel(), dtype=torch.float32, device=logits.device)
+    hit = torch.empty(target.numel(), dtype=torch.bool, device=logits.device)
+    for start in range(0, target.numel(), chunk):
+        part = slice(start, start + chunk)
+        lp = torch.log_softmax(logits[part], dim=-1, dtype=torch.float32)
+        logprob[part] = lp.gather(1, target[part, None])[:, 0]
+        hit[part] = lp.argmax(-1) == target[part]
+    return logprob, hit
 
 
 def _vocab_size(model: nn.Module) -> int | None:

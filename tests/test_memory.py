@@ -1,0 +1,118 @@
+"""What keeps a run's peak memory near its weights' size: log-probabilities by chunks of positions in the
+model's dtype, a finite check without a widened copy, freed heap memory handed back, and a report that reads the
+run's own model instead of reloading it."""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fairprune.core import memory
+from fairprune.core.devices import all_finite
+from fairprune.plugins.evaluators import lm_scoring
+from fairprune.testing import tiny_model
+
+
+def whole_logprobs(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unchunked reference: one float32 log-softmax of every position."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    return lp.gather(1, target[:, None])[:, 0], lp.argmax(-1) == target
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("chunk", [1, 3, 8, 100])
+def test_chunked_target_logprobs_equal_the_whole_log_softmax(dtype, chunk):
+    model = tiny_model("llama").to(dtype)
+    ids = torch.randint(3, 120, (1, 23), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, :-1]
+    target = ids[0, 1:]
+    logprob, hit = lm_scoring.target_logprobs(logits, target, chunk)
+    ref_logprob, ref_hit = whole_logprobs(logits, target)
+    assert logprob.dtype == torch.float32 and logprob.shape == target.shape
+    torch.testing.assert_close(logprob, ref_logprob, rtol=0, atol=1e-6)
+    assert torch.equal(hit, ref_hit)
+    assert float(-logprob.sum()) == pytest.approx(float(-ref_logprob.sum()), abs=1e-5)
+
+
+def test_scores_do_not_depend_on_the_chunk_of_positions(monkeypatch):
+    """The NLL of a 3-window text is the same when one position at a time is widened to float32."""
+    model = tiny_model("llama").to(torch.bfloat16)
+    requests = lm_scoring.window_requests(list(range(3, 90)), window=30, stride=30)
+    default = lm_scoring.score_continuations(model, requests, batch_size=4)
+    monkeypatch.setattr(lm_scoring, "SCORE_POSITIONS", 1)
+    one = lm_scoring.score_continuations(model, requests, batch_size=4)
+    for a, b in zip(default, one):
+        assert (a.n_tokens, a.greedy) == (b.n_tokens, b.greedy)
+        assert a.nll == pytest.approx(b.nll, abs=1e-6)
+
+
+def test_next_token_logprobs_rows_keep_prompt_order():
+    from fairprune.testing import tiny_tokenizer
+
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    prompts = ["the man was", "a very old doctor lives in the town and", "she"]
+    together = lm_scoring.last_token_logprobs(model, tok, prompts, batch_size=2)
+    for i, prompt in enumerate(prompts):
+        alone = lm_scoring.last_token_logprobs(model, tok, [prompt], batch_size=1)[0]
+        torch.testing.assert_close(together[i], alone, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@given(bad=st.sampled_from([None, float("nan"), float("inf"), -float("inf")]), where=st.integers(0, 59))
+@settings(max_examples=30, deadline=None)
+def test_all_finite_agrees_with_isfinite(dtype, bad, where):
+    t = torch.linspace(-5, 5, 60).to(dtype).reshape(3, 20)
+    if bad is not None:
+        t.view(-1)[where] = bad
+    assert all_finite(t) == bool(torch.isfinite(t).all()) == (bad is None)
+
+
+def test_all_finite_of_an_empty_tensor():
+    assert all_finite(torch.empty(0, 7, dtype=torch.bfloat16))
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_release_memory_trims_the_glibc_heap():
+    memory._malloc_trim.cache_clear()
+    assert memory.release_memory() is True
+
+
+def test_release_memory_is_a_no_op_without_glibc(monkeypatch):
+    def no_libc(name, *args, **kwargs):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    memory._malloc_trim.cache_clear()
+    try:
+        assert memory.release_memory() is False
+    finally:
+        memory._malloc_trim.cache_clear()
+
+
+def test_run_report_reads_the_runs_model_instead_of_reloading_it(tmp_path, monkeypatch):
+    """A run draws its report's bias-importance plot from the model in memory (no second copy of the weights);
+    a report drawn later from the directory reloads the saved model and gets the same importance."""
+    import re
+
+    import fairprune.core.persist as persist
+    from fairprune.viz.rundata import full_importance, load_run
+    from fairprune.testing.runs import sample_run
+
+    load_pretrained = persist.load_pretrained
+    monkeypatch.setattr(persist, "load_pretrained", lambda *a, **k: pytest.fail("the run's model must be used"))
+    run_dir = sample_run(tmp_path)
+    assert "scatter" in re.findall(r'<figure id="plot-(\w+)">', (run_dir / "report.html").read_text())
+    run = load_run(run_dir)
+    run.model, _ = load_pretrained(run_dir)
+    in_memory = full_importance(run)
+    monkeypatch.setattr(persist, "load_pretrained", load_pretrained)
+    reloaded = full_importance(load_run(run_dir))
+    assert reloaded is not None and in_memory is not None and sorted(reloaded) == sorted(in_memory)
+    for layer in reloaded:
+        torch.testing.assert_close(in_memory[layer], reloaded[layer], rtol=0, atol=0)
