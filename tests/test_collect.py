@@ -191,3 +191,31 @@ def test_other_architectures_match_the_reference():
         for layer in want:
             torch.testing.assert_close(got.pooled[layer], want[layer], atol=1e-5, rtol=0, msg=arch)
             torch.testing.assert_close(got.magnitude[layer], magnitude[layer], atol=1e-5, rtol=0, msg=arch)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_reducer_sums_equal_a_fresh_float32_copy_and_reuse_one_buffer(dtype):
+    """The hook's reductions are those of ``h.float()`` exactly, whatever the dtype and layout, while every hook
+    reuses one float32 scratch buffer (a fresh activation-sized tensor per hook costs page faults)."""
+    from fairprune.core.collect import _PooledReducer
+
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.rand(4, 6, generator=gen) > 0.3
+    weights = mask.float() / mask.float().sum(1, keepdim=True).clamp(min=1)
+    reducer = _PooledReducer(n_prompts=8)
+    reducer.start([5, 1, 0, 7], weights, mask)
+    stack = torch.stack([weights, mask.float()], 1)
+    buffers = set()
+    for layer, width in enumerate((32, 16, 32)):
+        wide = torch.randn(4, 6, 2 * width, generator=gen, dtype=torch.float64).to(dtype)
+        activation = wide[..., ::2]  # a strided view, as a fused gate_up's half is
+        reducer("neuron", layer, activation)
+        h = activation.float()
+        want_sums, want_abs = torch.bmm(stack, h), torch.bmm(stack[:, 1:], h.abs())[:, 0]
+        rows = torch.tensor([5, 1, 0, 7])
+        assert torch.equal(reducer.pooled[("neuron", layer)][rows], want_sums[:, 0])
+        assert torch.equal(reducer.sum[("neuron", layer)][rows], want_sums[:, 1])
+        assert torch.equal(reducer.abs_sum[("neuron", layer)][rows], want_abs)
+        assert torch.equal(activation, wide[..., ::2])  # the model's activation is never written
+        buffers.add(reducer.scratch[torch.device("cpu")].data_ptr())
+    assert len(buffers) == 1

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .devices import input_device, non_finite_error
+from .devices import all_finite, input_device, non_finite_error
 from .errors import PromptError
 from .prompts import validate_groups
 from .protocols import PromptGroup
@@ -170,27 +170,52 @@ class _PooledReducer:
         self.abs_sum: dict[tuple[str, int], torch.Tensor] = {}
         self.rows = torch.empty(0, dtype=torch.long)
         self.stack = torch.empty(0)  # [B, 2, T]: pooling weights, then the real-token mask
+        self.scratch: dict[torch.device, torch.Tensor] = {}
 
     def start(self, rows: list[int], weights: torch.Tensor, mask: torch.Tensor) -> None:
         self.rows = torch.tensor(rows, dtype=torch.long)
         self.mask = mask
         self.stack = torch.stack([weights, mask.float()], dim=1)
 
+    def _scratch(self, like: torch.Tensor) -> torch.Tensor:
+        """A float32 tensor shaped like ``like``, in one buffer per device that every hook reuses.
+
+        A fresh activation-sized tensor per hook (the float32 copy, then |h|) is
+        handed back to the OS between hooks and faulted in again by the next:
+        on a CPU that cost as much as a tenth of the layer's forward.
+        """
+        buffer = self.scratch.get(like.device)
+        if buffer is None or buffer.numel() < like.numel():
+            buffer = self.scratch[like.device] = torch.empty(like.numel(), dtype=torch.float32, device=like.device)
+        return buffer[:like.numel()].view(like.shape)
+
+    def _reduce(self, stack: torch.Tensor, activation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per prompt: pooled vector and sum of h ``[B, 2, W]``, sum of |h| ``[B, W]``; float32 inputs and sums."""
+        if activation.dtype == torch.float32:
+            sums = torch.bmm(stack, activation)
+            magnitudes = torch.abs(activation, out=self._scratch(activation))
+        else:
+            magnitudes = self._scratch(activation).copy_(activation)  # the float32 copy of h, then |h| in place
+            sums = torch.bmm(stack, magnitudes)
+            magnitudes.abs_()
+        return sums, torch.bmm(stack[:, 1:], magnitudes)[:, 0]
+
     def __call__(self, site: str, layer: int, activation: torch.Tensor) -> None:
-        h = activation.float()
-        stack = self.stack.to(h.device)
-        sums, absum = torch.bmm(stack, h), torch.bmm(stack[:, 1:], h.abs())[:, 0]  # [B, 2, W], [B, W]
-        if not (torch.isfinite(sums).all() and torch.isfinite(absum).all()):
+        stack = self.stack.to(activation.device)
+        sums, absum = self._reduce(stack, activation)
+        if not (all_finite(sums) and all_finite(absum)):
             # padded positions may hold garbage (fully masked attention rows); only real tokens must be finite
-            h = torch.where(self.mask.to(h.device)[..., None], h, torch.zeros((), device=h.device))
-            sums, absum = torch.bmm(stack, h), torch.bmm(stack[:, 1:], h.abs())[:, 0]
-            if not (torch.isfinite(sums).all() and torch.isfinite(absum).all()):
+            mask = self.mask.to(activation.device)[..., None]
+            h = torch.where(mask, activation.float(), torch.zeros((), device=activation.device))
+            sums, absum = self._reduce(stack, h)
+            if not (all_finite(sums) and all_finite(absum)):
                 raise non_finite_error(f"site {site!r}", self.label, layer, activation.dtype)
         key = (site, layer)
         if key not in self.pooled:
             for table in (self.pooled, self.sum, self.abs_sum):
-                table[key] = torch.zeros(self.n_prompts, h.shape[-1], dtype=torch.float32, device=h.device)
-        rows = self.rows.to(h.device)
+                table[key] = torch.zeros(self.n_prompts, activation.shape[-1], dtype=torch.float32,
+                                         device=activation.device)
+        rows = self.rows.to(activation.device)
         self.pooled[key][rows] = sums[:, 0]
         self.sum[key][rows] = sums[:, 1]
         self.abs_sum[key][rows] = absum
