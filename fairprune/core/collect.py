@@ -10,6 +10,7 @@ is never computed. All state lives on the run objects, never on modules.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -177,38 +178,41 @@ class _PooledReducer:
         self.mask = mask
         self.stack = torch.stack([weights, mask.float()], dim=1)
 
-    def _scratch(self, like: torch.Tensor) -> torch.Tensor:
-        """A float32 tensor shaped like ``like``, in one buffer per device that every hook reuses.
+    def _scratch(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """A float32 tensor of ``shape`` in one buffer per device that every hook reuses.
 
         A fresh activation-sized tensor per hook (the float32 copy, then |h|) is
         handed back to the OS between hooks and faulted in again by the next:
         on a CPU that cost as much as a tenth of the layer's forward.
         """
-        buffer = self.scratch.get(like.device)
-        if buffer is None or buffer.numel() < like.numel():
-            buffer = self.scratch[like.device] = torch.empty(like.numel(), dtype=torch.float32, device=like.device)
-        return buffer[:like.numel()].view(like.shape)
+        size = math.prod(shape)
+        buffer = self.scratch.get(device)
+        if buffer is None or buffer.numel() < size:
+            buffer = self.scratch[device] = torch.empty(size, dtype=torch.float32, device=device)
+        return buffer[:size].view(shape)
 
-    def _reduce(self, stack: torch.Tensor, activation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per prompt: pooled vector and sum of h ``[B, 2, W]``, sum of |h| ``[B, W]``; float32 inputs and sums."""
-        if activation.dtype == torch.float32:
-            sums = torch.bmm(stack, activation)
-            magnitudes = torch.abs(activation, out=self._scratch(activation))
-        else:
-            magnitudes = self._scratch(activation).copy_(activation)  # the float32 copy of h, then |h| in place
-            sums = torch.bmm(stack, magnitudes)
-            magnitudes.abs_()
-        return sums, torch.bmm(stack[:, 1:], magnitudes)[:, 0]
+    def _reduce(self, stack: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
+        """``[B, 4, W]`` float32: per prompt weights·|h| (unused), weights·h (pooled), mask·|h| and mask·h.
+
+        |h| and h (float32) lie side by side in the scratch buffer, so one batched
+        matmul gives all three sums: on a busy CPU every extra small operation in
+        a hook costs a wait for the other threads.
+        """
+        batch, tokens, width = activation.shape
+        both = self._scratch((batch, tokens, 2 * width), activation.device)
+        both[..., width:].copy_(activation)
+        torch.abs(both[..., width:], out=both[..., :width])
+        return torch.bmm(stack, both).view(batch, 4, width)
 
     def __call__(self, site: str, layer: int, activation: torch.Tensor) -> None:
         stack = self.stack.to(activation.device)
-        sums, absum = self._reduce(stack, activation)
-        if not (all_finite(sums) and all_finite(absum)):
+        sums = self._reduce(stack, activation)
+        if not bool(torch.isfinite(sums.sum())) and not all_finite(sums):  # the sum is one cheap check
             # padded positions may hold garbage (fully masked attention rows); only real tokens must be finite
             mask = self.mask.to(activation.device)[..., None]
             h = torch.where(mask, activation.float(), torch.zeros((), device=activation.device))
-            sums, absum = self._reduce(stack, h)
-            if not (all_finite(sums) and all_finite(absum)):
+            sums = self._reduce(stack, h)
+            if not all_finite(sums):
                 raise non_finite_error(f"site {site!r}", self.label, layer, activation.dtype)
         key = (site, layer)
         if key not in self.pooled:
@@ -216,9 +220,9 @@ class _PooledReducer:
                 table[key] = torch.zeros(self.n_prompts, activation.shape[-1], dtype=torch.float32,
                                          device=activation.device)
         rows = self.rows.to(activation.device)
-        self.pooled[key][rows] = sums[:, 0]
-        self.sum[key][rows] = sums[:, 1]
-        self.abs_sum[key][rows] = absum
+        self.pooled[key][rows] = sums[:, 1]
+        self.abs_sum[key][rows] = sums[:, 2]
+        self.sum[key][rows] = sums[:, 3]
 
 
 def collect_prompts(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGroup], *,
