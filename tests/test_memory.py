@@ -116,3 +116,23 @@ def test_run_report_reads_the_runs_model_instead_of_reloading_it(tmp_path, monke
     assert reloaded is not None and in_memory is not None and sorted(reloaded) == sorted(in_memory)
     for layer in reloaded:
         torch.testing.assert_close(in_memory[layer], reloaded[layer], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunk_losses_by_row_equal_the_whole_batch_cross_entropy(dtype):
+    """The attribution's text loss widens one chunk's logits at a time; losses and gradients are unchanged."""
+    from fairprune.core.attribution import _chunk_losses, wide
+
+    model = tiny_model("llama").to(dtype)
+    chunks = torch.randint(3, 120, (3, 30), generator=torch.Generator().manual_seed(2)).tolist()
+    ids = torch.tensor(chunks)
+    with torch.no_grad():
+        logits = wide(model(input_ids=ids).logits[:, :-1])
+    whole = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")[:, 1:].mean(1)
+    with torch.no_grad():
+        assert torch.equal(_chunk_losses(model, chunks, n_prefix=2), whole)
+    weight = model.lm_head.weight
+    by_row = torch.autograd.grad(_chunk_losses(model, chunks, n_prefix=2).sum(), weight)[0]
+    logits = wide(model(input_ids=ids).logits[:, :-1])
+    loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")[:, 1:].mean(1)
+    torch.testing.assert_close(by_row, torch.autograd.grad(loss.sum(), weight)[0], rtol=0, atol=1e-6)

@@ -310,9 +310,12 @@ def _chunk_losses(model: nn.Module, chunks: Sequence[Sequence[int]], n_prefix: i
     """Mean next-token NLL (nats) of each chunk's text tokens: ``[n_chunks]``; chunks have one length."""
     device = input_device(model)
     ids = torch.tensor([list(c) for c in chunks], dtype=torch.long, device=device)
-    logits = wide(model(input_ids=ids, use_cache=False).logits[:, :-1])
+    logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
     targets = ids[:, 1:]
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    # one chunk's widened logits (and their log-softmax) at a time: at a 128k vocabulary a batch's float32 copies
+    # were several times the model-dtype logits; each row's NLL is bitwise what the whole batch gives
+    nll = torch.cat([torch.nn.functional.cross_entropy(wide(logits[i:i + 1]).transpose(1, 2), targets[i:i + 1],
+                                                       reduction="none") for i in range(len(chunks))])
     return nll[:, max(n_prefix - 1, 0):].mean(1)
 
 

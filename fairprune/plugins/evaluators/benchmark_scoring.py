@@ -141,7 +141,8 @@ def _score_batch(model, contexts: list[list[int]], targets: list[list[list[int]]
     keep = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}  # the LM head on the last position only
     first = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                   position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device), use_cache=True, **keep)
-    first_lp = torch.log_softmax(first.logits[:, -1, :], dim=-1, dtype=torch.float32)  # predicts each choice's first token
+    # predicts each choice's first token
+    first_lp = torch.log_softmax(first.logits[:, -1, :], dim=-1, dtype=torch.float32)
     owner = torch.as_tensor([row for row, options in enumerate(targets) for _ in options])
     flat = [target for options in targets for target in options]
     argument = _cache_argument(model)
