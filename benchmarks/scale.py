@@ -7,7 +7,7 @@
 2. ``timings``, in one process, per dtype (float32, then bfloat16): optipfair's
    ``analyze_neuron_bias`` on 16 race pairs, fairprune's ``analyze_bias`` on the
    same pairs, and a bare batched forward of the model body (no LM head) over
-   the same 32 prompts; best of ``--repeats`` interleaved rounds.
+   the same 32 prompts; best and median of ``--repeats`` interleaved rounds.
 3. ``memory``: peak resident set (``/usr/bin/time -v``) of ``fairprune analyze``
    and of ``fairprune run examples/fair-llama-3.2-1b.yaml --set
    model.source=DIR`` in bfloat16, against the size of the weights.
@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -93,13 +94,18 @@ def timings(path: Path, args: argparse.Namespace) -> list[str]:
                                                            progress=False),
             "bare batched forward of the body": lambda: bare_forward(model.model, tok, prompts, args.batch_size),
         }
-        got = timed_rounds(phases, args.repeats)
-        bare, opt = got["bare batched forward of the body"][0], got["optipfair analyze_neuron_bias"][0]
-        for name, (sec, peak, _) in got.items():
-            rows.append(f"| {dtype} | {name} | {sec:.2f} | {sec / bare:.2f}x | {opt / sec:.2f}x | "
-                        f"{peak / 2**20:.0f} |")
+        rounds = [timed_rounds(phases, 1) for _ in range(args.repeats)]  # interleaved: one of each per round
+        times = {name: [r[name][0] for r in rounds] for name in phases}
+        best = {name: min(t) for name, t in times.items()}
+        median = {name: statistics.median(t) for name, t in times.items()}
+        bare = "bare batched forward of the body"
+        for name in phases:
+            peak = max(r[name][1] for r in rounds)
+            rows.append(f"| {dtype} | {name} | {best[name]:.2f} | {median[name]:.2f} | "
+                        f"{best[name] / best[bare]:.2f}x | {median[name] / median[bare]:.2f}x | "
+                        f"{median['optipfair analyze_neuron_bias'] / median[name]:.2f}x | {peak / 2**20:.0f} |")
             print(rows[-1], flush=True)
-        del model, phases, got
+        del model, phases, rounds
     return rows
 
 
@@ -190,6 +196,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dir", default=None, help="where the random model lives (default: the fairprune cache)")
     parser.add_argument("--layers", type=int, default=16, help="fewer layers for a quick check of this script")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of the in-process timings (default: torch's; 1 on a busy shared machine)")
     parser.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "PAIRS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -197,6 +205,8 @@ def main() -> int:
         worker(*args.worker)
         return 0
     only = set(args.only.split(","))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     path = model_dir(args)
     load_before = os.getloadavg()
     parts = [START, f"## Scale: the Llama-3.2-1B shape ({args.layers} layers, random weights), CPU", "",
@@ -207,10 +217,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if "timings" in only:
-            parts += [f"In one process, {N_PAIRS} race pairs ({2 * N_PAIRS} prompts), batch {args.batch_size}, "
-                      f"best of {args.repeats} interleaved rounds:", "",
-                      "| dtype | work | time (s) | vs bare forward | optipfair / this | peak RSS growth (MiB) |",
-                      "|---|---|---:|---:|---:|---:|", *timings(path, args), ""]
+            parts += [f"In one process ({torch.get_num_threads()} torch threads), {N_PAIRS} race pairs "
+                      f"({2 * N_PAIRS} prompts), batch {args.batch_size}, "
+                      f"{args.repeats} interleaved rounds (best and median time; optipfair / this by medians):", "",
+                      "| dtype | work | best (s) | median (s) | best vs bare forward | median vs bare forward | "
+                      "optipfair / this | peak RSS growth (MiB) |",
+                      "|---|---|---:|---:|---:|---:|---:|---:|", *timings(path, args), ""]
         if "memory" in only:
             parts += ["Peak resident set of a fresh process (`/usr/bin/time -v`), bfloat16 (the checkpoint's dtype):",
                       "", "| command | wall (s) | peak RSS (GiB) | vs weights |", "|---|---:|---:|---:|",
