@@ -66,8 +66,9 @@ RECIPES: dict[str, dict] = {
 
 
 #: the signed attribution method (``bias.method: attribution``); keys are ``AttributionSection`` fields
-ATTRIBUTION = dict(objective="next_token_js", rounds=4, guard_fraction=0.5, ranking="ratio", min_improvement_pct=2.0,
-                   max_perplexity_increase_pct=1.0, pruner="structural")
+ATTRIBUTION = dict(objective="next_token_js", positions="last", folds=1, rounds=4, guard_fraction=0.5,
+                   ranking="ratio", min_improvement_pct=2.0, max_perplexity_increase_pct=1.0,
+                   target_reduction_pct=None, pruner="structural")
 
 #: ``--suite compare``: today's default against the attribution method at three budgets
 COMPARE: dict[str, dict] = {}
@@ -153,7 +154,8 @@ def cached_base(args, compute) -> dict:
 
     from fairprune.core.sources import cache_root
 
-    path = cache_root(None) / "benchmarks" / f"fairness_recipe-base-{args.model}-{args.lambada_limit}.pkl"
+    path = cache_root(None) / "benchmarks" / \
+        f"fairness_recipe-base-{args.model}-{args.lambada_limit}-{args.lambada_offset}.pkl"
     if path.is_file():
         return pickle.loads(path.read_bytes())
     base = compute()
@@ -193,11 +195,13 @@ def attribution_plan(model, tok, r: dict, registry) -> tuple:
     start = time.perf_counter()
     selection = select_by_attribution(
         model, tok, groups, objective=registry.create("bias_objectives", r["objective"]).bind(tok),
-        capability=registry.create("importance_metrics", "capability_cost"),
+        capability=registry.create("importance_metrics", "capability_cost", r.get("capability_params")),
         budget=fp.Budget(param_fraction=r["budget"]), compensated=r["pruner"] == "compensated",
         settings=SelectionSettings(rounds=r["rounds"], guard_fraction=r["guard_fraction"], ranking=r["ranking"],
                                    min_improvement_pct=r["min_improvement_pct"],
-                                   max_perplexity_increase_pct=r["max_perplexity_increase_pct"]),
+                                   max_perplexity_increase_pct=r["max_perplexity_increase_pct"],
+                                   positions=r["positions"], folds=r["folds"],
+                                   target_reduction_pct=r["target_reduction_pct"]),
         registry=registry, progress=False)
     seconds = time.perf_counter() - start
     v = selection.plan.settings["verification"]
@@ -215,6 +219,8 @@ def main() -> int:
     parser.add_argument("--suite", choices=("recipes", "compare"), default="recipes",
                         help="recipes: the activation-method recipe table; compare: default vs attribution x budgets")
     parser.add_argument("--lambada-limit", type=int, default=400)
+    parser.add_argument("--lambada-offset", type=int, default=0,
+                        help="skip this many passages first (to check a figure on another slice of LAMBADA)")
     parser.add_argument("--lambada-path", type=Path, default=LAMBADA, help="LAMBADA test JSONL (text field)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--only", nargs="*", help="recipe names to run (default: all)")
@@ -232,7 +238,8 @@ def main() -> int:
     registry = get_registry()
     groups = gather(axes=["race"], split="heldout", registry=registry).groups
     other = other_style_groups()
-    requests = word_requests(tok, read_jsonl_texts(args.lambada_path, limit=args.lambada_limit, what="lambada_path"))
+    texts = read_jsonl_texts(args.lambada_path, limit=args.lambada_offset + args.lambada_limit, what="lambada_path")
+    requests = word_requests(tok, texts[args.lambada_offset:])
     pad = pad_id(tok)
     base = cached_base(args, lambda: measure(model, tok, groups, other, requests, pad, args.batch_size))
     print(f"base: residual {base['residual'].mean():.4f}, JS {base['js'].mean():.5f}, gap {base['gap'].mean():.4f}, "
@@ -280,8 +287,8 @@ def render(rows, base, n_groups, n_other, args, elapsed) -> str:
         f"({torch.get_num_threads()} threads). Command: `{command}` ({elapsed / 60:.1f} min).",
         f"Base: held-out residual distance {base['residual'].mean():.4f}, next-token JS {base['js'].mean():.5f}, "
         f"continuation gap {base['gap'].mean():.4f} nats ({n_groups} held-out groups of the race axis); other-style "
-        f"JS {base['other_js'].mean():.5f}, gap {base['other_gap'].mean():.4f} ({n_other} groups); LAMBADA first "
-        f"{args.lambada_limit}: accuracy {base['lambada'][0]:.2f}%, per-token perplexity {base['lambada'][1]:.3f}.",
+        f"JS {base['other_js'].mean():.5f}, gap {base['other_gap'].mean():.4f} ({n_other} groups); LAMBADA passages "
+        f"{args.lambada_offset}-{args.lambada_offset + args.lambada_limit}: accuracy {base['lambada'][0]:.2f}%, per-token perplexity {base['lambada'][1]:.3f}.",
         f"Activation-method defaults: {json.dumps(DEFAULT)}; attribution defaults: {json.dumps(ATTRIBUTION)}.", "",
         "| recipe | params removed | neurons | residual | next-token JS | cont. gap | other-style JS | other-style gap "
         "| LAMBADA acc | LAMBADA ppl | analysis (s) |",

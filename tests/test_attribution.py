@@ -197,16 +197,32 @@ def test_multi_token_continuation_is_refused(setup) -> None:
 
 # -- selection -------------------------------------------------------------------------------------
 
-def test_ranking_keeps_out_every_neuron_whose_removal_raises_the_objective() -> None:
+@pytest.mark.parametrize("n_folds", [1, 3])
+def test_ranking_keeps_out_every_neuron_whose_removal_raises_the_objective(n_folds) -> None:
     gen = torch.Generator().manual_seed(0)
-    delta = {0: torch.randn(50, generator=gen), 1: torch.randn(50, generator=gen)}
+    delta = {0: torch.randn(n_folds, 50, generator=gen), 1: torch.randn(n_folds, 50, generator=gen)}
     cost = {0: torch.rand(50, generator=gen), 1: torch.rand(50, generator=gen)}
     guarded = sel._guarded(cost, 0.0)
+    best = int(torch.argmin(delta[0].max(0).values))
     for ranking in sel.RANKINGS:
-        entries = sel._ranked(delta, cost, guarded, {0: [int(torch.argmin(delta[0]))]}, ranking, [0, 1])
+        entries = sel._ranked(delta, cost, guarded, {0: [best]}, ranking, [0, 1])
         chosen = {(layer, n) for _, layer, n in entries}
-        expected = {(layer, n) for layer in (0, 1) for n in range(50) if delta[layer][n] < 0}
-        assert chosen == expected - {(0, int(torch.argmin(delta[0])))}
+        # a candidate lowers the objective in every fold
+        expected = {(layer, n) for layer in (0, 1) for n in range(50) if bool((delta[layer][:, n] < 0).all())}
+        assert chosen == expected - {(0, best)} and chosen
+        if ranking == "reduction":  # the gain is the smallest fold's reduction
+            assert [e[0] for e in entries] == sorted((float(-delta[layer][:, n].max()) for _, layer, n in entries),
+                                                     reverse=True)
+
+
+def test_template_folds_keep_each_template_together() -> None:
+    gs = groups() + [PromptGroup("race", "0", ("asian", "white"), ("the asian man walked into the room and",
+                                                                    "the white man walked into the room and"))]
+    folds = attr.template_folds(gs, 2)
+    assert [len(f) for f in folds] == [4, 2] and sum(map(len, folds)) == len(gs)
+    assert [{g.template_id for g in f} for f in folds] == [{"0", "2", "4"}, {"1", "3"}]
+    with pytest.raises(ConfigError, match="folds is 9 but the analysis groups come from 5 template"):
+        attr.template_folds(gs, 9)
 
 
 def test_guard_protects_the_costliest_neurons_of_each_layer() -> None:
@@ -232,6 +248,46 @@ def test_selection_only_removes_neurons_estimated_to_lower_the_objective(setup) 
     verification = plan.settings["verification"]
     assert verification["objective_after"] < verification["objective_before"]
     assert {(r["layer"], r["neuron"]) for r in plan.records} == {(k, n) for k, v in plan.removed.items() for n in v}
+
+
+def test_folded_selection_removes_only_neurons_that_lower_the_objective_in_every_fold(setup) -> None:
+    model, tok, adapter, _ = setup
+    plan = run_selection(setup, rounds=1, folds=2).plan
+    assert plan.settings["folds"] == 2 and plan.n_neurons > 0
+    per_fold = [attr.attribute_objective(model, attr.group_batches(model, tok, part, 6), NextTokenJS(), adapter)
+                .sums.delta(None) for part in attr.template_folds(groups(), 2)]
+    for r in plan.records:
+        assert all(float(d[r["layer"]][r["neuron"]]) < 0 for d in per_fold), r
+    # and one fold's wish is not enough: some neuron lowers fold 0 alone, and none such is removed
+    alone = {(layer, n) for layer in per_fold[0] for n in range(per_fold[0][layer].numel())
+             if per_fold[0][layer][n] < 0 <= per_fold[1][layer][n]}
+    assert alone and not alone & {(r["layer"], r["neuron"]) for r in plan.records}
+
+
+def test_target_reduction_stops_at_the_shortest_ranked_prefix_that_reaches_it(setup) -> None:
+    model, tok, adapter, batches = setup
+    free = run_selection(setup, rounds=1, min_improvement_pct=0.0, ranking="reduction").plan
+    reduction = -free.settings["verification"]["measured_change_pct"]
+    assert reduction > 0
+    plan = run_selection(setup, rounds=1, min_improvement_pct=0.0, ranking="reduction",
+                         target_reduction_pct=reduction / 2).plan
+    v = plan.settings["verification"]
+    assert plan.settings["stop_reason"].startswith("the objective fell by the target")
+    assert -v["measured_change_pct"] >= reduction / 2 and 0 < plan.n_neurons < free.n_neurons
+    # one neuron fewer (the last in rank order) would not have reached the target
+    ranked = [(r["layer"], r["neuron"]) for r in sorted(free.records, key=lambda r: r["attribution"])]
+    assert {(r["layer"], r["neuron"]) for r in plan.records} == set(ranked[:plan.n_neurons])
+    fewer = ranked[:plan.n_neurons - 1]
+    removed: dict[int, list[int]] = {}
+    for layer, n in fewer:
+        removed.setdefault(layer, []).append(n)
+    after = mean(attr.objective_values(model, batches, NextTokenJS(), adapter, removed=removed))
+    assert after > v["objective_before"] * (1 - reduction / 200)
+
+
+def test_target_reduction_out_of_range_is_refused(setup) -> None:
+    with pytest.raises(ConfigError, match="target_reduction_pct must lie in"):
+        run_selection(setup, target_reduction_pct=100.0)
 
 
 def test_selection_verifies_by_real_ablation(setup) -> None:
@@ -320,3 +376,57 @@ def test_a_plugin_registers_an_objective_that_attribution_uses(setup) -> None:
     result = attr.attribute_objective(model, batches, objective, adapter)
     assert result.objective > 0 and all(bool(d.isfinite().all()) and float(d.abs().sum()) > 0
                                         for d in result.sums.delta(None).values())
+
+
+@pytest.fixture(scope="module")
+def suffix_batches(setup):
+    model, tok, _, _ = setup
+    return attr.group_batches(model, tok, groups(), 6, positions="suffix")
+
+
+def test_suffix_positions_are_the_tokens_every_member_shares(setup, suffix_batches) -> None:
+    model, tok, _, _ = setup
+    expected = [len(tok(t.split("{}")[1], add_special_tokens=False)["input_ids"]) for t in TEMPLATES]
+    assert suffix_batches.positions == expected and min(expected) > 1
+    assert attr.group_batches(model, tok, groups(), 6).positions == [1] * len(TEMPLATES)
+    capped = attr.group_batches(model, tok, groups(), 6, positions="suffix", max_positions=2)
+    assert capped.positions == [2] * len(TEMPLATES)
+    # members that differ in their last token share no suffix: the last position alone is read
+    odd = [PromptGroup("race", "0", ("black", "white"), ("the man is black", "the man is white"))]
+    assert attr.group_batches(model, tok, odd, 6, positions="suffix").positions == [1]
+    with pytest.raises(ConfigError, match="positions must be one of last, suffix"):
+        attr.group_batches(model, tok, groups(), 6, positions="all")
+
+
+def test_suffix_objective_is_the_mean_js_over_the_shared_positions(setup, suffix_batches) -> None:
+    from fairprune.plugins.objectives import pairwise_js
+
+    model, tok, adapter, _ = setup
+    values = attr.objective_values(model, suffix_batches, NextTokenJS(), adapter)
+    for group, count, value in zip(groups(), suffix_batches.positions, values):
+        with torch.no_grad():
+            logprobs = [torch.log_softmax(model(**tok(p, return_tensors="pt")).logits[0, -count:], -1)
+                        for p in group.prompts]
+        stacked = torch.stack(logprobs, 1)  # [positions, members, vocab]
+        expected = mean([float(pairwise_js(stacked[p])) for p in range(count)])
+        assert value == pytest.approx(expected, rel=1e-6)
+
+
+def test_suffix_attribution_matches_finite_difference(setup, suffix_batches) -> None:
+    model, tok, adapter, _ = setup
+    result = attr.attribute_objective(model, suffix_batches, NextTokenJS(), adapter)
+    delta = result.sums.delta(None)
+    eps = 1e-2
+    for layer in (0, 1):
+        neuron = int(torch.argmax(delta[layer].abs()))
+        moved = []
+        for sign in (1, -1):
+            with nudged(model, adapter, layer, neuron, sign * eps, 0.0):
+                moved.append(mean(attr.objective_values(model, suffix_batches, NextTokenJS(), adapter)))
+        assert (moved[0] - moved[1]) / (2 * eps) == pytest.approx(float(delta[layer][neuron]), rel=1e-2)
+
+
+def test_suffix_positions_refuse_residual_stream_objectives(setup, suffix_batches) -> None:
+    model, _, adapter, _ = setup
+    with pytest.raises(ConfigError, match="positions: last"):
+        attr.objective_values(model, suffix_batches, ActivationDistance(), adapter)

@@ -153,57 +153,106 @@ def frozen(model: nn.Module) -> Iterator[None]:
 
 # -- bias objective passes ---------------------------------------------------------------------------
 
+#: where the objective reads next-token distributions: the prompt's last position, or every position of the
+#: suffix its members share (the tokens after the attribute), each position a group of its own
+POSITIONS = ("last", "suffix")
+
+
 @dataclass
 class GroupBatches:
-    """Prompt groups tokenized once and cut into left-padded batches of whole groups."""
+    """Prompt groups tokenized once and cut into left-padded batches of whole groups.
+
+    ``positions[g]`` is how many trailing positions of group g the objective reads
+    (1 for ``last``; for ``suffix`` the length of the token suffix all members
+    share, at most ``max_positions``, at least 1).
+    """
 
     groups: list[PromptGroup]
     ids: list[list[int]]
     diverge: list[int]
     batch_groups: int
     pad: int
+    positions: list[int] = field(default_factory=list)
 
-    def __iter__(self) -> Iterator[tuple[list[int], Any]]:
+    def __iter__(self) -> Iterator[tuple[list[int], list[int], Any]]:
         start_group, start_row = 0, 0
         while start_group < len(self.groups):
             chunk = self.groups[start_group:start_group + self.batch_groups]
             n = sum(len(g.prompts) for g in chunk)
             rows = list(range(start_row, start_row + n))
             batch = next(_batches([self.ids[r] for r in rows], [self.diverge[r] for r in rows], n, self.pad, "left"))
-            yield [len(g.prompts) for g in chunk], batch
+            positions = self.positions[start_group:start_group + len(chunk)] or [1] * len(chunk)
+            yield [len(g.prompts) for g in chunk], positions, batch
             start_group += len(chunk)
             start_row += n
 
 
-def group_batches(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGroup], batch_size: int) -> GroupBatches:
-    """Validate and tokenize ``groups``; batches hold whole groups, about ``batch_size`` prompts each."""
+def group_batches(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGroup], batch_size: int, *,
+                  positions: str = "last", max_positions: int = 16) -> GroupBatches:
+    """Validate and tokenize ``groups``; batches hold whole groups, about ``batch_size`` prompts each.
+
+    ``positions`` is ``"last"`` or ``"suffix"`` (see ``POSITIONS``); ``ConfigError`` otherwise.
+    """
+    if positions not in POSITIONS:
+        raise ConfigError(f"bias.attribution.positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
     groups = list(groups)
     if not groups:
         raise PromptError("attribution needs at least one prompt group")
     validate_groups(groups)
     ids, diverge = tokenize_groups(tokenizer, groups, max_length=_max_positions(model))
     per_group = max(len(g.prompts) for g in groups)
-    return GroupBatches(groups, ids, diverge, max(1, batch_size // per_group), _pad_id(tokenizer))
+    counts, start = [], 0
+    for g in groups:
+        members = ids[start:start + len(g.prompts)]
+        start += len(g.prompts)
+        counts.append(1 if positions == "last" else max(1, min(_shared_suffix(members), max_positions)))
+    return GroupBatches(groups, ids, diverge, max(1, batch_size // per_group), _pad_id(tokenizer), counts)
 
 
-def _objective_inputs(model: nn.Module, sizes: list[int], batch: Any, uses: Sequence[str]) -> ObjectiveInputs:
-    """One forward of a left-padded batch: last-position log-probs and, if used, pooled hidden states."""
+def _shared_suffix(members: Sequence[Sequence[int]]) -> int:
+    """How many trailing token ids every member shares."""
+    n = 0
+    shortest = min(len(m) for m in members)
+    while n < shortest and all(m[-1 - n] == members[0][-1 - n] for m in members):
+        n += 1
+    return n
+
+
+def _objective_inputs(model: nn.Module, sizes: list[int], positions: list[int], batch: Any,
+                      uses: Sequence[str]) -> tuple[ObjectiveInputs, torch.Tensor]:
+    """One forward of a left-padded batch: what the objective reads, and each row-group's group index.
+
+    With ``positions[g] > 1`` every one of group g's last ``positions[g]`` positions
+    becomes a group of its own (its members' log-probs there), so any objective on
+    log-probs reads the suffix unchanged; the second value maps those groups back.
+    """
     device = input_device(model)
     mask = batch.mask.to(device)
     want_hidden = "hidden" in uses
+    if want_hidden and max(positions) > 1:
+        raise ConfigError("bias.attribution.positions: suffix reads next-token distributions; an objective on the "
+                          "residual stream (hidden) takes positions: last")
+    keep = max(positions)
     out = model(input_ids=batch.input_ids.to(device), attention_mask=mask.long(),
-                position_ids=batch.content_pos.to(device), use_cache=False, logits_to_keep=1,
+                position_ids=batch.content_pos.to(device), use_cache=False, logits_to_keep=keep,
                 output_hidden_states=want_hidden)
-    logprobs = torch.log_softmax(wide(out.logits[:, -1, :]), dim=-1)
+    # _batches sorts rows by length; put them back in group order
+    order = torch.argsort(torch.tensor(batch.rows)).to(device)
+    logprobs = torch.log_softmax(wide(out.logits.index_select(0, order)), dim=-1)  # [prompts, keep, vocab]
+    rows, new_sizes, owner, start = [], [], [], 0
+    for g, (size, count) in enumerate(zip(sizes, positions)):
+        for p in range(keep - count, keep):
+            rows.append(torch.arange(start, start + size) * keep + p)
+            new_sizes.append(size)
+            owner.append(g)
+        start += size
+    flat = logprobs.reshape(-1, logprobs.shape[-1]).index_select(0, torch.cat(rows).to(device))
     hidden = None
     if want_hidden:
         weights = mask.float() / mask.float().sum(1, keepdim=True)
         hidden = torch.stack([torch.einsum("bt,btd->bd", weights.to(wide(h).dtype), wide(h))
-                              for h in out.hidden_states[1:]])
-    # _batches sorts rows by length; put them back in group order
-    order = torch.argsort(torch.tensor(batch.rows)).to(device)
-    return ObjectiveInputs(sizes, logprobs.index_select(0, order),
-                           None if hidden is None else hidden.index_select(1, order))
+                              for h in out.hidden_states[1:]]).index_select(1, order)
+    return ObjectiveInputs(new_sizes, flat, hidden), torch.tensor(owner)
 
 
 def wide(t: torch.Tensor) -> torch.Tensor:
@@ -219,6 +268,16 @@ def _checked_value(objective: Any, inputs: ObjectiveInputs) -> torch.Tensor:
     if not bool(torch.isfinite(value).all()):
         raise non_finite_error(f"bias objective {objective.name!r}", None, None, inputs.logprobs.dtype)
     return value
+
+
+def _group_values(model: nn.Module, objective: Any, sizes: list[int], positions: list[int], batch: Any) -> torch.Tensor:
+    """The objective per group of the batch (``Tensor[n_groups]``): the mean over the positions it reads."""
+    inputs, owner = _objective_inputs(model, sizes, positions, batch, objective.uses)
+    value = _checked_value(objective, inputs)
+    if len(owner) == len(sizes):
+        return value
+    total = torch.zeros(len(sizes), dtype=value.dtype, device=value.device).index_add(0, owner.to(value.device), value)
+    return total / torch.tensor(positions, dtype=value.dtype, device=value.device)
 
 
 @dataclass
@@ -247,11 +306,11 @@ def attribute_objective(model: nn.Module, batches: GroupBatches, objective: Any,
     n_groups = len(batches.groups)
     with frozen(model), neuron_hooks(model, adapter, removed, fill) as hooks:
         hooks.track = True
-        for sizes, batch in tqdm(list(batches), desc=f"attributing {objective.name}", disable=not progress,
-                                 leave=False):
+        for sizes, positions, batch in tqdm(list(batches), desc=f"attributing {objective.name}",
+                                            disable=not progress, leave=False):
             hooks.kept = {}
             with torch.enable_grad():
-                per_group = _checked_value(objective, _objective_inputs(model, sizes, batch, objective.uses))
+                per_group = _group_values(model, objective, sizes, positions, batch)
                 layers = sorted(hooks.kept)
                 grads = torch.autograd.grad(per_group.sum() / n_groups, [hooks.kept[i] for i in layers],
                                             allow_unused=True)
@@ -264,14 +323,66 @@ def attribute_objective(model: nn.Module, batches: GroupBatches, objective: Any,
     return ObjectiveAttribution(values, sums)
 
 
+@dataclass
+class FoldedAttribution:
+    """Attribution passes over folds of the groups (split by template): each fold's sums, and their blend.
+
+    ``weights[k]`` is fold k's share of the groups, so ``objective`` and ``delta``
+    are those of the mean over all groups; ``fold_delta`` keeps the folds apart,
+    so that selection can ask that a removal lowers the objective in every fold.
+    """
+
+    folds: list[ObjectiveAttribution]
+    weights: list[float]
+
+    @property
+    def objective(self) -> float:
+        """Mean of the objective over all groups."""
+        return float(sum(w * f.objective for w, f in zip(self.weights, self.folds)))
+
+    def delta(self, fill: Mapping[int, torch.Tensor] | None) -> dict[int, torch.Tensor]:
+        """ΔM of the all-group mean per neuron (``Tensor[width]`` per layer)."""
+        parts = [f.sums.delta(fill) for f in self.folds]
+        return {layer: sum(w * p[layer] for w, p in zip(self.weights, parts)) for layer in parts[0]}
+
+    def fold_delta(self, fill: Mapping[int, torch.Tensor] | None) -> dict[int, torch.Tensor]:
+        """ΔM of each fold's mean per neuron: ``Tensor[n_folds, width]`` per layer."""
+        parts = [f.sums.delta(fill) for f in self.folds]
+        return {layer: torch.stack([p[layer] for p in parts]) for layer in parts[0]}
+
+
+def template_folds(groups: Sequence[PromptGroup], n_folds: int) -> list[list[PromptGroup]]:
+    """``groups`` split into ``n_folds`` folds by template (a template's groups stay together), templates
+    dealt round-robin in sorted order; ``ConfigError`` when there are fewer templates than folds."""
+    templates = sorted({(g.axis, g.template_id) for g in groups})
+    if n_folds > len(templates):
+        raise ConfigError(f"bias.attribution.folds is {n_folds} but the analysis groups come from "
+                          f"{len(templates)} template(s)")
+    fold_of = {t: k % n_folds for k, t in enumerate(templates)}
+    folds: list[list[PromptGroup]] = [[] for _ in range(n_folds)]
+    for g in groups:
+        folds[fold_of[(g.axis, g.template_id)]].append(g)
+    return folds
+
+
+def attribute_folds(model: nn.Module, folds: Sequence[GroupBatches], objective: Any, adapter: Any, *,
+                    removed: Removed | None = None, fill: Mapping[int, torch.Tensor] | None = None,
+                    progress: bool = False) -> FoldedAttribution:
+    """``attribute_objective`` on every fold of groups."""
+    total = sum(len(b.groups) for b in folds)
+    return FoldedAttribution([attribute_objective(model, b, objective, adapter, removed=removed, fill=fill,
+                                                  progress=progress) for b in folds],
+                             [len(b.groups) / total for b in folds])
+
+
 @torch.no_grad()
 def objective_values(model: nn.Module, batches: GroupBatches, objective: Any, adapter: Any, *,
                      removed: Removed | None = None, fill: Mapping[int, torch.Tensor] | None = None) -> list[float]:
     """The objective per group, forward only, with ``removed`` neurons ablated (the measured value)."""
     values: list[float] = []
     with frozen(model), neuron_hooks(model, adapter, removed, fill):
-        for sizes, batch in batches:
-            values.extend(_checked_value(objective, _objective_inputs(model, sizes, batch, objective.uses)).tolist())
+        for sizes, positions, batch in batches:
+            values.extend(_group_values(model, objective, sizes, positions, batch).tolist())
     return values
 
 

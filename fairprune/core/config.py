@@ -65,6 +65,14 @@ class AttributionSection(Strict):
         default_factory=lambda: Component(name="capability_cost"),
         description="importance metric giving the capability cost and its calibration text (params: text, "
                     "chunk_tokens, max_tokens)")
+    positions: Literal["last", "suffix"] = Field(
+        default="last", description="where the objective reads next-token distributions: last, the prompt's last "
+                                    "position; suffix, every position of the tokens after the attribute that all "
+                                    "members share (each position weighs equally within its group)")
+    folds: int = Field(
+        default=1, ge=1, description="split the analysis groups by template into this many folds; a neuron is a "
+                                     "candidate only if its removal lowers the objective in every fold, and its "
+                                     "gain is the smallest fold's (guards against fitting a few templates)")
     rounds: int = Field(default=4, ge=1, description="rounds of removal; attributions are recomputed each round")
     guard_fraction: float = Field(default=0.5, ge=0.0, lt=1.0,
                                   description="gamma: the top fraction of each layer by capability cost is never removed")
@@ -73,6 +81,10 @@ class AttributionSection(Strict):
     min_improvement_pct: float = Field(
         default=2.0, ge=0.0, description="stop when a round lowers the objective by less than this percent of its "
                                          "starting value")
+    target_reduction_pct: float | None = Field(
+        default=None, gt=0.0, lt=100.0,
+        description="stop once the measured objective on the analysis groups is this percent below its start, "
+                    "removing only the best-ranked neurons of the last round that reach it; None: no target")
     max_perplexity_increase_pct: float | None = Field(
         default=1.0, gt=0.0, description="a round is halved until the perplexity on the calibration text, measured "
                                          "with its neurons removed, rises by at most this percent; None: no check")

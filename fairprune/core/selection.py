@@ -47,6 +47,9 @@ class SelectionSettings:
     max_perplexity_increase_pct: float | None = 1.0
     min_width: int = 1
     layers: Sequence[int] | None = None
+    positions: str = "last"
+    folds: int = 1
+    target_reduction_pct: float | None = None
 
 
 @dataclass
@@ -93,16 +96,16 @@ def _guarded(cost: Mapping[int, torch.Tensor], fraction: float) -> dict[int, tor
 
 def _ranked(delta: Mapping[int, torch.Tensor], cost: Mapping[int, torch.Tensor], guarded: Mapping[int, torch.Tensor],
             removed: Mapping[int, list[int]], ranking: str, layers: Sequence[int]) -> list[tuple[float, int, int]]:
-    """Candidates (score, layer, neuron), best first: removal lowers the objective, not guarded, not removed."""
+    """Candidates (score, layer, neuron), best first: removal lowers the objective in every fold (``delta[layer]``
+    is ``Tensor[n_folds, width]``), not guarded, not removed; the gain is the smallest fold's reduction."""
     all_cost = torch.cat([cost[layer][~guarded[layer]] for layer in layers])
     floor = 0.1 * float(all_cost.median()) if all_cost.numel() else 0.0  # near-zero costs must not dominate
     entries = []
     for layer in layers:
-        d = delta[layer]
-        ok = (d < 0) & ~guarded[layer]
+        gain = -delta[layer].max(0).values
+        ok = (gain > 0) & ~guarded[layer]
         if removed.get(layer):
             ok[torch.tensor(removed[layer])] = False
-        gain = -d
         score = gain / (cost[layer] + floor + 1e-12) if ranking == "ratio" else gain
         entries.extend((float(score[n]), layer, int(n)) for n in ok.nonzero().flatten().tolist())
     entries.sort(key=lambda e: (-e[0], e[1], e[2]))
@@ -154,7 +157,8 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
     costs = {layer: neuron_cost(model, adapter, layer) for layer in range(n_layers)}
     total_params = count_parameters(model)
     max_params, max_neurons, caps = _budget_ceiling(budget, widths, total_params)
-    batches = attr.group_batches(model, tokenizer, groups, batch_size)
+    folds = [attr.group_batches(model, tokenizer, part, batch_size, positions=settings.positions)
+             for part in attr.template_folds(groups, settings.folds)]
     text = capability.chunks(tokenizer)
     check_text = capability.check_chunks(tokenizer) if callable(getattr(capability, "check_chunks", None)) else text
     start = time.perf_counter()
@@ -165,10 +169,17 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
     fill = cap.mean if compensated else None
     cost = cap.cost(fill)
     guarded = _guarded(cost, settings.guard_fraction)
-    current = attr.attribute_objective(model, batches, objective, adapter, fill=fill, progress=progress)
-    first = {layer: -d for layer, d in current.sums.delta(fill).items()}
+    current = attr.attribute_folds(model, folds, objective, adapter, fill=fill, progress=progress)
+    first = {layer: -d for layer, d in current.delta(fill).items()}
     state = _State({}, 0, current.objective)
     objective_before = current.objective
+    target = None if settings.target_reduction_pct is None else \
+        objective_before * (1.0 - settings.target_reduction_pct / 100.0)
+
+    def measure(removed: Mapping[int, Sequence[int]]) -> float:
+        """The objective over all analysis groups with ``removed`` ablated (forward passes only)."""
+        return _mean([v for b in folds for v in attr.objective_values(model, b, objective, adapter, removed=removed,
+                                                                      fill=fill)])
     log: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
     stop = "budget reached"
@@ -177,8 +188,8 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
         quota_params = (max_params - state.params) / left if math.isfinite(max_params) else math.inf
         quota_neurons = (max_neurons - sum(map(len, state.removed.values()))) / left if math.isfinite(max_neurons) \
             else math.inf
-        delta = current.sums.delta(fill)
-        entries = _ranked(delta, cost, guarded, state.removed, settings.ranking, layers)
+        delta = current.delta(fill)
+        entries = _ranked(current.fold_delta(fill), cost, guarded, state.removed, settings.ranking, layers)
         add = _take(entries, state, quota_params, quota_neurons, caps, widths, costs, settings.min_width)
         if not add:
             stop = "no candidate lowers the objective within the budget" if entries else "no candidates left"
@@ -188,12 +199,22 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
             stop = f"perplexity on the calibration text would rise more than {settings.max_perplexity_increase_pct}%"
             break
         removed = _merged(state.removed, add)
-        predicted = float(sum(delta[layer][n] for layer, n in add))
         last = round_index == settings.rounds - 1
-        nxt = None if last else attr.attribute_objective(model, batches, objective, adapter, removed=removed,
-                                                         fill=fill, progress=progress)
-        measured = nxt.objective if nxt is not None else _mean(attr.objective_values(
-            model, batches, objective, adapter, removed=removed, fill=fill))
+
+        def attribute_next() -> attr.FoldedAttribution | None:
+            return None if last else attr.attribute_folds(model, folds, objective, adapter, removed=removed,
+                                                          fill=fill, progress=progress)
+
+        # without a target the next round's attribution pass measures the objective too
+        nxt = attribute_next() if target is None else None
+        measured = nxt.objective if nxt is not None else measure(removed)
+        reached = target is not None and measured <= target
+        if reached:
+            add, measured = _shortest_reaching(add, state.removed, target, measured, measure)
+            removed = _merged(state.removed, add)
+        elif target is not None:
+            nxt = attribute_next()
+        predicted = float(sum(delta[layer][n] for layer, n in add))
         entry = {"round": round_index + 1, "neurons": len(add), "objective_before": state.objective,
                  "objective_after": measured, "predicted_change": predicted,
                  "measured_change": measured - state.objective, "calibration_loss": loss_after}
@@ -209,6 +230,9 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
                         "cost": float(cost[layer][n]), "round": round_index + 1} for layer, n in add)
         gain_pct = 100.0 * (state.objective - measured) / max(objective_before, 1e-12)
         state = _State(removed, state.params + sum(costs[layer] for layer, _ in add), measured)
+        if reached:
+            stop = f"the objective fell by the target {settings.target_reduction_pct}%"
+            break
         if gain_pct < settings.min_improvement_pct:
             stop = f"a round improved the objective by {gain_pct:.2f}% (< {settings.min_improvement_pct}%)"
             break
@@ -220,11 +244,28 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
     return Selection(plan, cap.mean, first, cost, cap.magnitude, log)
 
 
+def _shortest_reaching(add: list[tuple[int, int]], removed: Mapping[int, list[int]], target: float, value: float,
+                       measure: Any) -> tuple[list[tuple[int, int]], float]:
+    """The shortest prefix of the round's ranked additions whose measured objective is at most ``target``
+    (bisection; ``value`` is the whole round's), and that objective."""
+    lo, hi, best = 0, len(add), value  # add[:hi] reaches the target; add[:lo] does not (or lo = 0)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        got = measure(_merged(removed, add[:mid]))
+        if got <= target:
+            hi, best = mid, got
+        else:
+            lo = mid
+    return add[:hi], best
+
+
 def _check(settings: SelectionSettings) -> None:
     if settings.ranking not in RANKINGS:
         raise ConfigError(f"attribution.ranking must be one of {', '.join(RANKINGS)}, got {settings.ranking!r}")
     if settings.rounds < 1:
         raise ConfigError(f"attribution.rounds must be at least 1, got {settings.rounds}")
+    if settings.target_reduction_pct is not None and not 0.0 < settings.target_reduction_pct < 100.0:
+        raise ConfigError(f"attribution.target_reduction_pct must lie in (0, 100), got {settings.target_reduction_pct}")
     if not 0.0 <= settings.guard_fraction < 1.0:
         raise ConfigError(f"attribution.guard_fraction must lie in [0, 1), got {settings.guard_fraction}")
 
@@ -263,7 +304,9 @@ def _plan(state: _State, records: list[dict[str, Any]], log: list[dict[str, Any]
     settings_out = {
         "method": "attribution", "objective": objective.name, "objective_params": _params(objective),
         "capability": capability.name, "capability_params": _params(capability),
-        "fill": "mean" if compensated else "zero", "rounds": settings.rounds, "rounds_run": len(log),
+        "fill": "mean" if compensated else "zero", "positions": settings.positions, "folds": settings.folds,
+        "target_reduction_pct": settings.target_reduction_pct,
+        "rounds": settings.rounds, "rounds_run": len(log),
         "guard_fraction": settings.guard_fraction, "ranking": settings.ranking,
         "min_improvement_pct": settings.min_improvement_pct,
         "max_perplexity_increase_pct": settings.max_perplexity_increase_pct, "min_width": settings.min_width,
@@ -294,7 +337,9 @@ def run_selection(run: Any, budget: Budget | None = None) -> tuple[Selection, An
     settings = SelectionSettings(rounds=section.rounds, guard_fraction=section.guard_fraction,
                                  ranking=section.ranking, min_improvement_pct=section.min_improvement_pct,
                                  max_perplexity_increase_pct=section.max_perplexity_increase_pct,
-                                 min_width=config.pruning.min_width, layers=config.pruning.layers)
+                                 min_width=config.pruning.min_width, layers=config.pruning.layers,
+                                 positions=section.positions, folds=section.folds,
+                                 target_reduction_pct=section.target_reduction_pct)
     selection = select_by_attribution(
         run.model, run.tokenizer, groups, objective=run.plugins.objective.bind(run.tokenizer),
         capability=run.plugins.capability, budget=budget or config.pruning.budget,

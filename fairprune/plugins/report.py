@@ -105,12 +105,16 @@ def _method_text(config: Any) -> tuple[str, list[str]]:
                 "less between prompts that differ only in a demographic attribute"), [
             f"1. Signed attribution: for every MLP neuron, the first-order change of the output-level bias "
             f"objective `{bias.objective.name}` when the neuron is removed, from backward passes over the "
-            "analysis prompt groups; only neurons whose removal lowers it are candidates.",
+            "analysis prompt groups; only neurons whose removal lowers it are candidates"
+            + (f" in each of {a.folds} folds of the groups split by template (a neuron's gain is its smallest "
+               "fold's)." if a.folds > 1 else "."),
             f"2. Capability guard: the same estimate on the language-model loss of a calibration text "
             f"(`{a.capability.name}`); the costliest {a.guard_fraction:.0%} of each layer are protected and "
             f"candidates are ranked by `{a.ranking}`. Up to {a.rounds} rounds, recomputed on the model as pruned "
             f"so far; a round is kept only if the measured calibration perplexity rises by at most "
-            f"{a.max_perplexity_increase_pct}% and the measured objective falls."]
+            f"{a.max_perplexity_increase_pct}% and the measured objective falls"
+            + (f"; selection stops once the measured objective is {a.target_reduction_pct}% below its start."
+               if a.target_reduction_pct is not None else ".")]
     return ("the neurons whose activation moved most with the demographic word, weighed against their "
             "importance"), [
         f"1. Prompt groups differing only in a demographic attribute ran through the base model; the "

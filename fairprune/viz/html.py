@@ -106,6 +106,7 @@ def _meta(run: RunFiles) -> str:
         check = settings.get("verification", {})
         parts.append(f"signed attribution on <code>{esc(settings.get('objective'))}</code> ({esc(settings.get('fill'))} "
                      f"fill, {esc(settings.get('ranking'))} ranking, guard {esc(settings.get('guard_fraction'))}, "
+                     f"{esc(settings.get('folds', 1))} template fold(s), "
                      f"{esc(settings.get('rounds_run'))} round(s)), budget {esc(settings.get('budget'))}; objective on "
                      f"the analysis groups {esc(check.get('objective_before'))} &rarr; {esc(check.get('objective_after'))}")
     elif settings:
