@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from contextlib import contextmanager
 
 import pytest
@@ -264,7 +265,7 @@ def test_folded_selection_removes_only_neurons_that_lower_the_objective_in_every
     assert alone and not alone & {(r["layer"], r["neuron"]) for r in plan.records}
 
 
-def test_target_reduction_stops_at_the_shortest_ranked_prefix_that_reaches_it(setup) -> None:
+def test_target_reduction_stops_at_a_ranked_prefix_that_reaches_it(setup) -> None:
     model, tok, adapter, batches = setup
     free = run_selection(setup, rounds=1, min_improvement_pct=0.0, ranking="reduction").plan
     reduction = -free.settings["verification"]["measured_change_pct"]
@@ -274,15 +275,47 @@ def test_target_reduction_stops_at_the_shortest_ranked_prefix_that_reaches_it(se
     v = plan.settings["verification"]
     assert plan.settings["stop_reason"].startswith("the objective fell by the target")
     assert -v["measured_change_pct"] >= reduction / 2 and 0 < plan.n_neurons < free.n_neurons
-    # one neuron fewer (the last in rank order) would not have reached the target
     ranked = [(r["layer"], r["neuron"]) for r in sorted(free.records, key=lambda r: r["attribution"])]
     assert {(r["layer"], r["neuron"]) for r in plan.records} == set(ranked[:plan.n_neurons])
-    fewer = ranked[:plan.n_neurons - 1]
-    removed: dict[int, list[int]] = {}
-    for layer, n in fewer:
-        removed.setdefault(layer, []).append(n)
-    after = mean(attr.objective_values(model, batches, NextTokenJS(), adapter, removed=removed))
-    assert after > v["objective_before"] * (1 - reduction / 200)
+    # the recorded objective is the real one of those neurons removed
+    after = mean(attr.objective_values(model, batches, NextTokenJS(), adapter, removed=plan.removed))
+    assert after == pytest.approx(v["objective_after"], rel=1e-9)
+
+
+def _linear_measure(per_neuron: float, start: float, calls: list[int]):
+    """A fake objective that falls by ``per_neuron`` for each neuron of the prefix; counts its calls."""
+    def measure(removed):
+        calls.append(1)
+        return start - per_neuron * sum(len(v) for v in removed.values())
+    return measure
+
+
+@pytest.mark.parametrize("real_per_neuron", [1.0, 0.5])
+def test_shortest_reaching_trusts_a_right_estimate_and_searches_when_it_misses(real_per_neuron) -> None:
+    add = [(0, n) for n in range(40)]
+    predicted = [-1.0] * 40  # the estimate: each neuron lowers the objective by 1
+    calls: list[int] = []
+    measure = _linear_measure(real_per_neuron, 100.0, calls)
+    # the whole round measured 100 - 40 * real; the target asks for a fall of 12
+    whole = 100.0 - 40 * real_per_neuron
+    chosen, value = sel._shortest_reaching(add, {}, 88.0, whole, 100.0, predicted, measure)
+    shortest = int(math.ceil(12 / real_per_neuron))
+    # scaling the estimates to the round's measured change finds the prefix at once in both cases
+    assert len(chosen) == shortest and value == pytest.approx(100.0 - real_per_neuron * shortest)
+    assert len(calls) == 1
+    # an estimate that is wrong in shape (the fall comes late in the round) falls back to bisection
+    calls.clear()
+    late = [-0.001] * 30 + [-1.0] * 10
+    def measure_late(removed):
+        calls.append(1)
+        k = sum(len(v) for v in removed.values())
+        return 100.0 - sum(-d for d in late[:k]) * real_per_neuron
+    whole_late = measure_late({0: list(range(40))})
+    calls.clear()
+    chosen, value = sel._shortest_reaching(add, {}, 100.0 - 5 * real_per_neuron, whole_late, 100.0, predicted,
+                                           measure_late)
+    assert value <= 100.0 - 5 * real_per_neuron and len(chosen) == 35
+    assert 1 < len(calls) <= 1 + math.ceil(math.log2(40))  # the guess, then a bisection
 
 
 def test_target_reduction_out_of_range_is_refused(setup) -> None:

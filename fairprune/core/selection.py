@@ -210,7 +210,8 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
         measured = nxt.objective if nxt is not None else measure(removed)
         reached = target is not None and measured <= target
         if reached:
-            add, measured = _shortest_reaching(add, state.removed, target, measured, measure)
+            add, measured = _shortest_reaching(add, state.removed, target, measured, state.objective,
+                                               [float(delta[layer][n]) for layer, n in add], measure)
             removed = _merged(state.removed, add)
         elif target is not None:
             nxt = attribute_next()
@@ -245,10 +246,30 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
 
 
 def _shortest_reaching(add: list[tuple[int, int]], removed: Mapping[int, list[int]], target: float, value: float,
-                       measure: Any) -> tuple[list[tuple[int, int]], float]:
-    """The shortest prefix of the round's ranked additions whose measured objective is at most ``target``
-    (bisection; ``value`` is the whole round's), and that objective."""
-    lo, hi, best = 0, len(add), value  # add[:hi] reaches the target; add[:lo] does not (or lo = 0)
+                       start: float, predicted: Sequence[float], measure: Any) -> tuple[list[tuple[int, int]], float]:
+    """The shortest prefix of the round's ranked additions whose measured objective is at most ``target``, and
+    that objective. ``value`` is the whole round's measured objective, ``start`` the objective before it and
+    ``predicted`` the additions' first-order estimates.
+
+    The first guess scales the estimates' running sum to the round's measured change (one forward pass when
+    it holds); if it misses, bisection between the guess and the whole round finds the prefix.
+    """
+    total = sum(predicted)
+    scale = (value - start) / total if total < 0 else 1.0
+    running, guess = 0.0, len(add)
+    for k, d in enumerate(predicted, start=1):
+        running += d
+        if start + scale * running <= target:
+            guess = k
+            break
+    lo, hi, best = 0, len(add), value  # add[:hi] reaches the target; add[:lo] is not known to
+    if guess < len(add):
+        got = measure(_merged(removed, add[:guess]))
+        if got <= target:
+            hi, best = guess, got
+            lo = guess - 1  # the estimate is trusted for shorter prefixes: no search below it
+        else:
+            lo = guess
     while hi - lo > 1:
         mid = (lo + hi) // 2
         got = measure(_merged(removed, add[:mid]))
