@@ -425,8 +425,9 @@ def _chunk_losses(model: nn.Module, chunks: Sequence[Sequence[int]], n_prefix: i
     targets = ids[:, 1:]
     # one chunk's widened logits (and their log-softmax) at a time: at a 128k vocabulary a batch's float32 copies
     # were several times the model-dtype logits; each row's NLL is bitwise what the whole batch gives
-    nll = torch.cat([torch.nn.functional.cross_entropy(wide(logits[i:i + 1]).transpose(1, 2), targets[i:i + 1],
-                                                       reduction="none") for i in range(len(chunks))])
+    # (flattened positions, vocab) keeps the softmax on the contiguous last dimension: ~3x faster than (1, V, T)
+    nll = torch.stack([torch.nn.functional.cross_entropy(wide(logits[i]), targets[i], reduction="none")
+                       for i in range(len(chunks))])
     return nll[:, max(n_prefix - 1, 0):].mean(1)
 
 
