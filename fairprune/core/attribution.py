@@ -172,7 +172,7 @@ class GroupBatches:
     diverge: list[int]
     batch_groups: int
     pad: int
-    positions: list[int] = field(default_factory=list)
+    positions: list[int]
 
     def __iter__(self) -> Iterator[tuple[list[int], list[int], Any]]:
         start_group, start_row = 0, 0
@@ -181,8 +181,7 @@ class GroupBatches:
             n = sum(len(g.prompts) for g in chunk)
             rows = list(range(start_row, start_row + n))
             batch = next(_batches([self.ids[r] for r in rows], [self.diverge[r] for r in rows], n, self.pad, "left"))
-            positions = self.positions[start_group:start_group + len(chunk)] or [1] * len(chunk)
-            yield [len(g.prompts) for g in chunk], positions, batch
+            yield [len(g.prompts) for g in chunk], self.positions[start_group:start_group + len(chunk)], batch
             start_group += len(chunk)
             start_row += n
 
@@ -340,15 +339,19 @@ class FoldedAttribution:
         """Mean of the objective over all groups."""
         return float(sum(w * f.objective for w, f in zip(self.weights, self.folds)))
 
-    def delta(self, fill: Mapping[int, torch.Tensor] | None) -> dict[int, torch.Tensor]:
-        """ΔM of the all-group mean per neuron (``Tensor[width]`` per layer)."""
-        parts = [f.sums.delta(fill) for f in self.folds]
-        return {layer: sum(w * p[layer] for w, p in zip(self.weights, parts)) for layer in parts[0]}
-
     def fold_delta(self, fill: Mapping[int, torch.Tensor] | None) -> dict[int, torch.Tensor]:
         """ΔM of each fold's mean per neuron: ``Tensor[n_folds, width]`` per layer."""
         parts = [f.sums.delta(fill) for f in self.folds]
         return {layer: torch.stack([p[layer] for p in parts]) for layer in parts[0]}
+
+    def blend(self, fold_delta: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """ΔM of the all-group mean per neuron (``Tensor[width]`` per layer) from ``fold_delta``'s output."""
+        w = torch.tensor(self.weights)[:, None]
+        return {layer: (w * d).sum(0) for layer, d in fold_delta.items()}
+
+    def delta(self, fill: Mapping[int, torch.Tensor] | None) -> dict[int, torch.Tensor]:
+        """ΔM of the all-group mean per neuron (``Tensor[width]`` per layer)."""
+        return self.blend(self.fold_delta(fill))
 
 
 def template_folds(groups: Sequence[PromptGroup], n_folds: int) -> list[list[PromptGroup]]:

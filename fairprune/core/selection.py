@@ -188,8 +188,9 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
         quota_params = (max_params - state.params) / left if math.isfinite(max_params) else math.inf
         quota_neurons = (max_neurons - sum(map(len, state.removed.values()))) / left if math.isfinite(max_neurons) \
             else math.inf
-        delta = current.delta(fill)
-        entries = _ranked(current.fold_delta(fill), cost, guarded, state.removed, settings.ranking, layers)
+        per_fold = current.fold_delta(fill)
+        delta = current.blend(per_fold)
+        entries = _ranked(per_fold, cost, guarded, state.removed, settings.ranking, layers)
         add = _take(entries, state, quota_params, quota_neurons, caps, widths, costs, settings.min_width)
         if not add:
             stop = "no candidate lowers the objective within the budget" if entries else "no candidates left"
