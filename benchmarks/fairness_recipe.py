@@ -38,7 +38,7 @@ from fairprune.plugins.evaluators.activation_bias import pairwise_distance
 from fairprune.plugins.evaluators.data import read_jsonl_texts
 from fairprune.plugins.evaluators.lm_scoring import (last_token_logprobs, pad_id, perplexity, score_continuations,
                                                      word_requests)
-from fairprune.plugins.evaluators.output_bias import js_divergence, mean_pairwise
+from fairprune.plugins.evaluators.output_bias import js_divergence, mean_pairwise, noise_floor
 
 HERE = Path(__file__).resolve().parent
 LAMBADA = HERE.parent.parent / "shared" / "data" / "lambada_test.jsonl"
@@ -120,6 +120,21 @@ def residual_distance(model, tok, groups, batch_size: int) -> np.ndarray:
 CONTINUATIONS = (" was", " would", " is", " had")  # the output_bias evaluator's neutral continuations
 
 
+def word_swap_floor(model, tok, groups, batch_size: int) -> np.ndarray:
+    """Per held-out template with a word swap, (mean between-group JS, mean within-group JS) in nats: the
+    ``output_bias`` evaluator's noise floor (two surface forms of one attribute group)."""
+    registry = get_registry()
+    forms = {("race", form): name for name, forms in registry.get("bias_axes", "race").attribute_groups().items()
+             for form in forms}
+    logprobs = last_token_logprobs(model, tok, [p for g in groups for p in g.prompts], batch_size=batch_size)
+    return np.array(noise_floor(list(groups), logprobs, forms)).T
+
+
+def above_floor_pct(rows: np.ndarray) -> float:
+    """100·(mean between − mean within) / mean within over templates."""
+    return 100.0 * float(rows[:, 0].mean() - rows[:, 1].mean()) / float(rows[:, 1].mean())
+
+
 def output_measures(model, tok, groups, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Per group, the mean JS divergence between members' next-token distributions and the mean pairwise
     log-prob gap of the neutral continuations (as the ``output_bias`` evaluator computes them)."""
@@ -145,6 +160,7 @@ def measure(model, tok, groups, other, requests, pad, batch_size) -> dict:
     js, gap = output_measures(model, tok, groups, batch_size)
     other_js, other_gap = output_measures(model, tok, other, batch_size)
     return {"residual": residual_distance(model, tok, groups, batch_size), "js": js, "gap": gap,
+            "floor": word_swap_floor(model, tok, groups, batch_size),
             "other_js": other_js, "other_gap": other_gap, "lambada": lambada(model, requests, pad, batch_size)}
 
 
@@ -191,10 +207,11 @@ def attribution_plan(model, tok, r: dict, registry) -> tuple:
     """The signed attribution method on the race axis' analysis groups; seconds of the whole selection."""
     from fairprune.core.selection import SelectionSettings, select_by_attribution
 
-    groups = gather(axes=["race"], split="analysis", registry=registry).groups
+    found = gather(axes=["race"], split="analysis", registry=registry)
     start = time.perf_counter()
     selection = select_by_attribution(
-        model, tok, groups, objective=registry.create("bias_objectives", r["objective"]).bind(tok),
+        model, tok, found.groups, objective=registry.create("bias_objectives", r["objective"],
+                                                            r.get("objective_params")).bind(tok),
         capability=registry.create("importance_metrics", "capability_cost", r.get("capability_params")),
         budget=fp.Budget(param_fraction=r["budget"]), compensated=r["pruner"] == "compensated",
         settings=SelectionSettings(rounds=r["rounds"], guard_fraction=r["guard_fraction"], ranking=r["ranking"],
@@ -202,7 +219,7 @@ def attribution_plan(model, tok, r: dict, registry) -> tuple:
                                    max_perplexity_increase_pct=r["max_perplexity_increase_pct"],
                                    positions=r["positions"], folds=r["folds"],
                                    target_reduction_pct=r["target_reduction_pct"]),
-        registry=registry, progress=False)
+        registry=registry, progress=False, forms=found.form_to_group)
     seconds = time.perf_counter() - start
     v = selection.plan.settings["verification"]
     print(f"  verification: objective {v['objective_before']:.5f} -> {v['objective_after']:.5f} (predicted "
@@ -242,6 +259,8 @@ def main() -> int:
     requests = word_requests(tok, texts[args.lambada_offset:])
     pad = pad_id(tok)
     base = cached_base(args, lambda: measure(model, tok, groups, other, requests, pad, args.batch_size))
+    if "floor" not in base:  # a base cached before the floor was measured
+        base["floor"] = word_swap_floor(model, tok, groups, args.batch_size)
     print(f"base: residual {base['residual'].mean():.4f}, JS {base['js'].mean():.5f}, gap {base['gap'].mean():.4f}, "
           f"other-style JS {base['other_js'].mean():.5f}, LAMBADA acc {base['lambada'][0]:.2f}% ppl "
           f"{base['lambada'][1]:.3f} ({len(groups)} held-out groups)", flush=True)
@@ -264,6 +283,8 @@ def main() -> int:
                "js_change_pct": change(after["js"], base["js"]), "gap_change_pct": change(after["gap"], base["gap"]),
                "other_js_change_pct": change(after["other_js"], base["other_js"]),
                "other_gap_change_pct": change(after["other_gap"], base["other_gap"]),
+               "within_js_change_pct": change(after["floor"][:, 1], base["floor"][:, 1]),
+               "above_floor_pct": above_floor_pct(after["floor"]),
                "lambada_acc": after["lambada"][0],
                "lambada_ppl_change_pct": 100 * (after["lambada"][1] / base["lambada"][1] - 1),
                "analysis_s": seconds}
@@ -290,14 +311,17 @@ def render(rows, base, n_groups, n_other, args, elapsed) -> str:
         f"JS {base['other_js'].mean():.5f}, gap {base['other_gap'].mean():.4f} ({n_other} groups); LAMBADA passages "
         f"{args.lambada_offset}-{args.lambada_offset + args.lambada_limit}: accuracy {base['lambada'][0]:.2f}%, per-token perplexity {base['lambada'][1]:.3f}.",
         f"Activation-method defaults: {json.dumps(DEFAULT)}; attribution defaults: {json.dumps(ATTRIBUTION)}.", "",
+        f"Word-swap floor: held-out between-group JS is {above_floor_pct(base['floor']):.1f}% above the within-group "
+        "JS of two forms of one group (the output_bias evaluator's js_above_floor_pct).", "",
         "| recipe | params removed | neurons | residual | next-token JS | cont. gap | other-style JS | other-style gap "
-        "| LAMBADA acc | LAMBADA ppl | analysis (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| word-swap JS | JS above floor | LAMBADA acc | LAMBADA ppl | analysis (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['recipe']} | {r['params_removed_pct']:.3f}% | {r['neurons']} | "
                      f"{r['residual_change_pct']:+.1f}% | {r['js_change_pct']:+.1f}% | {r['gap_change_pct']:+.1f}% | "
                      f"{r['other_js_change_pct']:+.1f}% | {r['other_gap_change_pct']:+.1f}% | "
+                     f"{r['within_js_change_pct']:+.1f}% | {r['above_floor_pct']:.1f}% | "
                      f"{r['lambada_acc']:.2f}% | {r['lambada_ppl_change_pct']:+.2f}% | {r['analysis_s']:.1f} |")
     lines.append("")
     return "\n".join(lines)

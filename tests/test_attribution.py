@@ -13,10 +13,11 @@ from fairprune.core import attribution as attr
 from fairprune.core import selection as sel
 from fairprune.core.config import Budget
 from fairprune.core.errors import ConfigError
-from fairprune.core.protocols import PromptGroup
+from fairprune.core.groups import SEP
+from fairprune.core.protocols import ObjectiveInputs, PromptGroup
 from fairprune.core.registry import Registry
 from fairprune.plugins.capability_cost import CapabilityCost
-from fairprune.plugins.objectives import ActivationDistance, ContinuationGap, NextTokenJS
+from fairprune.plugins.objectives import ActivationDistance, ContinuationGap, JSAboveFloor, NextTokenJS, pairwise_js
 from fairprune.testing.contracts import BiasObjectiveContract
 from fairprune.testing.models import tiny_model
 from fairprune.testing.tokenizer import tiny_tokenizer
@@ -45,6 +46,57 @@ class TestContinuationGapWords(BuiltinObjective):
 
 class TestActivationDistance(BuiltinObjective):
     objective = ActivationDistance()
+
+
+class TestJSAboveFloor(BuiltinObjective):
+    objective = JSAboveFloor()
+
+
+class TestJSAboveHalfTheFloor(BuiltinObjective):
+    objective = JSAboveFloor().configure({"floor_weight": 0.5})
+
+
+def test_js_above_floor_is_between_group_js_minus_the_word_swap_js() -> None:
+    torch.manual_seed(1)
+    lp = torch.log_softmax(torch.randn(4, 30), -1)
+    labels = ("Black", "white", "Black", "white")  # members 0/2 and 1/3 are two forms of one group
+    pair = {(i, j): float(pairwise_js(lp[[i, j]])) for i in range(4) for j in range(i + 1, 4)}
+    between = mean([pair[k] for k in ((0, 1), (0, 3), (1, 2), (2, 3))])
+    within = mean([pair[(0, 2)], pair[(1, 3)]])
+    inputs = ObjectiveInputs([4], lp, None, [labels])
+    assert float(JSAboveFloor().value(inputs)[0]) == pytest.approx(between - within, rel=1e-5)
+    half = JSAboveFloor().configure({"floor_weight": 0.0}).value(inputs)
+    assert float(half[0]) == pytest.approx(between, rel=1e-5)
+    with pytest.raises(ConfigError, match="labels"):
+        JSAboveFloor().value(ObjectiveInputs([4], lp))
+
+
+def test_labelled_batches_merge_each_templates_forms_and_name_their_groups(setup) -> None:
+    model, tok, adapter, _ = setup
+    forms = [PromptGroup("race", str(i), attrs, tuple(t.format(a) for a in attrs))
+             for i, t in enumerate(TEMPLATES) for attrs in (("black", "white"), ("old", "young"))]
+    names = {f"race{SEP}{form}": name for form, name in
+             (("black", "Black"), ("old", "Black"), ("white", "white"), ("young", "white"))}
+    batches = attr.group_batches(model, tok, forms, 8, labels=names)
+    assert [g.template_id for g in batches.groups] == [str(i) for i in range(len(TEMPLATES))]
+    assert all(g.attributes == ("black", "white", "old", "young") for g in batches.groups)
+    assert batches.labels == [("Black", "white", "Black", "white")] * len(TEMPLATES)
+    seen = [(groups.sizes, groups.labels) for groups, _ in batches]
+    assert sum(len(sizes) for sizes, _ in seen) == len(TEMPLATES) and all(labels for _, labels in seen)
+    # an objective that uses labels refuses batches made without them
+    plain = attr.group_batches(model, tok, forms, 8)
+    with pytest.raises(ConfigError, match="labels"):
+        attr.objective_values(model, plain, JSAboveFloor(), adapter)
+    # and attribution on the merged groups matches finite differences like any objective
+    result = attr.attribute_objective(model, batches, JSAboveFloor(), adapter)
+    assert mean(attr.objective_values(model, batches, JSAboveFloor(), adapter)) == pytest.approx(result.objective)
+    delta = result.sums.delta(None)
+    neuron = int(torch.topk(delta[1].abs(), 1).indices)
+    moved = []
+    for sign in (1, -1):
+        with nudged(model, adapter, 1, neuron, sign * 1e-2, 0.0):
+            moved.append(mean(attr.objective_values(model, batches, JSAboveFloor(), adapter)))
+    assert (moved[0] - moved[1]) / 2e-2 == pytest.approx(float(delta[1][neuron]), rel=1e-2)
 
 
 class _FirstMember:
@@ -298,7 +350,7 @@ def test_shortest_reaching_trusts_a_right_estimate_and_searches_when_it_misses(r
     measure = _linear_measure(real_per_neuron, 100.0, calls)
     # the whole round measured 100 - 40 * real; the target asks for a fall of 12
     whole = 100.0 - 40 * real_per_neuron
-    chosen, value = sel._shortest_reaching(add, {}, 88.0, whole, 100.0, predicted, measure)
+    chosen, value = sel._shortest_reaching(add, {}, 88.0, 100.0, predicted, measure, value=whole)
     shortest = int(math.ceil(12 / real_per_neuron))
     # scaling the estimates to the round's measured change finds the prefix at once in both cases
     assert len(chosen) == shortest and value == pytest.approx(100.0 - real_per_neuron * shortest)
@@ -312,10 +364,28 @@ def test_shortest_reaching_trusts_a_right_estimate_and_searches_when_it_misses(r
         return 100.0 - sum(-d for d in late[:k]) * real_per_neuron
     whole_late = measure_late({0: list(range(40))})
     calls.clear()
-    chosen, value = sel._shortest_reaching(add, {}, 100.0 - 5 * real_per_neuron, whole_late, 100.0, predicted,
-                                           measure_late)
+    chosen, value = sel._shortest_reaching(add, {}, 100.0 - 5 * real_per_neuron, 100.0, predicted, measure_late,
+                                           value=whole_late)
     assert value <= 100.0 - 5 * real_per_neuron and len(chosen) == 35
     assert 1 < len(calls) <= 1 + math.ceil(math.log2(40))  # the guess, then a bisection
+
+
+def test_shortest_reaching_measures_a_trusted_guess_before_the_whole_round() -> None:
+    add = [(0, n) for n in range(40)]
+    predicted = [-1.0] * 40
+    calls: list[int] = []
+    measure = _linear_measure(0.5, 100.0, calls)  # the real fall is half the estimate
+    # the last round's measured/predicted ratio was right: one forward pass, the whole round never measured
+    chosen, value = sel._shortest_reaching(add, {}, 88.0, 100.0, predicted, measure, scale=0.5)
+    assert len(chosen) == 24 and value == 88.0 and len(calls) == 1
+    # a ratio that flatters the round: the guess misses, the whole round is measured, its own ratio finds it
+    calls.clear()
+    chosen, value = sel._shortest_reaching(add, {}, 88.0, 100.0, predicted, measure, scale=1.0)
+    assert len(chosen) == 24 and value == 88.0 and len(calls) == 3
+    # a round that cannot reach the target: the whole round and its measured objective
+    calls.clear()
+    chosen, value = sel._shortest_reaching(add, {}, 70.0, 100.0, predicted, measure, scale=1.0)
+    assert chosen == add and value == 80.0 and len(calls) == 2
 
 
 def test_target_reduction_out_of_range_is_refused(setup) -> None:

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from .adapters import resolve_adapter
 from .collect import _batches, _max_positions, _pad_id, input_device, non_finite_error, tokenize_groups
 from .errors import ConfigError, PromptError
+from .groups import attribute_key
 from .prompts import validate_groups
 from .protocols import ObjectiveInputs, PromptGroup
 
@@ -164,7 +165,9 @@ class GroupBatches:
 
     ``positions[g]`` is how many trailing positions of group g the objective reads
     (1 for ``last``; for ``suffix`` the length of the token suffix all members
-    share, at most ``max_positions``, at least 1).
+    share, at most ``max_positions``, at least 1). ``labels[g]`` names each
+    member's attribute group when the batches were made for an objective that
+    uses labels (see ``group_batches``), else ``labels`` is None.
     """
 
     groups: list[PromptGroup]
@@ -173,24 +176,40 @@ class GroupBatches:
     batch_groups: int
     pad: int
     positions: list[int]
+    labels: list[tuple[str, ...]] | None = None
 
-    def __iter__(self) -> Iterator[tuple[list[int], list[int], Any]]:
+    def __iter__(self) -> Iterator[tuple[BatchGroups, Any]]:
         start_group, start_row = 0, 0
         while start_group < len(self.groups):
             chunk = self.groups[start_group:start_group + self.batch_groups]
+            end = start_group + len(chunk)
             n = sum(len(g.prompts) for g in chunk)
             rows = list(range(start_row, start_row + n))
             batch = next(_batches([self.ids[r] for r in rows], [self.diverge[r] for r in rows], n, self.pad, "left"))
-            yield [len(g.prompts) for g in chunk], self.positions[start_group:start_group + len(chunk)], batch
-            start_group += len(chunk)
+            labels = None if self.labels is None else self.labels[start_group:end]
+            yield BatchGroups([len(g.prompts) for g in chunk], self.positions[start_group:end], labels), batch
+            start_group = end
             start_row += n
 
 
+@dataclass
+class BatchGroups:
+    """The groups of one batch: members per group, positions read per group, and members' labels (or None)."""
+
+    sizes: list[int]
+    positions: list[int]
+    labels: list[tuple[str, ...]] | None
+
+
 def group_batches(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGroup], batch_size: int, *,
-                  positions: str = "last", max_positions: int = 16) -> GroupBatches:
+                  positions: str = "last", max_positions: int = 16,
+                  labels: Mapping[str, str] | None = None) -> GroupBatches:
     """Validate and tokenize ``groups``; batches hold whole groups, about ``batch_size`` prompts each.
 
     ``positions`` is ``"last"`` or ``"suffix"`` (see ``POSITIONS``); ``ConfigError`` otherwise.
+    With ``labels`` (``GroupSet.form_to_group``: surface form -> attribute group)
+    the groups of each template are first merged into one (``merge_by_template``)
+    and every member carries its attribute group, for objectives that use labels.
     """
     if positions not in POSITIONS:
         raise ConfigError(f"bias.attribution.positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
@@ -198,6 +217,8 @@ def group_batches(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGroup
     if not groups:
         raise PromptError("attribution needs at least one prompt group")
     validate_groups(groups)
+    if labels is not None:
+        groups = merge_by_template(groups)
     ids, diverge = tokenize_groups(tokenizer, groups, max_length=_max_positions(model))
     per_group = max(len(g.prompts) for g in groups)
     counts, start = [], 0
@@ -205,7 +226,24 @@ def group_batches(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGroup
         members = ids[start:start + len(g.prompts)]
         start += len(g.prompts)
         counts.append(1 if positions == "last" else max(1, min(_shared_suffix(members), max_positions)))
-    return GroupBatches(groups, ids, diverge, max(1, batch_size // per_group), _pad_id(tokenizer), counts)
+    member_labels = None if labels is None else [attribute_key(g, labels) for g in groups]
+    return GroupBatches(groups, ids, diverge, max(1, batch_size // per_group), _pad_id(tokenizer), counts,
+                        member_labels)
+
+
+def merge_by_template(groups: Sequence[PromptGroup]) -> list[PromptGroup]:
+    """One group per (axis, template) holding the members of all its groups, first appearance first; a
+    prompt that two groups share is kept once. The axes' templates give one group per surface-form set, so
+    a merged group holds every form of every attribute group (``Black`` and ``African American``)."""
+    merged: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+    for g in groups:
+        prompts, attributes = merged.setdefault((g.axis, g.template_id), ([], []))
+        for prompt, attribute in zip(g.prompts, g.attributes or ("",) * len(g.prompts)):
+            if prompt not in prompts:
+                prompts.append(prompt)
+                attributes.append(attribute)
+    return [PromptGroup(axis, template, tuple(attributes), tuple(prompts))
+            for (axis, template), (prompts, attributes) in merged.items()]
 
 
 def _shared_suffix(members: Sequence[Sequence[int]]) -> int:
@@ -217,7 +255,7 @@ def _shared_suffix(members: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def _objective_inputs(model: nn.Module, sizes: list[int], positions: list[int], batch: Any,
+def _objective_inputs(model: nn.Module, groups: BatchGroups, batch: Any,
                       uses: Sequence[str]) -> tuple[ObjectiveInputs, torch.Tensor]:
     """One forward of a left-padded batch: what the objective reads, and each row-group's group index.
 
@@ -225,6 +263,10 @@ def _objective_inputs(model: nn.Module, sizes: list[int], positions: list[int], 
     becomes a group of its own (its members' log-probs there), so any objective on
     log-probs reads the suffix unchanged; the second value maps those groups back.
     """
+    sizes, positions = groups.sizes, groups.positions
+    if "labels" in uses and groups.labels is None:
+        raise ConfigError("this bias objective uses members' attribute groups (labels): make the group batches "
+                          "with labels (attribution.group_batches(..., labels=form_to_group))")
     device = input_device(model)
     mask = batch.mask.to(device)
     want_hidden = "hidden" in uses
@@ -238,12 +280,14 @@ def _objective_inputs(model: nn.Module, sizes: list[int], positions: list[int], 
     # _batches sorts rows by length; put them back in group order
     order = torch.argsort(torch.tensor(batch.rows)).to(device)
     logprobs = torch.log_softmax(wide(out.logits.index_select(0, order)), dim=-1)  # [prompts, keep, vocab]
-    rows, new_sizes, owner, start = [], [], [], 0
+    rows, new_sizes, owner, new_labels, start = [], [], [], [], 0
     for g, (size, count) in enumerate(zip(sizes, positions)):
         for p in range(keep - count, keep):
             rows.append(torch.arange(start, start + size) * keep + p)
             new_sizes.append(size)
             owner.append(g)
+            if groups.labels is not None:
+                new_labels.append(groups.labels[g])
         start += size
     flat = logprobs.reshape(-1, logprobs.shape[-1]).index_select(0, torch.cat(rows).to(device))
     hidden = None
@@ -251,7 +295,8 @@ def _objective_inputs(model: nn.Module, sizes: list[int], positions: list[int], 
         weights = mask.float() / mask.float().sum(1, keepdim=True)
         hidden = torch.stack([torch.einsum("bt,btd->bd", weights.to(wide(h).dtype), wide(h))
                               for h in out.hidden_states[1:]]).index_select(1, order)
-    return ObjectiveInputs(new_sizes, flat, hidden), torch.tensor(owner)
+    labels = new_labels if "labels" in uses else None
+    return ObjectiveInputs(new_sizes, flat, hidden, labels), torch.tensor(owner)
 
 
 def wide(t: torch.Tensor) -> torch.Tensor:
@@ -269,9 +314,10 @@ def _checked_value(objective: Any, inputs: ObjectiveInputs) -> torch.Tensor:
     return value
 
 
-def _group_values(model: nn.Module, objective: Any, sizes: list[int], positions: list[int], batch: Any) -> torch.Tensor:
+def _group_values(model: nn.Module, objective: Any, groups: BatchGroups, batch: Any) -> torch.Tensor:
     """The objective per group of the batch (``Tensor[n_groups]``): the mean over the positions it reads."""
-    inputs, owner = _objective_inputs(model, sizes, positions, batch, objective.uses)
+    sizes, positions = groups.sizes, groups.positions
+    inputs, owner = _objective_inputs(model, groups, batch, objective.uses)
     value = _checked_value(objective, inputs)
     if len(owner) == len(sizes):
         return value
@@ -305,11 +351,11 @@ def attribute_objective(model: nn.Module, batches: GroupBatches, objective: Any,
     n_groups = len(batches.groups)
     with frozen(model), neuron_hooks(model, adapter, removed, fill) as hooks:
         hooks.track = True
-        for sizes, positions, batch in tqdm(list(batches), desc=f"attributing {objective.name}",
-                                            disable=not progress, leave=False):
+        for groups, batch in tqdm(list(batches), desc=f"attributing {objective.name}", disable=not progress,
+                                  leave=False):
             hooks.kept = {}
             with torch.enable_grad():
-                per_group = _group_values(model, objective, sizes, positions, batch)
+                per_group = _group_values(model, objective, groups, batch)
                 layers = sorted(hooks.kept)
                 grads = torch.autograd.grad(per_group.sum() / n_groups, [hooks.kept[i] for i in layers],
                                             allow_unused=True)
@@ -384,8 +430,8 @@ def objective_values(model: nn.Module, batches: GroupBatches, objective: Any, ad
     """The objective per group, forward only, with ``removed`` neurons ablated (the measured value)."""
     values: list[float] = []
     with frozen(model), neuron_hooks(model, adapter, removed, fill):
-        for sizes, positions, batch in batches:
-            values.extend(_group_values(model, objective, sizes, positions, batch).tolist())
+        for groups, batch in batches:
+            values.extend(_group_values(model, objective, groups, batch).tolist())
     return values
 
 

@@ -298,11 +298,16 @@ class ObjectiveInputs:
     ``None`` unless the objective ``uses`` it, else ``Tensor[n_layers, n_prompts,
     hidden]``, the residual stream after each decoder layer mean-pooled over the
     prompt's real tokens (float32). Both carry gradients during attribution.
+    ``labels`` is ``None`` unless the objective ``uses`` it, else one tuple per
+    group naming each member's attribute group (``"Black"`` for both ``"Black"``
+    and ``"African American"``), so that two surface forms of one attribute group
+    (a word swap) can be told from members of different groups.
     """
 
     sizes: list[int]
     logprobs: "torch.Tensor"
     hidden: "torch.Tensor | None" = None
+    labels: "list[tuple[str, ...]] | None" = None
 
 
 @runtime_checkable
@@ -312,7 +317,9 @@ class BiasObjective(Protocol):
     Contract: ``value(inputs) -> Tensor[n_groups]``, one finite float32 value per
     group of ``inputs.sizes`` (in order), zero when all members of a group have the
     same outputs, differentiable in ``inputs.logprobs`` / ``inputs.hidden``.
-    ``uses`` is a tuple naming what it reads: ``"logprobs"`` and/or ``"hidden"``.
+    ``uses`` is a tuple naming what it reads: ``"logprobs"`` and/or ``"hidden"``,
+    and ``"labels"`` for an objective that needs members' attribute groups (its
+    groups are then a template's members in every surface form).
     ``bind(tokenizer)`` returns the objective ready for that tokenizer (e.g. with
     its continuations encoded); it raises ``ConfigError`` for options the tokenizer
     cannot serve.

@@ -140,12 +140,15 @@ def _merged(removed: Mapping[int, list[int]], add: Sequence[tuple[int, int]]) ->
 def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequence[PromptGroup], *,
                           objective: Any, capability: Any, budget: Budget, compensated: bool = False,
                           settings: SelectionSettings | None = None, batch_size: int = 16, adapter: Any = None,
-                          registry: Any = None, progress: bool = True) -> Selection:
+                          registry: Any = None, progress: bool = True,
+                          forms: Mapping[str, str] | None = None) -> Selection:
     """Choose neurons to remove so that ``objective`` (a bound ``bias_objectives`` plugin) falls on ``groups``.
 
     ``capability`` is the configured ``capability_cost`` importance metric (its
     params name the calibration text). ``compensated`` says removed neurons are
     replaced by their calibration mean (the ``compensated`` pruner) rather than zero.
+    ``forms`` (``GroupSet.form_to_group``) names each surface form's attribute
+    group for objectives that use labels; their groups are merged by template.
     Raises ``ConfigError`` for bad settings before any model work.
     """
     settings = settings or SelectionSettings()
@@ -157,7 +160,8 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
     costs = {layer: neuron_cost(model, adapter, layer) for layer in range(n_layers)}
     total_params = count_parameters(model)
     max_params, max_neurons, caps = _budget_ceiling(budget, widths, total_params)
-    folds = [attr.group_batches(model, tokenizer, part, batch_size, positions=settings.positions)
+    labels = (forms or {}) if "labels" in getattr(objective, "uses", ()) else None
+    folds = [attr.group_batches(model, tokenizer, part, batch_size, positions=settings.positions, labels=labels)
              for part in attr.template_folds(groups, settings.folds)]
     text = capability.chunks(tokenizer)
     check_text = capability.check_chunks(tokenizer) if callable(getattr(capability, "check_chunks", None)) else text
@@ -180,6 +184,7 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
         """The objective over all analysis groups with ``removed`` ablated (forward passes only)."""
         return _mean([v for b in folds for v in attr.objective_values(model, b, objective, adapter, removed=removed,
                                                                       fill=fill)])
+    scale = None  # measured / predicted change of the last accepted round: how far to trust the estimates
     log: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
     stop = "budget reached"
@@ -201,21 +206,25 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
             break
         removed = _merged(state.removed, add)
         last = round_index == settings.rounds - 1
-
-        def attribute_next() -> attr.FoldedAttribution | None:
-            return None if last else attr.attribute_folds(model, folds, objective, adapter, removed=removed,
-                                                          fill=fill, progress=progress)
-
-        # without a target the next round's attribution pass measures the objective too
-        nxt = attribute_next() if target is None else None
-        measured = nxt.objective if nxt is not None else measure(removed)
+        estimates = [float(delta[layer][n]) for layer, n in add]
+        nxt = None
+        if target is not None and _expects(state.objective, estimates, target, scale):
+            # the estimates say the round reaches the target: look for its prefix first (forward passes only)
+            add, measured = _shortest_reaching(add, state.removed, target, state.objective, estimates, measure,
+                                               scale=scale)
+        else:
+            # the next round's attribution pass measures the objective too
+            nxt = None if last else attr.attribute_folds(model, folds, objective, adapter, removed=removed,
+                                                         fill=fill, progress=progress)
+            measured = nxt.objective if nxt is not None else measure(removed)
+            if target is not None and measured <= target:
+                add, measured = _shortest_reaching(add, state.removed, target, state.objective, estimates, measure,
+                                                   value=measured)
         reached = target is not None and measured <= target
-        if reached:
-            add, measured = _shortest_reaching(add, state.removed, target, measured, state.objective,
-                                               [float(delta[layer][n]) for layer, n in add], measure)
-            removed = _merged(state.removed, add)
-        elif target is not None:
-            nxt = attribute_next()
+        if target is not None and not reached and nxt is None and not last and measured < state.objective:
+            nxt = attr.attribute_folds(model, folds, objective, adapter, removed=removed, fill=fill,
+                                       progress=progress)
+        removed = _merged(state.removed, add)
         predicted = float(sum(delta[layer][n] for layer, n in add))
         entry = {"round": round_index + 1, "neurons": len(add), "objective_before": state.objective,
                  "objective_after": measured, "predicted_change": predicted,
@@ -231,6 +240,8 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
         records.extend({"layer": layer, "neuron": n, "attribution": float(delta[layer][n]),
                         "cost": float(cost[layer][n]), "round": round_index + 1} for layer, n in add)
         gain_pct = 100.0 * (state.objective - measured) / max(objective_before, 1e-12)
+        if predicted < 0:
+            scale = min(max((measured - state.objective) / predicted, 0.0), 1.0)
         state = _State(removed, state.params + sum(costs[layer] for layer, _ in add), measured)
         if reached:
             stop = f"the objective fell by the target {settings.target_reduction_pct}%"
@@ -246,39 +257,61 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
     return Selection(plan, cap.mean, first, cost, cap.magnitude, log)
 
 
-def _shortest_reaching(add: list[tuple[int, int]], removed: Mapping[int, list[int]], target: float, value: float,
-                       start: float, predicted: Sequence[float], measure: Any) -> tuple[list[tuple[int, int]], float]:
-    """The shortest prefix of the round's ranked additions whose measured objective is at most ``target``, and
-    that objective. ``value`` is the whole round's measured objective, ``start`` the objective before it and
-    ``predicted`` the additions' first-order estimates.
+def _expects(start: float, predicted: Sequence[float], target: float, scale: float | None) -> bool:
+    """Whether the round's estimates, scaled by the last round's measured/predicted ratio (1 before any
+    round), say it reaches ``target`` from ``start``."""
+    return start + (1.0 if scale is None else scale) * sum(predicted) <= target
 
-    The first guess scales the estimates' running sum to the round's measured change (one forward pass when
-    it holds); if it misses, bisection between the guess and the whole round finds the prefix.
+
+def _shortest_reaching(add: list[tuple[int, int]], removed: Mapping[int, list[int]], target: float, start: float,
+                       predicted: Sequence[float], measure: Any, *, value: float | None = None,
+                       scale: float | None = None) -> tuple[list[tuple[int, int]], float]:
+    """The shortest prefix of the round's ranked additions whose measured objective is at most ``target``, and
+    that objective; the whole round and its objective when even that misses the target.
+
+    ``start`` is the objective before the round, ``predicted`` the additions' first-order estimates,
+    ``value`` the whole round's measured objective when known and ``scale`` a measured/predicted ratio to
+    trust before it is. The guess scales the estimates' running sum to the change (one forward pass when
+    it holds; shorter prefixes are not searched); if it misses, the whole round is measured, a second
+    guess uses its own ratio, and bisection finds the prefix.
     """
-    total = sum(predicted)
-    scale = (value - start) / total if total < 0 else 1.0
-    running, guess = 0.0, len(add)
-    for k, d in enumerate(predicted, start=1):
-        running += d
-        if start + scale * running <= target:
-            guess = k
-            break
-    lo, hi, best = 0, len(add), value  # add[:hi] reaches the target; add[:lo] is not known to
-    if guess < len(add):
-        got = measure(_merged(removed, add[:guess]))
-        if got <= target:
-            hi, best = guess, got
-            lo = guess - 1  # the estimate is trusted for shorter prefixes: no search below it
-        else:
-            lo = guess
+    n = len(add)
+    seen: dict[int, float] = {} if value is None else {n: value}
+
+    def at(k: int) -> float:
+        if k not in seen:
+            seen[k] = measure(_merged(removed, add[:k]))
+        return seen[k]
+
+    def guess(ratio: float) -> int:
+        running = 0.0
+        for k, d in enumerate(predicted, start=1):
+            running += d
+            if start + ratio * running <= target:
+                return k
+        return n
+
+    def own_ratio() -> float:
+        total = sum(predicted)
+        return (at(n) - start) / total if total < 0 else 1.0
+
+    lo = 0  # add[:lo] is known not to reach the target
+    for ratio in ((scale,) if scale is not None else ()) + (None,):
+        k = guess(own_ratio() if ratio is None else ratio)
+        if lo < k < n:
+            if at(k) <= target:
+                return add[:k], seen[k]
+            lo = k
+        if at(n) > target:
+            return add, seen[n]
+    hi = n
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        got = measure(_merged(removed, add[:mid]))
-        if got <= target:
-            hi, best = mid, got
+        if at(mid) <= target:
+            hi = mid
         else:
             lo = mid
-    return add[:hi], best
+    return add[:hi], seen[hi]
 
 
 def _check(settings: SelectionSettings) -> None:
@@ -354,7 +387,8 @@ def run_selection(run: Any, budget: Budget | None = None) -> tuple[Selection, An
     from .groups import run_groups
 
     config = run.config
-    groups = run_groups(config, "analysis", run.registry).groups
+    found = run_groups(config, "analysis", run.registry)
+    groups = found.groups
     section = config.bias.attribution
     settings = SelectionSettings(rounds=section.rounds, guard_fraction=section.guard_fraction,
                                  ranking=section.ranking, min_improvement_pct=section.min_improvement_pct,
@@ -366,7 +400,8 @@ def run_selection(run: Any, budget: Budget | None = None) -> tuple[Selection, An
         run.model, run.tokenizer, groups, objective=run.plugins.objective.bind(run.tokenizer),
         capability=run.plugins.capability, budget=budget or config.pruning.budget,
         compensated=bool(getattr(run.plugins.pruner, "needs_calibration", False)), settings=settings,
-        batch_size=config.bias.batch_size, adapter=run.adapter, registry=run.registry, progress=run.progress)
+        batch_size=config.bias.batch_size, adapter=run.adapter, registry=run.registry, progress=run.progress,
+        forms=found.form_to_group)
     return selection, selection_report(selection, groups, run.model, run.adapter)
 
 

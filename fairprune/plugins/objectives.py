@@ -3,10 +3,13 @@
 Attribution (``core.attribution``) differentiates an objective with respect to
 every neuron's activation, so each ``value`` must be differentiable and is
 computed in float32. Lower is fairer; every objective is zero when all members
-of a group produce the same outputs.
+of a group produce the same outputs (``js_above_floor`` may go below zero).
 
 - ``next_token_js``: mean Jensen–Shannon divergence (nats) between the members'
   next-token distributions after the prompt, over member pairs;
+- ``js_above_floor``: the mean JS between members of different attribute
+  groups minus the mean JS between two surface forms of one group (the
+  word-swap noise floor), on a template's members in every form;
 - ``continuation_gap``: mean over member pairs of |log p(c | member i) − log p(c |
   member j)| (nats) for shared continuations c: given words, or else the group's
   most likely next tokens;
@@ -43,8 +46,9 @@ def _pairs(n: int) -> tuple[Any, Any]:
     return rows, cols
 
 
-def pairwise_js(logprobs: torch.Tensor) -> torch.Tensor:
-    """Mean JS divergence (nats) over member pairs: ``logprobs`` ``[n_members, vocab]`` -> scalar (float32)."""
+def pair_js(logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """JS divergence (nats) of every member pair: ``logprobs`` ``[n_members, vocab]`` -> (``Tensor[n_pairs]``
+    float32, rows, cols), pairs (rows[k], cols[k]) with rows[k] < cols[k]."""
     import math
 
     import torch
@@ -54,7 +58,12 @@ def pairwise_js(logprobs: torch.Tensor) -> torch.Tensor:
     a, b = lp[rows], lp[cols]
     logm = torch.logaddexp(a, b) - math.log(2.0)
     js = 0.5 * ((a.exp() * (a - logm)).sum(-1) + (b.exp() * (b - logm)).sum(-1))
-    return js.clamp_min(0.0).mean()
+    return js.clamp_min(0.0), rows, cols
+
+
+def pairwise_js(logprobs: torch.Tensor) -> torch.Tensor:
+    """Mean JS divergence (nats) over member pairs: ``logprobs`` ``[n_members, vocab]`` -> scalar (float32)."""
+    return pair_js(logprobs)[0].mean()
 
 
 def _wide(t: torch.Tensor) -> torch.Tensor:
@@ -87,6 +96,53 @@ class NextTokenJS(Plugin):
 
     def value(self, inputs: ObjectiveInputs) -> torch.Tensor:
         return _per_group(inputs, inputs.logprobs, pairwise_js)
+
+
+class JSAboveFloorParams(BaseModel):
+    """Options of ``js_above_floor``."""
+
+    model_config = ConfigDict(extra="forbid")
+    floor_weight: float = Field(1.0, ge=0.0, description="weight of the within-group (word-swap) JS subtracted; "
+                                                         "0: plain between-group JS")
+
+
+class JSAboveFloor(Plugin):
+    """Between-group next-token JS minus the word-swap floor: what the demographic, not the word, changes.
+
+    Each group holds a template's members in every surface form, labelled by
+    attribute group. The value is the mean JS (nats) over pairs of members of
+    different attribute groups ("Black" vs "white") minus ``floor_weight`` times
+    the mean JS over pairs of two forms of one group ("Black" vs "African
+    American"), the noise floor of swapping a word (the ``output_bias``
+    evaluator's ``js_within``). Lowering it narrows the gap between groups
+    rather than making the model deaf to the swapped word, which would lower
+    both terms alike. A group with no pair of one kind reads 0 for that term.
+    It can be negative; lower is fairer.
+    """
+
+    name = "js_above_floor"
+    description = "between-group next-token JS minus the within-group (word-swap) JS, nats"
+    Params = JSAboveFloorParams
+    uses: ClassVar[tuple[str, ...]] = ("logprobs", "labels")
+
+    def bind(self, tokenizer: Any) -> JSAboveFloor:
+        return self
+
+    def value(self, inputs: ObjectiveInputs) -> torch.Tensor:
+        import torch
+
+        if inputs.labels is None:
+            raise ConfigError("js_above_floor needs each member's attribute group (inputs.labels)")
+        out, start = [], 0
+        for size, labels in zip(inputs.sizes, inputs.labels):
+            js, rows, cols = pair_js(inputs.logprobs[start:start + size])
+            start += size
+            codes = torch.tensor([sorted(set(labels)).index(x) for x in labels])
+            same = codes[rows] == codes[cols]
+            between = js[~same].mean() if bool((~same).any()) else js.sum() * 0
+            within = js[same].mean() if bool(same.any()) else js.sum() * 0
+            out.append(between - self.params.floor_weight * within)
+        return _wide(torch.stack(out))
 
 
 class ContinuationGapParams(BaseModel):
@@ -166,5 +222,6 @@ class ActivationDistance(Plugin):
 @hookimpl
 def fairprune_register_bias_objectives(register):
     register(NextTokenJS())
+    register(JSAboveFloor())
     register(ContinuationGap())
     register(ActivationDistance())
