@@ -213,8 +213,10 @@ def attribution_plan(model, tok, r: dict, registry) -> tuple:
         model, tok, found.groups, objective=registry.create("bias_objectives", r["objective"],
                                                             r.get("objective_params")).bind(tok),
         capability=registry.create("importance_metrics", "capability_cost", r.get("capability_params")),
-        budget=fp.Budget(param_fraction=r["budget"]), compensated=r["pruner"] == "compensated",
+        budget=fp.Budget(neurons=r["budget_neurons"]) if r.get("budget_neurons") else
+        fp.Budget(param_fraction=r["budget"]), compensated=r["pruner"] == "compensated",
         settings=SelectionSettings(rounds=r["rounds"], guard_fraction=r["guard_fraction"], ranking=r["ranking"],
+                                   magnitude_guard=r.get("magnitude_guard", 0.0),
                                    min_improvement_pct=r["min_improvement_pct"],
                                    max_perplexity_increase_pct=r["max_perplexity_increase_pct"],
                                    positions=r["positions"], folds=r["folds"],

@@ -236,6 +236,22 @@ def test_capability_cost_is_nonnegative_and_sums_chunks_as_absolute_values(setup
     assert cap.loss == pytest.approx(attr.text_loss(model, text, adapter), rel=1e-9)
 
 
+def test_windowed_capability_cost_splits_each_chunk_and_bounds_the_chunk_cost(setup) -> None:
+    model, tok, adapter, _ = setup
+    params = {"chunk_tokens": 16, "max_tokens": 96}
+    whole = attr.capability_attribution(model, CapabilityCost().configure(params).chunks(tok), adapter)
+    text = CapabilityCost().configure({**params, "window_tokens": 5}).chunks(tok)
+    windowed = attr.capability_attribution(model, text, adapter)
+    per_chunk = -(-len(text.chunks[0]) // 5)  # windows per chunk, the last one shorter
+    assert windowed.grad[0].shape == (6 * per_chunk, 64)
+    for layer in whole.grad:
+        # the windows of a chunk add up to the chunk, so |.| per window bounds |.| per chunk from above
+        summed = windowed.grad_act[layer].reshape(6, per_chunk, 64).sum(1)
+        assert torch.allclose(summed, whole.grad_act[layer], rtol=1e-5, atol=1e-8)
+        assert bool((windowed.cost(None)[layer] >= whole.cost(None)[layer] * (1 - 1e-5) - 1e-8).all())
+        assert bool((windowed.cost(None)[layer] > whole.cost(None)[layer] + 1e-9).any())
+
+
 def test_missing_calibration_text_is_a_clear_error(setup, tmp_path) -> None:
     _, tok, _, _ = setup
     with pytest.raises(ConfigError, match="calibration text not found"):
@@ -283,6 +299,19 @@ def test_guard_protects_the_costliest_neurons_of_each_layer() -> None:
     guarded = sel._guarded(cost, 0.3)
     assert guarded[0].nonzero().flatten().tolist() == [7, 8, 9]
     assert guarded[1].nonzero().flatten().tolist() == [0, 1, 2]
+
+
+def test_magnitude_guard_also_protects_the_largest_writes_to_the_residual_stream(setup) -> None:
+    model, _, adapter, _ = setup
+    cost = {layer: torch.arange(64.0) for layer in (0, 1)}  # the cost guard alone protects neurons 48..63
+    magnitude = {layer: torch.ones(64) for layer in (0, 1)}
+    magnitude[1][5] = 1e6  # a massive activation that the cost does not see
+    settings = sel.SelectionSettings(guard_fraction=0.25, magnitude_guard=0.02)
+    guarded = sel._guard(model, adapter, cost, magnitude, settings)
+    assert bool(guarded[1][5]) and bool(guarded[0][48:].all()) and bool(guarded[1][48:].all())
+    assert int(guarded[0].sum()) >= 16 and int(guarded[1].sum()) >= 17
+    without = sel._guard(model, adapter, cost, magnitude, sel.SelectionSettings(guard_fraction=0.25))
+    assert not bool(without[1][5]) and int(without[1].sum()) == 16
 
 
 def run_selection(setup, **kw):

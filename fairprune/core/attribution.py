@@ -439,14 +439,19 @@ def objective_values(model: nn.Module, batches: GroupBatches, objective: Any, ad
 
 @dataclass
 class TextChunks:
-    """Equal-length token chunks of a calibration text; each starts with ``n_prefix`` special tokens (e.g. BOS)."""
+    """Equal-length token chunks of a calibration text; each starts with ``n_prefix`` special tokens (e.g. BOS).
+
+    ``window`` is how many consecutive positions the capability cost sums before
+    taking |·| (None: the whole chunk).
+    """
 
     chunks: list[list[int]]
     n_prefix: int
+    window: int | None = None
 
 
 def text_chunks(tokenizer: Any, path: str | Path | None = None, chunk_tokens: int = 128,
-                max_tokens: int = 2048, start: int = 0) -> TextChunks:
+                max_tokens: int = 2048, start: int = 0, window: int | None = None) -> TextChunks:
     """Chunks of a calibration text file (None: the bundled general English text).
 
     Each chunk is the tokenizer's special prefix plus ``chunk_tokens`` text tokens;
@@ -463,7 +468,7 @@ def text_chunks(tokenizer: Any, path: str | Path | None = None, chunk_tokens: in
     if not chunks:
         raise ConfigError(f"calibration text {path} has {len(ids)} tokens from token {start} on, fewer than one "
                           f"chunk of {chunk_tokens}")
-    return TextChunks(chunks, len(prefix))
+    return TextChunks(chunks, len(prefix), window)
 
 
 def _chunk_losses(model: nn.Module, chunks: Sequence[Sequence[int]], n_prefix: int) -> torch.Tensor:
@@ -482,20 +487,23 @@ def _chunk_losses(model: nn.Module, chunks: Sequence[Sequence[int]], n_prefix: i
 
 @dataclass
 class CapabilityCost:
-    """Per-chunk first-order loss changes: ``grad[layer]``/``grad_act[layer]`` are ``[n_chunks, width]``."""
+    """First-order loss changes per window of positions: ``grad[layer]``/``grad_act[layer]`` are
+    ``[n_windows, width]``, ``n_chunks`` chunks of ``n_windows / n_chunks`` windows each."""
 
     grad: dict[int, torch.Tensor]
     grad_act: dict[int, torch.Tensor]
     mean: dict[int, torch.Tensor]
     magnitude: dict[int, torch.Tensor]
     loss: float
+    n_chunks: int = 0
 
     def cost(self, fill: Mapping[int, torch.Tensor] | None) -> dict[int, torch.Tensor]:
-        """Mean over chunks of |ΔL_chunk| per neuron (nats per token) for removal to ``fill`` (None = zero)."""
+        """Per neuron, the mean over chunks of Σ_windows |ΔL_window| (nats per token) for removal to ``fill``
+        (None = zero); with one window per chunk that is the mean over chunks of |ΔL_chunk|."""
         out = {}
         for layer, grad in self.grad.items():
             r = fill[layer].float() if fill is not None else torch.zeros(grad.shape[-1])
-            out[layer] = (r[None] * grad - self.grad_act[layer]).abs().mean(0)
+            out[layer] = (r[None] * grad - self.grad_act[layer]).abs().sum(0) / max(self.n_chunks, 1)
         return out
 
 
@@ -521,14 +529,22 @@ def capability_attribution(model: nn.Module, text: TextChunks, adapter: Any = No
             for layer, g in zip(layers, got):
                 h = hooks.kept[layer].detach().float()
                 g = torch.zeros_like(h) if g is None else g.float()
-                grads.setdefault(layer, []).append(g.sum(1).cpu())
-                grad_acts.setdefault(layer, []).append((h * g).sum(1).cpu())
+                grads.setdefault(layer, []).append(_window_sums(g, text.window).cpu())
+                grad_acts.setdefault(layer, []).append(_window_sums(h * g, text.window).cpu())
                 totals.add(layer, h, torch.zeros_like(h), mask)
             totals.n_tokens += mask.numel()
             losses.extend(loss.detach().cpu().tolist())
             hooks.kept = {}
     return CapabilityCost({k: torch.cat(v) for k, v in grads.items()}, {k: torch.cat(v) for k, v in grad_acts.items()},
-                          totals.mean(), totals.magnitude(), float(sum(losses) / len(losses)))
+                          totals.mean(), totals.magnitude(), float(sum(losses) / len(losses)), len(chunks))
+
+
+def _window_sums(x: torch.Tensor, window: int | None) -> torch.Tensor:
+    """``x`` ``[B, T, width]`` summed over consecutive windows of positions -> ``[B * n_windows, width]``
+    (chunk-major; the last window of a chunk may be shorter); None: one window per chunk."""
+    if window is None or window >= x.shape[1]:
+        return x.sum(1)
+    return torch.stack([part.sum(1) for part in torch.split(x, window, dim=1)], 1).flatten(0, 1)
 
 
 @torch.no_grad()

@@ -76,6 +76,10 @@ class AttributionSection(Strict):
     rounds: int = Field(default=4, ge=1, description="rounds of removal; attributions are recomputed each round")
     guard_fraction: float = Field(default=0.5, ge=0.0, lt=1.0,
                                   description="gamma: the top fraction of each layer by capability cost is never removed")
+    magnitude_guard: float = Field(
+        default=0.0, ge=0.0, lt=1.0,
+        description="the top fraction of each layer by mean |h_i| x |down column i| on the calibration text (the "
+                    "activation_weight importance) is never removed either; 0: no such guard")
     ranking: Literal["ratio", "reduction"] = Field(
         default="ratio", description="ratio: estimated bias reduction per unit of capability cost; reduction: alone")
     min_improvement_pct: float = Field(

@@ -42,6 +42,7 @@ class SelectionSettings:
 
     rounds: int = 4
     guard_fraction: float = 0.5
+    magnitude_guard: float = 0.0
     ranking: str = "ratio"
     min_improvement_pct: float = 2.0
     max_perplexity_increase_pct: float | None = 1.0
@@ -92,6 +93,18 @@ def _guarded(cost: Mapping[int, torch.Tensor], fraction: float) -> dict[int, tor
             mask[torch.topk(c, k).indices] = True
         out[layer] = mask
     return out
+
+
+def _guard(model: Any, adapter: Any, cost: Mapping[int, torch.Tensor], magnitude: Mapping[int, torch.Tensor],
+           settings: SelectionSettings) -> dict[int, torch.Tensor]:
+    """Per layer, ``Bool[width]``: protected by capability cost (``guard_fraction``) or by the size of the
+    neuron's write to the residual stream, mean |h_i| x |down column i| (``magnitude_guard``)."""
+    guarded = _guarded(cost, settings.guard_fraction)
+    if not settings.magnitude_guard:
+        return guarded
+    write = {layer: magnitude[layer] * adapter.down(model, layer).detach().float().norm(dim=0).cpu() for layer in cost}
+    by_write = _guarded(write, settings.magnitude_guard)
+    return {layer: mask | by_write[layer] for layer, mask in guarded.items()}
 
 
 def _ranked(delta: Mapping[int, torch.Tensor], cost: Mapping[int, torch.Tensor], guarded: Mapping[int, torch.Tensor],
@@ -172,13 +185,19 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
         attr.text_loss(model, check_text, adapter)
     fill = cap.mean if compensated else None
     cost = cap.cost(fill)
-    guarded = _guarded(cost, settings.guard_fraction)
-    current = attr.attribute_folds(model, folds, objective, adapter, fill=fill, progress=progress)
+    guarded = _guard(model, adapter, cost, cap.magnitude, settings)
+
+    def attribute(removed: Mapping[int, Sequence[int]] | None = None) -> attr.FoldedAttribution:
+        return attr.attribute_folds(model, folds, objective, adapter, removed=removed, fill=fill, progress=progress)
+
+    current = attribute()
     first = {layer: -d for layer, d in current.delta(fill).items()}
     state = _State({}, 0, current.objective)
     objective_before = current.objective
+    # percentages are of the starting value's size: an objective such as js_above_floor may start below zero
+    size = max(abs(objective_before), 1e-12)
     target = None if settings.target_reduction_pct is None else \
-        objective_before * (1.0 - settings.target_reduction_pct / 100.0)
+        objective_before - size * settings.target_reduction_pct / 100.0
 
     def measure(removed: Mapping[int, Sequence[int]]) -> float:
         """The objective over all analysis groups with ``removed`` ablated (forward passes only)."""
@@ -214,16 +233,14 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
                                                scale=scale)
         else:
             # the next round's attribution pass measures the objective too
-            nxt = None if last else attr.attribute_folds(model, folds, objective, adapter, removed=removed,
-                                                         fill=fill, progress=progress)
+            nxt = None if last else attribute(removed)
             measured = nxt.objective if nxt is not None else measure(removed)
             if target is not None and measured <= target:
                 add, measured = _shortest_reaching(add, state.removed, target, state.objective, estimates, measure,
                                                    value=measured)
         reached = target is not None and measured <= target
         if target is not None and not reached and nxt is None and not last and measured < state.objective:
-            nxt = attr.attribute_folds(model, folds, objective, adapter, removed=removed, fill=fill,
-                                       progress=progress)
+            nxt = attribute(removed)
         removed = _merged(state.removed, add)
         predicted = float(sum(delta[layer][n] for layer, n in add))
         entry = {"round": round_index + 1, "neurons": len(add), "objective_before": state.objective,
@@ -239,7 +256,7 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
         entry["accepted"] = True
         records.extend({"layer": layer, "neuron": n, "attribution": float(delta[layer][n]),
                         "cost": float(cost[layer][n]), "round": round_index + 1} for layer, n in add)
-        gain_pct = 100.0 * (state.objective - measured) / max(objective_before, 1e-12)
+        gain_pct = 100.0 * (state.objective - measured) / size
         if predicted < 0:
             scale = min(max((measured - state.objective) / predicted, 0.0), 1.0)
         state = _State(removed, state.params + sum(costs[layer] for layer, _ in add), measured)
@@ -323,6 +340,8 @@ def _check(settings: SelectionSettings) -> None:
         raise ConfigError(f"attribution.target_reduction_pct must lie in (0, 100), got {settings.target_reduction_pct}")
     if not 0.0 <= settings.guard_fraction < 1.0:
         raise ConfigError(f"attribution.guard_fraction must lie in [0, 1), got {settings.guard_fraction}")
+    if not 0.0 <= settings.magnitude_guard < 1.0:
+        raise ConfigError(f"attribution.magnitude_guard must lie in [0, 1), got {settings.magnitude_guard}")
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -362,7 +381,7 @@ def _plan(state: _State, records: list[dict[str, Any]], log: list[dict[str, Any]
         "fill": "mean" if compensated else "zero", "positions": settings.positions, "folds": settings.folds,
         "target_reduction_pct": settings.target_reduction_pct,
         "rounds": settings.rounds, "rounds_run": len(log),
-        "guard_fraction": settings.guard_fraction, "ranking": settings.ranking,
+        "guard_fraction": settings.guard_fraction, "magnitude_guard": settings.magnitude_guard, "ranking": settings.ranking,
         "min_improvement_pct": settings.min_improvement_pct,
         "max_perplexity_increase_pct": settings.max_perplexity_increase_pct, "min_width": settings.min_width,
         "layers": list(settings.layers) if settings.layers is not None else None,
@@ -380,6 +399,18 @@ def _params(plugin: Any) -> dict[str, Any]:
     return params.model_dump(mode="json") if hasattr(params, "model_dump") else {}
 
 
+def settings_from_config(config: Any) -> SelectionSettings:
+    """The ``SelectionSettings`` of a ``RunConfig`` (``bias.attribution`` and the pruning layers)."""
+    section = config.bias.attribution
+    return SelectionSettings(rounds=section.rounds, guard_fraction=section.guard_fraction,
+                             magnitude_guard=section.magnitude_guard, ranking=section.ranking,
+                             min_improvement_pct=section.min_improvement_pct,
+                             max_perplexity_increase_pct=section.max_perplexity_increase_pct,
+                             min_width=config.pruning.min_width, layers=config.pruning.layers,
+                             positions=section.positions, folds=section.folds,
+                             target_reduction_pct=section.target_reduction_pct)
+
+
 def run_selection(run: Any, budget: Budget | None = None) -> tuple[Selection, Any]:
     """The attribution stage of a pipeline ``Run``: select on the analysis groups; the selection and a
     ``BiasReport`` of its first-round scores (−ΔM, higher = removal lowers bias more), magnitudes and the
@@ -389,13 +420,7 @@ def run_selection(run: Any, budget: Budget | None = None) -> tuple[Selection, An
     config = run.config
     found = run_groups(config, "analysis", run.registry)
     groups = found.groups
-    section = config.bias.attribution
-    settings = SelectionSettings(rounds=section.rounds, guard_fraction=section.guard_fraction,
-                                 ranking=section.ranking, min_improvement_pct=section.min_improvement_pct,
-                                 max_perplexity_increase_pct=section.max_perplexity_increase_pct,
-                                 min_width=config.pruning.min_width, layers=config.pruning.layers,
-                                 positions=section.positions, folds=section.folds,
-                                 target_reduction_pct=section.target_reduction_pct)
+    settings = settings_from_config(config)
     selection = select_by_attribution(
         run.model, run.tokenizer, groups, objective=run.plugins.objective.bind(run.tokenizer),
         capability=run.plugins.capability, budget=budget or config.pruning.budget,

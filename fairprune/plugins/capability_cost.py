@@ -4,7 +4,11 @@ For each chunk c of a calibration text (default: the bundled general English
 text) the change of the chunk's mean next-token loss when neuron i is removed is
 estimated as Σ_positions (r_i − h_i)·∂L_c/∂h_i (``core.attribution``); the cost
 is the mean over chunks of |·|, so a neuron that helps one chunk and hurts
-another is not scored as free. Units: nats per token. The passes that compute
+another is not scored as free. With ``window_tokens`` the sum is cut into windows
+of that many positions and |·| is taken per window: a neuron that helps some
+tokens of a chunk and hurts others no longer nets out within the chunk (on
+SmolLM2 and Gemma-3 the neurons removed that way cost less LAMBADA perplexity,
+``benchmarks/RESULTS.md``). Units: nats per token. The passes that compute
 it need the model and the tokenizer, so the metric reads its values from
 ``stats["capability_cost"]`` (filled by the attribution method) and offers
 ``chunks(tokenizer)`` for the text.
@@ -29,7 +33,9 @@ class CapabilityCostParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     text: str | None = Field(None, description="path of a calibration text file; None: the bundled general English")
-    chunk_tokens: int = Field(128, ge=8, description="tokens per chunk; |·| is taken per chunk")
+    chunk_tokens: int = Field(128, ge=8, description="tokens per chunk (the context each position sees)")
+    window_tokens: int | None = Field(None, ge=1, description="|·| is taken per window of this many positions "
+                                                               "of a chunk, then summed; None: per chunk")
     max_tokens: int = Field(2048, ge=8, description="text tokens used at most for the cost")
     check_tokens: int = Field(1024, ge=0, description="the next tokens of the text, never used for the cost, on "
                                                       "which selection measures the real loss; 0: reuse the cost's")
@@ -47,7 +53,8 @@ class CapabilityCost(Plugin):
         """The calibration text as ``attribution.TextChunks`` (``ConfigError`` if missing or too short)."""
         from ..core.attribution import text_chunks
 
-        return text_chunks(tokenizer, self.params.text, self.params.chunk_tokens, self.params.max_tokens)
+        return text_chunks(tokenizer, self.params.text, self.params.chunk_tokens, self.params.max_tokens,
+                           window=self.params.window_tokens)
 
     def check_chunks(self, tokenizer: Any) -> Any:
         """The text that selection's measured check reads: the ``check_tokens`` after the cost's tokens, so
