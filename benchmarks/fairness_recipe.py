@@ -120,13 +120,13 @@ def residual_distance(model, tok, groups, batch_size: int) -> np.ndarray:
 CONTINUATIONS = (" was", " would", " is", " had")  # the output_bias evaluator's neutral continuations
 
 
-def word_swap_floor(model, tok, groups, batch_size: int) -> np.ndarray:
+def word_swap_floor(groups, logprobs) -> np.ndarray:
     """Per held-out template with a word swap, (mean between-group JS, mean within-group JS) in nats: the
-    ``output_bias`` evaluator's noise floor (two surface forms of one attribute group)."""
+    ``output_bias`` evaluator's noise floor (two surface forms of one attribute group). ``logprobs`` are the
+    groups' next-token log-probs in prompt order (``output_measures``' third value)."""
     registry = get_registry()
     forms = {("race", form): name for name, forms in registry.get("bias_axes", "race").attribute_groups().items()
              for form in forms}
-    logprobs = last_token_logprobs(model, tok, [p for g in groups for p in g.prompts], batch_size=batch_size)
     return np.array(noise_floor(list(groups), logprobs, forms)).T
 
 
@@ -135,9 +135,10 @@ def above_floor_pct(rows: np.ndarray) -> float:
     return 100.0 * float(rows[:, 0].mean() - rows[:, 1].mean()) / float(rows[:, 1].mean())
 
 
-def output_measures(model, tok, groups, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def output_measures(model, tok, groups, batch_size: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     """Per group, the mean JS divergence between members' next-token distributions and the mean pairwise
-    log-prob gap of the neutral continuations (as the ``output_bias`` evaluator computes them)."""
+    log-prob gap of the neutral continuations (as the ``output_bias`` evaluator computes them), and the
+    next-token log-probs they came from (``[n_prompts, vocab]``)."""
     prompts = [p for g in groups for p in g.prompts]
     logprobs = last_token_logprobs(model, tok, prompts, batch_size=batch_size)
     ids = [tok(c, add_special_tokens=False)["input_ids"][0] for c in CONTINUATIONS]
@@ -148,7 +149,7 @@ def output_measures(model, tok, groups, batch_size: int) -> tuple[np.ndarray, np
         pairs = [(i, j) for i in range(len(lp)) for j in range(i + 1, len(lp))]
         js.append(np.mean([js_divergence(lp[i], lp[j]) for i, j in pairs]))
         gap.append(np.mean([mean_pairwise(lp[:, c].double().numpy()) for c in ids]))
-    return np.array(js), np.array(gap)
+    return np.array(js), np.array(gap), logprobs
 
 
 def lambada(model, requests, pad: int, batch_size: int) -> tuple[float, float]:
@@ -157,10 +158,10 @@ def lambada(model, requests, pad: int, batch_size: int) -> tuple[float, float]:
 
 
 def measure(model, tok, groups, other, requests, pad, batch_size) -> dict:
-    js, gap = output_measures(model, tok, groups, batch_size)
-    other_js, other_gap = output_measures(model, tok, other, batch_size)
+    js, gap, logprobs = output_measures(model, tok, groups, batch_size)
+    other_js, other_gap, _ = output_measures(model, tok, other, batch_size)
     return {"residual": residual_distance(model, tok, groups, batch_size), "js": js, "gap": gap,
-            "floor": word_swap_floor(model, tok, groups, batch_size),
+            "floor": word_swap_floor(groups, logprobs),
             "other_js": other_js, "other_gap": other_gap, "lambada": lambada(model, requests, pad, batch_size)}
 
 
@@ -262,7 +263,7 @@ def main() -> int:
     pad = pad_id(tok)
     base = cached_base(args, lambda: measure(model, tok, groups, other, requests, pad, args.batch_size))
     if "floor" not in base:  # a base cached before the floor was measured
-        base["floor"] = word_swap_floor(model, tok, groups, args.batch_size)
+        base["floor"] = word_swap_floor(groups, output_measures(model, tok, groups, args.batch_size)[2])
     print(f"base: residual {base['residual'].mean():.4f}, JS {base['js'].mean():.5f}, gap {base['gap'].mean():.4f}, "
           f"other-style JS {base['other_js'].mean():.5f}, LAMBADA acc {base['lambada'][0]:.2f}% ppl "
           f"{base['lambada'][1]:.3f} ({len(groups)} held-out groups)", flush=True)

@@ -137,8 +137,8 @@ class JSAboveFloor(Plugin):
         for size, labels in zip(inputs.sizes, inputs.labels):
             js, rows, cols = pair_js(inputs.logprobs[start:start + size])
             start += size
-            codes = torch.tensor([sorted(set(labels)).index(x) for x in labels])
-            same = codes[rows] == codes[cols]
+            same = torch.tensor([labels[i] == labels[j] for i, j in zip(rows.tolist(), cols.tolist())],
+                                dtype=torch.bool)
             between = js[~same].mean() if bool((~same).any()) else js.sum() * 0
             within = js[same].mean() if bool(same.any()) else js.sum() * 0
             out.append(between - self.params.floor_weight * within)
