@@ -58,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
     from ..core.evaluation import EvalContext, compare_all, configure_evaluators, needs_groups, observe_all
     from ..core.evaluation import results_to_dict
     from ..core.outputs import check_output_file, write_file_atomic
-    from ..core.groups import gather
+    from ..core.groups import gather, transfer_groups
     from ..core.persist import load_pretrained
     from ..core.sources import load_model
 
@@ -75,8 +75,9 @@ def main(args: argparse.Namespace) -> int:
     registry = default_registry(None)
     evaluators = configure_evaluators(registry, [(n, params.get(n)) for n in names], "evaluators", by_name=True)
     groups = gather(axes=axes, split="heldout", registry=registry).groups if needs_groups(evaluators) else []
+    transfer = transfer_groups(axes, registry) if needs_groups(evaluators) else {}
     base, tokenizer = load_model(args.base, trust_remote_code=args.trust_remote_code)
-    context = EvalContext(tokenizer=tokenizer, groups=groups, batch_size=args.batch_size or
+    context = EvalContext(tokenizer=tokenizer, groups=groups, transfer=transfer, batch_size=args.batch_size or
                           EvaluationSection().batch_size, registry=registry, progress=not args.no_progress)
     seen_base = observe_all(evaluators, base, context, "base", resolve_adapter(base, registry=registry))
     del base

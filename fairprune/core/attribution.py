@@ -411,17 +411,26 @@ class FoldedAttribution:
         return self.blend(self.fold_delta(fill))
 
 
-def template_folds(groups: Sequence[PromptGroup], n_folds: int) -> list[list[PromptGroup]]:
-    """``groups`` split into ``n_folds`` folds by template (a template's groups stay together), templates
-    dealt round-robin in sorted order; ``ConfigError`` when there are fewer templates than folds."""
-    templates = sorted({(g.axis, g.template_id) for g in groups})
-    if n_folds > len(templates):
+def template_folds(groups: Sequence[PromptGroup], n_folds: int, by: str = "template") -> list[list[PromptGroup]]:
+    """``groups`` split into ``n_folds`` folds, keeping together the groups of one template (``by="template"``),
+    one register (``"register"``) or one family (``"family"``: a template's context); a group without a
+    register or family counts as its own template. Units are dealt round-robin in sorted order;
+    ``ConfigError`` when there are fewer units than folds, or ``by`` is unknown."""
+    if by not in ("template", "register", "family"):
+        raise ConfigError(f"bias.attribution.fold_by must be template, register or family, got {by!r}")
+
+    def unit(g: PromptGroup) -> tuple[str, str]:
+        shared = getattr(g, by, "") if by != "template" else ""
+        return (g.axis, f"{by}:{shared}") if shared else (g.axis, g.template_id)
+
+    units = sorted({unit(g) for g in groups})
+    if n_folds > len(units):
         raise ConfigError(f"bias.attribution.folds is {n_folds} but the analysis groups come from "
-                          f"{len(templates)} template(s)")
-    fold_of = {t: k % n_folds for k, t in enumerate(templates)}
+                          f"{len(units)} {by if by != 'template' else 'template'}(s)")
+    fold_of = {t: k % n_folds for k, t in enumerate(units)}
     folds: list[list[PromptGroup]] = [[] for _ in range(n_folds)]
     for g in groups:
-        folds[fold_of[(g.axis, g.template_id)]].append(g)
+        folds[fold_of[unit(g)]].append(g)
     return folds
 
 

@@ -73,6 +73,10 @@ class AttributionSection(Strict):
         default=1, ge=1, description="split the analysis groups by template into this many folds; a neuron is a "
                                      "candidate only if its removal lowers the objective in every fold, and its "
                                      "gain is the smallest fold's (guards against fitting a few templates)")
+    fold_by: Literal["template", "register", "family"] = Field(
+        default="template", description="what a fold keeps together: template; register (dialogue, news, ...; "
+                                        "groups without one fall back to their template); family (a template's "
+                                        "context, or a generated template's situation)")
     rounds: int = Field(default=4, ge=1, description="rounds of removal; attributions are recomputed each round")
     guard_fraction: float = Field(default=0.5, ge=0.0, lt=1.0,
                                   description="gamma: the top fraction of each layer by capability cost is never removed")
@@ -97,6 +101,10 @@ class AttributionSection(Strict):
 class BiasSection(Strict):
     axes: list[str] = Field(default_factory=lambda: ["race"], description="bias axes by name or path to an axis file")
     prompts: str | None = Field(default=None, description="a file of your own prompt pairs/groups (YAML, JSONL, CSV)")
+    analysis_prompts: Literal["templates", "generated", "both"] = Field(
+        default="templates",
+        description="what the analysis reads from each axis: templates, its analysis templates; generated, the "
+                    "combinatorial templates of its 'generate' section (registers x contexts x roles); both")
     method: Literal["activation", "attribution"] = Field(
         default="activation",
         description="activation: score neurons by activation differences (bias.metric), then scoring and pruning; "

@@ -35,13 +35,16 @@ class EvalContext:
     """What evaluators share in one evaluation; never a model.
 
     ``groups`` are held-out prompt groups (never the ones used for the bias
-    analysis). During ``observe``, ``label`` is ``"base"`` or ``"pruned"`` and
+    analysis); ``transfer`` maps each transfer split (``"transfer_registers"``,
+    ``"transfer_names"``; ``core/transfer.py``) to its groups, which no analysis
+    reads either (empty when the axes have none). During ``observe``, ``label`` is ``"base"`` or ``"pruned"`` and
     ``adapter`` is the observed model's architecture adapter; during
     ``compare``, ``prune_result`` gives exact parameter counts when a pruner ran.
     """
 
     tokenizer: Any
     groups: list[PromptGroup] = field(default_factory=list)
+    transfer: dict[str, list[PromptGroup]] = field(default_factory=dict)
     batch_size: int = 16
     seed: int = 0
     registry: Any = None
@@ -235,13 +238,13 @@ def evaluate(base_model: Any, pruned_model: Any, tokenizer: Any, *, axes: Sequen
 
     ``evaluators`` defaults to ``EvaluationSection``'s list (``core/config.py``).
     Evaluators that declare ``needs_groups`` get ``groups`` if given, else the
-    held-out groups of ``axes`` (default: ``BiasSection``'s axes). ``params``
+    held-out groups of ``axes`` (default: ``BiasSection``'s axes) and their transfer groups. ``params``
     maps an evaluator name to its parameters, validated before anything runs
     (``ConfigError`` naming the field).
     """
     from .adapters import default_registry, resolve_adapter
     from .config import BiasSection, EvaluationSection
-    from .groups import gather
+    from .groups import gather, transfer_groups
 
     registry = default_registry(registry)
     names = list(evaluators) if evaluators is not None else [c.name for c in EvaluationSection().evaluators]
@@ -251,10 +254,12 @@ def evaluate(base_model: Any, pruned_model: Any, tokenizer: Any, *, axes: Sequen
         raise ConfigError(f"parameters given for evaluators that are not run: {', '.join(unknown)} "
                           f"(running: {', '.join(names)})")
     configured = configure_evaluators(registry, [(n, params.get(n)) for n in names], "evaluators", by_name=True)
+    transfer: dict[str, list[PromptGroup]] = {}
     if groups is None and (axes is not None or needs_groups(configured)):
-        groups = gather(axes=axes if axes is not None else BiasSection().axes, split="heldout",
-                        registry=registry).groups
-    context = EvalContext(tokenizer=tokenizer, groups=list(groups or []),
+        axes = axes if axes is not None else BiasSection().axes
+        groups = gather(axes=axes, split="heldout", registry=registry).groups
+        transfer = transfer_groups(axes, registry)
+    context = EvalContext(tokenizer=tokenizer, groups=list(groups or []), transfer=transfer,
                           batch_size=batch_size or EvaluationSection().batch_size, seed=seed, registry=registry,
                           progress=progress, prune_result=prune_result)
     base = observe_all(configured, base_model, context, "base", resolve_adapter(base_model, registry=registry))

@@ -62,12 +62,22 @@ def resolve_axes(axes: Sequence[Any], registry: Any) -> list[Any]:
 
 
 def axis_groups(axes: Sequence[Any], split: str, registry: Any) -> GroupSet:
-    """The prompt groups of each axis for ``split``; an axis without groups in that split is an error."""
+    """The prompt groups of each axis for ``split`` (``"analysis+generated"``: both splits); an axis without
+    groups in that split is an error."""
     out = GroupSet([])
     for axis in resolve_axes(axes, registry):
-        found = list(axis.prompt_groups(split))
+        found = []
+        for part in split.split("+"):
+            try:
+                found.extend(axis.prompt_groups(part))
+            except (ValueError, LookupError):
+                if part in SPLITS:
+                    raise
+                found = []  # an axis that does not know the split has no groups in it
+                break
         if not found:
-            raise PromptError(f"bias axis {axis.name!r} has no prompt groups in split {split!r}")
+            hint = " (its file has no 'generate' section)" if "generated" in split else ""
+            raise PromptError(f"bias axis {axis.name!r} has no prompt groups in split {split!r}{hint}")
         out.groups.extend(found)
         for name, forms in axis.attribute_groups().items():
             out.form_to_group.update({f"{axis.name}{SEP}{form}": name for form in forms})
@@ -104,8 +114,9 @@ def gather(*, axes: Sequence[Any] | None = None, prompt_files: Sequence[str | Pa
     from .prompts import load_prompt_groups, pairs_to_groups, validate_groups
 
     out = axis_groups(axes or (), split, registry)
+    file_split = "analysis" if "generated" in split.split("+") else split  # files have no generated split
     for path in prompt_files:
-        out.groups.extend(split_by_template(load_prompt_groups(path), split))
+        out.groups.extend(split_by_template(load_prompt_groups(path), file_split))
     if pairs:
         out.groups.extend(pairs_to_groups(pairs))
     out.groups.extend(groups or ())
@@ -120,11 +131,42 @@ def attribute_key(group: PromptGroup, form_to_group: Mapping[str, str]) -> tuple
     return tuple(form_to_group.get(f"{group.axis}{SEP}{a}", a) for a in group.attributes)
 
 
+def analysis_split(bias: Any) -> str:
+    """The split the analysis reads for a ``BiasSection``: ``analysis`` (the axes' templates), ``generated``
+    (their combinatorial templates) or ``analysis+generated``, by ``bias.analysis_prompts``."""
+    choice = getattr(bias, "analysis_prompts", "templates")
+    return {"templates": "analysis", "generated": "generated", "both": "analysis+generated"}[choice]
+
+
 def run_groups(config: Any, split: str, registry: Any) -> GroupSet:
-    """The groups a ``RunConfig`` selects for ``split``: ``bias.axes`` and ``bias.prompts`` for the analysis;
-    for the held-out split ``evaluation.axes`` when set, else the same axes and prompt file."""
+    """The groups a ``RunConfig`` selects for ``split``: ``bias.axes`` and ``bias.prompts`` for the analysis
+    (the axes' templates, generated templates or both, by ``bias.analysis_prompts``); for the held-out split
+    ``evaluation.axes`` when set, else the same axes and prompt file."""
     bias = config.bias
     axes, files = bias.axes, [bias.prompts] if bias.prompts else []
     if split == "heldout" and config.evaluation.axes is not None:
         axes, files = config.evaluation.axes, []
+    if split == "analysis":
+        split = analysis_split(bias)
     return gather(axes=axes, prompt_files=files, split=split, registry=registry)
+
+
+def transfer_groups(axes: Sequence[Any], registry: Any) -> dict[str, list[PromptGroup]]:
+    """``{split: groups}`` of every transfer split (``core/transfer.py``) the axes have prompts for, validated;
+    ``{}`` when none has any. Axes without transfer data (files of pairs, third-party axes) add nothing."""
+    from .prompts import validate_groups
+
+    out: dict[str, list[PromptGroup]] = {}
+    for axis in resolve_axes(axes, registry):
+        offered = getattr(axis, "transfer_splits", None)
+        for split in (offered() if callable(offered) else ()):
+            out.setdefault(split, []).extend(axis.prompt_groups(split))
+    for groups in out.values():
+        validate_groups(groups)
+    return out
+
+
+def run_transfer_groups(config: Any, registry: Any) -> dict[str, list[PromptGroup]]:
+    """The transfer groups of a ``RunConfig``: of ``evaluation.axes`` when set, else of ``bias.axes``."""
+    axes = config.evaluation.axes if config.evaluation.axes is not None else config.bias.axes
+    return transfer_groups(axes, registry)

@@ -83,6 +83,7 @@ class Run:
     plan: Any = None
     prune_result: Any = None
     heldout_groups: list[Any] | None = None
+    transfer_groups: dict[str, list[Any]] = field(default_factory=dict)
     base_observations: dict[str, Any] = field(default_factory=dict)
     evaluations: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -203,6 +204,7 @@ def analyze(run: Run) -> None:
     """Steps 1-2: the bias report on the analysis split of the configured axes and prompt file (the attribution
     method also selects the neurons here: its scores are recomputed round by round)."""
     from .bias import analyze_bias
+    from .groups import analysis_split
     from .memory import release_memory
 
     bias = run.config.bias
@@ -214,22 +216,25 @@ def analyze(run: Run) -> None:
         return
     run.bias_report = analyze_bias(
         run.model, run.tokenizer, axes=bias.axes, prompt_files=[bias.prompts] if bias.prompts else [],
-        split="analysis", site=bias.site, pooling=bias.pooling, metric=bias.metric.name,
+        split=analysis_split(bias), site=bias.site, pooling=bias.pooling, metric=bias.metric.name,
         metric_params=bias.metric.params or None, batch_size=bias.batch_size, adapter=run.adapter,
         registry=run.registry, progress=run.progress)
     release_memory()  # the analysis's per-prompt tables and activations, freed in the heap
 
 
 def eval_context(run: Run, prune_result: Any = None) -> Any:
-    """The ``EvalContext`` of a run: held-out groups of the evaluation axes (default: the bias axes)."""
+    """The ``EvalContext`` of a run: held-out and transfer groups of the evaluation axes (default: the bias
+    axes)."""
     from .evaluation import EvalContext, needs_groups
-    from .groups import run_groups
+    from .groups import run_groups, run_transfer_groups
 
     config = run.config
     if run.heldout_groups is None:  # read once: a sweep evaluates every grid point on the same groups
         needed = needs_groups(run.plugins.evaluators)
         run.heldout_groups = run_groups(config, "heldout", run.registry).groups if needed else []
-    return EvalContext(tokenizer=run.tokenizer, groups=run.heldout_groups, batch_size=config.evaluation.batch_size,
+        run.transfer_groups = run_transfer_groups(config, run.registry) if needed else {}
+    return EvalContext(tokenizer=run.tokenizer, groups=run.heldout_groups, transfer=run.transfer_groups,
+                       batch_size=config.evaluation.batch_size,
                        seed=config.seed, registry=run.registry, progress=run.progress, prune_result=prune_result)
 
 

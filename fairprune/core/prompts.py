@@ -21,11 +21,16 @@ from typing import Any
 
 import yaml
 
+from .combinatorial import GeneratorSpec, generated_templates, spec_from_dict
 from .errors import PromptError
 from .plugin import Plugin
 from .protocols import PromptGroup
+from .transfer import TRANSFER_SPLITS, NameSets, name_groups, name_sets_from_dict
 
 SPLITS = ("analysis", "heldout", "all")
+#: every split a ``TemplateAxis`` answers: ``all`` is analysis + heldout; the transfer splits and
+#: ``generated`` (combinatorial analysis templates) are read only when asked for by name
+AXIS_SPLITS = SPLITS + TRANSFER_SPLITS + ("generated",)
 SLOTS = ("{attribute}", "{Attribute}")
 _TOKEN = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]|\s+")
 _RESERVED_COLUMNS = ("axis", "template_id")
@@ -150,6 +155,7 @@ class Template:
     context: str = ""
     groups: tuple[str, ...] | None = None
     split: str | None = None
+    register: str = ""
 
 
 class TemplateAxis(Plugin):
@@ -158,10 +164,18 @@ class TemplateAxis(Plugin):
     Template ``i`` is held out when ``i % heldout_every == heldout_every - 1``
     (unless it names its own ``split``), so about a third of templates never take
     part in analysis.
+
+    Optional extras, read only when their split is asked for by name:
+    ``transfer`` (templates in other registers, split ``transfer_registers``),
+    ``names`` (first names in place of group words, split ``transfer_names``;
+    ``core/transfer.py``) and ``generator`` (combinatorial analysis templates,
+    split ``generated``; ``core/combinatorial.py``).
     """
 
     def __init__(self, name: str, description: str, groups: Mapping[str, Sequence[str]],
-                 templates: Sequence[Template], heldout_every: int = 3, source: str = "") -> None:
+                 templates: Sequence[Template], heldout_every: int = 3, source: str = "", *,
+                 transfer: Sequence[Template] = (), names: NameSets | None = None,
+                 generator: GeneratorSpec | None = None) -> None:
         super().__init__()
         self.name = name  # type: ignore[misc]
         self.description = description  # type: ignore[misc]
@@ -169,6 +183,9 @@ class TemplateAxis(Plugin):
         self.templates = list(templates)
         self.heldout_every = heldout_every
         self.source = source
+        self.transfer = list(transfer)
+        self.names = names
+        self.generator = generator
         self._check()
 
     def _check(self) -> None:
@@ -181,7 +198,7 @@ class TemplateAxis(Plugin):
         if not self.templates:
             raise PromptError(f"{where} has no templates")
         seen: set[str] = set()
-        for t in self.templates:
+        for t in self.templates + self.transfer:
             if t.id in seen:
                 raise PromptError(f"{where}: template id {t.id!r} is used twice")
             seen.add(t.id)
@@ -193,8 +210,12 @@ class TemplateAxis(Plugin):
                                   f"groups are {list(self.groups)}")
             if t.groups is not None and len(t.groups) < 2:
                 raise PromptError(f"{where}: template {t.id!r} needs at least two groups")
-            if t.split not in (None, "analysis", "heldout"):
+            if t.split not in (None, "analysis", "heldout") and t not in self.transfer:
                 raise PromptError(f"{where}: template {t.id!r} has split {t.split!r}; use analysis or heldout")
+        if self.names:
+            clash = sorted(seen & {t.id for t in self.names.templates})
+            if clash:
+                raise PromptError(f"{where}: transfer name template id(s) {clash} are also template ids")
 
     def split_of(self, index: int) -> str:
         """``"analysis"`` or ``"heldout"`` for the template at ``index``."""
@@ -204,22 +225,45 @@ class TemplateAxis(Plugin):
         return "heldout" if index % self.heldout_every == self.heldout_every - 1 else "analysis"
 
     def prompt_groups(self, split: str = "all") -> list[PromptGroup]:
-        """One group per template and surface-form choice; member j is attribute group j."""
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        """One group per template and surface-form choice; member j is attribute group j.
+
+        ``split`` is one of ``AXIS_SPLITS``; a transfer split or ``generated`` the axis has no data for
+        gives ``[]``. ``ValueError`` for any other split.
+        """
+        if split not in AXIS_SPLITS:
+            raise ValueError(f"split must be one of {AXIS_SPLITS}, got {split!r}")
+        if split == "transfer_registers":
+            return self._expand(self.transfer)
+        if split == "transfer_names":
+            groups = name_groups(self.name, self.names) if self.names else []
+            validate_groups(groups)
+            return groups
+        if split == "generated":
+            made = generated_templates(self.generator) if self.generator else []
+            return self._expand([Template(t.id, t.text, t.family, register=t.register) for t in made])
+        return self._expand([t for i, t in enumerate(self.templates) if split == "all" or self.split_of(i) == split])
+
+    def _expand(self, templates: Sequence[Template]) -> list[PromptGroup]:
         out: list[PromptGroup] = []
-        for index, template in enumerate(self.templates):
-            if split != "all" and self.split_of(index) != split:
-                continue
+        for template in templates:
             names = template.groups or tuple(self.groups)
             n_variants = max(len(self.groups[g]) for g in names)
             for k in range(n_variants):
                 attrs = tuple(self.groups[g][k % len(self.groups[g])] for g in names)
                 prompts = tuple(fill(template.text, a) for a in attrs)
-                group = PromptGroup(self.name, template.id, attrs, prompts)
+                group = PromptGroup(self.name, template.id, attrs, prompts, register=template.register,
+                                    family=template.context)
                 validate_group(group)
                 out.append(group)
         return out
+
+    def transfer_splits(self) -> tuple[str, ...]:
+        """The transfer splits this axis has prompts for (a subset of ``TRANSFER_SPLITS``)."""
+        return tuple(s for s, has in zip(TRANSFER_SPLITS, (self.transfer, self.names)) if has)
+
+    def name_groups(self) -> dict[str, tuple[str, ...]]:
+        """Attribute group -> the first names that stand for it in split ``transfer_names`` (``{}``: none)."""
+        return self.names.name_groups() if self.names else {}
 
     def attribute_groups(self) -> dict[str, tuple[str, ...]]:
         """Attribute group name -> its surface forms (``{"Black": ("Black", "African American")}``)."""
@@ -230,7 +274,10 @@ class TemplateAxis(Plugin):
         groups = self.prompt_groups("all")
         heldout = sum(self.split_of(i) == "heldout" for i in range(len(self.templates)))
         return {"groups": len(self.groups), "templates": len(self.templates), "heldout_templates": heldout,
-                "prompt_groups": len(groups), "prompts": sum(len(g.prompts) for g in groups)}
+                "prompt_groups": len(groups), "prompts": sum(len(g.prompts) for g in groups),
+                "transfer_register_templates": len(self.transfer),
+                "transfer_name_templates": len(self.names.templates) if self.names else 0,
+                "generated_templates": self.generator.templates if self.generator else 0}
 
 
 def fill(text: str, attribute: str) -> str:
@@ -256,16 +303,41 @@ def axis_from_dict(data: Mapping[str, Any], source: str = "") -> TemplateAxis:
             t = {"id": f"t{i}", "text": t}
         if not isinstance(t, Mapping) or "text" not in t:
             raise PromptError(f"{where}: template {i} needs a 'text' field, got {t!r}")
-        unknown = set(t) - {"id", "text", "context", "groups", "split"}
+        unknown = set(t) - {"id", "text", "context", "groups", "split", "register"}
         if unknown:
             raise PromptError(f"{where}: template {i} has unknown field(s) {sorted(unknown)}")
         templates.append(Template(id=str(t.get("id", f"t{i}")), text=str(t["text"]), context=str(t.get("context", "")),
-                                  groups=tuple(t["groups"]) if t.get("groups") else None, split=t.get("split")))
+                                  groups=tuple(t["groups"]) if t.get("groups") else None, split=t.get("split"),
+                                  register=str(t.get("register", ""))))
     every = int(data.get("heldout_every", 3))
     if every < 2:
         raise PromptError(f"{where}: heldout_every must be at least 2, got {every}")
+    transfer, names = _transfer_section(data.get("transfer"), list(groups), where)
+    generator = spec_from_dict(data["generate"], where) if data.get("generate") is not None else None
     return TemplateAxis(str(data["name"]), str(data.get("description", f"bias axis {data['name']}")),
-                        groups, templates, every, source)
+                        groups, templates, every, source, transfer=transfer, names=names, generator=generator)
+
+
+def _transfer_section(section: Any, groups: list[str], where: str) -> tuple[list[Template], NameSets | None]:
+    """The register templates and name sets of an axis file's ``transfer`` section (``core/transfer.py``)."""
+    if section is None:
+        return [], None
+    if not isinstance(section, Mapping):
+        raise PromptError(f"{where}: 'transfer' must be a mapping with registers and/or names")
+    unknown = set(section) - {"registers", "names", "name_templates"}
+    if unknown:
+        raise PromptError(f"{where}: transfer has unknown field(s) {sorted(unknown)}")
+    out = []
+    for i, t in enumerate(section.get("registers") or []):
+        if not isinstance(t, Mapping) or not {"id", "text", "register"} <= set(t):
+            raise PromptError(f"{where}: transfer.registers.{i} needs id, text and register, got {t!r:.80}")
+        extra = set(t) - {"id", "text", "register", "groups", "context"}
+        if extra:
+            raise PromptError(f"{where}: transfer.registers.{i} has unknown field(s) {sorted(extra)}")
+        out.append(Template(id=str(t["id"]), text=str(t["text"]), context=str(t.get("context", "")),
+                            groups=tuple(t["groups"]) if t.get("groups") else None, split="transfer_registers",
+                            register=str(t["register"])))
+    return out, name_sets_from_dict(section, groups, where)
 
 
 def load_axis(path: str | Path) -> TemplateAxis:

@@ -111,13 +111,18 @@ class PromptGroup:
     """Prompts that differ only in the attribute span; one per attribute group.
 
     ``prompts[j]`` fills the template with ``attributes[j]``. ``template_id``
-    identifies the template (splits are by template).
+    identifies the template (splits are by template). ``register`` (``"dialogue"``,
+    ``"news"``, ...) and ``family`` (a template's context, or the situation a
+    generated template was built from) are optional; folds of the attribution
+    method can keep either together (``bias.attribution.fold_by``).
     """
 
     axis: str
     template_id: str
     attributes: tuple[str, ...]
     prompts: tuple[str, ...]
+    register: str = ""
+    family: str = ""
 
 
 @runtime_checkable

@@ -50,6 +50,7 @@ class SelectionSettings:
     layers: Sequence[int] | None = None
     positions: str = "last"
     folds: int = 1
+    fold_by: str = "template"
     target_reduction_pct: float | None = None
 
 
@@ -175,7 +176,7 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
     max_params, max_neurons, caps = _budget_ceiling(budget, widths, total_params)
     labels = (forms or {}) if "labels" in getattr(objective, "uses", ()) else None
     folds = [attr.group_batches(model, tokenizer, part, batch_size, positions=settings.positions, labels=labels)
-             for part in attr.template_folds(groups, settings.folds)]
+             for part in attr.template_folds(groups, settings.folds, settings.fold_by)]
     text = capability.chunks(tokenizer)
     check_text = capability.check_chunks(tokenizer) if callable(getattr(capability, "check_chunks", None)) else text
     start = time.perf_counter()
@@ -379,6 +380,7 @@ def _plan(state: _State, records: list[dict[str, Any]], log: list[dict[str, Any]
         "method": "attribution", "objective": objective.name, "objective_params": _params(objective),
         "capability": capability.name, "capability_params": _params(capability),
         "fill": "mean" if compensated else "zero", "positions": settings.positions, "folds": settings.folds,
+        "fold_by": settings.fold_by,
         "target_reduction_pct": settings.target_reduction_pct,
         "rounds": settings.rounds, "rounds_run": len(log),
         "guard_fraction": settings.guard_fraction, "magnitude_guard": settings.magnitude_guard, "ranking": settings.ranking,
@@ -407,7 +409,7 @@ def settings_from_config(config: Any) -> SelectionSettings:
                              min_improvement_pct=section.min_improvement_pct,
                              max_perplexity_increase_pct=section.max_perplexity_increase_pct,
                              min_width=config.pruning.min_width, layers=config.pruning.layers,
-                             positions=section.positions, folds=section.folds,
+                             positions=section.positions, folds=section.folds, fold_by=section.fold_by,
                              target_reduction_pct=section.target_reduction_pct)
 
 

@@ -35,8 +35,16 @@ class BuiltinAxis(Plugin):
         return self._axis
 
     def prompt_groups(self, split: str = "all") -> list:
-        """The axis' prompt groups for ``split`` (analysis, heldout or all)."""
+        """The axis' prompt groups for ``split`` (analysis, heldout, all, a transfer split or generated)."""
         return self.axis.prompt_groups(split)
+
+    def transfer_splits(self) -> tuple[str, ...]:
+        """The transfer splits the axis file has prompts for."""
+        return self.axis.transfer_splits()
+
+    def name_groups(self) -> dict[str, tuple[str, ...]]:
+        """Attribute group -> first names standing for it in split ``transfer_names``."""
+        return self.axis.name_groups()
 
     def attribute_groups(self) -> dict[str, tuple[str, ...]]:
         """Attribute group name -> its surface forms."""
