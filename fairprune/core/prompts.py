@@ -270,14 +270,16 @@ class TemplateAxis(Plugin):
         return dict(self.groups)
 
     def counts(self) -> dict[str, int]:
-        """Numbers of groups, templates, held-out templates and prompts (for ``fairprune axes``)."""
+        """Numbers of groups, templates, held-out templates and prompts (for ``fairprune axes``); the numbers of
+        transfer and generated templates when the axis has them."""
         groups = self.prompt_groups("all")
         heldout = sum(self.split_of(i) == "heldout" for i in range(len(self.templates)))
-        return {"groups": len(self.groups), "templates": len(self.templates), "heldout_templates": heldout,
-                "prompt_groups": len(groups), "prompts": sum(len(g.prompts) for g in groups),
-                "transfer_register_templates": len(self.transfer),
-                "transfer_name_templates": len(self.names.templates) if self.names else 0,
-                "generated_templates": self.generator.templates if self.generator else 0}
+        out = {"groups": len(self.groups), "templates": len(self.templates), "heldout_templates": heldout,
+               "prompt_groups": len(groups), "prompts": sum(len(g.prompts) for g in groups)}
+        extras = {"transfer_register_templates": len(self.transfer),
+                  "transfer_name_templates": len(self.names.templates) if self.names else 0,
+                  "generated_templates": self.generator.templates if self.generator else 0}
+        return out | {k: v for k, v in extras.items() if v}
 
 
 def fill(text: str, attribute: str) -> str:

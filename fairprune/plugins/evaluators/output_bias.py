@@ -18,6 +18,15 @@ templates, ``js_above_floor_pct`` = 100·(between-group JS − within-group JS) 
 within-group JS, ratio of the means over templates (CIs resample templates),
 says how far demographic sensitivity exceeds word-swap noise, before and after
 pruning. Both are NaN when no template has two surface forms of a group.
+
+**Transfer splits.** When the axes have transfer prompts (``core/transfer.py``:
+other registers, first names in place of group words), every measure above is
+also computed on each transfer split alone and stored with the split's suffix:
+``js_reduction_pct@registers``, ``js_within_reduction_pct@names``, ... (keys
+without a suffix stay those of the held-out templates, so older figures
+compare). For names, "between" is the mean JS over names of different groups
+(the k-th name of each group, one name set such as one gender at a time) and
+"within" the mean JS between two names of the same group and set.
 """
 
 from __future__ import annotations
@@ -45,6 +54,11 @@ class OutputBiasParams(BaseModel):
     continuations: list[str] = Field([" was", " would", " is", " had"],
                                      description="neutral continuations whose log-probability gap is measured")
     n_boot: int = Field(1000, ge=10, description="bootstrap resamples")
+    transfer: bool = Field(True, description="also measure the axes' transfer splits (other registers, first "
+                                             "names), each reported apart with the suffix @registers / @names")
+
+#: metric-key suffix of each transfer split
+SPLIT_SUFFIX = {"transfer_registers": "@registers", "transfer_names": "@names"}
 
 
 def js_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
@@ -79,10 +93,18 @@ class OutputBiasEvaluator(Plugin):
                  kind="level"),
         Headline("js_above_floor_pct_pruned", "Held-out JS above the word-swap noise floor (pruned)", "%", "lower",
                  kind="level"),
+        Headline("js_reduction_pct@registers", "Next-token JS reduction between groups, other registers", "%",
+                 "higher"),
+        Headline("js_within_reduction_pct@registers", "Next-token JS reduction within one group (word swap), "
+                 "other registers", "%", "lower"),
+        Headline("js_reduction_pct@names", "Next-token JS reduction between groups, first names", "%", "higher"),
+        Headline("js_within_reduction_pct@names", "Next-token JS reduction between two names of one group", "%",
+                 "lower"),
     )
 
-    def observe(self, model, context: EvalContext) -> dict[str, list[float]]:
-        """Per held-out group of one model: mean pairwise JS (nats) and continuation log-prob gap."""
+    def observe(self, model, context: EvalContext) -> dict:
+        """Per held-out group of one model: mean pairwise JS (nats) and continuation log-prob gap; the same
+        per transfer split under ``"splits"`` (``{split: observation}``)."""
         groups = context.groups
         if not groups:
             raise ConfigError("output_bias needs held-out prompt groups (pass axes=[...] or groups=[...])")
@@ -91,26 +113,43 @@ class OutputBiasEvaluator(Plugin):
             raise ConfigError(f"output_bias: prompt groups with fewer than 2 members: {small[:5]}")
         if not self.params.continuations:
             raise ConfigError("output_bias.continuations must name at least one continuation")
-        return self._measure(context, model, context.label)
+        observed: dict = self._measure(context, model, context.label, context.groups, _form_groups(context))
+        splits = self._transfer_splits(context)
+        if splits:
+            observed["splits"] = {split: self._measure(context, model, f"{context.label}, {split}", found,
+                                                       _form_groups(context, names=split == "transfer_names"))
+                                  for split, found in splits.items()}
+        return observed
 
-    def compare(self, base: dict[str, list[float]], pruned: dict[str, list[float]],
-                context: EvalContext) -> EvalResult:
-        groups = context.groups
-        per_model = {"base": base, "pruned": pruned}
+    def _transfer_splits(self, context: EvalContext) -> dict[str, list[PromptGroup]]:
+        """The transfer splits this evaluator measures: those of the context with groups, when enabled."""
+        if not self.params.transfer:
+            return {}
+        return {split: found for split, found in (context.transfer or {}).items() if found and split in SPLIT_SUFFIX}
+
+    def compare(self, base: dict, pruned: dict, context: EvalContext) -> EvalResult:
         result = EvalResult(self.name)
-        for measure in ("js", "logprob_gap"):
-            add_paired(result, measure, per_model["base"][measure], per_model["pruned"][measure],
-                       context.seed, self.params.n_boot)
-        result.add("n_groups", float(len(groups)))
-        self._add_floor(result, base, pruned, context.seed)
-        result.tables["groups"] = [
-            {"axis": g.axis, "template_id": g.template_id, "attributes": list(g.attributes),
-             "js_base": per_model["base"]["js"][k], "js_pruned": per_model["pruned"]["js"][k],
-             "logprob_gap_base": per_model["base"]["logprob_gap"][k],
-             "logprob_gap_pruned": per_model["pruned"]["logprob_gap"][k]}
-            for k, g in enumerate(groups)]
-        result.summary = _summary(result, len(groups))
+        self._add_split(result, base, pruned, context, "")
+        result.tables["groups"] = _group_rows(context.groups, base, pruned)
+        splits = self._transfer_splits(context)
+        for split, found in splits.items():
+            if split not in base.get("splits", {}) or split not in pruned.get("splits", {}):
+                raise ConfigError(f"output_bias: split {split!r} was not observed on both models")
+            self._add_split(result, base["splits"][split], pruned["splits"][split], context, SPLIT_SUFFIX[split])
+            result.tables["groups" + SPLIT_SUFFIX[split]] = _group_rows(found, base["splits"][split],
+                                                                        pruned["splits"][split])
+        result.summary = _summary(result, len(context.groups), {s: len(g) for s, g in splits.items()})
         return result
+
+    def _add_split(self, result: EvalResult, base: dict, pruned: dict, context: EvalContext, suffix: str) -> None:
+        """Every metric of one split, keys ending in ``suffix`` (``""`` for the held-out templates)."""
+        part = EvalResult(self.name)
+        for measure in ("js", "logprob_gap"):
+            add_paired(part, measure, base[measure], pruned[measure], context.seed, self.params.n_boot)
+        part.add("n_groups", float(len(base["js"])))
+        self._add_floor(part, base, pruned, context.seed)
+        for key, value in part.metrics.items():
+            result.add(key + suffix, value, part.intervals.get(key))
 
     def _add_floor(self, result: EvalResult, base: dict, pruned: dict, seed: int) -> None:
         """``js_within_*`` (the floor) and ``js_above_floor_pct_*`` over the templates with a within-group swap."""
@@ -126,12 +165,13 @@ class OutputBiasEvaluator(Plugin):
         add_compared(result, "js_above_floor_pct", rows["base"], rows["pruned"], _above_floor_pct, seed,
                      self.params.n_boot)
 
-    def _measure(self, context: EvalContext, model, label: str) -> dict[str, list[float]]:
-        """Per group: mean pairwise JS divergence and mean pairwise log-prob gap."""
+    def _measure(self, context: EvalContext, model, label: str, groups: list[PromptGroup],
+                 form_groups: dict[tuple[str, str], str]) -> dict[str, list[float]]:
+        """Per group: mean pairwise JS divergence and mean pairwise log-prob gap; the floor per template."""
         from .lm_scoring import encode, last_token_logprobs, pad_id, score_continuations
 
         tok = context.tokenizer
-        prompts = [p for g in context.groups for p in g.prompts]
+        prompts = [p for g in groups for p in g.prompts]
         logprobs = last_token_logprobs(model, tok, prompts, context.batch_size, context.progress,
                                        f"next-token distributions ({label})")
         cont_lp = np.zeros((len(prompts), len(self.params.continuations)))
@@ -146,24 +186,39 @@ class OutputBiasEvaluator(Plugin):
                                              pad_id(tok), progress=context.progress, desc=f"{text!r} ({label})")
                 cont_lp[:, c] = [s.logprob for s in scores]
         js, gap, start = [], [], 0
-        for group in context.groups:
+        for group in groups:
             members = range(start, start + len(group.prompts))
             pairs = list(combinations(members, 2))
             js.append(float(np.mean([js_divergence(logprobs[i], logprobs[j]).item() for i, j in pairs])))
             gap.append(float(np.mean([mean_pairwise(cont_lp[list(members), c]) for c in range(cont_lp.shape[1])])))
             start += len(group.prompts)
-        between, within = noise_floor(context.groups, logprobs, _form_groups(context))
+        between, within = noise_floor(groups, logprobs, form_groups)
         return {"js": js, "logprob_gap": gap, "js_between_floor": between, "js_within": within}
 
 
-def _form_groups(context: EvalContext) -> dict[tuple[str, str], str]:
-    """``(axis, surface form) -> attribute group`` of the registered axes among the groups' axes."""
+def _group_rows(groups: list[PromptGroup], base: dict, pruned: dict) -> list[dict]:
+    """One table row per group: its identity and both models' JS and log-prob gap."""
+    return [{"axis": g.axis, "template_id": g.template_id, "attributes": list(g.attributes),
+             "js_base": base["js"][k], "js_pruned": pruned["js"][k],
+             "logprob_gap_base": base["logprob_gap"][k], "logprob_gap_pruned": pruned["logprob_gap"][k]}
+            for k, g in enumerate(groups)]
+
+
+def _form_groups(context: EvalContext, names: bool = False) -> dict[tuple[str, str], str]:
+    """``(axis, surface form) -> attribute group`` of the registered axes among the context's axes (with
+    ``names``: ``(axis, first name) -> attribute group``, from the axis' ``name_groups()``)."""
     out: dict[tuple[str, str], str] = {}
     registry = context.registry
-    for axis in sorted({g.axis for g in context.groups}):
+    axes = {g.axis for g in context.groups} | {g.axis for found in (context.transfer or {}).values() for g in found}
+    for axis in sorted(axes):
         if registry is None or axis not in registry.names("bias_axes"):
             continue  # an axis from a file or user groups: members are matched by position only
-        for name, forms in registry.get("bias_axes", axis).attribute_groups().items():
+        plugin = registry.get("bias_axes", axis)
+        if names:
+            found = plugin.name_groups() if callable(getattr(plugin, "name_groups", None)) else {}
+        else:
+            found = plugin.attribute_groups()
+        for name, forms in found.items():
             out.update({(axis, form): name for form in forms})
     return out
 
@@ -206,10 +261,13 @@ def _above_floor_pct(rows: np.ndarray) -> float:
     return 100.0 * float(rows[:, 0].mean() - rows[:, 1].mean()) / float(rows[:, 1].mean())
 
 
-def _summary(result: EvalResult, n_groups: int) -> str:
+_SPLIT_LABEL = {"": "held-out templates", "@registers": "other registers", "@names": "first names"}
+
+
+def _summary(result: EvalResult, n_groups: int, transfer: dict[str, int] | None = None) -> str:
     intro = (f"Output bias on {n_groups} held-out prompt groups (mean over member pairs, then groups; "
              "95% bootstrap CI over groups).")
-    return "\n".join([
+    lines = [
         intro,
         "",
         "| measure | base | pruned | reduction % |",
@@ -219,7 +277,29 @@ def _summary(result: EvalResult, n_groups: int) -> str:
         _row(result, "within-group JS, word-swap noise floor (nats)", "js_within"),
         "",
         _floor_sentence(result),
-    ])
+    ]
+    if transfer:
+        lines += ["", _transfer_table(result, transfer)]
+    return "\n".join(lines)
+
+
+def _transfer_table(result: EvalResult, transfer: dict[str, int]) -> str:
+    """Between- and within-group JS reduction per split (held-out templates and each transfer split)."""
+    rows = ["By split (transfer prompts are never used in selection; between: members of different groups; "
+            "within: two words, or two names, for one group):", "",
+            "| prompts | groups | between-group JS, base -> pruned (nats) | reduction % | within-group JS, "
+            "base -> pruned (nats) | reduction % |", "|---|---|---|---|---|---|"]
+    for suffix in [""] + [SPLIT_SUFFIX[s] for s in transfer]:
+        n = int(result.metrics.get("n_groups" + suffix, 0))
+        rows.append(f"| {_SPLIT_LABEL[suffix]} | {n} | {_pair(result, 'js', suffix)} | "
+                    f"{fmt_ci(result, 'js_reduction_pct' + suffix, 3)} | {_pair(result, 'js_within', suffix)} | "
+                    f"{fmt_ci(result, 'js_within_reduction_pct' + suffix, 3)} |")
+    return "\n".join(rows)
+
+
+def _pair(result: EvalResult, prefix: str, suffix: str) -> str:
+    base, pruned = (result.metrics.get(f"{prefix}_{m}{suffix}", float("nan")) for m in ("base", "pruned"))
+    return f"{base:.4g} -> {pruned:.4g}"
 
 
 def _floor_sentence(result: EvalResult) -> str:
