@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 
 import pytest
 
@@ -269,3 +270,13 @@ def test_folds_by_register_fall_back_to_templates_and_refuse_too_few_units():
         template_folds(RACE.prompt_groups("transfer_registers"), 8, by="register")
     with pytest.raises(ConfigError, match="fold_by"):
         template_folds(plain, 2, by="color")
+
+
+@pytest.mark.parametrize("axis", AXES_WITH_TRANSFER, ids=lambda a: a.name)
+def test_articles_agree_with_every_group_word(axis):
+    """A template written as "a {attribute}" breaks for "Asian" or "elderly": every filled prompt is checked."""
+    found = [g for s in axis.transfer_splits() for g in axis.prompt_groups(s)]
+    found += axis.prompt_groups("generated")
+    for prompt in texts(found):
+        assert not re.search(r"\b[Aa] [AEIOaeio]", prompt), prompt  # "a used car" is right
+        assert not re.search(r"\b[Aa]n [^AEIOUaeiou\W]", prompt), prompt
