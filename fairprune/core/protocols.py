@@ -133,7 +133,10 @@ class BiasAxis(Protocol):
     returns ``list[PromptGroup]``; the split is deterministic and by template.
     ``attribute_groups()`` maps each attribute group name to its surface forms
     (``{"Black": ("Black", "African American"), ...}``); members of prompt groups
-    carry one of those forms.
+    carry one of those forms. Optional: ``transfer_splits()`` names the transfer
+    splits the axis answers in ``prompt_groups`` (``"transfer_registers"``,
+    ``"transfer_names"``; evaluation only) and ``name_groups()`` maps each group to
+    the first names that stand for it there (``core/transfer.py``).
     """
 
     name: str
