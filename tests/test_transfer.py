@@ -280,3 +280,14 @@ def test_articles_agree_with_every_group_word(axis):
     for prompt in texts(found):
         assert not re.search(r"\b[Aa] [AEIOaeio]", prompt), prompt  # "a used car" is right
         assert not re.search(r"\b[Aa]n [^AEIOUaeiou\W]", prompt), prompt
+
+
+def test_generated_analysis_prompts_missing_from_an_axis_are_refused_before_anything_runs(tmp_path):
+    from fairprune.core.pipeline import prepare
+
+    out = tmp_path / "out"
+    config = {"model": {"source": "smollm2-135m"}, "output": {"dir": str(out)},
+              "bias": {"axes": ["race", "disability"], "analysis_prompts": "both"}}
+    with pytest.raises(PromptError, match=r"^bias\.analysis_prompts: bias axis 'disability' has no prompt groups"):
+        prepare(config, registry=REGISTRY, progress=False)
+    assert not out.exists()

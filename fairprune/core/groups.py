@@ -66,19 +66,17 @@ def axis_groups(axes: Sequence[Any], split: str, registry: Any) -> GroupSet:
     groups in that split is an error."""
     out = GroupSet([])
     for axis in resolve_axes(axes, registry):
-        found = []
         for part in split.split("+"):
             try:
-                found.extend(axis.prompt_groups(part))
+                found = list(axis.prompt_groups(part))
             except (ValueError, LookupError):
                 if part in SPLITS:
                     raise
                 found = []  # an axis that does not know the split has no groups in it
-                break
-        if not found:
-            hint = " (its file has no 'generate' section)" if "generated" in split else ""
-            raise PromptError(f"bias axis {axis.name!r} has no prompt groups in split {split!r}{hint}")
-        out.groups.extend(found)
+            if not found:
+                hint = " (its file has no 'generate' section)" if part == "generated" else ""
+                raise PromptError(f"bias axis {axis.name!r} has no prompt groups in split {part!r}{hint}")
+            out.groups.extend(found)
         for name, forms in axis.attribute_groups().items():
             out.form_to_group.update({f"{axis.name}{SEP}{form}": name for form in forms})
     return out

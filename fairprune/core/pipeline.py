@@ -166,7 +166,7 @@ def prepare(config: Any, overrides: list[str] | None = None, registry: Any = Non
     from .adapters import default_registry
     from .distributed import is_main_process
     from .outputs import claim_output_dir
-    from .preflight import check_input_files
+    from .preflight import check_analysis_prompts, check_input_files
 
     config = load_config(config, overrides)
     registry = default_registry(registry)
@@ -177,6 +177,7 @@ def prepare(config: Any, overrides: list[str] | None = None, registry: Any = Non
         raise ConfigError(f"scoring.importance: {config.scoring.importance.name!r} needs neuron activations: set "
                           "bias.site='neuron', or choose a weight-only importance such as 'max_abs_weight'")
     check_input_files(config)
+    check_analysis_prompts(config, registry)
     if is_main_process(init=True):  # under torchrun only rank 0 writes, so only it claims the directory
         out_dir = claim_output_dir(config.output.dir, config.output.overwrite)  # locked until the run ends
     else:

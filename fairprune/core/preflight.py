@@ -101,6 +101,19 @@ def check_files(files: Sequence[tuple[str, str, str]]) -> None:
             raise PromptError(f"{field}: {exc}") from None
 
 
+def check_analysis_prompts(config: Any, registry: Any) -> None:
+    """With ``bias.analysis_prompts`` other than ``templates``, every axis of ``bias.axes`` must have generated
+    templates; ``PromptError`` naming the field otherwise (before the model loads)."""
+    if getattr(config.bias, "analysis_prompts", "templates") == "templates":
+        return
+    from .groups import run_groups
+
+    try:
+        run_groups(config, "analysis", registry)
+    except PromptError as exc:
+        raise PromptError(f"bias.analysis_prompts: {exc}") from None
+
+
 # -- budgets -------------------------------------------------------------------------------------------
 def check_budget(config: Any, model: Any, adapter: Any) -> None:
     """``ConfigError`` when ``config.pruning`` cannot remove a single neuron of ``model``.
