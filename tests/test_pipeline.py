@@ -73,6 +73,17 @@ def test_metrics_json_matches_the_result_and_the_summary(finished_run):
     assert f"{reduction:+.2f}%" in summary
 
 
+def test_output_bias_reports_the_transfer_splits_apart_in_metrics_summary_and_report(finished_run):
+    metrics = json.loads((finished_run.output_dir / "metrics.json").read_text())["evaluation"]["output_bias"]
+    for suffix in ("@registers", "@names"):
+        assert metrics["metrics"]["n_groups" + suffix] > 0
+        assert len(metrics["intervals"]["js_reduction_pct" + suffix]) == 2
+    assert metrics["metrics"]["n_groups"] == 20  # the held-out templates, as before
+    report = (finished_run.output_dir / "report.md").read_text()
+    assert "| other registers |" in report and "| first names |" in report
+    assert "first names" in summary_text(json.loads((finished_run.output_dir / "metrics.json").read_text()))
+
+
 def test_model_card_has_front_matter_and_measured_figures(finished_run):
     card = (finished_run.output_dir / "README.md").read_text()
     front = card.split("---")[1]
