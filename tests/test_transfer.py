@@ -291,3 +291,12 @@ def test_generated_analysis_prompts_missing_from_an_axis_are_refused_before_anyt
     with pytest.raises(PromptError, match=r"^bias\.analysis_prompts: bias axis 'disability' has no prompt groups"):
         prepare(config, registry=REGISTRY, progress=False)
     assert not out.exists()
+
+
+def test_fold_by_is_a_param_of_the_attribution_method():
+    from fairprune.core.config import AttributionParams
+
+    assert AttributionParams().fold_by == "template"
+    assert AttributionParams.model_validate({"folds": 2, "fold_by": "register"}).fold_by == "register"
+    with pytest.raises(Exception, match="fold_by"):
+        AttributionParams.model_validate({"fold_by": "color"})
