@@ -274,10 +274,11 @@ def _summary(result: EvalResult, n_groups: int, transfer: dict[str, int] | None 
 
 def _transfer_table(result: EvalResult, transfer: dict[str, int]) -> str:
     """Between- and within-group JS reduction per split (held-out templates and each transfer split)."""
-    rows = ["By split (transfer prompts are never used in selection; between: members of different groups; "
-            "within: two words, or two names, for one group):", "",
-            "| prompts | groups | between-group JS, base -> pruned (nats) | reduction % | within-group JS, "
-            "base -> pruned (nats) | reduction % |", "|---|---|---|---|---|---|"]
+    intro = ("By split (transfer prompts are never used in selection; between: members of different groups; "
+             "within: two words, or two names, for one group):")
+    header = ("| prompts | groups | between-group JS, base -> pruned (nats) | reduction % | within-group JS, "
+              "base -> pruned (nats) | reduction % |")
+    rows = [intro, "", header, "|---|---|---|---|---|---|"]
     for suffix in [""] + [SPLIT_SUFFIX[s] for s in transfer]:
         n = int(result.metrics.get("n_groups" + suffix, 0))
         rows.append(f"| {_SPLIT_LABEL[suffix]} | {n} | {_pair(result, 'js', suffix)} | "
