@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from .errors import PromptError
-from .plugin import Plugin
-from .protocols import PromptGroup
+from ..contract.errors import PromptError
+from ..contract.plugin import Plugin
+from ..contract.protocols import PromptGroup
 
 SPLITS = ("analysis", "heldout", "all")
 SLOTS = ("{attribute}", "{Attribute}")

@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
+from ..contract.config import AttributionParams, Budget
+from ..contract.protocols import PromptGroup
+from ..model.adapters import count_parameters, resolve_adapter
 from . import attribution as attr
-from .adapters import count_parameters, resolve_adapter
-from .config import AttributionParams, Budget
 from .planning import Plan, neuron_cost
-from .protocols import PromptGroup
 
 logger = logging.getLogger(__name__)
 
@@ -373,7 +373,7 @@ def run_selection(model: Any, context: Any, params: AttributionParams, *, object
     and a ``BiasReport`` of its first-round scores (−ΔM, higher = removal lowers bias more), magnitudes and the
     calibration means the compensated pruner adds back. ``objective`` and ``capability`` are the configured
     plugins ``params`` names."""
-    from .groups import run_groups
+    from ..data.groups import run_groups
 
     config = context.config
     found = run_groups(config, "analysis", context.registry)

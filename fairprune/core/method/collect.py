@@ -20,11 +20,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .devices import all_finite, input_device, non_finite_error
-from .errors import PromptError
-from .prompts import validate_groups
-from .protocols import PromptGroup
-from .adapters import resolve_adapter
+from ..contract.errors import PromptError
+from ..contract.protocols import PromptGroup
+from ..data.prompts import validate_groups
+from ..model.adapters import resolve_adapter
+from ..model.devices import all_finite, input_device, non_finite_error
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def collect_prompts(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGro
         rows = _collect_rows(model, tokenizer, ids, diverge, pool, list(sites), layers, adapter, batch_size,
                              progress, registry, label)
     else:
-        from .distributed import shard_range
+        from ..model.distributed import shard_range
 
         group_range = shard_range(len(groups), world)
         offsets = [0]
@@ -412,7 +412,7 @@ def _max_positions(model: nn.Module) -> int | None:
 
 
 def _registry() -> Any:
-    from .registry import get_registry
+    from ..contract.registry import get_registry
 
     return get_registry()
 

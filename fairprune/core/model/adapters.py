@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .errors import ArchitectureError
-from .protocols import MLPWeights
+from ..contract.errors import ArchitectureError
+from ..contract.protocols import MLPWeights
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from .registry import Registry
+    from ..contract.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def default_registry(registry: Registry | None) -> Registry:
     """``registry`` itself, or the process-wide one when None."""
     if registry is not None:
         return registry
-    from .registry import get_registry
+    from ..contract.registry import get_registry
 
     return get_registry()
 

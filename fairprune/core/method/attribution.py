@@ -33,12 +33,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .adapters import resolve_adapter
+from ..contract.errors import ConfigError, PromptError
+from ..contract.protocols import ObjectiveInputs, PromptGroup
+from ..data.groups import attribute_key
+from ..data.prompts import validate_groups
+from ..model.adapters import resolve_adapter
 from .collect import _batches, _max_positions, _pad_id, input_device, non_finite_error, tokenize_groups
-from .errors import ConfigError, PromptError
-from .groups import attribute_key
-from .prompts import validate_groups
-from .protocols import ObjectiveInputs, PromptGroup
 
 logger = logging.getLogger(__name__)
 
