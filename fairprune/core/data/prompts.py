@@ -308,7 +308,7 @@ def parse_data_file(text: str, path: Path) -> Any:
 
 def builtin_axis_files() -> list[Path]:
     """The YAML files of the built-in axes shipped in the package."""
-    return sorted((Path(__file__).resolve().parent.parent / "data" / "axes").glob("*.yaml"))
+    return sorted((Path(__file__).resolve().parents[2] / "data" / "axes").glob("*.yaml"))
 
 
 # -- user prompt files ---------------------------------------------------------------------------

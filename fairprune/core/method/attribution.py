@@ -43,7 +43,7 @@ from .collect import _batches, _max_positions, _pad_id, input_device, non_finite
 logger = logging.getLogger(__name__)
 
 #: the bundled calibration text (general English) for the capability cost
-DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "data" / "text" / "general_english.txt"
+DEFAULT_TEXT = Path(__file__).resolve().parents[2] / "data" / "text" / "general_english.txt"
 
 #: layer -> sorted neuron indices that are ablated (set to their fill value)
 Removed = Mapping[int, Sequence[int]]
