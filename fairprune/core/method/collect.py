@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..contract.errors import PromptError
 from ..contract.protocols import PromptGroup
+from ..contract.registry import default_registry
 from ..data.prompts import validate_groups
 from ..model.adapters import resolve_adapter
 from ..model.devices import all_finite, input_device, non_finite_error
@@ -113,7 +114,7 @@ def capture(model: nn.Module, adapter: Any, sites: str | Sequence[str], layers: 
     layers = sorted({int(i) for i in layers})
     if not layers or not site_names:
         raise ValueError("capture needs at least one layer and one site")
-    registry = registry or _registry()
+    registry = default_registry(registry)
     roles = {name: registry.get("sites", name).role for name in site_names}
     run = CaptureRun(model, layers[-1], len(site_names), stop_early)
     handles: list[Any] = []
@@ -244,7 +245,7 @@ def collect_prompts(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGro
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    registry = registry or _registry()
+    registry = default_registry(registry)
     pool = registry.get("poolings", pooling)
     for site in sites:
         registry.get("sites", site)
@@ -409,10 +410,3 @@ def _max_positions(model: nn.Module) -> int | None:
     config = getattr(config, "text_config", None) or config
     value = getattr(config, "max_position_embeddings", None)
     return int(value) if isinstance(value, int) and value > 0 else None
-
-
-def _registry() -> Any:
-    from ..contract.registry import get_registry
-
-    return get_registry()
-
