@@ -26,6 +26,7 @@ from ..contract.registry import default_registry
 from ..data.prompts import validate_groups
 from ..model.adapters import resolve_adapter
 from ..model.devices import all_finite, input_device, non_finite_error
+from ..model.lm_scoring import pad_id
 
 logger = logging.getLogger(__name__)
 
@@ -295,7 +296,7 @@ def _collect_rows(model: nn.Module, tokenizer: Any, ids: list[list[int]], diverg
         with torch.inference_mode(), capture(model, adapter, sites, layers, reducer, registry=registry) as run:
             bar = tqdm(total=len(ids), desc=f"collecting {','.join(sites)}/{pool.name}", unit="prompt",
                        disable=not progress)
-            for batch in _batches(ids, diverge, batch_size, _pad_id(tokenizer), _padding_side(tokenizer)):
+            for batch in _batches(ids, diverge, batch_size, pad_id(tokenizer), _padding_side(tokenizer)):
                 weights = pool.weights(batch.mask, batch.content_pos, batch.diverge_at)
                 reducer.start(batch.rows, weights, batch.mask)
                 run.forward(input_ids=batch.input_ids.to(device), attention_mask=batch.mask.long().to(device),
@@ -388,17 +389,6 @@ def _batches(ids: list[list[int]], diverge: list[int], batch_size: int, pad_id: 
             mask[r, sl] = True
         content_pos = torch.where(mask, mask.long().cumsum(1) - 1, torch.zeros((), dtype=torch.long))
         yield _Batch(rows, input_ids, mask, content_pos, torch.tensor([diverge[i] for i in rows]))
-
-
-def _pad_id(tokenizer: Any) -> int:
-    """The pad id, else eos (padding is masked, so any valid id works); the tokenizer is not changed."""
-    for attr in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if isinstance(value, (list, tuple)):
-            value = value[0] if value else None
-        if value is not None:
-            return int(value)
-    return 0
 
 
 def _padding_side(tokenizer: Any) -> str:
