@@ -10,16 +10,17 @@ import re
 import pytest
 
 import fairprune as fp
-from fairprune.core.attribution import template_folds
-from fairprune.core.config import RunConfig
-from fairprune.core.errors import ConfigError, PromptError
-from fairprune.core.evaluation import EvalContext, compare_all, configure_evaluators, observe_all
-from fairprune.core.groups import run_groups, run_transfer_groups, transfer_groups
-from fairprune.core.prompts import AXIS_SPLITS, builtin_axis_files, load_axis
-from fairprune.core.protocols import PromptGroup
-from fairprune.core.registry import get_registry
-from fairprune.core.transfer import TRANSFER_SPLITS
-from fairprune.plugins.evaluators.lm_scoring import last_token_logprobs
+from fairprune.core.method.attribution import template_folds
+from fairprune.core.contract.config import RunConfig
+from fairprune.core.contract.errors import ConfigError, PromptError
+from fairprune.core.contract.results import EvalContext
+from fairprune.core.run.evaluation import compare_all, configure_evaluators, observe_all
+from fairprune.core.data.groups import run_groups, run_transfer_groups, transfer_groups
+from fairprune.core.data.prompts import AXIS_SPLITS, builtin_axis_files, load_axis
+from fairprune.core.contract.protocols import PromptGroup
+from fairprune.core.contract.registry import get_registry
+from fairprune.core.data.transfer import TRANSFER_SPLITS
+from fairprune.core.model.lm_scoring import last_token_logprobs
 from fairprune.plugins.evaluators.output_bias import js_divergence
 from fairprune.testing import tiny_char_tokenizer, tiny_model
 
@@ -283,7 +284,7 @@ def test_articles_agree_with_every_group_word(axis):
 
 
 def test_generated_analysis_prompts_missing_from_an_axis_are_refused_before_anything_runs(tmp_path):
-    from fairprune.core.pipeline import prepare
+    from fairprune.core.run.pipeline import prepare
 
     out = tmp_path / "out"
     config = {"model": {"source": "smollm2-135m"}, "output": {"dir": str(out)},
@@ -294,7 +295,7 @@ def test_generated_analysis_prompts_missing_from_an_axis_are_refused_before_anyt
 
 
 def test_fold_by_is_a_param_of_the_attribution_method():
-    from fairprune.core.config import AttributionParams
+    from fairprune.core.contract.config import AttributionParams
 
     assert AttributionParams().fold_by == "template"
     assert AttributionParams.model_validate({"folds": 2, "fold_by": "register"}).fold_by == "register"

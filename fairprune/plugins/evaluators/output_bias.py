@@ -19,7 +19,7 @@ within-group JS, ratio of the means over templates (CIs resample templates),
 says how far demographic sensitivity exceeds word-swap noise, before and after
 pruning. Both are NaN when no template has two surface forms of a group.
 
-**Transfer splits.** When the axes have transfer prompts (``core/transfer.py``:
+**Transfer splits.** When the axes have transfer prompts (``core/data/transfer.py``:
 other registers, first names in place of group words), every measure above is
 also computed on each transfer split alone and stored with the split's suffix:
 ``js_reduction_pct@registers``, ``js_within_reduction_pct@names``, ... (keys
@@ -37,12 +37,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...core.divergence import js_divergence  # the one JS of fairprune: the attribution objective uses it too
-from ...core.errors import ConfigError
-from ...core.evaluation import EvalContext, EvalResult, add_paired, fmt_ci
-from ...core.plugin import Plugin
-from ...core.protocols import Headline, PromptGroup
-from .benchmark_base import add_compared
+from ...core.contract.errors import ConfigError
+from ...core.contract.plugin import Plugin
+from ...core.contract.protocols import Headline, PromptGroup
+from ...core.contract.results import EvalContext, EvalResult, add_paired, fmt_ci
+from ...core.model.benchmark_base import add_compared
+from ...core.model.divergence import js_divergence  # the one JS of fairprune: the attribution objective uses it too
 
 if TYPE_CHECKING:
     import torch
@@ -157,7 +157,7 @@ class OutputBiasEvaluator(Plugin):
     def _measure(self, context: EvalContext, model, label: str, groups: list[PromptGroup],
                  form_groups: dict[tuple[str, str], str]) -> dict[str, list[float]]:
         """Per group: mean pairwise JS divergence and mean pairwise log-prob gap; the floor per template."""
-        from .lm_scoring import encode, last_token_logprobs, pad_id, score_continuations
+        from ...core.model.lm_scoring import encode, last_token_logprobs, pad_id, score_continuations
 
         tok = context.tokenizer
         prompts = [p for g in groups for p in g.prompts]
