@@ -112,6 +112,9 @@ def biased_answer(info: dict[str, list], stereotyped: list[str], negative: bool)
 def parse_example(record: dict[str, Any], where: Where, default_category: str) -> Example:
     """An ``Example`` from one JSON line; an error naming the field when it is missing or invalid."""
     text = {f: get_field(record, f, where, str) for f in ("context", "question", *ANSWERS)}
+    blank = next((f for f, value in text.items() if not value.strip()), None)
+    if blank:
+        raise where.error(f"field {blank!r} is empty")
     label = get_choice(get_field(record, "label", where, int), "label", (0, 1, 2), where)
     condition = get_choice(get_field(record, "context_condition", where, str), "context_condition",
                            ("ambig", "disambig"), where)
