@@ -186,7 +186,7 @@ def prepare(config: Any, overrides: list[str] | None = None, registry: Any = Non
 
 def load(run: Run) -> None:
     """The model, its tokenizer and its architecture adapter; the base model's id and licence."""
-    from .adapters import resolve_adapter
+    from .adapters import check_supported, resolve_adapter
     from .sources import load_model
 
     section = run.config.model
@@ -195,6 +195,7 @@ def load(run: Run) -> None:
                                           offload_folder=section.offload_folder,
                                           trust_remote_code=section.trust_remote_code)
     run.adapter = run.plugins.adapter or resolve_adapter(run.model, registry=run.registry)
+    check_supported(run.model, run.adapter)  # every layer's MLP prunable, before any analysis (a named adapter too)
     run.base_model_id = getattr(run.model.config, "fairprune_base_model", None) or run.config.model.source
     run.license = getattr(run.model.config, "fairprune_license", None)
 
