@@ -377,8 +377,11 @@ def write_data_files(run: Run, directory: Path) -> None:
     """plan.json, bias/, metrics.json, config.yaml and manifest.json: the machine-readable record."""
     import yaml
 
+    from .outputs import writing
+
     run.plan.save(directory / "plan.json")
-    run.bias_report.save(directory / "bias")
+    with writing(directory / "bias"):  # its scores are written by safetensors, which names no file
+        run.bias_report.save(directory / "bias")
     (directory / "metrics.json").write_text(json.dumps(run.metrics, indent=1, sort_keys=True))
     (directory / "config.yaml").write_text(yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False))
     manifest = {"config_hash": run.config_hash, "versions": package_versions(), "timings_s": run.timer.timings,
