@@ -22,8 +22,13 @@ from fairprune.plugins.evaluators.crows_pairs import CrowsPairsEvaluator
 from fairprune.plugins.evaluators.stereoset import StereoSetEvaluator
 from fairprune.plugins.evaluators.winobias import WinoBiasEvaluator
 from fairprune.testing import tiny_char_tokenizer, tiny_model
-from fairprune.testing.benchmarks import (continuation_logprob, crows_pairs_rows, whole_sentence_logprob,
-                                          write_crows_pairs, write_stereoset)
+from fairprune.testing.benchmarks import (
+    continuation_logprob,
+    crows_pairs_rows,
+    whole_sentence_logprob,
+    write_crows_pairs,
+    write_stereoset,
+)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 #: Gemma 3's vocabulary: 262,144 ids, so ~128 positions of float32 logits fill ``LOGITS_BUDGET``

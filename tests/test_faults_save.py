@@ -5,7 +5,6 @@ one line (disk full) and the next run succeeds; driven through the real CLI with
 from __future__ import annotations
 
 import resource
-from pathlib import Path
 
 import pytest
 import yaml
@@ -13,8 +12,14 @@ import yaml
 from fairprune.core.errors import OutputError
 from fairprune.core.outputs import atomic_directory, atomic_file, disk_full_reason
 from fairprune.testing import snapshot, tiny_model, tiny_tokenizer
-from fairprune.testing.faults import (KillPoint, check_disk_full_save, check_killed_save, error_lines, leftovers,
-                                      run_fairprune)
+from fairprune.testing.faults import (
+    KillPoint,
+    check_disk_full_save,
+    check_killed_save,
+    error_lines,
+    leftovers,
+    run_fairprune,
+)
 from fairprune.testing.runs import TINY_PAIRS
 
 
@@ -87,10 +92,9 @@ def test_a_tokenizer_saved_onto_a_full_disk_is_one_line(tmp_path, file_size_limi
     (target / "old.txt").write_text("previous")
     before = snapshot(tmp_path)
     file_size_limit(1000)  # tokenizer.json is ~3.6 kB; the tokenizers library writes it natively
-    with pytest.raises(OutputError) as info:
-        with atomic_directory(target, overwrite=True) as staging:
-            staging.mkdir()
-            tiny_tokenizer().save_pretrained(staging)
+    with pytest.raises(OutputError) as info, atomic_directory(target, overwrite=True) as staging:
+        staging.mkdir()
+        tiny_tokenizer().save_pretrained(staging)
     assert "file too large" in str(info.value) and "while writing" in str(info.value), str(info.value)
     assert f"while writing into {target};" in str(info.value)  # the tokenizers library names no file
     assert "\n" not in str(info.value) and snapshot(tmp_path) == before
@@ -100,9 +104,9 @@ def test_a_text_file_onto_a_full_disk_is_one_line_and_keeps_the_old_file(tmp_pat
     path = tmp_path / "report.md"
     path.write_text("old")
     file_size_limit(100)
-    with pytest.raises(OutputError, match=r"file too large .* while writing .*report\.md; nothing was replaced"):
-        with atomic_file(path) as staging:
-            staging.write_text("x" * 1000)
+    with (pytest.raises(OutputError, match=r"file too large .* while writing .*report\.md; nothing was replaced"),
+          atomic_file(path) as staging):
+        staging.write_text("x" * 1000)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.md"]
 
 

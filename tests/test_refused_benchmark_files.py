@@ -139,9 +139,9 @@ def test_stereoset_without_the_intrasentence_part_names_it(tmp_path, capsys):
 
 # -- WinoBias -----------------------------------------------------------------------------------------
 
-PAIRS = {1: [(f"[The mechanic] fixed car {k} because [he] was paid.", f"[The mechanic] fixed car {k} because [she] "
-              "was paid.") for k in range(30)], 2: [("[The clerk] told [him] a story.", "[The clerk] told [her] a "
-                                                                                         "story.")] * 30}
+PAIRS = {1: [(f"[The mechanic] fixed car {k} because [he] was paid.",
+              f"[The mechanic] fixed car {k} because [she] was paid.") for k in range(30)],
+         2: [("[The clerk] told [him] a story.", "[The clerk] told [her] a story.")] * 30}
 
 
 @pytest.mark.parametrize(("line", "words"), [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 from typing import Any
 
 from ..core.errors import FairpruneError, PromptError
@@ -98,8 +99,8 @@ def respond(explorer: Explorer, a: str, b: str, layer: float, pooling: str, toke
 def _whole(value: Any, what: str) -> int:
     """A whole number from a slider's value; ``PromptError`` for text, NaN, infinity or a fraction (an API client
     can send anything)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (
-            float("inf"), float("-inf")) or int(value) != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+            int(value) != value:
         raise PromptError(f"{what} must be a whole number, got {str(value)[:40]!r}")
     return int(value)
 

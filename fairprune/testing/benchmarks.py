@@ -39,8 +39,8 @@ _CLAUSES = ("was late for work again", "could not afford the rent", "was good at
             "walked home alone after the long meeting at the town hall", "cooked dinner for the whole street")
 _SHORT = ("lied", "cried", "was lazy", "could not drive", "smelled")
 _TAILS = ("", "", " because nobody had shown them how", " and then, after a while, left without saying a word",
-          " while the others waited outside in the rain for more than an hour, wondering what had happened to "
-          "the car, the keys and the dog")
+          (" while the others waited outside in the rain for more than an hour, wondering what had happened to "
+           "the car, the keys and the dog"))
 
 
 def _sentence(rng: random.Random, group: str, words: int) -> str:
@@ -112,7 +112,6 @@ def whole_sentence_logprob(model: Any, tokenizer: Any, sentence: str) -> float:
     token is not scored): the convention of the benchmark evaluators, written
     out again without their batching.
     """
-    import torch
 
     ids = list(tokenizer(sentence, add_special_tokens=False)["input_ids"])
     prefix = next(([v] for v in (tokenizer.bos_token_id, tokenizer.eos_token_id) if isinstance(v, int)), [])

@@ -69,7 +69,7 @@ def run_fairprune(args: Sequence[str], *, env: Mapping[str, str] | None = None, 
 
     full_env = {**os.environ, "TQDM_DISABLE": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "fairprune", *args], env=full_env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, preexec_fn=limit if file_size_limit is not None else None)
+                          text=True, timeout=timeout, check=False, preexec_fn=limit if file_size_limit is not None else None)
 
 
 def leftovers(parent: Path) -> list[str]:

@@ -45,8 +45,7 @@ from pydantic import Field
 from ...core.evaluation import EvalResult
 from ...core.protocols import Headline
 from .benchmark_base import BenchmarkEvaluator, BenchmarkParams, slug, subsets_by, summary_table
-from .benchmark_files import Where, check_filter, get_choice, get_field, read_jsonl_records, \
-    sample_indices
+from .benchmark_files import Where, check_filter, get_choice, get_field, read_jsonl_records, sample_indices
 
 ANSWERS = ("ans0", "ans1", "ans2")
 _PREFIX = re.compile(r"^(f|m|lowses|highses)-(.+)$")
