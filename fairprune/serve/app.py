@@ -3,7 +3,10 @@
 The page takes only text, a layer, a pooling and a token count: no file, path or
 model name crosses from the browser, so a client can neither load a model nor
 write a file. Bad input is answered in the page (``#serve-status``) and the
-server keeps running; Gradio's queue runs one computation at a time.
+server keeps running; Gradio's queue runs one computation at a time and holds at
+most ``Limits.max_queue`` waiting requests (more are refused: "queue is full").
+An API client is not held by the page's text lengths and slider ranges, so
+``respond`` and ``Explorer.compare`` check every value again.
 """
 
 from __future__ import annotations
