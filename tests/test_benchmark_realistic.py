@@ -15,9 +15,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from fairprune.plugins.evaluators import lm_scoring
+from fairprune.core.model import lm_scoring
+from fairprune.core.model.benchmark_scoring import choice_logprobs, sentence_logprobs, sentence_prefix
 from fairprune.plugins.evaluators.bbq import BBQEvaluator
-from fairprune.plugins.evaluators.benchmark_scoring import choice_logprobs, sentence_logprobs, sentence_prefix
 from fairprune.plugins.evaluators.crows_pairs import CrowsPairsEvaluator
 from fairprune.plugins.evaluators.stereoset import StereoSetEvaluator
 from fairprune.plugins.evaluators.winobias import WinoBiasEvaluator

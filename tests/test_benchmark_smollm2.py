@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fairprune as fp
-from fairprune.plugins.evaluators import benchmark_scoring
+from fairprune.core.model import benchmark_scoring
 from fairprune.plugins.evaluators.bbq import BBQEvaluator
 from fairprune.plugins.evaluators.crows_pairs import CrowsPairsEvaluator
 

@@ -9,8 +9,8 @@ import resource
 import pytest
 import yaml
 
-from fairprune.core.errors import OutputError
-from fairprune.core.outputs import atomic_directory, atomic_file, disk_full_reason
+from fairprune.core.contract.errors import OutputError
+from fairprune.core.io.outputs import atomic_directory, atomic_file, disk_full_reason
 from fairprune.testing import snapshot, tiny_model, tiny_tokenizer
 from fairprune.testing.faults import (
     KillPoint,
@@ -26,7 +26,7 @@ from fairprune.testing.runs import TINY_PAIRS
 @pytest.fixture(scope="module")
 def previous_run(tmp_path_factory):
     """A tiny model, a config writing ``run/`` and one complete run already there (the previous output)."""
-    from fairprune.core.pipeline import run
+    from fairprune.core.run.pipeline import run
 
     root = tmp_path_factory.mktemp("faults")
     tiny_model("llama").save_pretrained(root / "source")

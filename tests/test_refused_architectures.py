@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from fairprune.cli import main as cli_main
-from fairprune.core.adapters import resolve_adapter
-from fairprune.core.errors import ArchitectureError
+from fairprune.core.contract.errors import ArchitectureError
+from fairprune.core.model.adapters import resolve_adapter
 from fairprune.testing import TINY_ARCHITECTURES, snapshot, tiny_char_tokenizer, tiny_model
 
 

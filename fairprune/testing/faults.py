@@ -4,7 +4,7 @@ Both run the real ``fairprune`` command in a subprocess. A kill is driven by tes
 hooks, never by sleeps: ``FAIRPRUNE_TEST_KILL_AFTER_WRITES=N`` sends the process
 SIGKILL when its save opens the (N+1)-th file for writing (so after N complete
 files), and ``FAIRPRUNE_TEST_KILL_AT=before-swap`` / ``after-swap`` at the step
-that puts the new directory in place (``fairprune.core.outputs``). A full disk
+that puts the new directory in place (``fairprune.core.io.outputs``). A full disk
 is a small ``RLIMIT_FSIZE``: a write past it fails with ``EFBIG`` ("File too
 large"), as a full disk fails with ``ENOSPC``, and CPython ignores the
 ``SIGXFSZ`` signal that would otherwise end the process.
@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.outputs import KILL_AFTER_ENV, KILL_AT_ENV, LEFTOVER, lock_path
+from ..core.io.outputs import KILL_AFTER_ENV, KILL_AT_ENV, LEFTOVER, lock_path
 from .disk import snapshot
 
 #: where a save can be killed besides after a number of files

@@ -11,8 +11,8 @@ import io
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import ConfigError
-from ..core.outputs import Where, atomic_file
+from ..core.contract.errors import ConfigError
+from ..core.io.outputs import Where, atomic_file
 
 #: colours used across all plots, so base/pruned and selected/kept read the same everywhere
 BASE_COLOUR = "#4C72B0"

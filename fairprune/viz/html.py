@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..core.outputs import Where, atomic_file
+from ..core.io.outputs import Where, atomic_file
 from .run_plots import PICTURES
 from .rundata import RECOVERABLE, RunFiles, load_run
 
@@ -87,7 +87,7 @@ def table_html(rows: Sequence[Mapping[str, Any]], fold: int = FOLD_ROWS) -> str:
 
 
 def _summary(run: RunFiles) -> str:
-    from ..core.summary import headline_rows
+    from ..core.contract.summary import headline_rows
 
     if not run.metrics:
         return ""
@@ -153,7 +153,7 @@ def _evaluators(run: RunFiles) -> str:
 
 
 def _generations(run: RunFiles) -> str:
-    from ..core.summary import generations
+    from ..core.contract.summary import generations
 
     rows = generations(run.metrics or {})
     if not rows:

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from .config import ActivationParams, Budget, PruningSection
-from .errors import ConfigError, PlanError
+from ..contract.config import ActivationParams, Budget, PruningSection
+from ..contract.errors import ConfigError, PlanError
 from .plan_files import plan_data, read_plan_file
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def plan_sections(params: ActivationParams | None = None, pruning: PruningSectio
     ``overrides`` applied; names are those of ``plan_pruning``. ``ConfigError`` naming the field for a bad value."""
     from pydantic import ValidationError
 
-    from .config import Component, format_validation_error
+    from ..contract.config import Component, format_validation_error
 
     params = params or ActivationParams()
     pruning = pruning or PruningSection()
@@ -192,7 +192,8 @@ def plan_pruning(model: torch.nn.Module, bias: Any, *, params: ActivationParams 
     median (``None``: no guard). Raises ``ConfigError`` for bad settings and ``PlanError`` when scores do not
     fit the model.
     """
-    from .adapters import count_parameters, default_registry, resolve_adapter
+    from ..contract.registry import default_registry
+    from ..model.adapters import count_parameters, resolve_adapter
 
     precomputed = importance if isinstance(importance, Mapping) else None
     params, pruning = plan_sections(
@@ -245,7 +246,7 @@ def plan_pruning(model: torch.nn.Module, bias: Any, *, params: ActivationParams 
 def _prunability(params: ActivationParams, registry: Any, bias_scores: Mapping[int, torch.Tensor],
                  imp: Mapping[int, torch.Tensor], widths: Mapping[int, int]) -> dict[int, torch.Tensor]:
     """Per layer, the scorer's blend of bias and importance (``PlanError`` on shape or finiteness)."""
-    from .config import resolve_component
+    from ..contract.config import resolve_component
 
     scorer = resolve_component(registry, "scorers", params.scorer, "method.scorer")
     scores: dict[int, torch.Tensor] = {}
@@ -266,7 +267,7 @@ def layer_importance(model: torch.nn.Module, importance: Any, bias: Any, adapter
                      registry: Any) -> dict[int, torch.Tensor]:
     """``{layer: Tensor[width]}`` of the configured importance metric (a ``Component``); activation-aware
     metrics read the neuron statistics of the bias report (``ConfigError`` when it has none)."""
-    from .config import resolve_component
+    from ..contract.config import resolve_component
     from .surgery import importance as compute
 
     metric = resolve_component(registry, "importance_metrics", importance, "method.importance")

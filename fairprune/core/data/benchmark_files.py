@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ...core.errors import ConfigError
+from ..contract.errors import ConfigError
 
 
 class Where:

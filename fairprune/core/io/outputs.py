@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import OutputError
+from ..contract.errors import OutputError
 
 try:
     import fcntl

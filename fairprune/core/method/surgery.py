@@ -12,16 +12,17 @@ import numbers
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .adapters import count_parameters, default_registry, mlp_weights, resolve_adapter, widths
-from .errors import ConfigError, PlanError, PluginContractError
+from ..contract.errors import ConfigError, PlanError, PluginContractError
+from ..contract.protocols import PruneResult
+from ..contract.registry import default_registry
+from ..model.adapters import count_parameters, mlp_weights, resolve_adapter, widths
 from .plan_files import check_plan_widths
-from .protocols import PruneResult
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from .registry import Registry
+    from ..contract.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def prune(model: nn.Module, plan: Any, *, pruner: str = "structural", adapter: A
     removed = {layer: idx.tolist() for layer, idx in checked.items()}
     if not checked:
         return PruneResult(params_before, params_before, widths_before, list(widths_before), {})
-    from .devices import onloaded
+    from ..model.devices import onloaded
     from .snapshot import mlp_slices
 
     mlps = [module for module, _, _ in mlp_slices(model, adapter, removed)]

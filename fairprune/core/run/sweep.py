@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import load_config
-from .errors import ConfigError
-from .outputs import releasing_claims
+from ..contract.config import load_config
+from ..contract.errors import ConfigError
+from ..io.outputs import releasing_claims
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +88,8 @@ def sweep(config: Any, overrides: list[str] | None = None, *, max_perplexity_inc
           registry: Any = None, progress: bool = True) -> SweepResult:
     """Run the grid in ``config.sweep`` on one model: the base is observed once, each point is pruned in place,
     observed and restored; the chosen point (under the capability constraint) is saved as a full run."""
+    from ..model.distributed import is_main_process
     from . import pipeline
-    from .distributed import is_main_process
 
     run = pipeline.prepare(config, overrides, registry, progress)
     config = run.config
@@ -136,7 +136,7 @@ def sweep(config: Any, overrides: list[str] | None = None, *, max_perplexity_inc
 
 
 def _save_points_only(run: Any, points: list[dict[str, Any]], chosen_limit: float | None) -> None:
-    from .outputs import atomic_directory
+    from ..io.outputs import atomic_directory
 
     with atomic_directory(run.output_dir, overwrite=run.config.output.overwrite) as staging:
         staging.mkdir()
@@ -148,8 +148,8 @@ def _run_point(run: Any, variant: dict[str, Any], budget: Any, evaluators: list[
                bias_keys: list[tuple[str, str]], cap_keys: list[tuple[str, str]]) -> tuple[dict[str, Any], Any]:
     """Prune the run's model in place for one grid point, observe and compare, then restore it exactly; the
     point's figures and its plan."""
+    from ..method.surgery import snapshot_layers
     from . import pipeline
-    from .surgery import snapshot_layers
 
     plan = pipeline.make_plan(run, budget=budget, variant=variant)
     snapshot = snapshot_layers(run.model, run.adapter, plan.to_mapping(),

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import NonFiniteError
+from ..contract.errors import NonFiniteError
 
 
 def execution_device(module: nn.Module) -> torch.device:

@@ -18,8 +18,15 @@ from itertools import islice
 import torch
 from tqdm.auto import tqdm
 
-from .lm_scoring import (LOGITS_BUDGET, _accepts_logits_to_keep, _vocab_size, encode, length_batches, pad_id,
-                         score_continuations)
+from .lm_scoring import (
+    LOGITS_BUDGET,
+    _accepts_logits_to_keep,
+    _vocab_size,
+    encode,
+    length_batches,
+    pad_id,
+    score_continuations,
+)
 
 
 @dataclass(frozen=True)

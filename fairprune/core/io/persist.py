@@ -16,8 +16,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .adapters import count_parameters, default_registry, down_linear, resolve_adapter, widths
-from .errors import PersistError
+from ..contract.errors import PersistError
+from ..contract.registry import default_registry
+from ..model.adapters import count_parameters, down_linear, resolve_adapter, widths
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +46,7 @@ def _run_config_record(run_config: Any) -> tuple[dict[str, Any] | None, str | No
     """The run config as JSON data and its hash: the same ``RunConfig.config_hash`` as metrics.json's."""
     if run_config is None:
         return None, None
-    from .config import RunConfig
+    from ..contract.config import RunConfig
 
     config = run_config if isinstance(run_config, RunConfig) else RunConfig.model_validate(run_config)
     return config.model_dump(mode="json"), config.config_hash()
@@ -54,7 +55,7 @@ def _run_config_record(run_config: Any) -> tuple[dict[str, Any] | None, str | No
 def _removed_mapping(plan: Any) -> dict[str, list[int]] | None:
     if plan is None:
         return None
-    from .surgery import plan_mapping
+    from ..method.surgery import plan_mapping
 
     return {str(int(layer)): sorted(int(i) for i in (idx.tolist() if hasattr(idx, "tolist") else idx))
             for layer, idx in plan_mapping(plan).items()}

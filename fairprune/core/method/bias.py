@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from .adapters import resolve_adapter
+from ..contract.errors import PersistError, PluginContractError
+from ..contract.protocols import PromptGroup
+from ..data.groups import attribute_key, gather
+from ..model.adapters import resolve_adapter
 from .collect import collect_prompts
-from .errors import PersistError, PluginContractError
-from .groups import attribute_key, gather
-from .protocols import PromptGroup
 
 logger = logging.getLogger(__name__)
 
@@ -162,14 +162,14 @@ def analyze_bias(model: Any, tokenizer: Any, axes: Sequence[Any] | None = None,
     axes); ``pairs`` are ``(a, b)`` prompt strings; ``groups`` are
     ``PromptGroup``s (used as given, not split). ``site``, ``pooling``,
     ``metric`` and ``batch_size`` default to ``BiasSection``'s and
-    ``ActivationParams``' defaults (``core/config.py``). Raises ``PromptError`` for bad prompts and
+    ``ActivationParams``' defaults (``core/contract/config.py``). Raises ``PromptError`` for bad prompts and
     ``UnknownPluginError`` for unknown plugin names. With ``shard`` and an active
     torch.distributed group of several processes (torchrun), every process must
     call this; each runs a share of the groups and all return the report of a
     one-process run (see ``core.distributed``).
     """
-    from .adapters import default_registry
-    from .config import ActivationParams, BiasSection
+    from ..contract.config import ActivationParams, BiasSection
+    from ..contract.registry import default_registry
 
     defaults, method_defaults = BiasSection(), ActivationParams()
     registry = default_registry(registry)
@@ -203,6 +203,6 @@ def analyze_bias(model: Any, tokenizer: Any, axes: Sequence[Any] | None = None,
 
 
 def _world() -> Any:
-    from .distributed import current
+    from ..model.distributed import current
 
     return current()

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import PromptError
+from ..contract.errors import PromptError
+from ..contract.protocols import PromptGroup
 from .prompts import SPLITS
-from .protocols import PromptGroup
 
 _AXIS_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 #: separates axis and surface form in ``GroupSet.form_to_group`` keys

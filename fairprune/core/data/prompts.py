@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from .errors import PromptError
-from .plugin import Plugin
-from .protocols import PromptGroup
+from ..contract.errors import PromptError
+from ..contract.plugin import Plugin
+from ..contract.protocols import PromptGroup
 
 SPLITS = ("analysis", "heldout", "all")
 SLOTS = ("{attribute}", "{Attribute}")
@@ -325,7 +325,7 @@ def parse_data_file(text: str, path: Path) -> Any:
 
 def builtin_axis_files() -> list[Path]:
     """The YAML files of the built-in axes shipped in the package."""
-    return sorted((Path(__file__).resolve().parent.parent / "data" / "axes").glob("*.yaml"))
+    return sorted((Path(__file__).resolve().parents[2] / "data" / "axes").glob("*.yaml"))
 
 
 # -- user prompt files ---------------------------------------------------------------------------

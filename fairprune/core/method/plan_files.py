@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import PlanError
+from ..contract.errors import PlanError
 
 
 def read_plan_file(path: str | Path) -> dict[str, Any]:

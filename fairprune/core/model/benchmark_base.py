@@ -18,10 +18,10 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ...core.errors import ConfigError
-from ...core.evaluation import EvalResult, bootstrap_ci, fmt_ci
-from ...core.plugin import Plugin
-from .benchmark_files import existing_path
+from ..contract.errors import ConfigError
+from ..contract.plugin import Plugin
+from ..contract.results import EvalResult, bootstrap_ci, fmt_ci
+from ..data.benchmark_files import existing_path
 
 #: a statistic of per-example features ``[n_examples, n_features]`` -> one float
 Statistic = Callable[[np.ndarray], float]
@@ -96,7 +96,7 @@ class BenchmarkEvaluator(Plugin):
     def score_pairs(self, model: Any, context: Any, pairs: Sequence[tuple[str, str]], title: str,
                     names: tuple[str, str]) -> dict[str, list[float]]:
         """Total log-probability (nats) of both sentences of each pair: ``{names[0]: [...], names[1]: [...]}``."""
-        from .benchmark_scoring import sentence_logprobs
+        from ..model.benchmark_scoring import sentence_logprobs
 
         sentences = [s for pair in pairs for s in pair]
         scored = sentence_logprobs(model, context.tokenizer, sentences, context.batch_size, context.progress,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from .errors import DistributedError, PromptError
+from ..contract.errors import DistributedError, PromptError
 
 logger = logging.getLogger(__name__)
 

@@ -10,24 +10,16 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .errors import ArchitectureError
-from .protocols import MLPWeights
+from ..contract.errors import ArchitectureError
+from ..contract.protocols import MLPWeights
+from ..contract.registry import default_registry
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from .registry import Registry
+    from ..contract.registry import Registry
 
 logger = logging.getLogger(__name__)
-
-
-def default_registry(registry: Registry | None) -> Registry:
-    """``registry`` itself, or the process-wide one when None."""
-    if registry is not None:
-        return registry
-    from .registry import get_registry
-
-    return get_registry()
 
 
 def resolve_adapter(model: nn.Module, name: str | None = None, registry: Registry | None = None) -> Any:

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, PromptError
+from ..contract.errors import ConfigError, PromptError
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def param_files(params: Any, prefix: str) -> list[tuple[str, str]]:
 
 def axis_files(axes: Sequence[str], field: str) -> list[tuple[str, str, str]]:
     """``(field.i, path, "axis")`` of the entries of ``axes`` that are files rather than registered names."""
-    from .groups import is_axis_name
+    from ..data.groups import is_axis_name
 
     return [(f"{field}.{i}", axis, "axis") for i, axis in enumerate(axes) if not is_axis_name(axis)]
 
@@ -87,7 +87,7 @@ def check_files(files: Sequence[tuple[str, str, str]]) -> None:
         ConfigError: a missing or unreadable file, named by its field.
         PromptError: a prompt or axis file that does not parse, with its field and ``file:line``.
     """
-    from .prompts import load_axis, load_prompt_groups
+    from ..data.prompts import load_axis, load_prompt_groups
 
     for field, path, kind in files:
         check_readable(path, field)
@@ -107,8 +107,8 @@ def check_budget(config: Any, model: Any, adapter: Any) -> None:
     Checked before the analysis: layers out of range, a budget worth less than one
     neuron, a ``round_to`` no layer can shrink by, a ``min_width`` no layer is above.
     """
-    from .adapters import count_parameters
-    from .planning import allocate_budget, neuron_cost
+    from ..method.planning import allocate_budget, neuron_cost
+    from ..model.adapters import count_parameters
 
     pruning = config.pruning
     n_layers = len(adapter.layers(model))

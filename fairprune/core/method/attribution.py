@@ -33,17 +33,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .adapters import resolve_adapter
-from .collect import _batches, _max_positions, _pad_id, input_device, non_finite_error, tokenize_groups
-from .errors import ConfigError, PromptError
-from .groups import attribute_key
-from .prompts import validate_groups
-from .protocols import ObjectiveInputs, PromptGroup
+from ..contract.errors import ConfigError, PromptError
+from ..contract.protocols import ObjectiveInputs, PromptGroup
+from ..data.groups import attribute_key
+from ..data.prompts import validate_groups
+from ..model.adapters import resolve_adapter
+from ..model.lm_scoring import pad_id
+from .collect import _batches, _max_positions, input_device, non_finite_error, tokenize_groups
 
 logger = logging.getLogger(__name__)
 
 #: the bundled calibration text (general English) for the capability cost
-DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "data" / "text" / "general_english.txt"
+DEFAULT_TEXT = Path(__file__).resolve().parents[2] / "data" / "text" / "general_english.txt"
 
 #: layer -> sorted neuron indices that are ablated (set to their fill value)
 Removed = Mapping[int, Sequence[int]]
@@ -238,7 +239,7 @@ def group_batches(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGroup
         start += len(g.prompts)
         counts.append(1 if positions == "last" else max(1, min(_shared_suffix(members), max_positions)))
     member_labels = None if labels is None else [attribute_key(g, labels) for g in groups]
-    return GroupBatches(groups, ids, diverge, max(1, batch_size // per_group), _pad_id(tokenizer), counts,
+    return GroupBatches(groups, ids, diverge, max(1, batch_size // per_group), pad_id(tokenizer), counts,
                         member_labels)
 
 

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelSourceError
+from ..contract.errors import ModelSourceError
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from ..contract.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -115,13 +115,12 @@ def load_model(spec: str, *, registry: Registry | None = None, cache_dir: str | 
             (unless ``require_tokenizer`` is False).
     """
     if dtype not in DTYPES:
-        from .errors import ConfigError
+        from ..contract.errors import ConfigError
 
         raise ConfigError(f"model.dtype: unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-    if registry is None:
-        from .registry import get_registry
+    from ..contract.registry import default_registry
 
-        registry = get_registry()
+    registry = default_registry(registry)
     refuse_custom_code(spec, trust_remote_code)
     if require_tokenizer:
         refuse_directory_without_tokenizer(spec)

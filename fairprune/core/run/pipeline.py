@@ -21,9 +21,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, load_config, resolve_component
-from .errors import ConfigError, DuplicatePluginError, UnknownPluginError
-from .outputs import releasing_claims
+from ..contract.config import RunConfig, load_config, resolve_component
+from ..contract.errors import ConfigError, DuplicatePluginError, UnknownPluginError
+from ..io.outputs import releasing_claims
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +100,8 @@ class RunResult:
 
 def resolve_plugins(config: RunConfig, registry: Any) -> Plugins:
     """Every plugin the config names, configured; ``ConfigError`` naming the config field otherwise."""
+    from ..data.groups import is_axis_name
     from .evaluation import configure_evaluators
-    from .groups import is_axis_name
 
     def named(kind: str, name: str, path: str) -> Any:
         try:
@@ -132,7 +132,7 @@ def resolve_method(config: RunConfig, registry: Any) -> Any:
     key of another method (naming that method) or a shared key this method does not read."""
     from pydantic import ValidationError
 
-    from .config import format_validation_error
+    from ..contract.config import format_validation_error
 
     try:
         method = registry.create("methods", config.method.name, config.method.params)
@@ -179,9 +179,9 @@ def prepare(config: Any, overrides: list[str] | None = None, registry: Any = Non
     """Validate the config and every plugin it names, seed torch, check the output directory: all before work."""
     import torch
 
-    from .adapters import default_registry
-    from .distributed import is_main_process
-    from .outputs import claim_output_dir
+    from ..contract.registry import default_registry
+    from ..io.outputs import claim_output_dir
+    from ..model.distributed import is_main_process
     from .preflight import check_input_files
 
     config = load_config(config, overrides)
@@ -200,8 +200,8 @@ def prepare(config: Any, overrides: list[str] | None = None, registry: Any = Non
 
 def load(run: Run) -> None:
     """The model, its tokenizer and its architecture adapter; the base model's id and licence."""
-    from .adapters import check_supported, resolve_adapter
-    from .sources import load_model
+    from ..io.sources import load_model
+    from ..model.adapters import check_supported, resolve_adapter
 
     section = run.config.model
     run.model, run.tokenizer = load_model(section.source, registry=run.registry, dtype=section.dtype,
@@ -216,7 +216,7 @@ def load(run: Run) -> None:
 
 def method_context(run: Run) -> Any:
     """The ``MethodContext`` the run's method is called with."""
-    from .protocols import MethodContext
+    from ..contract.protocols import MethodContext
 
     return MethodContext(tokenizer=run.tokenizer, adapter=run.adapter, registry=run.registry, config=run.config,
                          pruner=run.plugins.pruner, progress=run.progress)
@@ -225,7 +225,7 @@ def method_context(run: Run) -> Any:
 def analyze(run: Run) -> None:
     """Steps 1-2: the method's analysis of the analysis split of the configured axes and prompt file (the
     attribution method also selects the neurons here: its scores are recomputed round by round)."""
-    from .memory import release_memory
+    from ..model.memory import release_memory
 
     run.analysis = run.plugins.method.analyze(run.model, method_context(run))
     run.bias_report = run.analysis.bias_report
@@ -234,8 +234,9 @@ def analyze(run: Run) -> None:
 
 def eval_context(run: Run, prune_result: Any = None) -> Any:
     """The ``EvalContext`` of a run: held-out groups of the evaluation axes (default: the bias axes)."""
-    from .evaluation import EvalContext, needs_groups
-    from .groups import run_groups
+    from ..contract.results import EvalContext
+    from ..data.groups import run_groups
+    from .evaluation import needs_groups
 
     config = run.config
     if run.heldout_groups is None:  # read once: a sweep evaluates every grid point on the same groups
@@ -262,8 +263,8 @@ def make_plan(run: Run, *, budget: Any = None, variant: dict[str, Any] | None = 
 
 def apply_plan(run: Run, plan: Any) -> Any:
     """Step 4b: remove the planned neurons with the configured pruner (in place; all or nothing)."""
-    from .memory import release_memory
-    from .surgery import prune
+    from ..method.surgery import prune
+    from ..model.memory import release_memory
 
     pruner = run.plugins.pruner
     calibration = run.bias_report.mean if pruner.needs_calibration else None
@@ -322,7 +323,7 @@ def run(config: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | 
     share of the bias analysis; then rank 0 alone observes, prunes, evaluates and
     writes, and the other processes return a ``RunResult`` without an output directory.
     """
-    from .distributed import is_main_process
+    from ..model.distributed import is_main_process
     from .preflight import check_budget, check_plan_removes_neurons
 
     state = prepare(config, overrides, registry, progress)
@@ -356,9 +357,9 @@ def run(config: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | 
 def save_run(run: Run, extra: Any = None) -> None:
     """Write the run into its output directory, atomically: the model (when ``output.save_model``), the data
     files, then the plugins' files (``fairprune_write_run_files``); ``extra(staging)`` may add more."""
-    from .memory import release_memory
-    from .outputs import atomic_directory
-    from .persist import write_pretrained
+    from ..io.outputs import atomic_directory
+    from ..io.persist import write_pretrained
+    from ..model.memory import release_memory
 
     with atomic_directory(run.output_dir, overwrite=run.config.output.overwrite) as staging, run.timer.stage("save"):
         staging.mkdir()
@@ -379,7 +380,7 @@ def write_data_files(run: Run, directory: Path) -> None:
     """plan.json, bias/, metrics.json, config.yaml and manifest.json: the machine-readable record."""
     import yaml
 
-    from .outputs import writing
+    from ..io.outputs import writing
 
     run.plan.save(directory / "plan.json")
     with writing(directory / "bias"):  # its scores are written by safetensors, which names no file

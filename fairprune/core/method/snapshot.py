@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import PluginContractError
+from ..contract.errors import PluginContractError
 
 _PLAIN = (int, float, bool, str, type(None), tuple)
 

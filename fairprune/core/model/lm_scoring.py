@@ -78,7 +78,7 @@ def forward_left_padded(model: nn.Module, sequences: Sequence[Sequence[int]], ke
     Inputs go to the device of the model's input embeddings (any device map).
     Raises ``NonFiniteError`` naming the first layer whose output is NaN/inf.
     """
-    from ...core.devices import check_finite_logits, input_device
+    from .devices import check_finite_logits, input_device
 
     device = input_device(model)
     width = max(len(s) for s in sequences)
