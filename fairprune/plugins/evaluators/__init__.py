@@ -26,10 +26,11 @@ def fairprune_register_evaluators(register):
     from .parameters import ParametersEvaluator
     from .random_control import RandomControlEvaluator
     from .stereoset import StereoSetEvaluator
+    from .stereotype_preference import StereotypePreferenceEvaluator
     from .winobias import WinoBiasEvaluator
 
     for evaluator in (ActivationBiasEvaluator, ActivationPicturesEvaluator, OutputBiasEvaluator, CapabilityEvaluator,
                       LmEvalEvaluator, GenerationsEvaluator, ParametersEvaluator, CrowsPairsEvaluator, BBQEvaluator,
                       WinoBiasEvaluator, StereoSetEvaluator, AttributeRecallEvaluator,
-                      RandomControlEvaluator):
+                      RandomControlEvaluator, StereotypePreferenceEvaluator):
         register(evaluator())
