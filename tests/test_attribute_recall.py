@@ -62,7 +62,8 @@ def test_accuracy_and_stated_logprob_by_hand(tmp_path):
     assert result.metrics["accuracy_change"] == pytest.approx(0.0)  # both name one group of two words
     lo, hi = result.intervals["accuracy_base"]
     assert lo <= result.metrics["accuracy_base"] <= hi
-    assert "names the group a prompt stated" in result.summary
+    assert "names the group a recall prompt stated" in result.summary
+    assert result.tables["findings"][0]["text"] in result.summary
 
 
 def test_a_model_that_forgets_loses_recall(tmp_path):

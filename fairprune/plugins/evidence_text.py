@@ -98,3 +98,60 @@ def control_sentence(method_reduction: Figure, draws: list[float], difference: F
             f"excluded) changed the between-group divergence by {changes}; the method's change "
             f"{method_reduction.negated().text()} is {verdict} (method minus the draws' mean: "
             f"{difference.negated().text(' points')}).")
+
+
+def recall_sentence(base: float, pruned: float, change: Figure) -> str:
+    """Recall before and after, the change with its interval, and whether the model still hears the word
+    (the change's interval within ±``RECALL_TOLERANCE_PTS``)."""
+    if not change.known:
+        return "Attribute recall was not measured."
+    t = RECALL_TOLERANCE_PTS
+    if -t <= change.lo and change.hi <= t:
+        meaning = f"it still hears the word (the change lies within ±{t:g} points)"
+    elif change.hi < -t:
+        meaning = "it hears the word less: it forgets which group it was told about"
+    else:
+        meaning = f"the change may exceed ±{t:g} points (the interval is too wide to tell)"
+    return (f"The model names the group a recall prompt stated {base:.1f}% of the time before pruning and "
+            f"{pruned:.1f}% after ({change.text(' points')}): {meaning}.")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The figures the verdict reads; a missing one is an unknown ``Figure`` (or None for ``beyond_control``)."""
+
+    between_reduction: Figure
+    within_reduction: Figure
+    margin: Figure
+    recall_change: Figure
+    beyond_control: bool | None
+
+
+#: the verdict's rule, as the card states it
+VERDICT_RULE = (f"fairer beyond chance while still hearing the word = the between-group reduction's 95% interval "
+                f"lies above 0; it is larger than every random draw's; the recall change's 95% interval lies "
+                f"within ±{RECALL_TOLERANCE_PTS:g} points; and the between-group reduction exceeds the within-group "
+                f"(word-swap) reduction by a margin whose 95% interval lies above 0")
+
+
+def verdict(evidence: Evidence) -> str:
+    """One sentence: whether the model is fairer beyond chance while still hearing the word, and if not, why."""
+    e, t = evidence, RECALL_TOLERANCE_PTS
+    checks = [
+        (e.between_reduction.known and e.between_reduction.lo > 0,
+         "the between-group reduction's interval does not lie above 0" if e.between_reduction.known
+         else "the between-group divergence was not measured"),
+        (e.beyond_control is True,
+         "no random control was measured" if e.beyond_control is None else "it is not beyond every random draw"),
+        (e.recall_change.known and -t <= e.recall_change.lo and e.recall_change.hi <= t,
+         f"the recall change's interval is not within ±{t:g} points" if e.recall_change.known
+         else "attribute recall was not measured"),
+        (e.margin.known and e.margin.lo > 0,
+         "the between-group reduction is not clearly larger than the within-group one" if e.margin.known
+         else "there is no within-group (word-swap) figure to compare"),
+    ]
+    failed = [why for ok, why in checks if not ok]
+    if not failed:
+        return ("**Fairer beyond chance while still hearing the word**: groups are treated more alike by more than "
+                "random neurons would do and by more than the word-swap floor fell, and recall held.")
+    return "**Not shown to be fairer beyond chance while still hearing the word**: " + "; ".join(failed) + "."

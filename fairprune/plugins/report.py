@@ -17,6 +17,7 @@ import yaml
 
 from ..core.hookspecs import hookimpl
 from ..core.summary import headline_rows
+from .evidence_card import evidence_section
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def report_markdown(config: Any, metrics: dict[str, Any], evaluations: dict[str,
              f"scorer `{config.scoring.scorer.name}` (bias_weight {config.scoring.bias_weight}), importance "
              f"`{config.scoring.importance.name}`, pruner `{config.pruning.pruner.name}`, budget "
              f"{config.pruning.budget.describe()} ({config.pruning.selection} selection).", "",
+             *_at_a_glance(metrics),
              "## Headline figures (held-out prompts, base vs pruned)", "", _table(headline_rows(metrics), ("", "")), ""]
     parts += attribution_section(metrics)
     for name, result in evaluations.items():
@@ -60,6 +62,17 @@ def attribution_section(metrics: dict[str, Any]) -> list[str]:
             f"signs {agree}. {check['rounds_run']} round(s); stopped because {check['stop_reason']}.", ""]
 
 
+def _at_a_glance(metrics: dict[str, Any]) -> list[str]:
+    """The evidence table, findings and verdict under their heading ([] when the run measured none of them)."""
+    section = evidence_section(metrics)
+    if not section:
+        return []
+    return ["## At a glance: fairer, or deafer?", "",
+            "Between groups vs between two words for the same group, whether the model still names the group it "
+            "was told, the method against random neurons, transfer, stereotype preference and capability; 95% "
+            "bootstrap intervals in brackets.", "", *section]
+
+
 def model_card(config: Any, metrics: dict[str, Any], base_model: str, license: str | None = None) -> str:
     """A Hugging Face style model card (``README.md``) stating the measured figures and limitations."""
     front: dict[str, Any] = {"base_model": base_model, "library_name": "transformers",
@@ -74,6 +87,7 @@ def model_card(config: Any, metrics: dict[str, Any], base_model: str, license: s
         f"A fairness-pruned version of `{base_model}` made with fairprune. {pr['neurons_removed']} MLP neurons "
         f"({pr['params_removed_pct']:.3f}% of the parameters) were removed structurally: {chosen} in prompt groups "
         f"of the axes {', '.join(config.bias.axes)}.", "",
+        *_at_a_glance(metrics),
         "## Method", "", *method,
         f"3. Budget {config.pruning.budget.describe()}; pruner `{config.pruning.pruner.name}`. Layers may have "
         "different widths; load with `fairprune.load_pretrained(path)` (uniform widths also load with "

@@ -38,6 +38,7 @@ from ...core.errors import ConfigError
 from ...core.evaluation import EvalContext, EvalResult
 from ...core.plugin import Plugin
 from ...core.protocols import Headline
+from ..evidence_text import figure, recall_sentence
 from .benchmark_base import add_compared, subsets_by, summary_table
 from .data import bundled_path
 
@@ -283,8 +284,8 @@ class AttributeRecallEvaluator(Plugin):
         result.summary = summary_table(
             result, f"Attribute recall on {len(stated)} prompts ({', '.join(axes)}): a statement gives the attribute, "
                     "a later clause asks it back; recalled = the stated group's words are likelier than any other "
-                    "group's (95% bootstrap CI over prompts).", rows) + "\n\n" + recall_sentence(result.metrics,
-                                                                                                  result.intervals)
+                    "group's (95% bootstrap CI over prompts).", rows) + "\n\n" + _recall_text(result)
+        result.tables["findings"] = [{"text": _recall_text(result)}]
         return result
 
     def _axes(self, context: EvalContext, frames: dict[str, AxisFrames]) -> list[str]:
@@ -321,11 +322,7 @@ class AttributeRecallEvaluator(Plugin):
         return [prompts[i] for i in sorted(rng.choice(len(prompts), self.params.limit, replace=False))]
 
 
-def recall_sentence(metrics: dict[str, float], intervals: dict[str, Any]) -> str:
-    """One plain sentence on recall: both levels and the change with its interval."""
-    change = metrics.get("accuracy_change", math.nan)
-    lo, hi = intervals.get("accuracy_change", (math.nan, math.nan))
-    if math.isnan(change):
-        return "Attribute recall could not be measured."
-    return (f"The model names the group a prompt stated {metrics['accuracy_base']:.1f}% of the time before pruning "
-            f"and {metrics['accuracy_pruned']:.1f}% after ({change:+.1f} points, 95% CI {lo:+.1f} to {hi:+.1f}).")
+
+def _recall_text(result: EvalResult) -> str:
+    m = result.metrics
+    return recall_sentence(m["accuracy_base"], m["accuracy_pruned"], figure(m, result.intervals, "accuracy_change"))
