@@ -3,7 +3,8 @@
 Rows, each from a run's metrics dictionary (as in ``metrics.json``) and shown
 only when measured: between-group change, within-group (word-swap) change,
 attribute-recall change, the effect against the random control, transfer
-(every headline of any evaluator whose key or label says "transfer"),
+(every headline of any evaluator whose key or label says "transfer", "register" or
+"first name": held-out prompts of other registers or with names, never used in selection),
 stereotype preference, and capability (LAMBADA, else the general text). The
 figures come from the built-in evaluators ``random_control`` (else
 ``output_bias``), ``attribute_recall``, ``stereotype_preference`` and
@@ -18,6 +19,9 @@ from typing import Any
 
 from ..core.summary import findings, headlines, interval, metric
 from .evidence_text import VERDICT_RULE, Evidence, Figure, verdict
+
+#: a headline is a transfer figure when its key or label (underscores read as spaces) holds one of these
+TRANSFER_WORDS = ("transfer", "register", "first name")
 
 
 def _figure(metrics: dict[str, Any], evaluator: str, key: str) -> Figure:
@@ -98,7 +102,8 @@ def _control_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 def _transfer_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rows = []
     for evaluator, h in headlines(metrics):
-        if "transfer" not in f"{h['key']} {h['label']}".lower():
+        text = f"{h['key']} {h['label']}".lower().replace("_", " ")
+        if not any(word in text for word in TRANSFER_WORDS):
             continue
         value = _figure(metrics, evaluator, h["key"])
         if value.known:
