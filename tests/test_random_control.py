@@ -145,7 +145,7 @@ def test_a_run_plans_before_it_observes_and_the_control_uses_the_plan(tmp_path):
     source = tmp_path / "tiny"
     fp.save_pretrained(tiny_model("llama", max_position_embeddings=512), tiny_char_tokenizer(), source)
     config = {"model": {"source": str(source)}, "bias": {"axes": ["race"], "batch_size": 8},
-              "pruning": {"budget": {"neurons": 8}, "guard_magnitude_ratio": 1.5},
+              "method": {"name": "activation", "guard_magnitude_ratio": 1.5}, "pruning": {"budget": {"neurons": 8}},
               "evaluation": {"evaluators": [{"name": "random_control", "params": {"draws": 2, "n_boot": 50}}]},
               "output": {"dir": str(tmp_path / "run"), "save_model": False}}
     result = fp.run(config, progress=False)

@@ -41,8 +41,9 @@ class EvalContext:
     ``plan`` is the run's plan (a ``planning.Plan``) when it was made before the
     base model was observed (a run; not a sweep or ``fairprune.evaluate``), and
     ``guarded`` maps each of its layers to ``Bool[width]``: the neurons the
-    massive-activation guard protects (mean |h| above ``pruning.guard_magnitude_ratio``
-    times the layer median; empty tensors when the guard is off). A random control reads both.
+    massive-activation guard protects (mean |h| above the method's ``guard_magnitude_ratio``,
+    or the activation method's default for a method without one, times the layer median;
+    empty tensors when the guard is off). A random control reads both.
     """
 
     tokenizer: Any

@@ -4,9 +4,10 @@ Removing *any* few neurons moves a small model's next-token distributions, so a
 bias figure alone cannot say whether the method found bias or only disturbed
 the model. The control draws, ``draws`` times with seeds ``(seed, k)``, random
 neurons with the plan's exact per-layer counts, never one that the
-massive-activation guard protects (mean |h| above ``pruning.guard_magnitude_ratio``
-times its layer's median, the rule of ``planning.magnitude_guard``: a draw that
-hits such a neuron measures breakage, not chance). Each draw is applied to the
+massive-activation guard protects (mean |h| above the method's
+``guard_magnitude_ratio`` times its layer's median, 10 for a method without one;
+the rule of ``planning.magnitude_guard``): a draw that hits such a neuron
+measures breakage, not chance. Each draw is applied to the
 *base* model by zeroing the neurons' activations with pre-hooks on down_proj's
 input, which equals pruning them (the project's invariant); the hooks are
 removed afterwards.
@@ -93,8 +94,9 @@ def _guard_mask(guarded: Mapping[int, Any] | None, layer: int, width: int) -> np
 def bias_measures(model: Any, context: EvalContext, desc: str) -> dict[str, list[float]]:
     """Per held-out group the mean pairwise next-token JS (``between``), and per template with a word swap
     (``floor_between``, ``within``), in nats, as ``output_bias`` computes them."""
+    from ...core.divergence import js_divergence
     from .lm_scoring import last_token_logprobs
-    from .output_bias import _form_groups, js_divergence, noise_floor
+    from .output_bias import _form_groups, noise_floor
 
     prompts = [p for g in context.groups for p in g.prompts]
     logprobs = last_token_logprobs(model, context.tokenizer, prompts, context.batch_size, context.progress, desc)
