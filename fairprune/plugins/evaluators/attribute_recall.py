@@ -233,8 +233,7 @@ class AttributeRecallEvaluator(Plugin):
         """A copy with validated params whose frames file is read and checked now, before any model runs."""
         clone = super().configure(params)
         clone._frames = read_frames(clone.params.path)
-        if clone.params.axes is not None:
-            clone._axes(EvalContext(tokenizer=None), clone._frames[1])
+        clone._check_axes(clone._frames[1])
         return clone  # type: ignore[return-value]
 
     def observe(self, model: Any, context: EvalContext) -> dict[str, Any]:
@@ -290,16 +289,20 @@ class AttributeRecallEvaluator(Plugin):
 
     def _axes(self, context: EvalContext, frames: dict[str, AxisFrames]) -> list[str]:
         if self.params.axes is not None:
-            missing = [a for a in self.params.axes if a not in frames]
-            if missing:
-                raise ConfigError(f"attribute_recall.axes: no recall frames for {missing} "
-                                  f"(the frames file has {sorted(frames)})")
+            self._check_axes(frames)
             return list(self.params.axes)
         axes = sorted({g.axis for g in context.groups} & set(frames))
         if not axes:
             raise ConfigError("attribute_recall: no axis to test; set params.axes to some of "
                               f"{sorted(frames)} (the held-out groups' axes have no recall frames)")
         return axes
+
+    def _check_axes(self, frames: dict[str, AxisFrames]) -> None:
+        """``ConfigError`` when ``params.axes`` names an axis the frames file has no frames for."""
+        missing = [a for a in self.params.axes or [] if a not in frames]
+        if missing:
+            raise ConfigError(f"attribute_recall.axes: no recall frames for {missing} "
+                              f"(the frames file has {sorted(frames)})")
 
     def _groups(self, context: EvalContext, axis: str) -> dict[str, tuple[str, ...]]:
         registry = getattr(context, "registry", None)
