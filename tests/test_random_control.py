@@ -151,5 +151,9 @@ def test_a_run_plans_before_it_observes_and_the_control_uses_the_plan(tmp_path):
     result = fp.run(config, progress=False)
     metrics = result.metrics["evaluation"]["random_control"]["metrics"]
     assert metrics["n_draws"] == 2.0
-    rows = result.metrics["evaluation"]["random_control"]["tables"]["draws"]
-    assert [row["neurons"] for row in rows] == [result.plan.n_neurons] * 2
+    tables = result.metrics["evaluation"]["random_control"]["tables"]
+    assert [row["neurons"] for row in tables["draws"]] == [result.plan.n_neurons] * 2
+    for draw in (1, 2):  # the saved draws keep the plan's count in every layer
+        drawn = {row["layer"]: row["neurons"] for row in tables["drawn_neurons"] if row["draw"] == draw}
+        assert {layer: len(v) for layer, v in drawn.items()} == {layer: len(v) for layer, v in
+                                                                 result.plan.removed.items() if v}

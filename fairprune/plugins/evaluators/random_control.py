@@ -189,6 +189,9 @@ class RandomControlEvaluator(Plugin):
              "between_reduction_pct": result.metrics.get(f"control_between_reduction_pct_{k + 1}"),
              "within_reduction_pct": result.metrics.get(f"control_within_reduction_pct_{k + 1}")}
             for k, plan in enumerate(base.get("drawn") or [])]
+        result.tables["drawn_neurons"] = [{"draw": k + 1, "layer": int(layer), "neurons": list(idx)}
+                                          for k, plan in enumerate(base.get("drawn") or [])
+                                          for layer, idx in sorted(plan.items())]
         result.tables["findings"] = [{"text": between_within_text(result)}, {"text": control_text(result)}]
         result.summary = _summary(result)
         return result
