@@ -1,4 +1,4 @@
-"""The whole fairness-pruning run, config-driven: load -> analyze -> observe base -> plan -> prune -> evaluate -> save.
+"""The whole fairness-pruning run, config-driven: load -> analyze -> plan -> observe base -> prune -> evaluate -> save.
 
 A ``Run`` holds what the stages share: the validated config, the plugins it
 names (resolved once, before any work), the model, tokenizer and adapter, and
@@ -203,7 +203,7 @@ def prepare(config: Any, overrides: list[str] | None = None, registry: Any = Non
 def load(run: Run) -> None:
     """The model, its tokenizer and its architecture adapter; the base model's id and licence."""
     from ..io.sources import load_model
-    from ..model.adapters import resolve_adapter
+    from ..model.adapters import check_supported, resolve_adapter
 
     section = run.config.model
     run.model, run.tokenizer = load_model(section.source, registry=run.registry, dtype=section.dtype,
@@ -211,6 +211,7 @@ def load(run: Run) -> None:
                                           offload_folder=section.offload_folder,
                                           trust_remote_code=section.trust_remote_code)
     run.adapter = run.plugins.adapter or resolve_adapter(run.model, registry=run.registry)
+    check_supported(run.model, run.adapter)  # every layer's MLP prunable, before any analysis (a named adapter too)
     run.base_model_id = getattr(run.model.config, "fairprune_base_model", None) or run.config.model.source
     run.license = getattr(run.model.config, "fairprune_license", None)
 
@@ -245,9 +246,17 @@ def eval_context(run: Run, prune_result: Any = None) -> Any:
         needed = needs_groups(run.plugins.evaluators)
         run.heldout_groups = run_groups(config, "heldout", run.registry).groups if needed else []
         run.transfer_groups = run_transfer_groups(config, run.registry) if needed else {}
+    guarded = None
+    if run.plan is not None and run.bias_report is not None:  # for a random control of the plan
+        from ..contract.config import ActivationParams
+        from ..method.planning import magnitude_guard
+
+        ratio = getattr(run.plugins.method.params, "guard_magnitude_ratio", ActivationParams().guard_magnitude_ratio)
+        guarded = magnitude_guard(run.bias_report, sorted(run.plan.removed), ratio)
     return EvalContext(tokenizer=run.tokenizer, groups=run.heldout_groups, transfer=run.transfer_groups,
                        batch_size=config.evaluation.batch_size,
-                       seed=config.seed, registry=run.registry, progress=run.progress, prune_result=prune_result)
+                       seed=config.seed, registry=run.registry, progress=run.progress, prune_result=prune_result,
+                       plan=run.plan, guarded=guarded)
 
 
 def observe_base(run: Run, evaluators: list[tuple[str, Any]] | None = None) -> None:
@@ -340,11 +349,11 @@ def run(config: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | 
         analyze(state)  # shared among the processes of a torchrun world
     if not is_main_process():  # the other processes' share of the work is done; rank 0 goes on alone
         return RunResult(None, {}, None, None, timer.timings)
-    with timer.stage("observe_base"):
-        observe_base(state)
-    with timer.stage("plan"):
+    with timer.stage("plan"):  # before the base is observed, so that a random control can draw the plan's counts
         state.plan = make_plan(state)
         check_plan_removes_neurons(state.plan, state.config)
+    with timer.stage("observe_base"):
+        observe_base(state)
     with timer.stage("prune"):
         state.prune_result = apply_plan(state, state.plan)
     with timer.stage("evaluate"):
@@ -384,8 +393,11 @@ def write_data_files(run: Run, directory: Path) -> None:
     """plan.json, bias/, metrics.json, config.yaml and manifest.json: the machine-readable record."""
     import yaml
 
+    from ..io.outputs import writing
+
     run.plan.save(directory / "plan.json")
-    run.bias_report.save(directory / "bias")
+    with writing(directory / "bias"):  # its scores are written by safetensors, which names no file
+        run.bias_report.save(directory / "bias")
     (directory / "metrics.json").write_text(json.dumps(run.metrics, indent=1, sort_keys=True))
     (directory / "config.yaml").write_text(yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False))
     manifest = {"config_hash": run.config_hash, "versions": package_versions(), "timings_s": run.timer.timings,
