@@ -154,7 +154,7 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
                           objective: Any, capability: Any, budget: Budget, compensated: bool = False,
                           settings: SelectionSettings | None = None, batch_size: int = 16, adapter: Any = None,
                           registry: Any = None, progress: bool = True,
-                          forms: Mapping[str, str] | None = None) -> Selection:
+                          forms: Mapping[str, str] | None = None, recall: Any = None) -> Selection:
     """Choose neurons to remove so that ``objective`` (a bound ``bias_objectives`` plugin) falls on ``groups``.
 
     ``capability`` is the configured ``capability_cost`` importance metric (its
@@ -162,6 +162,8 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
     replaced by their calibration mean (the ``compensated`` pruner) rather than zero.
     ``forms`` (``GroupSet.form_to_group``) names each surface form's attribute
     group for objectives that use labels; their groups are merged by template.
+    ``recall`` (a ``recall_guard.RecallGuard``, optional) protects the neurons whose removal is estimated
+    to raise the recall loss most and halves or rejects a round that lowers measured recall beyond its limit.
     Raises ``ConfigError`` for bad settings before any model work.
     """
     settings = settings or SelectionSettings()
@@ -186,6 +188,11 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
     fill = cap.mean if compensated else None
     cost = cap.cost(fill)
     guarded = _guard(model, adapter, cost, cap.magnitude, settings)
+    recall_base = None
+    if recall is not None:  # the recall guard: protect group identity, and measure it every round
+        by_recall = recall.protected(recall.cost(model, adapter, fill=fill))
+        guarded = {layer: mask | by_recall[layer] for layer, mask in guarded.items()}
+        recall_base = recall.measure(model, adapter, fill=fill)
 
     def attribute(removed: Mapping[int, Sequence[int]] | None = None) -> attr.FoldedAttribution:
         return attr.attribute_folds(model, folds, objective, adapter, removed=removed, fill=fill, progress=progress)
@@ -223,6 +230,12 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
         if not add:
             stop = f"perplexity on the calibration text would rise more than {settings.max_perplexity_increase_pct}%"
             break
+        recall_after = None
+        if recall is not None:
+            add, recall_after = recall.fit(model, adapter, state.removed, add, fill, recall_base)
+            if not add:
+                stop = f"recall of the stated group would fall more than {recall.max_drop_pts} points"
+                break
         removed = _merged(state.removed, add)
         last = round_index == settings.rounds - 1
         estimates = [float(delta[layer][n]) for layer, n in add]
@@ -246,6 +259,8 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
         entry = {"round": round_index + 1, "neurons": len(add), "objective_before": state.objective,
                  "objective_after": measured, "predicted_change": predicted,
                  "measured_change": measured - state.objective, "calibration_loss": loss_after}
+        if recall is not None:
+            entry["recall_pct"] = recall_after
         log.append(entry)
         logger.info("attribution round %d: %d neurons, objective %.6g -> %.6g (predicted %+.3g)", round_index + 1,
                     len(add), state.objective, measured, predicted)
@@ -271,6 +286,9 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
 
     plan = _plan(state, records, log, stop, objective_before, widths, costs, total_params, objective, capability,
                  compensated, settings, budget, adapter, time.perf_counter() - start, check_loss)
+    if recall is not None:
+        plan.settings["recall"] = {"guard_fraction": recall.guard_fraction, "max_drop_pts": recall.max_drop_pts,
+                                   "recall_base_pct": recall_base}
     return Selection(plan, cap.mean, first, cost, cap.magnitude, log)
 
 
@@ -426,8 +444,27 @@ def run_selection(run: Any, budget: Budget | None = None) -> tuple[Selection, An
         capability=run.plugins.capability, budget=budget or config.pruning.budget,
         compensated=bool(getattr(run.plugins.pruner, "needs_calibration", False)), settings=settings,
         batch_size=config.bias.batch_size, adapter=run.adapter, registry=run.registry, progress=run.progress,
-        forms=found.form_to_group)
+        forms=found.form_to_group, recall=_recall_guard(run, config))
     return selection, selection_report(selection, groups, run.model, run.adapter)
+
+
+def _recall_guard(run: Any, config: Any) -> Any:
+    """The configured recall guard (``bias.attribution.recall``), or None."""
+    section = config.bias.attribution.recall
+    if section is None:
+        return None
+    from .groups import is_axis_name
+    from .recall_guard import bundled_recall_file, recall_guard
+
+    if section.prompts is None:
+        first = config.bias.axes[0]
+        if not is_axis_name(first):
+            raise ConfigError("bias.attribution.recall.prompts: the first bias axis is a file; name recall prompts")
+        prompts: Any = bundled_recall_file(first)
+    else:
+        prompts = section.prompts
+    return recall_guard(run.model, run.tokenizer, prompts=prompts, guard_fraction=section.guard_fraction,
+                        max_drop_pts=section.max_drop_pts, batch_size=config.bias.batch_size)
 
 
 def selection_report(selection: Selection, groups: Sequence[PromptGroup], model: Any, adapter: Any) -> Any:
