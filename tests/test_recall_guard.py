@@ -149,3 +149,26 @@ def test_recall_settings_and_files_are_checked(tmp_path) -> None:
     assert config.bias.attribution.recall.guard_fraction == 0.2
     with pytest.raises(Exception, match="guard_fraction"):
         RunConfig.model_validate({"model": {"source": "x"}, "bias": {"attribution": {"recall": {"guard_fraction": 1.5}}}})
+
+
+def test_a_run_with_the_recall_guard_records_it_in_the_plan(tmp_path) -> None:
+    import json
+
+    import fairprune as fp
+    from fairprune.testing import tiny_char_tokenizer
+
+    source = tmp_path / "tiny-llama"
+    fp.save_pretrained(tiny_model("llama", max_position_embeddings=512), tiny_char_tokenizer(), source)
+    config = {"model": {"source": str(source)},
+              "bias": {"axes": ["race"], "batch_size": 12, "method": "attribution",
+                       "attribution": {"rounds": 1, "guard_fraction": 0.25, "max_perplexity_increase_pct": None,
+                                       "capability": {"name": "capability_cost",
+                                                      "params": {"chunk_tokens": 64, "max_tokens": 256}},
+                                       "recall": {"guard_fraction": 0.2, "max_drop_pts": 100.0}}},
+              "pruning": {"budget": {"neurons": 4}}, "evaluation": {"evaluators": ["parameters"]},
+              "output": {"dir": str(tmp_path / "run"), "save_model": False}}
+    result = fp.run(config, progress=False)
+    plan = json.loads((result.output_dir / "plan.json").read_text())
+    recall = plan["settings"]["recall"]
+    assert recall["guard_fraction"] == 0.2 and 0.0 < recall["recall_base_pct"] < 100.0
+    assert all("recall_pct" in r for r in plan["settings"]["round_log"])

@@ -50,15 +50,17 @@ def bundled_recall_file(axis: str) -> Path:
 
 
 def answer_tokens(tokenizer: Any, forms: Mapping[str, Sequence[str]]) -> dict[str, list[int]]:
-    """Per attribute group, the first token ids of " form" and " Form" for each surface form, without ids
-    that another group also has. ``ConfigError`` when a group is left with none."""
+    """Per attribute group, the first token ids of " form" and " Form" for each surface form (the first that
+    is not whitespace alone), without ids that another group also has. ``ConfigError`` when a group is left with none."""
     ids: dict[str, set[int]] = {}
     for group, group_forms in forms.items():
         for form in group_forms:
             for text in {f" {form}", f" {form[:1].upper()}{form[1:]}"}:
                 encoded = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-                if encoded:
-                    ids.setdefault(group, set()).add(int(encoded[0]))
+                # the first token that is not only the space (character-level tokenizers split it off)
+                first = next((i for i in encoded if tokenizer.decode([i]).strip()), None)
+                if first is not None:
+                    ids.setdefault(group, set()).add(int(first))
     out = {}
     for group, mine in ids.items():
         others = set().union(*(v for g, v in ids.items() if g != group))
