@@ -9,7 +9,7 @@ import torch
 
 from fairprune.core import attribution as attr
 from fairprune.core import selection as sel
-from fairprune.core.config import Budget, RunConfig
+from fairprune.core.config import AttributionParams, Budget
 from fairprune.core.errors import ConfigError
 from fairprune.core.protocols import ObjectiveInputs, PromptGroup
 from fairprune.core.recall_guard import RecallGuard, RecallLoss, answer_tokens, bundled_recall_file, recall_guard
@@ -89,8 +89,8 @@ def test_recall_cost_matches_a_real_removal_to_first_order(setup) -> None:
 
 def select(setup, guard, rounds: int = 1):
     model, tok, adapter, _ = setup
-    settings = sel.SelectionSettings(rounds=rounds, guard_fraction=0.0, max_perplexity_increase_pct=None,
-                                     min_improvement_pct=0.0)
+    settings = AttributionParams(rounds=rounds, guard_fraction=0.0, max_perplexity_increase_pct=None,
+                                 min_improvement_pct=0.0)
     return sel.select_by_attribution(model, tok, bias_groups(), objective=NextTokenJS(),
                                      capability=CapabilityCost().configure({"chunk_tokens": 16, "max_tokens": 64}),
                                      budget=Budget(neurons=12), settings=settings, batch_size=6, adapter=adapter,
@@ -144,11 +144,10 @@ def test_recall_settings_and_files_are_checked(tmp_path) -> None:
         bundled_recall_file("gender")
     with pytest.raises(ConfigError, match="recall.prompts: file not found"):
         recall_guard(None, None, prompts=tmp_path / "missing.yaml", guard_fraction=0.1, max_drop_pts=1.0)
-    config = RunConfig.model_validate({"model": {"source": "x"}, "bias": {"method": "attribution", "attribution": {
-        "recall": {"guard_fraction": 0.2, "max_drop_pts": 2.0}}}})
-    assert config.bias.attribution.recall.guard_fraction == 0.2
+    params = AttributionParams.model_validate({"recall": {"guard_fraction": 0.2, "max_drop_pts": 2.0}})
+    assert params.recall.guard_fraction == 0.2 and AttributionParams().recall is None
     with pytest.raises(Exception, match="guard_fraction"):
-        RunConfig.model_validate({"model": {"source": "x"}, "bias": {"attribution": {"recall": {"guard_fraction": 1.5}}}})
+        AttributionParams.model_validate({"recall": {"guard_fraction": 1.5}})
 
 
 def test_a_run_with_the_recall_guard_records_it_in_the_plan(tmp_path) -> None:
@@ -160,11 +159,11 @@ def test_a_run_with_the_recall_guard_records_it_in_the_plan(tmp_path) -> None:
     source = tmp_path / "tiny-llama"
     fp.save_pretrained(tiny_model("llama", max_position_embeddings=512), tiny_char_tokenizer(), source)
     config = {"model": {"source": str(source)},
-              "bias": {"axes": ["race"], "batch_size": 12, "method": "attribution",
-                       "attribution": {"rounds": 1, "guard_fraction": 0.25, "max_perplexity_increase_pct": None,
-                                       "capability": {"name": "capability_cost",
-                                                      "params": {"chunk_tokens": 64, "max_tokens": 256}},
-                                       "recall": {"guard_fraction": 0.2, "max_drop_pts": 100.0}}},
+              "bias": {"axes": ["race"], "batch_size": 12},
+              "method": {"name": "attribution", "rounds": 1, "guard_fraction": 0.25,
+                         "max_perplexity_increase_pct": None,
+                         "capability": {"name": "capability_cost", "params": {"chunk_tokens": 64, "max_tokens": 256}},
+                         "recall": {"guard_fraction": 0.2, "max_drop_pts": 100.0}},
               "pruning": {"budget": {"neurons": 4}}, "evaluation": {"evaluators": ["parameters"]},
               "output": {"dir": str(tmp_path / "run"), "save_model": False}}
     result = fp.run(config, progress=False)

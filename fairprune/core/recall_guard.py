@@ -44,7 +44,7 @@ def bundled_recall_file(axis: str) -> Path:
     path = RECALL_DIR / f"{axis}.yaml"
     if not path.is_file():
         have = ", ".join(sorted(p.stem for p in RECALL_DIR.glob("*.yaml"))) or "none"
-        raise ConfigError(f"bias.attribution.recall: no bundled recall prompts for axis {axis!r} (bundled: {have}); "
+        raise ConfigError(f"method.recall: no bundled recall prompts for axis {axis!r} (bundled: {have}); "
                           "give recall.prompts, a file in the axis format")
     return path
 
@@ -66,7 +66,7 @@ def answer_tokens(tokenizer: Any, forms: Mapping[str, Sequence[str]]) -> dict[st
         others = set().union(*(v for g, v in ids.items() if g != group))
         out[group] = sorted(mine - others)
         if not out[group]:
-            raise ConfigError(f"bias.attribution.recall: every answer token of group {group!r} is shared with "
+            raise ConfigError(f"method.recall: every answer token of group {group!r} is shared with "
                               "another group")
     return out
 
@@ -167,7 +167,7 @@ def recall_guard(model: torch.nn.Module, tokenizer: Any, *, prompts: str | Path,
 
     path = Path(prompts)
     if not path.is_file():
-        raise ConfigError(f"bias.attribution.recall.prompts: file not found: {path}")
+        raise ConfigError(f"method.recall.prompts: file not found: {path}")
     axis = load_axis(path)
     forms = axis.attribute_groups()
     labels = {f"{axis.name}{SEP}{form}": group for group, group_forms in forms.items() for form in group_forms}
