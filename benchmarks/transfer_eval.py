@@ -85,7 +85,7 @@ def load_recall(path: Path) -> dict[str, Any]:
 
 def pair_js_matrix(lp: torch.Tensor) -> torch.Tensor:
     """JS (nats) between every pair of rows of log-probs ``[n, V]`` -> ``[n, n]`` (float64)."""
-    from fairprune.plugins.evaluators.output_bias import js_divergence
+    from fairprune.core.model.divergence import js_divergence
 
     n = lp.shape[0]
     out = torch.zeros(n, n, dtype=torch.float64)
@@ -96,7 +96,7 @@ def pair_js_matrix(lp: torch.Tensor) -> torch.Tensor:
 
 def swap_measures(model, tok, swap: dict[str, Any], batch_size: int) -> dict[str, np.ndarray]:
     """Per template: mean between-group JS and mean within-group JS."""
-    from fairprune.plugins.evaluators.lm_scoring import last_token_logprobs
+    from fairprune.core.model.lm_scoring import last_token_logprobs
 
     prompts = [p for it in swap["items"] for p in it["prompts"]]
     lp = last_token_logprobs(model, tok, prompts, batch_size=batch_size)
@@ -115,7 +115,7 @@ def swap_measures(model, tok, swap: dict[str, Any], batch_size: int) -> dict[str
 
 def recall_measures(model, tok, recall: dict[str, Any], batch_size: int) -> dict[str, np.ndarray]:
     """Per prompt: whether the stated group wins, and its log-probability normalised over the groups."""
-    from fairprune.plugins.evaluators.lm_scoring import encode, pad_id, score_continuations
+    from fairprune.core.model.lm_scoring import encode, pad_id, score_continuations
 
     groups = list(recall["answers"])
     requests, index = [], []
@@ -135,7 +135,7 @@ def recall_measures(model, tok, recall: dict[str, Any], batch_size: int) -> dict
 
 
 def lambada_measures(model, tok, requests, batch_size: int) -> dict[str, np.ndarray]:
-    from fairprune.plugins.evaluators.lm_scoring import pad_id, score_continuations
+    from fairprune.core.model.lm_scoring import pad_id, score_continuations
 
     scores = score_continuations(model, requests, batch_size=batch_size, pad=pad_id(tok))
     return {"correct": np.array([float(s.greedy) for s in scores]), "nll": np.array([s.nll for s in scores]),
@@ -211,7 +211,7 @@ def read_plan(path: Path) -> dict[int, list[int]]:
 
 def massive_neurons(model, tok, adapter, ratio: float) -> dict[int, torch.Tensor]:
     """Per layer, ``Bool[width]``: max |h| over the bundled calibration text above ``ratio`` x the layer median."""
-    from fairprune.core.attribution import frozen, neuron_hooks, text_chunks
+    from fairprune.core.method.attribution import frozen, neuron_hooks, text_chunks
 
     text = text_chunks(tok, max_tokens=1024)
     peak: dict[int, torch.Tensor] = {}
@@ -242,7 +242,7 @@ def random_plans(plan: dict[int, list[int]], massive: dict[int, torch.Tensor], k
 
 
 def ablated_measures(model, tok, adapter, removed, sets, recall, requests, batch_size):
-    from fairprune.core.attribution import neuron_hooks
+    from fairprune.core.method.attribution import neuron_hooks
 
     with neuron_hooks(model, adapter, removed):
         return measure_all(model, tok, sets, recall, requests, batch_size)
@@ -281,9 +281,9 @@ def main() -> int:
     torch.set_grad_enabled(False)
 
     import fairprune as fp
-    from fairprune.core.adapters import resolve_adapter
+    from fairprune.core.model.adapters import resolve_adapter
     from fairprune.plugins.evaluators.data import read_jsonl_texts
-    from fairprune.plugins.evaluators.lm_scoring import word_requests
+    from fairprune.core.model.lm_scoring import word_requests
 
     sets = [load_swap(p) for p in args.swap]
     recall = load_recall(args.recall) if args.recall else None

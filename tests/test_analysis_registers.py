@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fairprune.core.groups import gather
-from fairprune.core.registry import get_registry
+from fairprune.core.contract.registry import get_registry
+from fairprune.core.data.groups import gather
 
 
 def test_race_registers_axis_has_the_race_groups_in_eight_registers() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import fairprune as fp
-from fairprune.plugins.evaluators import benchmark_scoring
+from fairprune.core.model import benchmark_scoring
 from fairprune.plugins.evaluators.bbq import BBQEvaluator
 
 pytestmark = pytest.mark.integration

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fairprune.core.adapters import resolve_adapter
-from fairprune.core.collect import capture, collect_pooled, collect_prompts
-from fairprune.core.errors import PromptError
-from fairprune.core.prompts import pairs_to_groups
-from fairprune.core.registry import Registry
+from fairprune.core.model.adapters import resolve_adapter
+from fairprune.core.method.collect import capture, collect_pooled, collect_prompts
+from fairprune.core.contract.errors import PromptError
+from fairprune.core.data.prompts import pairs_to_groups
+from fairprune.core.contract.registry import Registry
 from fairprune.testing import tiny_model, tiny_tokenizer
 
 REGISTRY = Registry(load_entrypoints=False)
@@ -198,7 +198,7 @@ def test_reducer_sums_equal_a_fresh_float32_copy_and_reuse_one_buffer(dtype):
     """The hook's reductions are those of ``h.float()``, whatever the dtype and layout, while every hook reuses one
     float32 scratch buffer (a fresh activation-sized tensor per hook costs page faults). Equal to float32 rounding:
     BLAS may sum a strided and a contiguous copy in different orders (seen on some CPUs: 1 ulp)."""
-    from fairprune.core.collect import _PooledReducer
+    from fairprune.core.method.collect import _PooledReducer
 
     gen = torch.Generator().manual_seed(0)
     mask = torch.rand(4, 6, generator=gen) > 0.3

@@ -16,11 +16,11 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from fairprune.cli import main
-from fairprune.core.errors import PersistError
-from fairprune.core.summary import generations, headline_rows
+from fairprune.core.contract.errors import PersistError
+from fairprune.core.contract.summary import generations, headline_rows
+from fairprune.testing.runs import sample_run
 from fairprune.viz.html import build_report
 from fairprune.viz.rundata import load_run
-from fairprune.testing.runs import sample_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -62,7 +62,7 @@ def test_report_holds_summary_plots_tables_and_generations(run_dir, full_page):
 
 
 def test_stored_pictures_are_what_the_models_give(run_dir, monkeypatch):
-    from fairprune.core.collect import collect_pooled
+    from fairprune.core.method.collect import collect_pooled
     from fairprune.viz import run_plots
     from fairprune.viz.activations import PCAProjection, pca_projection, token_distances
 
@@ -141,7 +141,7 @@ def test_report_renders_in_headless_chromium(full_page, tmp_path):
 def test_demo_config_report_embeds_every_picture_and_nothing_external(tmp_path):
     """The demo config on SmolLM2 (capability and completions left out, for time): five pictures, all inline."""
     from fairprune.commands.demo import DEMO_CONFIG
-    from fairprune.core.pipeline import run
+    from fairprune.core.run.pipeline import run
 
     evaluators = '["activation_bias", "activation_pictures", "parameters"]'
     result = run(DEMO_CONFIG, [f"output.dir={tmp_path / 'demo'}", f"evaluation.evaluators={evaluators}"],

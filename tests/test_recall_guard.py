@@ -7,12 +7,13 @@ import math
 import pytest
 import torch
 
-from fairprune.core import attribution as attr
-from fairprune.core import selection as sel
-from fairprune.core.config import AttributionParams, Budget
-from fairprune.core.errors import ConfigError
-from fairprune.core.protocols import ObjectiveInputs, PromptGroup
-from fairprune.core.recall_guard import RecallGuard, RecallLoss, answer_tokens, bundled_recall_file, recall_guard
+from fairprune.core.method import attribution as attr
+from fairprune.core.method import selection as sel
+from fairprune.core.contract.config import AttributionParams, Budget
+from fairprune.core.contract.errors import ConfigError
+from fairprune.core.contract.protocols import ObjectiveInputs, PromptGroup
+from fairprune.core.method.recall_guard import (RecallGuard, RecallLoss, answer_tokens, bundled_recall_file,
+                                                recall_guard)
 from fairprune.plugins.capability_cost import CapabilityCost
 from fairprune.plugins.objectives import NextTokenJS
 from fairprune.testing.models import tiny_model

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..core.hookspecs import hookimpl
-from ..core.protocols import SiteTarget
+from ..core.contract.hookspecs import hookimpl
+from ..core.contract.protocols import SiteTarget
 from .glu import GLUAdapter, _slice_linear
 
 if TYPE_CHECKING:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..core.errors import ArchitectureError
-from ..core.hookspecs import hookimpl
-from ..core.protocols import SiteTarget
+from ..core.contract.errors import ArchitectureError
+from ..core.contract.hookspecs import hookimpl
+from ..core.contract.protocols import SiteTarget
 
 if TYPE_CHECKING:  # torch is imported on first use, so registering adapters (`fairprune plugins`) stays fast
     import torch

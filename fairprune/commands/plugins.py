@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def listing(registry: Any) -> dict[str, Any]:
     """The registry as plain data: kinds -> entries, plus broken and disabled plugins."""
-    from ..core.registry import KINDS
+    from ..core.contract.registry import KINDS
 
     data: dict[str, Any] = {
         kind: [{"name": e.name, "description": e.description, "package": e.package} for e in registry.items(kind)]
@@ -36,7 +36,7 @@ def listing(registry: Any) -> dict[str, Any]:
 
 def render(data: dict[str, Any]) -> str:
     """Human-readable text of ``listing``'s output."""
-    from ..core.registry import KINDS
+    from ..core.contract.registry import KINDS
 
     lines: list[str] = []
     for kind in KINDS:
@@ -56,7 +56,7 @@ def render(data: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..core.registry import get_registry
+    from ..core.contract.registry import get_registry
 
     data = listing(get_registry())
     print(json.dumps(data, indent=2) if args.json else render(data))

@@ -32,7 +32,7 @@ def main(args: argparse.Namespace) -> int:
     except ImportError:
         print(INSTALL_HINT, file=sys.stderr)
         return 1
-    from ..core.errors import ConfigError
+    from ..core.contract.errors import ConfigError
     from ..serve.app import launch
     from ..serve.explorer import Explorer, Limits
 

@@ -12,7 +12,7 @@ import html
 import logging
 from typing import Any
 
-from ..core.errors import FairpruneError
+from ..core.contract.errors import FairpruneError
 from .explorer import Comparison, Explorer, template_choices
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def build_app(explorer: Explorer, default_pair: tuple[str, str] = DEFAULT_PAIR) 
     """The ``gradio.Blocks`` page, queued with one computation at a time (not launched)."""
     import gradio as gr
 
-    from ..core.registry import get_registry
+    from ..core.contract.registry import get_registry
 
     registry = explorer.registry or get_registry()
     choices = template_choices(registry)

@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import ConfigError
+from ..core.contract.errors import ConfigError
 
 #: colours used across all plots, so base/pruned and selected/kept read the same everywhere
 BASE_COLOUR = "#4C72B0"

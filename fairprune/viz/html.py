@@ -86,7 +86,7 @@ def table_html(rows: Sequence[Mapping[str, Any]], fold: int = FOLD_ROWS) -> str:
 
 
 def _summary(run: RunFiles) -> str:
-    from ..core.summary import headline_rows
+    from ..core.contract.summary import headline_rows
 
     if not run.metrics:
         return ""
@@ -152,7 +152,7 @@ def _evaluators(run: RunFiles) -> str:
 
 
 def _generations(run: RunFiles) -> str:
-    from ..core.summary import generations
+    from ..core.contract.summary import generations
 
     rows = generations(run.metrics or {})
     if not rows:

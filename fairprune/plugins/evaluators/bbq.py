@@ -39,11 +39,10 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from ...core.evaluation import EvalResult
-from ...core.protocols import Headline
-from .benchmark_base import BenchmarkEvaluator, BenchmarkParams, slug, subsets_by, summary_table
-from .benchmark_files import Where, check_filter, get_choice, get_field, read_jsonl_records, \
-    sample_indices
+from ...core.contract.protocols import Headline
+from ...core.contract.results import EvalResult
+from ...core.data.benchmark_files import Where, check_filter, get_choice, get_field, read_jsonl_records, sample_indices
+from ...core.model.benchmark_base import BenchmarkEvaluator, BenchmarkParams, slug, subsets_by, summary_table
 
 ANSWERS = ("ans0", "ans1", "ans2")
 _PREFIX = re.compile(r"^(f|m|lowses|highses)-(.+)$")
@@ -185,7 +184,7 @@ class BBQEvaluator(BenchmarkEvaluator):
 
     def observe(self, model: Any, context: Any) -> dict[str, list]:
         """The log-probability (nats; summed, or per token with ``length_normalize``) of each example's answers."""
-        from .benchmark_scoring import choice_logprobs
+        from ...core.model.benchmark_scoring import choice_logprobs
 
         examples = self.examples
         scored = choice_logprobs(model, context.tokenizer, [e.prompt for e in examples],

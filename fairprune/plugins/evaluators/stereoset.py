@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from ...core.evaluation import EvalResult
-from ...core.protocols import Headline
-from .benchmark_base import BenchmarkEvaluator, BenchmarkParams, slug, subsets_by, summary_table
-from .benchmark_files import Where, check_filter, get_choice, get_field, read_json, sample_indices
+from ...core.contract.protocols import Headline
+from ...core.contract.results import EvalResult
+from ...core.data.benchmark_files import Where, check_filter, get_choice, get_field, read_json, sample_indices
+from ...core.model.benchmark_base import BenchmarkEvaluator, BenchmarkParams, slug, subsets_by, summary_table
 
 LABELS = ("stereotype", "anti-stereotype", "unrelated")
 # per-example feature columns used by the statistics
@@ -122,7 +122,7 @@ class StereoSetEvaluator(BenchmarkEvaluator):
 
     def observe(self, model: Any, context: Any) -> dict[str, list]:
         """Mean log-probability per token (nats) of each item's stereotype, anti-stereotype and unrelated sentence."""
-        from .benchmark_scoring import sentence_logprobs
+        from ...core.model.benchmark_scoring import sentence_logprobs
 
         items = self.examples
         scored = sentence_logprobs(model, context.tokenizer, [s for i in items for s in i.sentences],

@@ -30,10 +30,17 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from ...core.evaluation import EvalResult
-from ...core.protocols import Headline
-from .benchmark_base import BenchmarkEvaluator, BenchmarkParams, mean_first, pct_positive, subsets_by, summary_table
-from .benchmark_files import Where, read_text_lines, sample_indices
+from ...core.contract.protocols import Headline
+from ...core.contract.results import EvalResult
+from ...core.data.benchmark_files import Where, read_text_lines, sample_indices
+from ...core.model.benchmark_base import (
+    BenchmarkEvaluator,
+    BenchmarkParams,
+    mean_first,
+    pct_positive,
+    subsets_by,
+    summary_table,
+)
 
 _LINE = re.compile(r"^\s*(\d+)\s+(.*\S)\s*$")
 

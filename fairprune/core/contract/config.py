@@ -1,0 +1,365 @@
+"""The configuration of a run, as strict pydantic models loadable from YAML, TOML or JSON.
+
+Every plugin is chosen by name as a component ``{name, params}`` (a bare string
+is shorthand for ``{name: ...}``). Unknown keys and wrong types are errors that
+name the field by its dotted path (``scoring.bias_weight``); plugin ``params``
+are validated against the plugin's own ``Params`` model by ``resolve_component``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+
+class Strict(BaseModel):
+    """Base of every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Component(Strict):
+    """A plugin chosen by name, with its options."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class ModelSection(Strict):
+    source: str = Field(description="model source name, local directory, .gguf path or Hugging Face id")
+    adapter: str | None = Field(default=None, description="architecture adapter name; None picks one from the model")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="weights and activations; auto = the checkpoint's dtype (GGUF: float32)")
+    device_map: str | dict[str, int | str] | None = Field(
+        default=None, description="accelerate device map: auto, balanced, sequential, or {module: device}")
+    max_memory: dict[int | str, int | str] | None = Field(
+        default=None, description="per-device memory limits for device_map, e.g. {0: 20GiB, cpu: 60GiB}")
+    offload_folder: str | None = Field(default=None, description="where a device map's disk-offloaded layers go")
+    trust_remote_code: bool = Field(default=False, description="let a model or tokenizer run Python code shipped "
+                                                               "with it (auto_map); never by default")
+
+
+class RecallSection(Strict):
+    """The attribution method's recall guard (``method.recall``, ``core.method.recall_guard``): the model must
+    still name the group a prompt stated, among the axis' groups."""
+
+    prompts: str | None = Field(
+        default=None, description="recall prompts in the axis file format (a sentence states {attribute}, a later "
+                                  "clause asks it back); None: the bundled ones of the first bias axis")
+    guard_fraction: float = Field(
+        default=0.1, ge=0.0, lt=1.0, description="the top fraction of each layer by estimated increase of the "
+                                                 "recall loss is never removed; 0: no such guard")
+    max_drop_pts: float | None = Field(
+        default=1.0, gt=0.0, description="a round is halved until the measured recall (probability of the stated "
+                                         "group, percent) is at most this many points below the unpruned model's; "
+                                         "None: no check")
+
+
+class AttributionParams(Strict):
+    """The params of the signed attribution method (``method: {name: attribution, ...}``).
+
+    Each round attributes ``bias.objective`` to every neuron on the model as pruned
+    so far; candidates are neurons whose removal is estimated to lower it, the
+    top ``guard_fraction`` of each layer by capability cost are protected, and a
+    round is kept only if the measured calibration-text perplexity stays within
+    ``max_perplexity_increase_pct`` and the measured objective falls.
+    ``pruning.budget`` is a ceiling shared equally by the rounds.
+    """
+
+    objective: Component = Field(default_factory=lambda: Component(name="next_token_js"),
+                                 description="output-level bias objective (a bias_objectives plugin)")
+
+    capability: Component = Field(
+        default_factory=lambda: Component(name="capability_cost"),
+        description="importance metric giving the capability cost and its calibration text (params: text, "
+                    "chunk_tokens, max_tokens)")
+    positions: Literal["last", "suffix"] = Field(
+        default="last", description="where the objective reads next-token distributions: last, the prompt's last "
+                                    "position; suffix, every position of the tokens after the attribute that all "
+                                    "members share (each position weighs equally within its group)")
+    folds: int = Field(
+        default=1, ge=1, description="split the analysis groups by template into this many folds; a neuron is a "
+                                     "candidate only if its removal lowers the objective in every fold, and its "
+                                     "gain is the smallest fold's (guards against fitting a few templates)")
+    rounds: int = Field(default=4, ge=1, description="rounds of removal; attributions are recomputed each round")
+    guard_fraction: float = Field(default=0.5, ge=0.0, lt=1.0,
+                                  description="gamma: the top fraction of each layer by capability cost is never removed")
+    magnitude_guard: float = Field(
+        default=0.0, ge=0.0, lt=1.0,
+        description="the top fraction of each layer by mean |h_i| x |down column i| on the calibration text (the "
+                    "activation_weight importance) is never removed either; 0: no such guard")
+    ranking: Literal["ratio", "reduction"] = Field(
+        default="ratio", description="ratio: estimated bias reduction per unit of capability cost; reduction: alone")
+    min_improvement_pct: float = Field(
+        default=2.0, ge=0.0, description="stop when a round lowers the objective by less than this percent of its "
+                                         "starting value")
+    target_reduction_pct: float | None = Field(
+        default=None, gt=0.0, lt=100.0,
+        description="stop once the measured objective on the analysis groups is this percent below its start, "
+                    "removing only the best-ranked neurons of the last round that reach it; None: no target")
+    max_perplexity_increase_pct: float | None = Field(
+        default=1.0, gt=0.0, description="a round is halved until the perplexity on the calibration text, measured "
+                                         "with its neurons removed, rises by at most this percent; None: no check")
+    recall: RecallSection | None = Field(
+        default=None, description="the recall guard: protect and check the model's recall of the stated group; "
+                                  "None: off")
+
+
+class ActivationParams(Strict):
+    """The params of the activation method (``method: {name: activation, ...}``): a per-neuron bias metric on
+    pooled activations, an importance metric, a scorer blending them, and a ranked plan within the budget."""
+
+    metric: Component = Field(default_factory=lambda: Component(name="relative_mean_abs_diff"),
+                              description="per-neuron bias metric (a bias_metrics plugin)")
+    pooling: str = Field(default="suffix", description="which token positions are averaged (a poolings plugin)")
+    scorer: Component = Field(default_factory=lambda: Component(name="linear"),
+                              description="blends bias and importance into prunability (a scorers plugin)")
+    importance: Component = Field(
+        default_factory=lambda: Component(name="max_abs_weight"),
+        description="importance metric; max_abs_weight (max|gate_i| + max|up_i|) is the method's default")
+    bias_weight: float = Field(default=0.8, ge=0.0, le=1.0, description="w in w*bias + (1-w)*(1-importance)")
+    selection: Literal["global", "per_layer"] = Field(
+        default="global", description="global: one ranking over all layers; per_layer: the budget split by width")
+    guard_magnitude_ratio: float | None = Field(
+        default=10.0, gt=0,
+        description="never remove neurons whose mean |activation| exceeds this multiple of their layer's median")
+
+
+class MethodComponent(Component):
+    """The selection method, by name, with its params; ``method: {name: attribution, folds: 2}`` (params
+    inline) and ``method: {name: attribution, params: {folds: 2}}`` are the same."""
+
+    name: str = "activation"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inline_params(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value}
+        if isinstance(value, dict):
+            inline = {k: v for k, v in value.items() if k not in ("name", "params")}
+            if inline:
+                return {"name": value.get("name", "activation"), "params": {**value.get("params", {}), **inline}}
+        return value
+
+
+class BiasSection(Strict):
+    axes: list[str] = Field(default_factory=lambda: ["race"], description="bias axes by name or path to an axis file")
+    prompts: str | None = Field(default=None, description="a file of your own prompt pairs/groups (YAML, JSONL, CSV)")
+    site: str = Field(default="neuron", description="where activations are read (a sites plugin)")
+    batch_size: int = Field(default=16, ge=1)
+
+
+class Budget(Strict):
+    """How much to remove: exactly one of a parameter fraction, a neuron count, or a per-layer percentage."""
+
+    param_fraction: float | None = Field(default=None, gt=0, lt=1, description="fraction of all model parameters")
+    neurons: int | None = Field(default=None, ge=1, description="number of neurons in total")
+    layer_percent: float | None = Field(default=None, gt=0, lt=100, description="percent of each selected layer's width")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Budget":
+        given = [k for k in ("param_fraction", "neurons", "layer_percent") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of param_fraction, neurons, layer_percent"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+    def describe(self) -> str:
+        if self.param_fraction is not None:
+            return f"{self.param_fraction:.4%} of parameters"
+        if self.neurons is not None:
+            return f"{self.neurons} neurons"
+        return f"{self.layer_percent}% of each layer's width"
+
+
+class PruningSection(Strict):
+    pruner: Component = Field(default_factory=lambda: Component(name="structural"))
+    budget: Budget = Field(default_factory=lambda: Budget(param_fraction=0.002))
+    layers: list[int] | None = Field(default=None, min_length=1,
+                                     description="only these layers may lose neurons (None: all; never empty)")
+    min_width: int = Field(default=1, ge=1)
+    round_to: int | None = Field(default=None, ge=1, description="round each pruned layer's width to a multiple")
+
+
+class EvaluationSection(Strict):
+    evaluators: list[Component] = Field(default_factory=lambda: [
+        Component(name=n) for n in ("activation_bias", "activation_pictures", "output_bias", "capability",
+                                    "generations", "parameters")])
+    axes: list[str] | None = Field(default=None, description="held-out axes; defaults to bias.axes")
+    batch_size: int = Field(default=16, ge=1)
+
+
+class OutputSection(Strict):
+    dir: str = "runs/fairprune"
+    save_model: bool = True
+    overwrite: bool = False
+
+
+class SweepSection(Strict):
+    bias_weights: list[float] = Field(default_factory=lambda: [0.5, 0.8, 1.0])
+    budgets: list[Budget] = Field(default_factory=lambda: [Budget(param_fraction=f) for f in (0.001, 0.0025, 0.005)])
+    max_perplexity_increase: float | None = Field(default=None, description="percent; pick best point under it")
+    bias_metric: str | None = Field(
+        default=None, description="'evaluator.metric' a sweep maximises; default: the first headline with role "
+                                  "'bias' among evaluation.evaluators")
+    capability_metric: str | None = Field(
+        default=None, description="'evaluator.metric' (a capability loss in percent) a sweep keeps under "
+                                  "max_perplexity_increase; default: the first reported headline with role 'capability'")
+
+    @field_validator("bias_weights")
+    @classmethod
+    def _weights_in_range(cls, value: list[float]) -> list[float]:
+        bad = [w for w in value if not 0.0 <= w <= 1.0]
+        if bad:
+            raise ValueError(f"bias weights must lie in [0, 1], got {bad}")
+        return value
+
+
+class RunConfig(Strict):
+    """A whole fairness-pruning run: load, analyze, score, plan, prune, evaluate, save, report."""
+
+    model: ModelSection
+    method: MethodComponent = Field(default_factory=MethodComponent,
+                                    description="how neurons get chosen: activation (the default) or attribution, "
+                                                "or a registered method plugin, with its params")
+    bias: BiasSection = Field(default_factory=BiasSection)
+    pruning: PruningSection = Field(default_factory=PruningSection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+    sweep: SweepSection = Field(default_factory=SweepSection)
+    seed: int = 0
+
+    def config_hash(self) -> str:
+        """sha256 of the canonical JSON of everything that determines the results (not ``output``):
+        two runs with the same hash give the same plan and figures."""
+        canonical = json.dumps(self.model_dump(mode="json", exclude={"output"}), sort_keys=True,
+                               separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc if not (isinstance(part, str) and part.startswith("function-")))
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """The dotted field path and why: one line for one problem, an indented line per problem for several."""
+    lines = []
+    for err in exc.errors():
+        path = ".".join(p for p in (prefix, _field_path(err["loc"])) if p)
+        lines.append(f"{path or '(config)'}: {err['msg']}" + (f" (got {err['input']!r})" if err["type"] != "missing"
+                                                           and not isinstance(err["input"], dict) else ""))
+    return "invalid config: " + lines[0] if len(lines) == 1 else "invalid config:\n  " + "\n  ".join(lines)
+
+
+#: keys that belonged to one method and now live in its params: old dotted path -> new one
+MOVED_KEYS: dict[str, str] = {
+    "scoring": "method", "bias.method": "method.name", "bias.metric": "method.metric",
+    "bias.pooling": "method.pooling", "bias.objective": "method.objective", "bias.attribution": "method",
+    "pruning.selection": "method.selection", "pruning.guard_magnitude_ratio": "method.guard_magnitude_ratio",
+}
+
+
+def _refuse_moved_keys(data: dict[str, Any]) -> None:
+    """``ConfigError`` for a key of the layout before methods were plugins, naming where it lives now."""
+    for old, new in MOVED_KEYS.items():
+        section, _, key = old.partition(".")
+        node = data.get(section) if key else data
+        if isinstance(node, dict) and (key or section) in node:
+            raise ConfigError(f"{old}: this key moved to {new} (a method's keys live in its params: "
+                              "method: {name: activation, bias_weight: 0.8} or {name: attribution, folds: 2})")
+
+
+def validate_config(data: dict[str, Any]) -> RunConfig:
+    """A ``RunConfig`` from a plain dict; ``ConfigError`` naming each bad field."""
+    _refuse_moved_keys(data)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read YAML, TOML or JSON (by extension) into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        elif suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"{path}: unknown config format {suffix!r}; use .yaml, .toml or .json")
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{path}: cannot parse: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides; values are parsed as YAML (numbers, lists, booleans)."""
+    import yaml
+
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. scoring.bias_weight=0.6")
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if isinstance(child, str):  # a component given as a bare name
+                child = node[part] = {"name": child}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return data
+
+
+def load_config(source: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | None = None) -> RunConfig:
+    """A validated ``RunConfig`` from a path, a dict or a ``RunConfig``, with ``--set`` style overrides."""
+    if isinstance(source, RunConfig):
+        data = source.model_dump(mode="json")
+    elif isinstance(source, dict):
+        data = json.loads(json.dumps(source))
+    else:
+        data = read_config_file(source)
+    if overrides:  # apply onto the defaults-filled config, so `scoring.scorer.params.x=1` finds its section
+        data = apply_overrides(validate_config(data).model_dump(mode="json"), overrides)
+    return validate_config(data)
+
+
+def resolve_component(registry: Any, kind: str, component: Component, path: str) -> Any:
+    """The configured plugin for a component; errors name the config path of the bad field."""
+    from .errors import DuplicatePluginError, UnknownPluginError
+
+    try:
+        return registry.create(kind, component.name, component.params)
+    except (UnknownPluginError, DuplicatePluginError) as exc:
+        raise ConfigError(f"{path}.name: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, prefix=f"{path}.params")) from None
