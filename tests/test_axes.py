@@ -9,7 +9,7 @@ from fairprune.core.contract.errors import PromptError
 from fairprune.core.contract.registry import Registry
 from fairprune.core.data.prompts import builtin_axis_files, load_axis, validate_group
 
-AXES = ["age", "disability", "gender", "nationality", "race", "religion", "sexual_orientation", "socioeconomic"]
+AXES = ["age", "disability", "gender", "nationality", "race", "race_registers", "religion", "sexual_orientation", "socioeconomic"]
 REGISTRY = Registry(load_entrypoints=False)
 
 

@@ -50,6 +50,22 @@ class ModelSection(Strict):
                                                                "with it (auto_map); never by default")
 
 
+class RecallSection(Strict):
+    """The attribution method's recall guard (``method.recall``, ``core.method.recall_guard``): the model must
+    still name the group a prompt stated, among the axis' groups."""
+
+    prompts: str | None = Field(
+        default=None, description="recall prompts in the axis file format (a sentence states {attribute}, a later "
+                                  "clause asks it back); None: the bundled ones of the first bias axis")
+    guard_fraction: float = Field(
+        default=0.1, ge=0.0, lt=1.0, description="the top fraction of each layer by estimated increase of the "
+                                                 "recall loss is never removed; 0: no such guard")
+    max_drop_pts: float | None = Field(
+        default=1.0, gt=0.0, description="a round is halved until the measured recall (probability of the stated "
+                                         "group, percent) is at most this many points below the unpruned model's; "
+                                         "None: no check")
+
+
 class AttributionParams(Strict):
     """The params of the signed attribution method (``method: {name: attribution, ...}``).
 
@@ -99,6 +115,9 @@ class AttributionParams(Strict):
     max_perplexity_increase_pct: float | None = Field(
         default=1.0, gt=0.0, description="a round is halved until the perplexity on the calibration text, measured "
                                          "with its neurons removed, rises by at most this percent; None: no check")
+    recall: RecallSection | None = Field(
+        default=None, description="the recall guard: protect and check the model's recall of the stated group; "
+                                  "None: off")
 
 
 class ActivationParams(Strict):

@@ -156,6 +156,9 @@ class _Selector:
     progress: bool
     size: float = 1.0  # the starting objective's magnitude: percentages are of it
     target: float | None = None
+    recall: Any = None  # a recall_guard.RecallGuard, or None
+    recall_base: float | None = None  # its measured recall before any removal (percent)
+    recall_after: float | None = None  # the recall the last proposed round leaves
 
     def attribute(self, removed: Mapping[int, Sequence[int]] | None = None) -> attr.FoldedAttribution:
         """Forward and backward passes over every fold with ``removed`` ablated."""
@@ -187,6 +190,12 @@ class _Selector:
         if not add:
             return [], delta, None, (f"perplexity on the calibration text would rise more than "
                                      f"{self.settings.max_perplexity_increase_pct}%")
+        if self.recall is not None:
+            add, self.recall_after = self.recall.fit(self.model, self.adapter, state.removed, add, self.fill,
+                                                     self.recall_base)
+            if not add:
+                return [], delta, None, (f"recall of the stated group would fall more than "
+                                         f"{self.recall.max_drop_pts} points")
         return add, delta, loss, ""
 
     def measure_round(self, state: _State, add: list[tuple[int, int]], estimates: Sequence[float], last: bool,
@@ -225,7 +234,7 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
                           settings: AttributionParams | None = None, min_width: int = 1,
                           layers: Sequence[int] | None = None, batch_size: int = 16, adapter: Any = None,
                           registry: Any = None, progress: bool = True,
-                          forms: Mapping[str, str] | None = None) -> Selection:
+                          forms: Mapping[str, str] | None = None, recall: Any = None) -> Selection:
     """Choose neurons to remove so that ``objective`` (a bound ``bias_objectives`` plugin) falls on ``groups``.
 
     ``capability`` is the configured ``capability_cost`` importance metric (its
@@ -235,12 +244,15 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
     given here); ``layers`` limits which layers may lose neurons, ``min_width`` how narrow one may get.
     ``forms`` (``GroupSet.form_to_group``) names each surface form's attribute
     group for objectives that use labels; their groups are merged by template.
+    ``recall`` (a ``recall_guard.RecallGuard``, optional) protects the neurons whose removal is estimated
+    to raise the recall loss most and halves or rejects a round that lowers measured recall beyond its limit.
     Raises ``ConfigError`` for bad groups before any model work.
     """
     settings = settings or AttributionParams()
     start = time.perf_counter()
     sel, cap = _selector(model, tokenizer, groups, objective, capability, budget, compensated, settings, min_width,
-                         layers, batch_size, adapter or resolve_adapter(model, registry=registry), progress, forms)
+                         layers, batch_size, adapter or resolve_adapter(model, registry=registry), progress, forms,
+                         recall)
     current = sel.attribute()
     first = {layer: -d for layer, d in current.delta(sel.fill).items()}
     objective_before = current.objective
@@ -265,6 +277,8 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
                  "objective_after": measured, "predicted_change": predicted,
                  "measured_change": measured - state.objective, "calibration_loss": loss_after,
                  "accepted": measured < state.objective}
+        if sel.recall is not None:
+            entry["recall_pct"] = sel.recall_after
         log.append(entry)
         logger.info("attribution round %d: %d neurons, objective %.6g -> %.6g (predicted %+.3g)", round_index + 1,
                     len(add), state.objective, measured, predicted)
@@ -286,13 +300,16 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
 
     plan = _plan(state, records, log, stop, objective_before, sel, objective, capability, compensated, budget,
                  time.perf_counter() - start, layers)
+    if recall is not None:
+        plan.settings["recall"] = {"guard_fraction": recall.guard_fraction, "max_drop_pts": recall.max_drop_pts,
+                                   "recall_base_pct": sel.recall_base}
     return Selection(plan, cap.mean, first, sel.cost, cap.magnitude, log)
 
 
 def _selector(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objective: Any, capability: Any,
               budget: Budget, compensated: bool, settings: AttributionParams, min_width: int,
               layers: Sequence[int] | None, batch_size: int, adapter: Any, progress: bool,
-              forms: Mapping[str, str] | None) -> tuple[_Selector, Any]:
+              forms: Mapping[str, str] | None, recall: Any = None) -> tuple[_Selector, Any]:
     """Everything the rounds share, from one capability attribution pass and the group batches of every fold."""
     n_layers = len(adapter.layers(model))
     widths = {layer: adapter.width(model, layer) for layer in range(n_layers)}
@@ -313,7 +330,11 @@ def _selector(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objecti
                     layers=sorted(set(layers)) if layers is not None else list(range(n_layers)), widths=widths,
                     costs=costs, caps=caps, total_params=total_params, max_params=max_params, max_neurons=max_neurons, min_width=min_width,
                     check_text=check_text, check_loss=check_loss, fill=fill, cost=cost,
-                    guarded=_guard(model, adapter, cost, cap.magnitude, settings), progress=progress)
+                    guarded=_guard(model, adapter, cost, cap.magnitude, settings), progress=progress, recall=recall)
+    if recall is not None:  # the recall guard: protect group identity, and measure it every round
+        by_recall = recall.protected(recall.cost(model, adapter, fill=fill))
+        sel.guarded = {layer: mask | by_recall[layer] for layer, mask in sel.guarded.items()}
+        sel.recall_base = recall.measure(model, adapter, fill=fill)
     return sel, cap
 
 
@@ -449,8 +470,30 @@ def run_selection(model: Any, context: Any, params: AttributionParams, *, object
         model, context.tokenizer, groups, objective=objective.bind(context.tokenizer), capability=capability,
         budget=budget, compensated=bool(getattr(context.pruner, "needs_calibration", False)), settings=params,
         min_width=config.pruning.min_width, layers=config.pruning.layers, batch_size=config.bias.batch_size,
-        adapter=context.adapter, registry=context.registry, progress=context.progress, forms=found.form_to_group)
+        adapter=context.adapter, registry=context.registry, progress=context.progress, forms=found.form_to_group,
+        recall=_recall_guard(model, context, params))
     return selection, selection_report(selection, groups, model, context.adapter)
+
+
+def _recall_guard(model: Any, context: Any, params: AttributionParams) -> Any:
+    """The configured recall guard (``method.recall``), or None."""
+    config = context.config
+    section = params.recall
+    if section is None:
+        return None
+    from ..contract.errors import ConfigError
+    from ..data.groups import is_axis_name
+    from .recall_guard import bundled_recall_file, recall_guard
+
+    if section.prompts is None:
+        first = config.bias.axes[0]
+        if not is_axis_name(first):
+            raise ConfigError("method.recall.prompts: the first bias axis is a file; name recall prompts")
+        prompts: Any = bundled_recall_file(first)
+    else:
+        prompts = section.prompts
+    return recall_guard(model, context.tokenizer, prompts=prompts, guard_fraction=section.guard_fraction,
+                        max_drop_pts=section.max_drop_pts, batch_size=config.bias.batch_size)
 
 
 def selection_report(selection: Selection, groups: Sequence[PromptGroup], model: Any, adapter: Any) -> Any:
