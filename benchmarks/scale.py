@@ -32,7 +32,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 from bias_analysis import _cpu_model, bare_forward, make_pairs, timed_rounds

@@ -282,8 +282,8 @@ def main() -> int:
 
     import fairprune as fp
     from fairprune.core.model.adapters import resolve_adapter
-    from fairprune.plugins.evaluators.data import read_jsonl_texts
     from fairprune.core.model.lm_scoring import word_requests
+    from fairprune.plugins.evaluators.data import read_jsonl_texts
 
     sets = [load_swap(p) for p in args.swap]
     recall = load_recall(args.recall) if args.recall else None

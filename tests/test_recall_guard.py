@@ -7,13 +7,12 @@ import math
 import pytest
 import torch
 
-from fairprune.core.method import attribution as attr
-from fairprune.core.method import selection as sel
 from fairprune.core.contract.config import AttributionParams, Budget
 from fairprune.core.contract.errors import ConfigError
 from fairprune.core.contract.protocols import ObjectiveInputs, PromptGroup
-from fairprune.core.method.recall_guard import (RecallGuard, RecallLoss, answer_tokens, bundled_recall_file,
-                                                recall_guard)
+from fairprune.core.method import attribution as attr
+from fairprune.core.method import selection as sel
+from fairprune.core.method.recall_guard import RecallGuard, RecallLoss, answer_tokens, bundled_recall_file, recall_guard
 from fairprune.plugins.capability_cost import CapabilityCost
 from fairprune.plugins.objectives import NextTokenJS
 from fairprune.testing.models import tiny_model

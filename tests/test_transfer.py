@@ -10,17 +10,17 @@ import re
 import pytest
 
 import fairprune as fp
-from fairprune.core.method.attribution import template_folds
 from fairprune.core.contract.config import RunConfig
 from fairprune.core.contract.errors import ConfigError, PromptError
-from fairprune.core.contract.results import EvalContext
-from fairprune.core.run.evaluation import compare_all, configure_evaluators, observe_all
-from fairprune.core.data.groups import run_groups, run_transfer_groups, transfer_groups
-from fairprune.core.data.prompts import AXIS_SPLITS, builtin_axis_files, load_axis
 from fairprune.core.contract.protocols import PromptGroup
 from fairprune.core.contract.registry import get_registry
+from fairprune.core.contract.results import EvalContext
+from fairprune.core.data.groups import run_groups, run_transfer_groups, transfer_groups
+from fairprune.core.data.prompts import AXIS_SPLITS, builtin_axis_files, load_axis
 from fairprune.core.data.transfer import TRANSFER_SPLITS
+from fairprune.core.method.attribution import template_folds
 from fairprune.core.model.lm_scoring import last_token_logprobs
+from fairprune.core.run.evaluation import compare_all, configure_evaluators, observe_all
 from fairprune.plugins.evaluators.output_bias import js_divergence
 from fairprune.testing import tiny_char_tokenizer, tiny_model
 
