@@ -28,6 +28,7 @@ from ..contract.config import AttributionParams, Budget
 from ..contract.protocols import PromptGroup
 from ..model.adapters import count_parameters, resolve_adapter
 from . import attribution as attr
+from .passes import SelectionPasses
 from .planning import Plan, neuron_cost
 
 logger = logging.getLogger(__name__)
@@ -134,7 +135,8 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
                           settings: AttributionParams | None = None, min_width: int = 1,
                           layers: Sequence[int] | None = None, batch_size: int = 16, adapter: Any = None,
                           registry: Any = None, progress: bool = True,
-                          forms: Mapping[str, str] | None = None) -> Selection:
+                          forms: Mapping[str, str] | None = None, world: Any = None,
+                          passes: SelectionPasses | None = None) -> Selection:
     """Choose neurons to remove so that ``objective`` (a bound ``bias_objectives`` plugin) falls on ``groups``.
 
     ``capability`` is the configured ``capability_cost`` importance metric (its
@@ -144,10 +146,16 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
     given here); ``layers`` limits which layers may lose neurons, ``min_width`` how narrow one may get.
     ``forms`` (``GroupSet.form_to_group``) names each surface form's attribute
     group for objectives that use labels; their groups are merged by template.
+    With ``world`` (a ``distributed.World`` of several processes, every one calling this) each pass and each
+    measured check is shared among the processes and reduced in a fixed order, so all reach the plan of one
+    process; a failure on one process stops all with its message. ``passes`` (a ``passes.SelectionPasses`` of
+    this model, kept across calls) remembers what earlier selections on the same model computed.
     Raises ``ConfigError`` for bad settings before any model work.
     """
     settings = settings or AttributionParams()
     adapter = adapter or resolve_adapter(model, registry=registry)
+    progress = progress and (world is None or world.is_main)
+    passes = (passes or SelectionPasses(model, adapter)).bind(world, progress)
     n_layers = len(adapter.layers(model))
     layers = sorted(set(layers)) if layers is not None else list(range(n_layers))
     widths = {layer: adapter.width(model, layer) for layer in range(n_layers)}
@@ -161,15 +169,15 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
     check_text = capability.check_chunks(tokenizer) if callable(getattr(capability, "check_chunks", None)) else text
     start = time.perf_counter()
 
-    cap = attr.capability_attribution(model, text, adapter, progress=progress)
+    cap = passes.capability(text, compensated=compensated)
     check_loss = cap.loss if check_text is text or settings.max_perplexity_increase_pct is None else \
-        attr.text_loss(model, check_text, adapter)
+        passes.text_loss(check_text)
     fill = cap.mean if compensated else None
-    cost = cap.cost(fill)
+    cost = cap.cost
     guarded = _guard(model, adapter, cost, cap.magnitude, settings)
 
     def attribute(removed: Mapping[int, Sequence[int]] | None = None) -> attr.FoldedAttribution:
-        return attr.attribute_folds(model, folds, objective, adapter, removed=removed, fill=fill, progress=progress)
+        return passes.attribute(folds, objective, removed, fill)
 
     current = attribute()
     first = {layer: -d for layer, d in current.delta(fill).items()}
@@ -182,8 +190,7 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
 
     def measure(removed: Mapping[int, Sequence[int]]) -> float:
         """The objective over all analysis groups with ``removed`` ablated (forward passes only)."""
-        return _mean([v for b in folds for v in attr.objective_values(model, b, objective, adapter, removed=removed,
-                                                                      fill=fill)])
+        return passes.measure(folds, objective, removed, fill)
     scale = None  # measured / predicted change of the last accepted round: how far to trust the estimates
     log: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
@@ -200,7 +207,8 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
         if not add:
             stop = "no candidate lowers the objective within the budget" if entries else "no candidates left"
             break
-        add, loss_after = _capability_check(model, check_text, adapter, state, add, fill, check_loss, settings)
+        add, loss_after = _capability_check(model, check_text, adapter, state, add, fill, check_loss, settings,
+                                            passes=passes)
         if not add:
             stop = f"perplexity on the calibration text would rise more than {settings.max_perplexity_increase_pct}%"
             break
@@ -252,6 +260,7 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
 
     plan = _plan(state, records, log, stop, objective_before, widths, costs, total_params, objective, capability,
                  compensated, settings, budget, adapter, time.perf_counter() - start, check_loss, min_width, layers)
+    plan.settings["processes"] = 1 if world is None else world.size  # how many shared the passes
     return Selection(plan, cap.mean, first, cost, cap.magnitude, log)
 
 
@@ -312,18 +321,16 @@ def _shortest_reaching(add: list[tuple[int, int]], removed: Mapping[int, list[in
     return add[:hi], seen[hi]
 
 
-def _mean(values: Sequence[float]) -> float:
-    return float(sum(values) / len(values))
-
-
 def _capability_check(model: Any, text: Any, adapter: Any, state: _State, add: list[tuple[int, int]], fill: Any,
-                      base_loss: float, settings: AttributionParams) -> tuple[list[tuple[int, int]], float | None]:
+                      base_loss: float, settings: AttributionParams,
+                      passes: SelectionPasses | None = None) -> tuple[list[tuple[int, int]], float | None]:
     """Halve the round's additions (dropping the lowest ranked) until the measured perplexity rise fits the limit."""
     limit = settings.max_perplexity_increase_pct
     if limit is None:
         return add, None
     while add:
-        loss = attr.text_loss(model, text, adapter, removed=_merged(state.removed, add), fill=fill)
+        loss = passes.text_loss(text, _merged(state.removed, add), fill) if passes is not None else \
+            attr.text_loss(model, text, adapter, removed=_merged(state.removed, add), fill=fill)
         if 100.0 * (math.exp(loss - base_loss) - 1.0) <= limit:
             return add, loss
         add = add[:len(add) // 2]
@@ -368,21 +375,26 @@ def _params(plugin: Any) -> dict[str, Any]:
 
 
 def run_selection(model: Any, context: Any, params: AttributionParams, *, objective: Any, capability: Any,
-                  budget: Budget) -> tuple[Selection, Any]:
+                  budget: Budget, shard: bool = False, passes: SelectionPasses | None = None) -> tuple[Selection, Any]:
     """Select on the analysis groups of ``context.config`` (a ``MethodContext``) for ``budget``: the selection
     and a ``BiasReport`` of its first-round scores (−ΔM, higher = removal lowers bias more), magnitudes and the
     calibration means the compensated pruner adds back. ``objective`` and ``capability`` are the configured
-    plugins ``params`` names."""
+    plugins ``params`` names. With ``shard`` and a torchrun world of several processes, every process must
+    call this; the passes are shared among them and all return the one-process selection. ``passes`` keeps
+    what selections for other budgets on the same model computed."""
     from ..data.groups import run_groups
+    from ..model.distributed import current
 
     config = context.config
     found = run_groups(config, "analysis", context.registry)
     groups = found.groups
+    passes = passes or SelectionPasses(model, context.adapter)
     selection = select_by_attribution(
-        model, context.tokenizer, groups, objective=objective.bind(context.tokenizer), capability=capability,
+        model, context.tokenizer, groups, objective=passes.bound(objective, context.tokenizer), capability=capability,
         budget=budget, compensated=bool(getattr(context.pruner, "needs_calibration", False)), settings=params,
         min_width=config.pruning.min_width, layers=config.pruning.layers, batch_size=config.bias.batch_size,
-        adapter=context.adapter, registry=context.registry, progress=context.progress, forms=found.form_to_group)
+        adapter=context.adapter, registry=context.registry, progress=context.progress, forms=found.form_to_group,
+        world=current() if shard else None, passes=passes)
     return selection, selection_report(selection, groups, model, context.adapter)
 
 
