@@ -31,7 +31,7 @@ def torchrun(n: int, *args: str, timeout: float = 300) -> subprocess.CompletedPr
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "fairprune",
            *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def write_config(tmp_path: Path, source: Path, prompts: Path, **method) -> Path:

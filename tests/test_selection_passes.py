@@ -96,3 +96,21 @@ def test_budgets_sharing_passes_select_what_each_selects_alone_with_fewer_passes
     assert counters["text_loss"].calls == before["text_loss"]
     assert counters["objective_values"].calls == before["objective_values"]
     assert counters["capability_estimate"].calls == before["capability_estimate"]
+
+
+def test_batches_fill_half_the_free_memory_and_keep_the_cpu_default() -> None:
+    from fairprune.core.model.memory import batch_for_memory
+
+    assert batch_for_memory(None, 10, 16, 4) == 4
+    assert batch_for_memory(None, 10, 3, 4) == 3
+    assert batch_for_memory(1000, 100, 16, 4) == 5  # half of 1000 bytes holds 5 items of 100
+    assert batch_for_memory(1000, 100, 2, 4) == 2
+    assert batch_for_memory(50, 100, 16, 4) == 1  # never below one item
+
+
+def test_the_cpu_takes_the_fixed_chunk_batch(setup) -> None:
+    from fairprune.core.method.capability import CPU_CHUNKS, chunk_batch
+
+    model, tok, adapter = setup
+    text = CapabilityCost().configure({"chunk_tokens": 16, "max_tokens": 160}).chunks(tok)
+    assert chunk_batch(model, text, adapter) == CPU_CHUNKS

@@ -80,7 +80,7 @@ class NeuronSums:
     @classmethod
     def from_flat(cls, flat: torch.Tensor, widths: Sequence[tuple[int, int]]) -> NeuronSums:
         """The sums from ``flat_sums``' layout: ``[n_tokens, then per layer grad, grad_act, act, abs_act]``."""
-        sums, at = cls(n_tokens=int(round(float(flat[0])))), 1
+        sums, at = cls(n_tokens=round(float(flat[0]))), 1
         for layer, width in widths:
             for table in (sums.grad, sums.grad_act, sums.act, sums.abs_act):
                 table[layer] = flat[at:at + width].clone()
@@ -90,7 +90,7 @@ class NeuronSums:
     @classmethod
     def from_stats(cls, flat: torch.Tensor, widths: Sequence[tuple[int, int]]) -> NeuronSums:
         """The sums from ``flat_sums(..., with_grads=False)``'s layout (the gradient sums are zero)."""
-        sums, at = cls(n_tokens=int(round(float(flat[0])))), 1
+        sums, at = cls(n_tokens=round(float(flat[0]))), 1
         for layer, width in widths:
             sums.grad[layer] = torch.zeros(width)
             sums.grad_act[layer] = torch.zeros(width)

@@ -21,8 +21,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..model.distributed import share
-from .attribution import (NeuronSums, OrderedSum, TextChunks, _chunk_losses, _window_sums, flat_sums, frozen,
-                          gathered, layer_widths, neuron_hooks, stop_together)
+from .attribution import (
+    NeuronSums,
+    OrderedSum,
+    TextChunks,
+    _chunk_losses,
+    _window_sums,
+    flat_sums,
+    frozen,
+    gathered,
+    layer_widths,
+    neuron_hooks,
+    stop_together,
+)
 
 
 @dataclass
@@ -41,8 +52,29 @@ def _batch_starts(text: TextChunks, batch_size: int) -> list[int]:
     return list(range(0, len(text.chunks), batch_size))
 
 
+#: chunks per batch on the CPU (where memory is shared and bigger batches do not run faster)
+CPU_CHUNKS = 4
+
+
+def chunk_batch(model: nn.Module, text: TextChunks, adapter: Any, world: Any = None) -> int:
+    """Chunks per batch for a forward/backward over ``text``: ``CPU_CHUNKS`` on the CPU; on a GPU as many as
+    fill half its free memory, by an upper estimate of one chunk's activations, graph and float32 logits.
+    Under ``world`` every process takes the smallest answer, so all cut the same batches."""
+    from ..model.memory import batch_for_memory, free_device_bytes
+
+    config = getattr(model, "config", None)
+    hidden = int(getattr(config, "hidden_size", 0) or 0)
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    element = next((p.element_size() for p in model.parameters() if p.is_floating_point()), 4)
+    widths = layer_widths(model, adapter)
+    tokens = len(text.chunks[0]) if text.chunks else 1
+    per_token = sum(12 * hidden * element + 6 * width * 4 for _, width in widths) + vocab * (element + 12)
+    size = batch_for_memory(free_device_bytes(_device(model)), tokens * per_token, len(text.chunks), CPU_CHUNKS)
+    return size if world is None else min(world.gather_objects([size]))
+
+
 @torch.no_grad()
-def activation_means(model: nn.Module, text: TextChunks, adapter: Any, *, batch_size: int = 4,
+def activation_means(model: nn.Module, text: TextChunks, adapter: Any, *, batch_size: int = CPU_CHUNKS,
                      world: Any = None) -> dict[int, torch.Tensor]:
     """E[h_i] over the text's tokens per layer, forward only (batches shared among ``world``'s processes)."""
     widths = layer_widths(model, adapter)
@@ -61,15 +93,18 @@ def activation_means(model: nn.Module, text: TextChunks, adapter: Any, *, batch_
 
 
 def capability_estimate(model: nn.Module, text: TextChunks, adapter: Any, *, compensated: bool = False,
-                        batch_size: int = 4, progress: bool = False, world: Any = None) -> CapabilityEstimate:
+                        batch_size: int | None = None, progress: bool = False,
+                        world: Any = None) -> CapabilityEstimate:
     """The capability cost for removal to zero (``compensated=False``) or to the text's mean activation, in
-    one forward/backward per batch of chunks (plus one forward-only pass for the mean when compensated).
+    one forward/backward per batch of chunks (plus one forward-only pass for the mean when compensated);
+    ``batch_size`` chunks per batch (None: ``chunk_batch``, from the device's free memory).
 
     With ``world`` (several processes, all calling this) each runs a contiguous share of the batches and
     every process gets the one-process result (batch vectors folded in batch order).
     """
     widths = layer_widths(model, adapter)
     total_width = sum(w for _, w in widths)
+    batch_size = batch_size or chunk_batch(model, text, adapter, world)
     fill = activation_means(model, text, adapter, batch_size=batch_size, world=world) if compensated else None
     acc = OrderedSum(1 + 3 * total_width, world)  # [n_tokens, Σh and Σ|h| per layer, then Σ|ΔL| per layer]
     losses: list[float] = []

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import attribution as attr
-from .capability import CapabilityEstimate, capability_estimate
+from .capability import CapabilityEstimate, capability_estimate, chunk_batch
 
 
 def removed_key(removed: attr.Removed | None) -> tuple[tuple[int, tuple[int, ...]], ...]:
@@ -73,6 +73,12 @@ class SelectionPasses:
         if not any(o is objective for o in self._objectives):
             self._objectives.append(objective)
 
+    def _chunk_batch(self, text: attr.TextChunks) -> int:
+        key = ("chunk_batch", len(text.chunks), len(text.chunks[0]) if text.chunks else 0)
+        if key not in self.memo:  # the same for every process (the smallest), and for every later pass
+            self.memo[key] = chunk_batch(self.model, text, self.adapter, self.world)
+        return self.memo[key]
+
     def bound(self, objective: Any, tokenizer: Any) -> Any:
         """``objective.bind(tokenizer)``, once per objective plugin: the bound objective keys the memo."""
         key = ("bound", id(objective))
@@ -86,7 +92,8 @@ class SelectionPasses:
         key = ("capability", text_key(text), compensated)
         if key not in self.memo:
             self.memo[key] = capability_estimate(self.model, text, self.adapter, compensated=compensated,
-                                                 progress=self.progress, world=self.world)
+                                                 batch_size=self._chunk_batch(text), progress=self.progress,
+                                                 world=self.world)
         return self.memo[key]
 
     def text_loss(self, text: attr.TextChunks, removed: attr.Removed | None = None,
@@ -96,7 +103,7 @@ class SelectionPasses:
                else "any")
         if key not in self.memo:
             self.memo[key] = attr.text_loss(self.model, text, self.adapter, removed=removed, fill=fill,
-                                            **self._sharded())
+                                            batch_size=self._chunk_batch(text), **self._sharded())
         return self.memo[key]
 
     def attribute(self, folds: Sequence[attr.GroupBatches], objective: Any, removed: attr.Removed | None = None,
