@@ -108,9 +108,13 @@ def test_batches_fill_half_the_free_memory_and_keep_the_cpu_default() -> None:
     assert batch_for_memory(50, 100, 16, 4) == 1  # never below one item
 
 
-def test_the_cpu_takes_the_fixed_chunk_batch(setup) -> None:
-    from fairprune.core.method.capability import CPU_CHUNKS, chunk_batch
+def test_the_cpu_batch_keeps_the_pass_within_a_share_of_the_weights(setup, monkeypatch) -> None:
+    from fairprune.core.method import capability
 
     model, tok, adapter = setup
     text = CapabilityCost().configure({"chunk_tokens": 16, "max_tokens": 160}).chunks(tok)
-    assert chunk_batch(model, text, adapter) == CPU_CHUNKS
+    assert 1 <= capability.chunk_batch(model, text, adapter) <= capability.CPU_CHUNKS
+    monkeypatch.setattr(capability, "CPU_SHARE_OF_WEIGHTS", 1e6)  # memory to spare: the most the CPU takes
+    assert capability.chunk_batch(model, text, adapter) == capability.CPU_CHUNKS
+    monkeypatch.setattr(capability, "CPU_SHARE_OF_WEIGHTS", 1e-6)  # none: one chunk at a time
+    assert capability.chunk_batch(model, text, adapter) == 1

@@ -52,15 +52,19 @@ def _batch_starts(text: TextChunks, batch_size: int) -> list[int]:
     return list(range(0, len(text.chunks), batch_size))
 
 
-#: chunks per batch on the CPU (where memory is shared and bigger batches do not run faster)
+#: chunks per batch on the CPU at most (bigger batches do not run faster there)
 CPU_CHUNKS = 4
+#: on the CPU, a batch's activations, graph and logits may take this fraction of the weights' bytes
+CPU_SHARE_OF_WEIGHTS = 0.25
 
 
 def chunk_batch(model: nn.Module, text: TextChunks, adapter: Any, world: Any = None) -> int:
-    """Chunks per batch for a forward/backward over ``text``: ``CPU_CHUNKS`` on the CPU; on a GPU as many as
-    fill half its free memory, by an upper estimate of one chunk's activations, graph and float32 logits.
-    Under ``world`` every process takes the smallest answer, so all cut the same batches."""
-    from ..model.memory import batch_for_memory, free_device_bytes
+    """Chunks per batch for a forward/backward over ``text``, by an upper estimate of one chunk's activations,
+    graph and float32 logits: on a GPU as many as fill half its free memory; on the CPU (memory shared with
+    the weights and everything else) as many as fit in ``CPU_SHARE_OF_WEIGHTS`` of the weights' bytes, at
+    most ``CPU_CHUNKS``, at least one. Under ``world`` every process takes the smallest answer, so all cut
+    the same batches."""
+    from ..model.memory import batch_for_memory, free_device_bytes, weight_bytes
 
     config = getattr(model, "config", None)
     hidden = int(getattr(config, "hidden_size", 0) or 0)
@@ -69,7 +73,12 @@ def chunk_batch(model: nn.Module, text: TextChunks, adapter: Any, world: Any = N
     widths = layer_widths(model, adapter)
     tokens = len(text.chunks[0]) if text.chunks else 1
     per_token = sum(12 * hidden * element + 6 * width * 4 for _, width in widths) + vocab * (element + 12)
-    size = batch_for_memory(free_device_bytes(_device(model)), tokens * per_token, len(text.chunks), CPU_CHUNKS)
+    free = free_device_bytes(_device(model))
+    if free is None:  # the CPU
+        size = min(CPU_CHUNKS, batch_for_memory(int(CPU_SHARE_OF_WEIGHTS * weight_bytes(model)), tokens * per_token,
+                                                len(text.chunks), CPU_CHUNKS, fraction=1.0))
+    else:
+        size = batch_for_memory(free, tokens * per_token, len(text.chunks), CPU_CHUNKS)
     return size if world is None else min(world.gather_objects([size]))
 
 

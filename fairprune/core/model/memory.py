@@ -51,6 +51,11 @@ def free_device_bytes(device: object) -> int | None:
     return None
 
 
+def weight_bytes(model: object) -> int:
+    """Bytes of a model's parameters (offloaded ones included: their shapes and dtypes are known)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())  # type: ignore[attr-defined]
+
+
 def batch_for_memory(free: int | None, per_item: int, n_items: int, default: int, fraction: float = 0.5) -> int:
     """How many items (each needing ``per_item`` bytes) a batch takes: as many as fill ``fraction`` of
     ``free`` bytes, at least 1 and at most ``n_items``; ``default`` (at most ``n_items``) when ``free`` is None."""
