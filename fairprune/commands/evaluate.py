@@ -60,7 +60,8 @@ def main(args: argparse.Namespace) -> int:
     from ..core.io.outputs import check_output_file, write_file_atomic
     from ..core.io.persist import load_pretrained
     from ..core.io.sources import load_model
-    from ..core.model.adapters import default_registry, resolve_adapter
+    from ..core.model.adapters import resolve_adapter
+    from ..core.contract.registry import default_registry
     from ..core.run.evaluation import compare_all, configure_evaluators, needs_groups, observe_all
 
     names = _names(args.evaluators) or [c.name for c in EvaluationSection().evaluators]

@@ -385,6 +385,12 @@ def _package_of(plugin: Any) -> str:
 _REGISTRY: Registry | None = None
 
 
+def default_registry(registry: Registry | None) -> Registry:
+    """``registry`` itself, or the process-wide one (``get_registry()``) when None: how every function that takes
+    an optional ``registry`` reaches the default one."""
+    return registry if registry is not None else get_registry()
+
+
 def get_registry() -> Registry:
     """The process-wide registry, built on first use."""
     global _REGISTRY

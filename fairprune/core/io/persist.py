@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..contract.errors import PersistError
-from ..model.adapters import count_parameters, default_registry, down_linear, resolve_adapter, widths
+from ..contract.registry import default_registry
+from ..model.adapters import count_parameters, down_linear, resolve_adapter, widths
 
 if TYPE_CHECKING:
     import torch

@@ -118,10 +118,9 @@ def load_model(spec: str, *, registry: Registry | None = None, cache_dir: str | 
         from ..contract.errors import ConfigError
 
         raise ConfigError(f"model.dtype: unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-    if registry is None:
-        from ..contract.registry import get_registry
+    from ..contract.registry import default_registry
 
-        registry = get_registry()
+    registry = default_registry(registry)
     refuse_custom_code(spec, trust_remote_code)
     if require_tokenizer:
         refuse_directory_without_tokenizer(spec)

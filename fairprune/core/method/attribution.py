@@ -44,7 +44,8 @@ from ..data.groups import attribute_key
 from ..data.prompts import validate_groups
 from ..model.adapters import resolve_adapter
 from ..model.distributed import share
-from .collect import _batches, _max_positions, _pad_id, input_device, non_finite_error, tokenize_groups
+from ..model.lm_scoring import pad_id
+from .collect import _batches, _max_positions, input_device, non_finite_error, tokenize_groups
 
 logger = logging.getLogger(__name__)
 
@@ -323,7 +324,7 @@ def group_batches(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGroup
         start += len(g.prompts)
         counts.append(1 if positions == "last" else max(1, min(_shared_suffix(members), max_positions)))
     member_labels = None if labels is None else [attribute_key(g, labels) for g in groups]
-    return GroupBatches(groups, ids, diverge, max(1, batch_size // per_group), _pad_id(tokenizer), counts,
+    return GroupBatches(groups, ids, diverge, max(1, batch_size // per_group), pad_id(tokenizer), counts,
                         member_labels)
 
 

@@ -169,7 +169,7 @@ def analyze_bias(model: Any, tokenizer: Any, axes: Sequence[Any] | None = None,
     one-process run (see ``core.distributed``).
     """
     from ..contract.config import ActivationParams, BiasSection
-    from ..model.adapters import default_registry
+    from ..contract.registry import default_registry
 
     defaults, method_defaults = BiasSection(), ActivationParams()
     registry = default_registry(registry)

@@ -22,9 +22,11 @@ from tqdm.auto import tqdm
 
 from ..contract.errors import PromptError
 from ..contract.protocols import PromptGroup
+from ..contract.registry import default_registry
 from ..data.prompts import validate_groups
 from ..model.adapters import resolve_adapter
 from ..model.devices import all_finite, input_device, non_finite_error
+from ..model.lm_scoring import pad_id
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +115,7 @@ def capture(model: nn.Module, adapter: Any, sites: str | Sequence[str], layers: 
     layers = sorted({int(i) for i in layers})
     if not layers or not site_names:
         raise ValueError("capture needs at least one layer and one site")
-    registry = registry or _registry()
+    registry = default_registry(registry)
     roles = {name: registry.get("sites", name).role for name in site_names}
     run = CaptureRun(model, layers[-1], len(site_names), stop_early)
     handles: list[Any] = []
@@ -244,7 +246,7 @@ def collect_prompts(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGro
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    registry = registry or _registry()
+    registry = default_registry(registry)
     pool = registry.get("poolings", pooling)
     for site in sites:
         registry.get("sites", site)
@@ -294,7 +296,7 @@ def _collect_rows(model: nn.Module, tokenizer: Any, ids: list[list[int]], diverg
         with torch.inference_mode(), capture(model, adapter, sites, layers, reducer, registry=registry) as run:
             bar = tqdm(total=len(ids), desc=f"collecting {','.join(sites)}/{pool.name}", unit="prompt",
                        disable=not progress)
-            for batch in _batches(ids, diverge, batch_size, _pad_id(tokenizer), _padding_side(tokenizer)):
+            for batch in _batches(ids, diverge, batch_size, pad_id(tokenizer), _padding_side(tokenizer)):
                 weights = pool.weights(batch.mask, batch.content_pos, batch.diverge_at)
                 reducer.start(batch.rows, weights, batch.mask)
                 run.forward(input_ids=batch.input_ids.to(device), attention_mask=batch.mask.long().to(device),
@@ -389,17 +391,6 @@ def _batches(ids: list[list[int]], diverge: list[int], batch_size: int, pad_id: 
         yield _Batch(rows, input_ids, mask, content_pos, torch.tensor([diverge[i] for i in rows]))
 
 
-def _pad_id(tokenizer: Any) -> int:
-    """The pad id, else eos (padding is masked, so any valid id works); the tokenizer is not changed."""
-    for attr in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if isinstance(value, (list, tuple)):
-            value = value[0] if value else None
-        if value is not None:
-            return int(value)
-    return 0
-
-
 def _padding_side(tokenizer: Any) -> str:
     return "left" if getattr(tokenizer, "padding_side", "right") == "left" else "right"
 
@@ -409,10 +400,3 @@ def _max_positions(model: nn.Module) -> int | None:
     config = getattr(config, "text_config", None) or config
     value = getattr(config, "max_position_embeddings", None)
     return int(value) if isinstance(value, int) and value > 0 else None
-
-
-def _registry() -> Any:
-    from ..contract.registry import get_registry
-
-    return get_registry()
-

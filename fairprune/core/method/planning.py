@@ -192,7 +192,8 @@ def plan_pruning(model: torch.nn.Module, bias: Any, *, params: ActivationParams 
     median (``None``: no guard). Raises ``ConfigError`` for bad settings and ``PlanError`` when scores do not
     fit the model.
     """
-    from ..model.adapters import count_parameters, default_registry, resolve_adapter
+    from ..contract.registry import default_registry
+    from ..model.adapters import count_parameters, resolve_adapter
 
     precomputed = importance if isinstance(importance, Mapping) else None
     params, pruning = plan_sections(

@@ -130,6 +130,97 @@ def _merged(removed: Mapping[int, list[int]], add: Sequence[tuple[int, int]]) ->
     return {layer: sorted(v) for layer, v in out.items() if v}
 
 
+@dataclass
+class _Selector:
+    """What every round of one selection reads: the model and its groups, the budget's limits, the guard and the
+    target. Its methods are the loop's passes (``attribute``, ``measure``) and its decisions (``propose``,
+    ``measure_round``, ``stop_after``)."""
+
+    model: Any
+    adapter: Any
+    folds: list[Any]
+    objective: Any
+    settings: AttributionParams
+    layers: list[int]
+    widths: dict[int, int]
+    costs: dict[int, int]
+    caps: dict[int, int]
+    total_params: int
+    max_params: float
+    max_neurons: float
+    min_width: int
+    check_text: Any
+    check_loss: float
+    fill: Any
+    cost: dict[int, torch.Tensor]
+    guarded: dict[int, torch.Tensor]
+    progress: bool
+    passes: SelectionPasses
+    size: float = 1.0  # the starting objective's magnitude: percentages are of it
+    target: float | None = None
+
+    def attribute(self, removed: Mapping[int, Sequence[int]] | None = None) -> attr.FoldedAttribution:
+        """Forward and backward passes over every fold with ``removed`` ablated (``SelectionPasses``: shared
+        under torchrun; the first round's kept for later budgets)."""
+        return self.passes.attribute(self.folds, self.objective, removed, self.fill)
+
+    def measure(self, removed: Mapping[int, Sequence[int]]) -> float:
+        """The objective over all analysis groups with ``removed`` ablated (forward passes only, once per set)."""
+        return self.passes.measure(self.folds, self.objective, removed, self.fill)
+
+    def propose(self, state: _State, current: attr.FoldedAttribution,
+                round_index: int) -> tuple[list[tuple[int, int]], dict[int, torch.Tensor], float | None, str]:
+        """The round's additions, best first, within its share of the budget and the perplexity limit; the
+        blended estimates, the calibration loss measured with them, and why there are none (or "")."""
+        left = self.settings.rounds - round_index
+        quota_params = (self.max_params - state.params) / left if math.isfinite(self.max_params) else math.inf
+        removed_count = sum(map(len, state.removed.values()))
+        quota_neurons = (self.max_neurons - removed_count) / left if math.isfinite(self.max_neurons) else math.inf
+        per_fold = current.fold_delta(self.fill)
+        delta = current.blend(per_fold)
+        entries = _ranked(per_fold, self.cost, self.guarded, state.removed, self.settings.ranking, self.layers)
+        add = _take(entries, state, quota_params, quota_neurons, self.caps, self.widths, self.costs, self.min_width)
+        if not add:
+            return [], delta, None, ("no candidate lowers the objective within the budget" if entries
+                                     else "no candidates left")
+        add, loss = _capability_check(self.model, self.check_text, self.adapter, state, add, self.fill,
+                                      self.check_loss, self.settings, passes=self.passes)
+        if not add:
+            return [], delta, None, (f"perplexity on the calibration text would rise more than "
+                                     f"{self.settings.max_perplexity_increase_pct}%")
+        return add, delta, loss, ""
+
+    def measure_round(self, state: _State, add: list[tuple[int, int]], estimates: Sequence[float], last: bool,
+                      scale: float | None) -> tuple[list[tuple[int, int]], float, attr.FoldedAttribution | None]:
+        """The round's additions (cut to the shortest prefix reaching the target, if any), the objective measured
+        with them, and the next round's attribution when it was computed on the way (its pass measures too)."""
+        target, nxt = self.target, None
+        if target is not None and _expects(state.objective, estimates, target, scale):
+            # the estimates say the round reaches the target: look for its prefix first (forward passes only)
+            add, measured = _shortest_reaching(add, state.removed, target, state.objective, estimates, self.measure,
+                                               scale=scale)
+        else:
+            removed = _merged(state.removed, add)
+            nxt = None if last else self.attribute(removed)
+            measured = nxt.objective if nxt is not None else self.measure(removed)
+            if target is not None and measured <= target:
+                add, measured = _shortest_reaching(add, state.removed, target, state.objective, estimates,
+                                                   self.measure, value=measured)
+        if target is not None and measured > target and nxt is None and not last and measured < state.objective:
+            nxt = self.attribute(_merged(state.removed, add))
+        return add, measured, nxt
+
+    def stop_after(self, before: float, measured: float) -> str:
+        """Why selection stops after an accepted round that took the objective from ``before`` to ``measured``
+        (or "" to go on)."""
+        if self.target is not None and measured <= self.target:
+            return f"the objective fell by the target {self.settings.target_reduction_pct}%"
+        gain_pct = 100.0 * (before - measured) / self.size
+        if gain_pct < self.settings.min_improvement_pct:
+            return f"a round improved the objective by {gain_pct:.2f}% (< {self.settings.min_improvement_pct}%)"
+        return ""
+
+
 def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequence[PromptGroup], *,
                           objective: Any, capability: Any, budget: Budget, compensated: bool = False,
                           settings: AttributionParams | None = None, min_width: int = 1,
@@ -150,14 +241,71 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
     measured check is shared among the processes and reduced in a fixed order, so all reach the plan of one
     process; a failure on one process stops all with its message. ``passes`` (a ``passes.SelectionPasses`` of
     this model, kept across calls) remembers what earlier selections on the same model computed.
-    Raises ``ConfigError`` for bad settings before any model work.
+    Raises ``ConfigError`` for bad groups before any model work.
     """
     settings = settings or AttributionParams()
+    start = time.perf_counter()
     adapter = adapter or resolve_adapter(model, registry=registry)
     progress = progress and (world is None or world.is_main)
     passes = (passes or SelectionPasses(model, adapter)).bind(world, progress)
+    sel, cap = _selector(model, tokenizer, groups, objective, capability, budget, compensated, settings, min_width,
+                         layers, batch_size, adapter, progress, forms, passes)
+    current = sel.attribute()
+    first = {layer: -d for layer, d in current.delta(sel.fill).items()}
+    objective_before = current.objective
+    # percentages are of the starting value's size: an objective such as js_above_floor may start below zero
+    sel.size = max(abs(objective_before), 1e-12)
+    if settings.target_reduction_pct is not None:
+        sel.target = objective_before - sel.size * settings.target_reduction_pct / 100.0
+    state = _State({}, 0, current.objective)
+    scale = None  # measured / predicted change of the last accepted round: how far to trust the estimates
+    log: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
+    stop = "budget reached"
+    for round_index in range(settings.rounds):
+        add, delta, loss_after, why_none = sel.propose(state, current, round_index)
+        if not add:
+            stop = why_none
+            break
+        estimates = [float(delta[layer][n]) for layer, n in add]
+        add, measured, nxt = sel.measure_round(state, add, estimates, round_index == settings.rounds - 1, scale)
+        predicted = float(sum(delta[layer][n] for layer, n in add))
+        entry = {"round": round_index + 1, "neurons": len(add), "objective_before": state.objective,
+                 "objective_after": measured, "predicted_change": predicted,
+                 "measured_change": measured - state.objective, "calibration_loss": loss_after,
+                 "accepted": measured < state.objective}
+        log.append(entry)
+        logger.info("attribution round %d: %d neurons, objective %.6g -> %.6g (predicted %+.3g)", round_index + 1,
+                    len(add), state.objective, measured, predicted)
+        if not entry["accepted"]:
+            stop = "the objective stopped improving"
+            break
+        records.extend({"layer": layer, "neuron": n, "attribution": float(delta[layer][n]),
+                        "cost": float(sel.cost[layer][n]), "round": round_index + 1} for layer, n in add)
+        if predicted < 0:
+            scale = min(max((measured - state.objective) / predicted, 0.0), 1.0)
+        before = state.objective
+        state = _State(_merged(state.removed, add), state.params + sum(sel.costs[layer] for layer, _ in add),
+                       measured)
+        stop = sel.stop_after(before, measured) or stop
+        if stop != "budget reached":
+            break
+        if nxt is not None:
+            current = nxt
+
+    plan = _plan(state, records, log, stop, objective_before, sel, objective, capability, compensated, budget,
+                 time.perf_counter() - start, layers)
+    plan.settings["processes"] = 1 if world is None else world.size  # how many shared the passes
+    return Selection(plan, cap.mean, first, sel.cost, cap.magnitude, log)
+
+
+def _selector(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objective: Any, capability: Any,
+              budget: Budget, compensated: bool, settings: AttributionParams, min_width: int,
+              layers: Sequence[int] | None, batch_size: int, adapter: Any, progress: bool,
+              forms: Mapping[str, str] | None, passes: SelectionPasses) -> tuple[_Selector, Any]:
+    """Everything the rounds share, from one capability pass (streamed: ``passes.capability``) and the group
+    batches of every fold."""
     n_layers = len(adapter.layers(model))
-    layers = sorted(set(layers)) if layers is not None else list(range(n_layers))
     widths = {layer: adapter.width(model, layer) for layer in range(n_layers)}
     costs = {layer: neuron_cost(model, adapter, layer) for layer in range(n_layers)}
     total_params = count_parameters(model)
@@ -167,101 +315,17 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
              for part in attr.template_folds(groups, settings.folds)]
     text = capability.chunks(tokenizer)
     check_text = capability.check_chunks(tokenizer) if callable(getattr(capability, "check_chunks", None)) else text
-    start = time.perf_counter()
-
     cap = passes.capability(text, compensated=compensated)
     check_loss = cap.loss if check_text is text or settings.max_perplexity_increase_pct is None else \
         passes.text_loss(check_text)
     fill = cap.mean if compensated else None
     cost = cap.cost
-    guarded = _guard(model, adapter, cost, cap.magnitude, settings)
-
-    def attribute(removed: Mapping[int, Sequence[int]] | None = None) -> attr.FoldedAttribution:
-        return passes.attribute(folds, objective, removed, fill)
-
-    current = attribute()
-    first = {layer: -d for layer, d in current.delta(fill).items()}
-    state = _State({}, 0, current.objective)
-    objective_before = current.objective
-    # percentages are of the starting value's size: an objective such as js_above_floor may start below zero
-    size = max(abs(objective_before), 1e-12)
-    target = None if settings.target_reduction_pct is None else \
-        objective_before - size * settings.target_reduction_pct / 100.0
-
-    def measure(removed: Mapping[int, Sequence[int]]) -> float:
-        """The objective over all analysis groups with ``removed`` ablated (forward passes only)."""
-        return passes.measure(folds, objective, removed, fill)
-    scale = None  # measured / predicted change of the last accepted round: how far to trust the estimates
-    log: list[dict[str, Any]] = []
-    records: list[dict[str, Any]] = []
-    stop = "budget reached"
-    for round_index in range(settings.rounds):
-        left = settings.rounds - round_index
-        quota_params = (max_params - state.params) / left if math.isfinite(max_params) else math.inf
-        quota_neurons = (max_neurons - sum(map(len, state.removed.values()))) / left if math.isfinite(max_neurons) \
-            else math.inf
-        per_fold = current.fold_delta(fill)
-        delta = current.blend(per_fold)
-        entries = _ranked(per_fold, cost, guarded, state.removed, settings.ranking, layers)
-        add = _take(entries, state, quota_params, quota_neurons, caps, widths, costs, min_width)
-        if not add:
-            stop = "no candidate lowers the objective within the budget" if entries else "no candidates left"
-            break
-        add, loss_after = _capability_check(model, check_text, adapter, state, add, fill, check_loss, settings,
-                                            passes=passes)
-        if not add:
-            stop = f"perplexity on the calibration text would rise more than {settings.max_perplexity_increase_pct}%"
-            break
-        removed = _merged(state.removed, add)
-        last = round_index == settings.rounds - 1
-        estimates = [float(delta[layer][n]) for layer, n in add]
-        nxt = None
-        if target is not None and _expects(state.objective, estimates, target, scale):
-            # the estimates say the round reaches the target: look for its prefix first (forward passes only)
-            add, measured = _shortest_reaching(add, state.removed, target, state.objective, estimates, measure,
-                                               scale=scale)
-        else:
-            # the next round's attribution pass measures the objective too
-            nxt = None if last else attribute(removed)
-            measured = nxt.objective if nxt is not None else measure(removed)
-            if target is not None and measured <= target:
-                add, measured = _shortest_reaching(add, state.removed, target, state.objective, estimates, measure,
-                                                   value=measured)
-        reached = target is not None and measured <= target
-        if target is not None and not reached and nxt is None and not last and measured < state.objective:
-            nxt = attribute(removed)
-        removed = _merged(state.removed, add)
-        predicted = float(sum(delta[layer][n] for layer, n in add))
-        entry = {"round": round_index + 1, "neurons": len(add), "objective_before": state.objective,
-                 "objective_after": measured, "predicted_change": predicted,
-                 "measured_change": measured - state.objective, "calibration_loss": loss_after}
-        log.append(entry)
-        logger.info("attribution round %d: %d neurons, objective %.6g -> %.6g (predicted %+.3g)", round_index + 1,
-                    len(add), state.objective, measured, predicted)
-        if measured >= state.objective:
-            entry["accepted"] = False
-            stop = "the objective stopped improving"
-            break
-        entry["accepted"] = True
-        records.extend({"layer": layer, "neuron": n, "attribution": float(delta[layer][n]),
-                        "cost": float(cost[layer][n]), "round": round_index + 1} for layer, n in add)
-        gain_pct = 100.0 * (state.objective - measured) / size
-        if predicted < 0:
-            scale = min(max((measured - state.objective) / predicted, 0.0), 1.0)
-        state = _State(removed, state.params + sum(costs[layer] for layer, _ in add), measured)
-        if reached:
-            stop = f"the objective fell by the target {settings.target_reduction_pct}%"
-            break
-        if gain_pct < settings.min_improvement_pct:
-            stop = f"a round improved the objective by {gain_pct:.2f}% (< {settings.min_improvement_pct}%)"
-            break
-        if nxt is not None:
-            current = nxt
-
-    plan = _plan(state, records, log, stop, objective_before, widths, costs, total_params, objective, capability,
-                 compensated, settings, budget, adapter, time.perf_counter() - start, check_loss, min_width, layers)
-    plan.settings["processes"] = 1 if world is None else world.size  # how many shared the passes
-    return Selection(plan, cap.mean, first, cost, cap.magnitude, log)
+    sel = _Selector(model=model, adapter=adapter, folds=folds, objective=objective, settings=settings,
+                    layers=sorted(set(layers)) if layers is not None else list(range(n_layers)), widths=widths,
+                    costs=costs, caps=caps, total_params=total_params, max_params=max_params, max_neurons=max_neurons, min_width=min_width,
+                    check_text=check_text, check_loss=check_loss, fill=fill, cost=cost,
+                    guarded=_guard(model, adapter, cost, cap.magnitude, settings), progress=progress, passes=passes)
+    return sel, cap
 
 
 def _expects(start: float, predicted: Sequence[float], target: float, scale: float | None) -> bool:
@@ -338,9 +402,10 @@ def _capability_check(model: Any, text: Any, adapter: Any, state: _State, add: l
 
 
 def _plan(state: _State, records: list[dict[str, Any]], log: list[dict[str, Any]], stop: str, before: float,
-          widths: Mapping[int, int], costs: Mapping[int, int], total_params: int, objective: Any, capability: Any,
-          compensated: bool, settings: AttributionParams, budget: Budget, adapter: Any, seconds: float,
-          base_loss: float, min_width: int, layers: Sequence[int] | None) -> Plan:
+          sel: _Selector, objective: Any, capability: Any, compensated: bool, budget: Budget, seconds: float,
+          layers: Sequence[int] | None) -> Plan:
+    """The plan of a finished selection: the removed neurons, a record each, the settings and the verification."""
+    settings = sel.settings
     predicted = float(sum(r["predicted_change"] for r in log if r.get("accepted")))
     measured = state.objective - before
     agree = (predicted < 0) == (measured < 0) or not state.removed
@@ -356,16 +421,19 @@ def _plan(state: _State, records: list[dict[str, Any]], log: list[dict[str, Any]
         "fill": "mean" if compensated else "zero", "positions": settings.positions, "folds": settings.folds,
         "target_reduction_pct": settings.target_reduction_pct,
         "rounds": settings.rounds, "rounds_run": len(log),
-        "guard_fraction": settings.guard_fraction, "magnitude_guard": settings.magnitude_guard, "ranking": settings.ranking,
-        "min_improvement_pct": settings.min_improvement_pct,
-        "max_perplexity_increase_pct": settings.max_perplexity_increase_pct, "min_width": min_width,
+        "guard_fraction": settings.guard_fraction, "magnitude_guard": settings.magnitude_guard,
+        "ranking": settings.ranking, "min_improvement_pct": settings.min_improvement_pct,
+        "max_perplexity_increase_pct": settings.max_perplexity_increase_pct, "min_width": sel.min_width,
         "layers": list(layers) if layers is not None else None,
         "budget": budget.model_dump(exclude_none=True), "stop_reason": stop, "selection_seconds": round(seconds, 3),
-        "calibration_loss_base": base_loss, "round_log": log, "verification": verification, "adapter": adapter.name,
+        "calibration_loss_base": sel.check_loss, "round_log": log, "verification": verification,
+        "adapter": sel.adapter.name,
     }
     removed = {layer: v for layer, v in state.removed.items() if v}
+    widths, costs = sel.widths, sel.costs
     return Plan(removed=removed, records=sorted(records, key=lambda r: (r["layer"], r["neuron"])),
-                settings=settings_out, widths_before=[widths[i] for i in sorted(widths)], params_total=total_params,
+                settings=settings_out, widths_before=[widths[i] for i in sorted(widths)],
+                params_total=sel.total_params,
                 params_to_remove=sum(costs[layer] * len(v) for layer, v in removed.items()))
 
 

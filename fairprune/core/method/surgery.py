@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..contract.errors import ConfigError, PlanError, PluginContractError
 from ..contract.protocols import PruneResult
-from ..model.adapters import count_parameters, default_registry, mlp_weights, resolve_adapter, widths
+from ..contract.registry import default_registry
+from ..model.adapters import count_parameters, mlp_weights, resolve_adapter, widths
 from .plan_files import check_plan_widths
 
 if TYPE_CHECKING:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..contract.errors import ArchitectureError
 from ..contract.protocols import MLPWeights
+from ..contract.registry import default_registry
 
 if TYPE_CHECKING:
     from torch import nn
@@ -19,15 +20,6 @@ if TYPE_CHECKING:
     from ..contract.registry import Registry
 
 logger = logging.getLogger(__name__)
-
-
-def default_registry(registry: Registry | None) -> Registry:
-    """``registry`` itself, or the process-wide one when None."""
-    if registry is not None:
-        return registry
-    from ..contract.registry import get_registry
-
-    return get_registry()
 
 
 def resolve_adapter(model: nn.Module, name: str | None = None, registry: Registry | None = None) -> Any:

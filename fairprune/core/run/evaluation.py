@@ -95,8 +95,9 @@ def evaluate(base_model: Any, pruned_model: Any, tokenizer: Any, *, axes: Sequen
     (``ConfigError`` naming the field).
     """
     from ..contract.config import BiasSection, EvaluationSection
+    from ..contract.registry import default_registry
     from ..data.groups import gather
-    from ..model.adapters import default_registry, resolve_adapter
+    from ..model.adapters import resolve_adapter
 
     registry = default_registry(registry)
     names = list(evaluators) if evaluators is not None else [c.name for c in EvaluationSection().evaluators]

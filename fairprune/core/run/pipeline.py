@@ -179,8 +179,8 @@ def prepare(config: Any, overrides: list[str] | None = None, registry: Any = Non
     """Validate the config and every plugin it names, seed torch, check the output directory: all before work."""
     import torch
 
+    from ..contract.registry import default_registry
     from ..io.outputs import claim_output_dir
-    from ..model.adapters import default_registry
     from ..model.distributed import is_main_process
     from .preflight import check_input_files
 
