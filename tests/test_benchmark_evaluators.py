@@ -439,3 +439,15 @@ def test_a_model_that_returns_no_cache_is_scored_whole():
     [[a, b]] = choice_logprobs(model, tiny_char_tokenizer(), ["Q:"], [["a", "bb"]])
     assert a.logprob == pytest.approx(model.logprob(" ") + model.logprob("a"))
     assert b.logprob == pytest.approx(model.logprob(" ") + 2 * model.logprob("b"))
+
+
+def test_bbq_names_how_answers_were_ranked_in_headlines_summary_and_metrics(tmp_path):
+    rows = [("disambig", "neg", ("aa", "a", "c"), (T, O, U), 0)]
+    path = str(write_bbq(tmp_path / "Age.jsonl", rows))
+    for per_token, words in ((False, "summed log-prob"), (True, "mean log-prob per token")):
+        evaluator = BBQEvaluator().configure({"path": path, "n_boot": 20, "length_normalize": per_token})
+        result = compare(evaluator, A_MODEL, A_MODEL)
+        assert all(words in h.label for h in evaluator.headlines)
+        assert words in result.summary.splitlines()[0]
+        assert result.metrics["answers_ranked_per_token"] == float(per_token)
+    assert "lm-evaluation-harness" in BBQEvaluator().headlines[0].label  # the default: summed, as the harness

@@ -18,6 +18,7 @@ class FusedGateUpAdapter(GLUAdapter):
 
     name = "fused_gate_up"
     description = "GLU MLPs with one fused gate_up_proj (gate rows then up rows) and down_proj (Phi-3)"
+    families: tuple[str, ...] = ("phi3",)
     priority = 10
     fused_attr = "gate_up_proj"
 

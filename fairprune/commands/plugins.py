@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                         "with plugins that failed to load and those disabled.")
     parser.add_argument("--json", action="store_true",
                         help='print {"<kind>": [{"name", "description", "package"}], "broken": [...], '
-                             '"disabled": [...]}')
+                             '"disabled": [...]}; architectures also list the model families they support')
     parser.set_defaults(func=main)
 
 
@@ -29,6 +29,8 @@ def listing(registry: Any) -> dict[str, Any]:
         kind: [{"name": e.name, "description": e.description, "package": e.package} for e in registry.items(kind)]
         for kind in KINDS
     }
+    for row, entry in zip(data["architectures"], registry.items("architectures")):
+        row["families"] = list(getattr(entry.obj, "families", ()) or ())  # the model_types it prunes whole
     data["broken"] = [{"plugin": b.plugin, "package": b.package, "error": b.error} for b in registry.broken]
     data["disabled"] = sorted(registry.disabled or ())
     return data
@@ -45,6 +47,8 @@ def render(data: dict[str, Any]) -> str:
         width = max((len(e["name"]) for e in entries), default=0)
         for e in entries:
             lines.append(f"  {e['name']:<{width}}  {e['description']}  [{e['package']}]")
+            if e.get("families"):
+                lines.append(f"  {'':<{width}}  supports: {', '.join(e['families'])}")
         if not entries:
             lines.append("  (none)")
     if data["broken"]:

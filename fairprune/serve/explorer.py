@@ -31,6 +31,8 @@ class Limits:
     max_chars: int = 500
     max_tokens: int = 96
     max_new_tokens: int = 64
+    #: requests waiting for their turn; more are refused ("queue is full") until some are answered
+    max_queue: int = 32
 
 
 @dataclass

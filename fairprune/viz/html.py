@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..core.io.outputs import Where, atomic_file
 from .run_plots import PICTURES
 from .rundata import RECOVERABLE, RunFiles, load_run
 
@@ -213,8 +214,7 @@ def build_report(run_dir: str | Path, *, with_models: bool = False, model: Any =
     run.model = model
     page = render(run, with_models=with_models)
     path = run.directory / "report.html"
-    staging = path.with_name(".report.html.tmp")
-    staging.write_text(page, encoding="utf-8")
-    staging.replace(path)
+    with atomic_file(path, Where("report.html", "")) as staging:  # a full disk leaves the old page, in one line
+        staging.write_text(page, encoding="utf-8")
     logger.info("wrote %s", path)
     return path

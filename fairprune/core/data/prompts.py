@@ -249,13 +249,19 @@ def axis_from_dict(data: Mapping[str, Any], source: str = "") -> TemplateAxis:
     groups = data["groups"]
     if not isinstance(groups, Mapping):
         raise PromptError(f"{where}: 'groups' must map group names to lists of surface forms")
-    groups = {str(k): [v] if isinstance(v, str) else list(v) for k, v in groups.items()}
+    groups = {str(k): _surface_forms(v, f"{where}: field 'groups.{k}'") for k, v in groups.items()}
+    if not isinstance(data["templates"], list) or not data["templates"]:
+        raise PromptError(f"{where}: field 'templates' must be a non-empty list of templates, "
+                          f"got {data['templates']!r}")
     templates = []
     for i, t in enumerate(data["templates"]):
         if isinstance(t, str):
             t = {"id": f"t{i}", "text": t}
         if not isinstance(t, Mapping) or "text" not in t:
             raise PromptError(f"{where}: template {i} needs a 'text' field, got {t!r}")
+        if not isinstance(t["text"], str) or not t["text"].strip():
+            raise PromptError(f"{where}: template {t.get('id', i)!r}: field 'text' must be a sentence with an "
+                              f"{{attribute}} slot, got {t['text']!r}")
         unknown = set(t) - {"id", "text", "context", "groups", "split"}
         if unknown:
             raise PromptError(f"{where}: template {i} has unknown field(s) {sorted(unknown)}")
@@ -266,6 +272,17 @@ def axis_from_dict(data: Mapping[str, Any], source: str = "") -> TemplateAxis:
         raise PromptError(f"{where}: heldout_every must be at least 2, got {every}")
     return TemplateAxis(str(data["name"]), str(data.get("description", f"bias axis {data['name']}")),
                         groups, templates, every, source)
+
+
+def _surface_forms(value: Any, field: str) -> list[str]:
+    """The words of one attribute group (a string or a list of strings); ``PromptError`` naming ``field``."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise PromptError(f"{field} has no words: give the group's surface forms as a list, got {value!r}")
+    if any(not isinstance(v, (str, int, float)) or isinstance(v, bool) or not str(v).strip() for v in value):
+        raise PromptError(f"{field} needs non-empty words, got {value!r}")
+    return [str(v) for v in value]
 
 
 def load_axis(path: str | Path) -> TemplateAxis:

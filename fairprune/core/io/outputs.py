@@ -253,6 +253,7 @@ def atomic_directory(path: str | Path, overwrite: bool = False, where: Where = C
     target = Path(path).expanduser().absolute()
     claimed_here = not holds_claim(target)
     claim_output_dir(target, overwrite, where)
+    _count_writes_for_tests()
     try:
         clean_leftovers(target.parent)
         container = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
@@ -260,9 +261,18 @@ def atomic_directory(path: str | Path, overwrite: bool = False, where: Where = C
         try:
             yield staging
             staging.mkdir(exist_ok=True)
+            fault_point("before-swap")
             old = _swap_into_place(staging, target)
+            fault_point("after-swap")
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
+        except Exception as exc:
+            full = disk_full_reason(exc)
+            if full is None:
+                raise
+            written = _file_written(exc, staging, target)
+            raise DiskFullError(f"{where.field}: {full} while writing {written}; {_unchanged(target)}", full,
+                                written) from None
         finally:
             shutil.rmtree(container, ignore_errors=True)
     finally:
@@ -338,16 +348,156 @@ def write_file_atomic(path: str | Path, text: str, overwrite: bool, where: Where
     """Write a text file in one step (a hidden sibling renamed over it); an existing file needs ``overwrite``."""
     target = Path(path).expanduser().absolute()
     check_output_file(target, overwrite, where)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent)
+    with atomic_file(target, where) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return target
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, where: Where = CONFIG) -> Iterator[Path]:
+    """Yield a hidden sibling path of ``path`` to write; on success it replaces ``path`` in one step.
+
+    On any error the sibling is removed and ``path`` keeps its old content; a full
+    disk (or a file-size limit) becomes one ``OutputError`` line naming the file.
+    """
+    target = Path(path).expanduser().absolute()
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_umask())  # the permissions a plain open() would give, not mkstemp's 0600
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        yield tmp
+        fault_point("before-swap")
         os.replace(tmp, target)
-    except BaseException:
+    except Exception as exc:
+        full = disk_full_reason(exc)
+        if full is None:
+            raise
+        raise DiskFullError(f"{where.field}: {full} while writing {target}; {_unchanged(target)}", full,
+                            str(target)) from None
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
-    return target
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# -- a full disk ----------------------------------------------------------------------------------------
+#: errno values of a write that found no room: no space, a file-size limit (RLIMIT_FSIZE), a quota
+_FULL = {errno.ENOSPC: "disk full (no space left on device)",
+         errno.EFBIG: "file too large (over the file system's or ulimit -f's limit)",
+         errno.EDQUOT: "disk quota exceeded"}
+#: how libraries that do not raise OSError (safetensors, tokenizers: Rust ``os error N``) word the same errors
+_FULL_TEXT = re.compile(r"os error (\d+)|No space left on device|File too large|Disk quota exceeded")
+_FULL_WORDS = {"No space left on device": errno.ENOSPC, "File too large": errno.EFBIG,
+               "Disk quota exceeded": errno.EDQUOT}
+
+
+class DiskFullError(OutputError):
+    """A save that found no room; ``reason`` says how, ``filename`` names the file being written."""
+
+    def __init__(self, message: str, reason: str, filename: str) -> None:
+        super().__init__(message)
+        self.reason, self.filename = reason, filename
+
+
+def disk_full_reason(exc: BaseException) -> str | None:
+    """What a full disk did, when ``exc`` (or an exception it wraps) is one; None for any other error."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DiskFullError):
+            return current.reason
+        if isinstance(current, OSError) and current.errno in _FULL:
+            return _FULL[current.errno]
+        for match in _FULL_TEXT.finditer(str(current)):
+            code = int(match.group(1)) if match.group(1) else _FULL_WORDS[match.group(0)]
+            if code in _FULL:
+                return _FULL[code]
+        current = current.__cause__ or current.__context__
+    return None
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Name ``path`` as the file being written when the code inside fails for a full disk (``DiskFullError``).
+
+    For writers that do not say which file failed (safetensors and tokenizers
+    report ``os error 27`` without a name, and remove their partial file).
+    """
+    try:
+        yield
+    except Exception as exc:
+        full = disk_full_reason(exc)
+        if full is None or isinstance(exc, DiskFullError):
+            raise
+        raise DiskFullError(f"{full} while writing {path}", full, str(path)) from None
+
+
+def _file_written(exc: BaseException, staging: Path, target: Path) -> str:
+    """The file being written when a save failed, as it would have been named under ``target`` (the error's
+    file name; ``target`` itself when the error names none)."""
+    name = getattr(exc, "filename", None) or getattr(exc.__context__, "filename", None)
+    if isinstance(name, (str, os.PathLike)):
+        with contextlib.suppress(ValueError):
+            return str(target / Path(name).absolute().relative_to(staging))
+    return f"into {target}"
+
+
+def _unchanged(target: Path) -> str:
+    if target.exists():
+        return f"nothing was replaced: the previous {target} is unchanged; free some space and run again"
+    return "nothing was written; free some space and run again"
+
+
+# -- fault injection for tests ------------------------------------------------------------------------
+#: ``FAIRPRUNE_TEST_KILL_AT=before-swap`` (or ``after-swap``) kills the process with SIGKILL at that point of a
+#: save; ``fairprune.testing.faults`` drives it (and kills after each written file with an audit hook)
+KILL_AT_ENV = "FAIRPRUNE_TEST_KILL_AT"
+
+
+#: ``FAIRPRUNE_TEST_KILL_AFTER_WRITES=N`` kills the process with SIGKILL when a save opens its (N+1)-th file for
+#: writing, so after N complete files (Python-level opens: files a native library writes are not counted)
+KILL_AFTER_ENV = "FAIRPRUNE_TEST_KILL_AFTER_WRITES"
+_COUNTING: list[int] = []
+
+
+def _count_writes_for_tests() -> None:
+    """Install, once and only under ``KILL_AFTER_ENV``, the audit hook that counts a save's file writes."""
+    limit = os.environ.get(KILL_AFTER_ENV)
+    if not limit or _COUNTING:
+        return
+    import signal
+    import sys
+
+    _COUNTING.append(0)
+    writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+
+    def hook(event: str, args: tuple[Any, ...]) -> None:
+        if event != "open" or not isinstance(args[0], (str, bytes, os.PathLike)):
+            return
+        mode, flags = args[1], args[2]
+        writing = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & writes)
+        if writing and re.search(r"/\.[^/]+\.tmp-\d+-", os.fsdecode(args[0])):
+            _COUNTING[0] += 1
+            if _COUNTING[0] > int(limit):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    sys.addaudithook(hook)
+
+
+def fault_point(name: str) -> None:
+    """Kill this process here when the test hook asks for this point; nothing otherwise (one env lookup)."""
+    if os.environ.get(KILL_AT_ENV) == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def check_output_file(path: str | Path, overwrite: bool, where: Where) -> Path:

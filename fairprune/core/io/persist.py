@@ -119,9 +119,13 @@ def write_pretrained(model: nn.Module, tokenizer: Any, directory: str | Path, *,
     directory = Path(directory)
     adapter = adapter or resolve_adapter(model, registry=registry)
     sidecar = sidecar_for(model, adapter, plan=plan, run_config=run_config, base_model=base_model)
-    _savable(model).save_pretrained(directory)
+    from .outputs import writing
+
+    with writing(directory / WEIGHTS_FILE):  # a full disk names the weights, whose partial file is gone
+        _savable(model).save_pretrained(directory)
     if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
+        with writing(directory / "tokenizer.json"):
+            tokenizer.save_pretrained(directory)
     (directory / SIDECAR).write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
     if card is not None:
         (directory / "README.md").write_text(card)

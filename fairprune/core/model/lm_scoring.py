@@ -139,11 +139,16 @@ def score_continuations(model: nn.Module, requests: Sequence[tuple[Sequence[int]
     batches = list(length_batches([len(s) for s in seqs], batch_size))
     vocab = _vocab_size(model)
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        keep = max(len(requests[i][1]) for i in batch) + 1
-        rows = max(1, LOGITS_BUDGET // (keep * vocab)) if vocab else len(batch)
+        most = max(len(requests[i][1]) for i in batch) + 1
+        rows = max(1, LOGITS_BUDGET // (most * vocab)) if vocab else len(batch)
         for start in range(0, len(batch), rows):  # a large vocabulary scores fewer sequences per forward
             part = batch[start:start + rows]
+            # the positions kept are the part's own: a part of shorter sequences (sorted longest first) may be
+            # narrower than the longest target of the whole batch
+            keep = max(len(requests[i][1]) for i in part) + 1
             logits = forward_left_padded(model, [seqs[i] for i in part], keep, pad, widen=False)
+            if logits.shape[1] != keep:
+                raise RuntimeError(f"the model returned {logits.shape[1]} positions of logits, not the {keep} asked")
             for row, i in enumerate(part):
                 target = torch.as_tensor(list(requests[i][1]), dtype=torch.long, device=logits.device)
                 n = target.numel()

@@ -201,7 +201,7 @@ def prepare(config: Any, overrides: list[str] | None = None, registry: Any = Non
 def load(run: Run) -> None:
     """The model, its tokenizer and its architecture adapter; the base model's id and licence."""
     from ..io.sources import load_model
-    from ..model.adapters import resolve_adapter
+    from ..model.adapters import check_supported, resolve_adapter
 
     section = run.config.model
     run.model, run.tokenizer = load_model(section.source, registry=run.registry, dtype=section.dtype,
@@ -209,6 +209,7 @@ def load(run: Run) -> None:
                                           offload_folder=section.offload_folder,
                                           trust_remote_code=section.trust_remote_code)
     run.adapter = run.plugins.adapter or resolve_adapter(run.model, registry=run.registry)
+    check_supported(run.model, run.adapter)  # every layer's MLP prunable, before any analysis (a named adapter too)
     run.base_model_id = getattr(run.model.config, "fairprune_base_model", None) or run.config.model.source
     run.license = getattr(run.model.config, "fairprune_license", None)
 
@@ -379,8 +380,11 @@ def write_data_files(run: Run, directory: Path) -> None:
     """plan.json, bias/, metrics.json, config.yaml and manifest.json: the machine-readable record."""
     import yaml
 
+    from ..io.outputs import writing
+
     run.plan.save(directory / "plan.json")
-    run.bias_report.save(directory / "bias")
+    with writing(directory / "bias"):  # its scores are written by safetensors, which names no file
+        run.bias_report.save(directory / "bias")
     (directory / "metrics.json").write_text(json.dumps(run.metrics, indent=1, sort_keys=True))
     (directory / "config.yaml").write_text(yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False))
     manifest = {"config_hash": run.config_hash, "versions": package_versions(), "timings_s": run.timer.timings,
