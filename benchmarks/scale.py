@@ -14,10 +14,13 @@
 4. ``torchrun``: the analysis of the same pairs in 1 process (2 threads) and in
    2 processes started by torchrun (1 thread each), and the largest difference
    between their reports.
+5. ``attribution``: peak resident set of ``fairprune run`` with the shipped
+   recipe (the demo config's attribution method) on the same pairs, bfloat16,
+   evaluating parameters only and saving no model (selection is what is measured).
 
 Writes its section of ``benchmarks/RESULTS.md``.
 
-    python benchmarks/scale.py [--only timings,memory,torchrun] [--repeats 3] [--no-write]
+    python benchmarks/scale.py [--only timings,memory,torchrun,attribution] [--repeats 3] [--no-write]
 """
 
 from __future__ import annotations
@@ -140,6 +143,26 @@ def memory(path: Path, tmp: Path, args: argparse.Namespace) -> list[str]:
     return rows
 
 
+def attribution_memory(path: Path, tmp: Path) -> list[str]:
+    """Peak RSS of a run with the demo's attribution method on the 1B shape (a fresh process)."""
+    import yaml
+
+    demo = yaml.safe_load((ROOT / "examples" / "fair-smollm2.yaml").read_text())
+    config = {"model": {"source": str(path)}, "bias": {"axes": [], "prompts": str(pairs_file(tmp)), "batch_size": 16},
+              "method": demo["method"], "pruning": demo["pruning"], "evaluation": {"evaluators": ["parameters"]},
+              "output": {"dir": str(tmp / "attribution-run"), "save_model": False}, "seed": 0}
+    config_path = tmp / "attribution.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    wall, peak, _ = time_v([sys.executable, "-m", "fairprune", "run", str(config_path), "--quiet"])
+    plan = json.loads((tmp / "attribution-run" / "plan.json").read_text())
+    seconds = plan["settings"]["selection_seconds"]
+    row = (f"| `fairprune run` with the demo's attribution method ({N_PAIRS} pairs, evaluator: parameters; "
+           f"{plan['n_neurons']} neurons, {plan['settings']['rounds_run']} rounds, selection {seconds:.0f} s) | "
+           f"{wall:.0f} | {peak / 2**30:.2f} | {peak / weights_bytes(path):.2f}x |")
+    print(row, flush=True)
+    return [row]
+
+
 def sharded(path: Path, tmp: Path) -> list[str]:
     """The analysis in one process (1 and 2 threads) and in two (torchrun, 1 thread each); analysis time only."""
     pairs = pairs_file(tmp)
@@ -189,7 +212,7 @@ def worker(path: str, pairs: str, out: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="timings,memory,torchrun")
+    parser.add_argument("--only", default="timings,memory,torchrun,attribution")
     parser.add_argument("--repeats", type=int, default=3, help="rounds per in-process phase; the best time is kept")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dir", default=None, help="where the random model lives (default: the fairprune cache)")
@@ -230,6 +253,10 @@ def main() -> int:
                       "excluded):", "",
                       "| processes | analysis (s) | speed-up vs 1 process, 1 thread | max abs score diff vs it |",
                       "|---|---:|---:|---:|", *sharded(path, tmp), ""]
+        if "attribution" in only:
+            parts += ["Peak resident set of a run of the shipped recipe (attribution), bfloat16, a fresh process:", "",
+                      "| command | wall (s) | peak RSS (GiB) | vs weights |", "|---|---:|---:|---:|",
+                      *attribution_memory(path, tmp), ""]
     load_after = os.getloadavg()
     parts += [f"Load average at the end: {load_after[0]:.1f}.", "", END]
     section = "\n".join(parts)

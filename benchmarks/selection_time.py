@@ -9,19 +9,29 @@ selection with the config's ``bias.attribution`` settings, all rounds
 checks). Prints the medians and their ratio; ``--write`` puts them in
 ``benchmarks/RESULTS.md`` (block ``selection_time``).
 
+With ``--torchrun`` it then times the selection alone (model loading excluded,
+between barriers) in one process with 1 and with 2 threads and in two processes
+started by torchrun (gloo, 1 thread each), and checks that every one chose the
+same neurons (block ``selection_torchrun``).
+
     python benchmarks/selection_time.py --repeats 3
     python benchmarks/selection_time.py --set model.source=gemma3-270m
+    python benchmarks/selection_time.py --repeats 0 --torchrun --write
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,15 +55,37 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--write", action="store_true", help="write the result to benchmarks/RESULTS.md")
+    parser.add_argument("--torchrun", action="store_true",
+                        help="also time the selection in 2 processes (torchrun) against 1 process")
+    parser.add_argument("--worker", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.worker:
+        worker(args)
+        return 0
+    if args.repeats:
+        in_process(args)
+    if args.torchrun:
+        sharded(args)
+    return 0
+
+
+def select(config: Any, model: Any, tok: Any, found: Any, method: Any, registry: Any, world: Any = None) -> Any:
+    """The config's attribution selection on the loaded model (all rounds)."""
+    return select_by_attribution(model, tok, found.groups, objective=method.objective.bind(tok),
+                                 capability=method.capability, budget=config.pruning.budget, settings=method.params,
+                                 min_width=config.pruning.min_width, layers=config.pruning.layers,
+                                 batch_size=config.bias.batch_size, registry=registry, progress=False,
+                                 forms=found.form_to_group, world=world)
+
+
+def in_process(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.set)
     registry = get_registry()
     model, tok = fp.load_model(config.model.source)
     found = run_groups(config, "analysis", registry)
     method = resolve_method(config, registry)  # the config's attribution method, its plugins resolved
-    objective = method.objective.bind(tok)
     bias, activation_params = config.bias, ActivationParams()
 
     def activation() -> float:
@@ -65,11 +97,7 @@ def main() -> int:
 
     def selection() -> tuple[float, int, str]:
         start = time.perf_counter()
-        chosen = select_by_attribution(model, tok, found.groups, objective=objective, capability=method.capability,
-                                       budget=config.pruning.budget, settings=method.params,
-                                       min_width=config.pruning.min_width, layers=config.pruning.layers,
-                                       batch_size=bias.batch_size, registry=registry, progress=False,
-                                       forms=found.form_to_group)
+        chosen = select(config, model, tok, found, method, registry)
         return time.perf_counter() - start, chosen.plan.n_neurons, chosen.plan.settings["stop_reason"]
 
     analysis_s, selection_s = [], []
@@ -97,7 +125,67 @@ def main() -> int:
     print(text)
     if args.write:
         write_section(text, "selection_time")
-    return 0
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Inside torchrun (or alone): load the model, time the selection between barriers; rank 0 saves the plan."""
+    from fairprune.core.model.distributed import init_from_env, shutdown
+
+    world = init_from_env()
+    config = load_config(args.config, args.set)
+    registry = get_registry()
+    model, tok = fp.load_model(config.model.source)
+    found = run_groups(config, "analysis", registry)
+    method = resolve_method(config, registry)
+    if world:
+        world.check()
+    start = time.perf_counter()
+    chosen = select(config, model, tok, found, method, registry, world=world)
+    seconds = time.perf_counter() - start
+    if world is None or world.is_main:
+        Path(args.worker).write_text(json.dumps({"seconds": seconds, "removed": chosen.plan.to_mapping(),
+                                                 "round_log": chosen.plan.settings["round_log"]}))
+    if world:
+        world.check()
+        shutdown()
+
+
+def sharded(args: argparse.Namespace) -> None:
+    """The selection in 1 process (1 and 2 threads) and in 2 processes (torchrun, 1 thread each)."""
+    this = [str(Path(__file__).resolve()), "--config", args.config, *[f"--set={s}" for s in args.set]]
+    runs = {"1 process, 1 thread": ([sys.executable, *this], "1"),
+            "1 process, 2 threads": ([sys.executable, *this], "2"),
+            "2 processes (torchrun, gloo), 1 thread each":
+                ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *this], "1")}
+    got = {}
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (cmd, threads) in runs.items():
+            out = Path(tmp) / f"{len(got)}.json"
+            done = subprocess.run([*cmd, "--worker", str(out)], check=False, capture_output=True, text=True,
+                                  env={**os.environ, "OMP_NUM_THREADS": threads,
+                                       "PYTHONPATH": str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+            if done.returncode != 0:
+                raise SystemExit(done.stderr[-4000:])
+            got[name] = json.loads(out.read_text())
+            print(f"{name}: {got[name]['seconds']:.1f} s", flush=True)
+    first = got["1 process, 1 thread"]
+    rows = [f"| {name} | {r['seconds']:.1f} | {first['seconds'] / r['seconds']:.2f}x | "
+            f"{'yes' if r['removed'] == first['removed'] else 'NO'} | "
+            f"{max(abs(a['objective_after'] - b['objective_after']) for a, b in zip(first['round_log'], r['round_log'])):.1e} |"
+            for name, r in got.items()]
+    command = " ".join(["python benchmarks/selection_time.py"] + sys.argv[1:])
+    text = "\n".join([
+        "## Attribution selection in two processes (torchrun) vs one", "",
+        (f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+         f"shared with other work (load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
+         f"end). Command: `{command}`. Config: `{Path(args.config).name}`. Selection time only (model loading "
+         "excluded), one run each."), "",
+        ("| processes | selection (s) | speed-up vs 1 process, 1 thread | same neurons | max abs diff of the measured "
+         "objectives |"), "|---|---:|---:|---|---:|", *rows, ""])
+    print(text)
+    if args.write:
+        write_section(text, "selection_torchrun")
 
 
 if __name__ == "__main__":

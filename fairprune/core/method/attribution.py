@@ -17,6 +17,11 @@ capability cost. Parameters never get gradients (``requires_grad_(False)``);
 the graph starts at the first layer's neuron activations. Neurons already
 chosen for removal are ablated by the same hooks (set to r), which equals the
 pruned model exactly, so selection can iterate without copying the model.
+
+Every pass takes an optional ``world`` (``core.model.distributed``, torchrun):
+each process then runs a contiguous share of the batches, and the per-batch
+sums (``flat_sums``) are gathered and folded in batch order (``OrderedSum``), so
+every process gets the one-process result bit for bit.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +43,7 @@ from ..contract.protocols import ObjectiveInputs, PromptGroup
 from ..data.groups import attribute_key
 from ..data.prompts import validate_groups
 from ..model.adapters import resolve_adapter
+from ..model.distributed import share
 from ..model.lm_scoring import pad_id
 from .collect import _batches, _max_positions, input_device, non_finite_error, tokenize_groups
 
@@ -72,6 +78,28 @@ class NeuronSums:
             total = value.sum(dim=(0, 1)).cpu()
             table[layer] = table[layer] + total if layer in table else total
 
+    @classmethod
+    def from_flat(cls, flat: torch.Tensor, widths: Sequence[tuple[int, int]]) -> NeuronSums:
+        """The sums from ``flat_sums``' layout: ``[n_tokens, then per layer grad, grad_act, act, abs_act]``."""
+        sums, at = cls(n_tokens=round(float(flat[0]))), 1
+        for layer, width in widths:
+            for table in (sums.grad, sums.grad_act, sums.act, sums.abs_act):
+                table[layer] = flat[at:at + width].clone()
+                at += width
+        return sums
+
+    @classmethod
+    def from_stats(cls, flat: torch.Tensor, widths: Sequence[tuple[int, int]]) -> NeuronSums:
+        """The sums from ``flat_sums(..., with_grads=False)``'s layout (the gradient sums are zero)."""
+        sums, at = cls(n_tokens=round(float(flat[0]))), 1
+        for layer, width in widths:
+            sums.grad[layer] = torch.zeros(width)
+            sums.grad_act[layer] = torch.zeros(width)
+            sums.act[layer] = flat[at:at + width].clone()
+            sums.abs_act[layer] = flat[at + width:at + 2 * width].clone()
+            at += 2 * width
+        return sums
+
     def delta(self, fill: Mapping[int, torch.Tensor] | None) -> dict[int, torch.Tensor]:
         """ΔM per neuron for removal to ``fill`` (``{layer: Tensor[width]}``; None = zero)."""
         out = {}
@@ -87,6 +115,63 @@ class NeuronSums:
     def magnitude(self) -> dict[int, torch.Tensor]:
         """Mean |h_i| over the pass's real tokens, per layer."""
         return {layer: s / max(self.n_tokens, 1) for layer, s in self.abs_act.items()}
+
+
+def layer_widths(model: nn.Module, adapter: Any) -> list[tuple[int, int]]:
+    """``(layer, width)`` of every layer's neurons, in layer order: the layout of the flat per-batch sums."""
+    return [(layer, adapter.width(model, layer)) for layer in range(len(adapter.layers(model)))]
+
+
+def flat_sums(widths: Sequence[tuple[int, int]], kept: Mapping[int, torch.Tensor],
+              grads: Mapping[int, torch.Tensor | None], mask: torch.Tensor, *, with_grads: bool = True) -> torch.Tensor:
+    """One batch's per-neuron sums as one float32 CPU vector: ``[n_tokens, per layer (Σg, Σh·g,) Σh, Σ|h|]``
+    over the real tokens (``mask`` ``Bool[B, T]``; ``kept``/``grads`` ``[B, T, width]`` per layer, a missing
+    gradient counts as zero). Batches summed in order, one process or several, give the same bits."""
+    device = next(iter(kept.values())).device if kept else mask.device
+    m = mask.to(device)[..., None].float()
+    parts = [m.sum().reshape(1)]
+    for layer, width in widths:
+        h = kept[layer].detach().float() * m
+        if with_grads:
+            g = grads.get(layer)
+            g = torch.zeros_like(h) if g is None else g.float() * m
+            parts.extend((g.sum(dim=(0, 1)), (h * g).sum(dim=(0, 1))))
+        parts.extend((h.sum(dim=(0, 1)), h.abs().sum(dim=(0, 1))))
+    return torch.cat(parts).cpu()
+
+
+class OrderedSum:
+    """Per-batch float32 vectors summed in batch order (a left fold). One process folds them as they come;
+    with a ``world`` of several processes, each keeps its share's vectors and ``total`` gathers all of them
+    and folds them in batch order, so every process gets the one-process sum bit for bit."""
+
+    def __init__(self, width: int, world: Any = None) -> None:
+        self.width, self.world = width, world
+        self.rows: list[torch.Tensor] = []
+        self.running: torch.Tensor | None = None
+
+    def add(self, row: torch.Tensor) -> None:
+        if self.world is None:
+            self.running = row if self.running is None else self.running + row
+        else:
+            self.rows.append(row)
+
+    def total(self) -> torch.Tensor:
+        """``Tensor[width]``; a collective under a world (every process calls it once)."""
+        if self.world is None:
+            return self.running if self.running is not None else torch.zeros(self.width)
+        mine = torch.stack(self.rows) if self.rows else torch.zeros(0, self.width)
+        return self.world.ordered_sum(mine, self.width)
+
+
+def stop_together(world: Any) -> AbstractContextManager[None]:
+    """``world.failures_stop_all()`` (a failure on one process stops all with its message), or nothing."""
+    return nullcontext() if world is None else world.failures_stop_all()
+
+
+def gathered(items: list[Any], world: Any) -> list[Any]:
+    """``items`` of every process in rank order (``items`` itself without a world)."""
+    return items if world is None else world.gather_objects(items)
 
 
 class _NeuronHooks:
@@ -352,32 +437,34 @@ class ObjectiveAttribution:
 
 def attribute_objective(model: nn.Module, batches: GroupBatches, objective: Any, adapter: Any, *,
                         removed: Removed | None = None, fill: Mapping[int, torch.Tensor] | None = None,
-                        progress: bool = False) -> ObjectiveAttribution:
+                        progress: bool = False, world: Any = None) -> ObjectiveAttribution:
     """Forward and backward over every batch of groups; ``objective`` is a bound ``bias_objectives`` plugin.
 
     The objective is the mean over all groups; its gradient w.r.t. every neuron
     activation (with ``removed`` neurons ablated to ``fill``) is folded into
-    ``NeuronSums`` batch by batch.
+    ``NeuronSums`` batch by batch, in batch order. With ``world`` (a ``distributed.World`` of several
+    processes; all must call this) each process runs a contiguous share of the batches and every process
+    returns the one-process result (the same batches, summed in the same order); a failure on one process
+    stops all with its message.
     """
-    sums, values = NeuronSums(), []
+    widths = layer_widths(model, adapter)
+    acc, values = OrderedSum(1 + 4 * sum(w for _, w in widths), world), []
     n_groups = len(batches.groups)
-    with frozen(model), neuron_hooks(model, adapter, removed, fill) as hooks:
+    every = list(batches)
+    mine = [every[i] for i in share(len(every), world)]
+    with stop_together(world), frozen(model), neuron_hooks(model, adapter, removed, fill) as hooks:
         hooks.track = True
-        for groups, batch in tqdm(list(batches), desc=f"attributing {objective.name}", disable=not progress,
-                                  leave=False):
+        for groups, batch in tqdm(mine, desc=f"attributing {objective.name}", disable=not progress, leave=False):
             hooks.kept = {}
             with torch.enable_grad():
                 per_group = _group_values(model, objective, groups, batch)
                 layers = sorted(hooks.kept)
                 grads = torch.autograd.grad(per_group.sum() / n_groups, [hooks.kept[i] for i in layers],
                                             allow_unused=True)
-            for layer, grad in zip(layers, grads):
-                h = hooks.kept[layer]
-                sums.add(layer, h, torch.zeros_like(h) if grad is None else grad, batch.mask)
-            sums.n_tokens += int(batch.mask.sum())
+            acc.add(flat_sums(widths, hooks.kept, dict(zip(layers, grads)), batch.mask))
             values.extend(per_group.detach().cpu().tolist())
             hooks.kept = {}
-    return ObjectiveAttribution(values, sums)
+    return ObjectiveAttribution(gathered(values, world), NeuronSums.from_flat(acc.total(), widths))
 
 
 @dataclass
@@ -437,23 +524,28 @@ def template_folds(groups: Sequence[PromptGroup], n_folds: int, by: str = "templ
 
 def attribute_folds(model: nn.Module, folds: Sequence[GroupBatches], objective: Any, adapter: Any, *,
                     removed: Removed | None = None, fill: Mapping[int, torch.Tensor] | None = None,
-                    progress: bool = False) -> FoldedAttribution:
-    """``attribute_objective`` on every fold of groups."""
+                    progress: bool = False, world: Any = None) -> FoldedAttribution:
+    """``attribute_objective`` on every fold of groups (each fold's batches shared among ``world``'s processes)."""
     total = sum(len(b.groups) for b in folds)
+    extra = {} if world is None else {"world": world}
     return FoldedAttribution([attribute_objective(model, b, objective, adapter, removed=removed, fill=fill,
-                                                  progress=progress) for b in folds],
+                                                  progress=progress, **extra) for b in folds],
                              [len(b.groups) / total for b in folds])
 
 
 @torch.no_grad()
 def objective_values(model: nn.Module, batches: GroupBatches, objective: Any, adapter: Any, *,
-                     removed: Removed | None = None, fill: Mapping[int, torch.Tensor] | None = None) -> list[float]:
-    """The objective per group, forward only, with ``removed`` neurons ablated (the measured value)."""
+                     removed: Removed | None = None, fill: Mapping[int, torch.Tensor] | None = None,
+                     world: Any = None) -> list[float]:
+    """The objective per group, forward only, with ``removed`` neurons ablated (the measured value); with
+    ``world``, each process runs a share of the batches and all get every group's value, in group order."""
     values: list[float] = []
-    with frozen(model), neuron_hooks(model, adapter, removed, fill):
-        for groups, batch in batches:
+    every = list(batches)
+    with stop_together(world), frozen(model), neuron_hooks(model, adapter, removed, fill):
+        for i in share(len(every), world):
+            groups, batch = every[i]
             values.extend(_group_values(model, objective, groups, batch).tolist())
-    return values
+    return gathered(values, world)
 
 
 # -- capability cost --------------------------------------------------------------------------------
@@ -529,35 +621,51 @@ class CapabilityCost:
 
 
 def capability_attribution(model: nn.Module, text: TextChunks, adapter: Any = None, *, batch_size: int = 4,
-                           progress: bool = False) -> CapabilityCost:
-    """One forward/backward per batch of chunks; per chunk, Σ ∂L/∂h_i and Σ h_i·∂L/∂h_i over positions."""
+                           progress: bool = False, world: Any = None) -> CapabilityCost:
+    """One forward/backward per batch of chunks; per chunk, Σ ∂L/∂h_i and Σ h_i·∂L/∂h_i over positions.
+
+    With ``world`` (several processes, all calling this) each process runs a contiguous share of the batches
+    of chunks; the per-window rows are gathered in chunk order and the totals summed in batch order, so every
+    process returns the one-process result.
+    """
     adapter = adapter or resolve_adapter(model)
     chunks, n_prefix = text.chunks, text.n_prefix
-    grads: dict[int, list[torch.Tensor]] = {}
-    grad_acts: dict[int, list[torch.Tensor]] = {}
-    totals, losses = NeuronSums(), []
-    with frozen(model), neuron_hooks(model, adapter) as hooks:
+    widths = layer_widths(model, adapter)
+    starts = list(range(0, len(chunks), batch_size))
+    rows: list[torch.Tensor] = []  # per batch: [chunks * windows, Σg per layer then Σh·g per layer]
+    totals, losses = OrderedSum(1 + 2 * sum(w for _, w in widths), world), []
+    with stop_together(world), frozen(model), neuron_hooks(model, adapter) as hooks:
         hooks.track = True
-        for start in tqdm(range(0, len(chunks), batch_size), desc="capability cost", disable=not progress,
-                          leave=False):
-            batch = chunks[start:start + batch_size]
+        for k in tqdm(share(len(starts), world), desc="capability cost", disable=not progress, leave=False):
+            batch = chunks[starts[k]:starts[k] + batch_size]
             hooks.kept = {}
             with torch.enable_grad():
                 loss = _chunk_losses(model, batch, n_prefix)
                 layers = sorted(hooks.kept)
-                got = torch.autograd.grad(loss.sum(), [hooks.kept[i] for i in layers], allow_unused=True)
+                got = dict(zip(layers, torch.autograd.grad(loss.sum(), [hooks.kept[i] for i in layers],
+                                                           allow_unused=True)))
             mask = torch.ones(len(batch), len(batch[0]), dtype=torch.bool)
-            for layer, g in zip(layers, got):
+            g_parts, ga_parts = [], []
+            for layer, _ in widths:
                 h = hooks.kept[layer].detach().float()
-                g = torch.zeros_like(h) if g is None else g.float()
-                grads.setdefault(layer, []).append(_window_sums(g, text.window).cpu())
-                grad_acts.setdefault(layer, []).append(_window_sums(h * g, text.window).cpu())
-                totals.add(layer, h, torch.zeros_like(h), mask)
-            totals.n_tokens += mask.numel()
+                g = torch.zeros_like(h) if got.get(layer) is None else got[layer].float()
+                g_parts.append(_window_sums(g, text.window))
+                ga_parts.append(_window_sums(h * g, text.window))
+            rows.append(torch.cat(g_parts + ga_parts, dim=1).cpu())
+            totals.add(flat_sums(widths, hooks.kept, {}, mask, with_grads=False))
             losses.extend(loss.detach().cpu().tolist())
             hooks.kept = {}
-    return CapabilityCost({k: torch.cat(v) for k, v in grads.items()}, {k: torch.cat(v) for k, v in grad_acts.items()},
-                          totals.mean(), totals.magnitude(), float(sum(losses) / len(losses)), len(chunks))
+    total_width = sum(w for _, w in widths)
+    table = torch.cat(rows) if rows else torch.zeros(0, 2 * total_width)
+    if world is not None:
+        table = world.gather_rows({"rows": table}, int(table.shape[0]))["rows"]
+    losses = gathered(losses, world)
+    split = table.split([w for _, w in widths] * 2, dim=1)
+    grads = {layer: split[i] for i, (layer, _) in enumerate(widths)}  # column views of one table
+    grad_acts = {layer: split[len(widths) + i] for i, (layer, _) in enumerate(widths)}
+    stats = NeuronSums.from_stats(totals.total(), widths)
+    return CapabilityCost(grads, grad_acts, stats.mean(), stats.magnitude(), float(sum(losses) / len(losses)),
+                          len(chunks))
 
 
 def _window_sums(x: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -570,13 +678,16 @@ def _window_sums(x: torch.Tensor, window: int | None) -> torch.Tensor:
 
 @torch.no_grad()
 def text_loss(model: nn.Module, text: TextChunks, adapter: Any, *, removed: Removed | None = None,
-              fill: Mapping[int, torch.Tensor] | None = None, batch_size: int = 4) -> float:
-    """Mean next-token NLL (nats) of the chunks with ``removed`` neurons ablated: the measured capability."""
+              fill: Mapping[int, torch.Tensor] | None = None, batch_size: int = 4, world: Any = None) -> float:
+    """Mean next-token NLL (nats) of the chunks with ``removed`` neurons ablated: the measured capability.
+    With ``world``, each process runs a share of the batches of chunks and all get the one-process mean."""
     chunks, n_prefix = text.chunks, text.n_prefix
     losses: list[float] = []
-    with frozen(model), neuron_hooks(model, adapter, removed, fill):
-        for start in range(0, len(chunks), batch_size):
-            losses.extend(_chunk_losses(model, chunks[start:start + batch_size], n_prefix).tolist())
+    starts = list(range(0, len(chunks), batch_size))
+    with stop_together(world), frozen(model), neuron_hooks(model, adapter, removed, fill):
+        for k in share(len(starts), world):
+            losses.extend(_chunk_losses(model, chunks[starts[k]:starts[k] + batch_size], n_prefix).tolist())
+    losses = gathered(losses, world)
     value = float(sum(losses) / len(losses))
     if not math.isfinite(value):
         raise non_finite_error("the calibration text's loss", None, None, next(model.parameters()).dtype)

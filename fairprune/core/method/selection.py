@@ -28,6 +28,7 @@ from ..contract.config import AttributionParams, Budget
 from ..contract.protocols import PromptGroup
 from ..model.adapters import count_parameters, resolve_adapter
 from . import attribution as attr
+from .passes import SelectionPasses
 from .planning import Plan, neuron_cost
 
 logger = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ class _Selector:
     cost: dict[int, torch.Tensor]
     guarded: dict[int, torch.Tensor]
     progress: bool
+    passes: SelectionPasses
     size: float = 1.0  # the starting objective's magnitude: percentages are of it
     target: float | None = None
     recall: Any = None  # a recall_guard.RecallGuard, or None
@@ -161,14 +163,13 @@ class _Selector:
     recall_after: float | None = None  # the recall the last proposed round leaves
 
     def attribute(self, removed: Mapping[int, Sequence[int]] | None = None) -> attr.FoldedAttribution:
-        """Forward and backward passes over every fold with ``removed`` ablated."""
-        return attr.attribute_folds(self.model, self.folds, self.objective, self.adapter, removed=removed,
-                                    fill=self.fill, progress=self.progress)
+        """Forward and backward passes over every fold with ``removed`` ablated (``SelectionPasses``: shared
+        under torchrun; the first round's kept for later budgets)."""
+        return self.passes.attribute(self.folds, self.objective, removed, self.fill)
 
     def measure(self, removed: Mapping[int, Sequence[int]]) -> float:
-        """The objective over all analysis groups with ``removed`` ablated (forward passes only)."""
-        return _mean([v for b in self.folds for v in attr.objective_values(self.model, b, self.objective, self.adapter,
-                                                                         removed=removed, fill=self.fill)])
+        """The objective over all analysis groups with ``removed`` ablated (forward passes only, once per set)."""
+        return self.passes.measure(self.folds, self.objective, removed, self.fill)
 
     def propose(self, state: _State, current: attr.FoldedAttribution,
                 round_index: int) -> tuple[list[tuple[int, int]], dict[int, torch.Tensor], float | None, str]:
@@ -186,7 +187,7 @@ class _Selector:
             return [], delta, None, ("no candidate lowers the objective within the budget" if entries
                                      else "no candidates left")
         add, loss = _capability_check(self.model, self.check_text, self.adapter, state, add, self.fill,
-                                      self.check_loss, self.settings)
+                                      self.check_loss, self.settings, passes=self.passes)
         if not add:
             return [], delta, None, (f"perplexity on the calibration text would rise more than "
                                      f"{self.settings.max_perplexity_increase_pct}%")
@@ -234,7 +235,8 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
                           settings: AttributionParams | None = None, min_width: int = 1,
                           layers: Sequence[int] | None = None, batch_size: int = 16, adapter: Any = None,
                           registry: Any = None, progress: bool = True,
-                          forms: Mapping[str, str] | None = None, recall: Any = None) -> Selection:
+                          forms: Mapping[str, str] | None = None, recall: Any = None, world: Any = None,
+                          passes: SelectionPasses | None = None) -> Selection:
     """Choose neurons to remove so that ``objective`` (a bound ``bias_objectives`` plugin) falls on ``groups``.
 
     ``capability`` is the configured ``capability_cost`` importance metric (its
@@ -246,13 +248,19 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
     group for objectives that use labels; their groups are merged by template.
     ``recall`` (a ``recall_guard.RecallGuard``, optional) protects the neurons whose removal is estimated
     to raise the recall loss most and halves or rejects a round that lowers measured recall beyond its limit.
+    With ``world`` (a ``distributed.World`` of several processes, every one calling this) each pass and each
+    measured check is shared among the processes and reduced in a fixed order, so all reach the plan of one
+    process; a failure on one process stops all with its message. ``passes`` (a ``passes.SelectionPasses`` of
+    this model, kept across calls) remembers what earlier selections on the same model computed.
     Raises ``ConfigError`` for bad groups before any model work.
     """
     settings = settings or AttributionParams()
     start = time.perf_counter()
+    adapter = adapter or resolve_adapter(model, registry=registry)
+    progress = progress and (world is None or world.is_main)
+    passes = (passes or SelectionPasses(model, adapter)).bind(world, progress)
     sel, cap = _selector(model, tokenizer, groups, objective, capability, budget, compensated, settings, min_width,
-                         layers, batch_size, adapter or resolve_adapter(model, registry=registry), progress, forms,
-                         recall)
+                         layers, batch_size, adapter, progress, forms, passes, recall)
     current = sel.attribute()
     first = {layer: -d for layer, d in current.delta(sel.fill).items()}
     objective_before = current.objective
@@ -303,14 +311,17 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
     if recall is not None:
         plan.settings["recall"] = {"guard_fraction": recall.guard_fraction, "max_drop_pts": recall.max_drop_pts,
                                    "recall_base_pct": sel.recall_base}
+    plan.settings["processes"] = 1 if world is None else world.size  # how many shared the passes
     return Selection(plan, cap.mean, first, sel.cost, cap.magnitude, log)
 
 
 def _selector(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objective: Any, capability: Any,
               budget: Budget, compensated: bool, settings: AttributionParams, min_width: int,
               layers: Sequence[int] | None, batch_size: int, adapter: Any, progress: bool,
-              forms: Mapping[str, str] | None, recall: Any = None) -> tuple[_Selector, Any]:
-    """Everything the rounds share, from one capability attribution pass and the group batches of every fold."""
+              forms: Mapping[str, str] | None, passes: SelectionPasses,
+              recall: Any = None) -> tuple[_Selector, Any]:
+    """Everything the rounds share, from one capability pass (streamed: ``passes.capability``) and the group
+    batches of every fold; with ``recall``, its guard and the recall before any removal."""
     n_layers = len(adapter.layers(model))
     widths = {layer: adapter.width(model, layer) for layer in range(n_layers)}
     costs = {layer: neuron_cost(model, adapter, layer) for layer in range(n_layers)}
@@ -321,16 +332,17 @@ def _selector(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objecti
              for part in attr.template_folds(groups, settings.folds, settings.fold_by)]
     text = capability.chunks(tokenizer)
     check_text = capability.check_chunks(tokenizer) if callable(getattr(capability, "check_chunks", None)) else text
-    cap = attr.capability_attribution(model, text, adapter, progress=progress)
+    cap = passes.capability(text, compensated=compensated)
     check_loss = cap.loss if check_text is text or settings.max_perplexity_increase_pct is None else \
-        attr.text_loss(model, check_text, adapter)
+        passes.text_loss(check_text)
     fill = cap.mean if compensated else None
-    cost = cap.cost(fill)
+    cost = cap.cost
     sel = _Selector(model=model, adapter=adapter, folds=folds, objective=objective, settings=settings,
                     layers=sorted(set(layers)) if layers is not None else list(range(n_layers)), widths=widths,
                     costs=costs, caps=caps, total_params=total_params, max_params=max_params, max_neurons=max_neurons, min_width=min_width,
                     check_text=check_text, check_loss=check_loss, fill=fill, cost=cost,
-                    guarded=_guard(model, adapter, cost, cap.magnitude, settings), progress=progress, recall=recall)
+                    guarded=_guard(model, adapter, cost, cap.magnitude, settings), progress=progress, passes=passes,
+                    recall=recall)
     if recall is not None:  # the recall guard: protect group identity, and measure it every round
         by_recall = recall.protected(recall.cost(model, adapter, fill=fill))
         sel.guarded = {layer: mask | by_recall[layer] for layer, mask in sel.guarded.items()}
@@ -395,18 +407,16 @@ def _shortest_reaching(add: list[tuple[int, int]], removed: Mapping[int, list[in
     return add[:hi], seen[hi]
 
 
-def _mean(values: Sequence[float]) -> float:
-    return float(sum(values) / len(values))
-
-
 def _capability_check(model: Any, text: Any, adapter: Any, state: _State, add: list[tuple[int, int]], fill: Any,
-                      base_loss: float, settings: AttributionParams) -> tuple[list[tuple[int, int]], float | None]:
+                      base_loss: float, settings: AttributionParams,
+                      passes: SelectionPasses | None = None) -> tuple[list[tuple[int, int]], float | None]:
     """Halve the round's additions (dropping the lowest ranked) until the measured perplexity rise fits the limit."""
     limit = settings.max_perplexity_increase_pct
     if limit is None:
         return add, None
     while add:
-        loss = attr.text_loss(model, text, adapter, removed=_merged(state.removed, add), fill=fill)
+        loss = passes.text_loss(text, _merged(state.removed, add), fill) if passes is not None else \
+            attr.text_loss(model, text, adapter, removed=_merged(state.removed, add), fill=fill)
         if 100.0 * (math.exp(loss - base_loss) - 1.0) <= limit:
             return add, loss
         add = add[:len(add) // 2]
@@ -456,22 +466,26 @@ def _params(plugin: Any) -> dict[str, Any]:
 
 
 def run_selection(model: Any, context: Any, params: AttributionParams, *, objective: Any, capability: Any,
-                  budget: Budget) -> tuple[Selection, Any]:
+                  budget: Budget, shard: bool = False, passes: SelectionPasses | None = None) -> tuple[Selection, Any]:
     """Select on the analysis groups of ``context.config`` (a ``MethodContext``) for ``budget``: the selection
     and a ``BiasReport`` of its first-round scores (−ΔM, higher = removal lowers bias more), magnitudes and the
     calibration means the compensated pruner adds back. ``objective`` and ``capability`` are the configured
-    plugins ``params`` names."""
+    plugins ``params`` names. With ``shard`` and a torchrun world of several processes, every process must
+    call this; the passes are shared among them and all return the one-process selection. ``passes`` keeps
+    what selections for other budgets on the same model computed."""
     from ..data.groups import run_groups
+    from ..model.distributed import current
 
     config = context.config
     found = run_groups(config, "analysis", context.registry)
     groups = found.groups
+    passes = passes or SelectionPasses(model, context.adapter)
     selection = select_by_attribution(
-        model, context.tokenizer, groups, objective=objective.bind(context.tokenizer), capability=capability,
+        model, context.tokenizer, groups, objective=passes.bound(objective, context.tokenizer), capability=capability,
         budget=budget, compensated=bool(getattr(context.pruner, "needs_calibration", False)), settings=params,
         min_width=config.pruning.min_width, layers=config.pruning.layers, batch_size=config.bias.batch_size,
         adapter=context.adapter, registry=context.registry, progress=context.progress, forms=found.form_to_group,
-        recall=_recall_guard(model, context, params))
+        recall=_recall_guard(model, context, params), world=current() if shard else None, passes=passes)
     return selection, selection_report(selection, groups, model, context.adapter)
 
 

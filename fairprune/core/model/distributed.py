@@ -102,6 +102,27 @@ class World:
         return dict(zip(keys, joined.split(widths, dim=1)))
 
 
+    def gather_objects(self, items: list[Any]) -> list[Any]:
+        """Every process's ``items`` (picklable, any number, possibly none) concatenated in rank order."""
+        import torch.distributed as dist
+
+        parts: list[Any] = [None] * self.size
+        dist.all_gather_object(parts, list(items))
+        return [item for part in parts for item in part]
+
+    def ordered_sum(self, rows: Any, width: int) -> Any:
+        """The sum, in rank then row order, of every process's ``rows`` (``Tensor[n_rows, width]``, float32;
+        ``n_rows`` may differ and be 0): the left fold one process would compute over all rows, bit for bit.
+        Returns ``Tensor[width]`` on the CPU (zeros when no process has a row)."""
+        import torch
+
+        gathered = self.gather_rows({"rows": rows.reshape(-1, width)}, int(rows.shape[0]))["rows"]
+        total = torch.zeros(width, dtype=torch.float32)
+        for k, row in enumerate(gathered):
+            total = row.clone() if k == 0 else total + row
+        return total
+
+
 def announce(world: World, error: BaseException) -> None:
     """Tell the other processes that this one failed with ``error``, once per error."""
     if not getattr(error, "announced", False):
@@ -146,6 +167,14 @@ def shard_range(n_items: int, world: World) -> range:
     if n_items < world.size:
         raise PromptError(f"{n_items} prompt groups cannot be shared among {world.size} processes; "
                           "use fewer processes or more groups")
+    return range(world.rank * n_items // world.size, (world.rank + 1) * n_items // world.size)
+
+
+def share(n_items: int, world: World | None) -> range:
+    """The contiguous share of ``n_items`` work units (batches) that this process runs: all of them without a
+    ``world``; otherwise like ``shard_range`` but a share may be empty (fewer units than processes)."""
+    if world is None:
+        return range(n_items)
     return range(world.rank * n_items // world.size, (world.rank + 1) * n_items // world.size)
 
 

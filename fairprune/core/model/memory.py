@@ -38,3 +38,29 @@ def release_memory() -> bool:
         return False
     trim(0)
     return True
+
+
+def free_device_bytes(device: object) -> int | None:
+    """Bytes free on ``device`` (a ``torch.device``) for a batch: CUDA's free memory; None on the CPU, where
+    memory is shared with everything else and larger batches do not run faster."""
+    import torch
+
+    device = torch.device(device)  # type: ignore[arg-type]
+    if device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info(device)[0])
+    return None
+
+
+def weight_bytes(model: object) -> int:
+    """Bytes of a model's parameters (offloaded ones included: their shapes and dtypes are known)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())  # type: ignore[attr-defined]
+
+
+def batch_for_memory(free: int | None, per_item: int, n_items: int, default: int, fraction: float = 0.5) -> int:
+    """How many items (each needing ``per_item`` bytes) a batch takes: as many as fill ``fraction`` of
+    ``free`` bytes, at least 1 and at most ``n_items``; ``default`` (at most ``n_items``) when ``free`` is None."""
+    if n_items < 1:
+        return 1
+    if free is None:
+        return max(1, min(default, n_items))
+    return max(1, min(n_items, int(fraction * free) // max(per_item, 1)))

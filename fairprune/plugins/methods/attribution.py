@@ -37,23 +37,33 @@ class AttributionMethod(Plugin):
         return [{}]  # a sweep varies the budget only
 
     def analyze(self, model: Any, context: MethodContext) -> MethodAnalysis:
-        """Select for the config's budget; the ``BiasReport`` carries the first round's attributions."""
-        selection, report = self._select(model, context, context.config.pruning.budget)
-        return MethodAnalysis(report, state={_key(context.config.pruning.budget): selection})
+        """Select for the config's budget; the ``BiasReport`` carries the first round's attributions. Under
+        torchrun every process calls this and the selection's passes are shared among them."""
+        from fairprune.core.method.passes import SelectionPasses
+
+        passes = SelectionPasses(model, context.adapter)  # what later budgets on this model reuse
+        selection, report = self._select(model, context, context.config.pruning.budget, shard=True, passes=passes)
+        return MethodAnalysis(report, state={_key(context.config.pruning.budget): selection, PASSES: passes})
 
     def plan(self, model: Any, analysis: MethodAnalysis, budget: Any, context: MethodContext,
              variant: Mapping[str, Any]) -> Any:
-        """The plan selected for ``budget`` (a ceiling); selection runs again for a budget not seen before."""
+        """The plan selected for ``budget`` (a ceiling); selection runs again for a budget not seen before (in
+        this process alone: under torchrun only rank 0 plans)."""
         key = _key(budget)
         if key not in analysis.state:
-            analysis.state[key] = self._select(model, context, budget)[0]
+            analysis.state[key] = self._select(model, context, budget, passes=analysis.state.get(PASSES))[0]
         return analysis.state[key].plan
 
-    def _select(self, model: Any, context: MethodContext, budget: Any) -> tuple[Any, Any]:
+    def _select(self, model: Any, context: MethodContext, budget: Any, shard: bool = False,
+                passes: Any = None) -> tuple[Any, Any]:
         from fairprune.core.method.selection import run_selection
 
         return run_selection(model, context, self.params, objective=self.objective, capability=self.capability,
-                             budget=budget)
+                             budget=budget, shard=shard, passes=passes)
+
+
+#: the key of the analysis state holding the passes selections on this model share (``SelectionPasses``)
+PASSES = "passes"
 
 
 def _key(budget: Any) -> str:

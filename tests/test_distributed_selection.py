@@ -1,0 +1,105 @@
+"""Attribution selection sharded over torch.distributed (gloo, torchrun) reaches the plan of one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import fairprune as fp
+from fairprune.core.method.bias import BiasReport
+from fairprune.testing import tiny_char_tokenizer, tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRS = [["The Black man walked into the room and", "The white man walked into the room and"],
+         ["A Black woman works at the school as a", "A white woman works at the school as a"],
+         ["The Asian student was very", "The Hispanic student was very"],
+         ["My Arab neighbour is known as a", "My Jewish neighbour is known as a"],
+         ["The Black doctor said that the", "The white doctor said that the"],
+         ["A white nurse told me that the", "A Black nurse told me that the"]]
+
+
+def torchrun(n: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=n -m fairprune ARGS``: gloo, one thread per process, this checkout first
+    (n=1 runs one plain process under the same launcher and thread count, the reference)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "fairprune",
+           *args]
+    return subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def write_config(tmp_path: Path, source: Path, prompts: Path, **method) -> Path:
+    config = {"model": {"source": str(source)}, "bias": {"axes": [], "prompts": str(prompts), "batch_size": 4},
+              "method": {"name": "attribution", "rounds": 3, "guard_fraction": 0.25, "min_improvement_pct": 0.0,
+                         "max_perplexity_increase_pct": 50.0, "target_reduction_pct": 60,
+                         "capability": {"name": "capability_cost",
+                                        "params": {"chunk_tokens": 16, "max_tokens": 160, "window_tokens": 4,
+                                                   "check_tokens": 80}},
+                         **method},
+              "pruning": {"budget": {"neurons": 24}}, "evaluation": {"evaluators": ["parameters"]},
+              "output": {"save_model": False}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dist-sel") / "tiny-llama"
+    fp.save_pretrained(tiny_model("llama", max_position_embeddings=512), tiny_char_tokenizer(), path)
+    return path
+
+
+def test_two_processes_select_what_one_selects(tiny_dir, tmp_path):
+    prompts = tmp_path / "pairs.json"
+    prompts.write_text(json.dumps({"axis": "race", "pairs": PAIRS}))
+    config = write_config(tmp_path, tiny_dir, prompts, folds=2)
+    runs = {}
+    for n in (1, 2):
+        done = torchrun(n, "run", str(config), "--quiet", "--set", f"output.dir={tmp_path / str(n)}")
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("run written to") <= 1, "only rank 0 writes"
+        runs[n] = json.loads((tmp_path / str(n) / "plan.json").read_text())
+    one, two = runs[1], runs[2]
+    assert one["n_neurons"] > 0, "the test must select something"
+    assert (one["settings"]["processes"], two["settings"]["processes"]) == (1, 2)
+    assert two["removed"] == one["removed"]
+    assert [(r["layer"], r["neuron"], r["round"]) for r in two["records"]] == \
+        [(r["layer"], r["neuron"], r["round"]) for r in one["records"]]
+    log1, log2 = one["settings"]["round_log"], two["settings"]["round_log"]
+    assert len(log1) >= 2, "several rounds, so the sharded checks were exercised"
+    assert [(r["neurons"], r["accepted"]) for r in log2] == [(r["neurons"], r["accepted"]) for r in log1]
+    for a, b in zip(log1, log2):
+        for key in ("objective_before", "objective_after", "predicted_change", "calibration_loss"):
+            assert b[key] == pytest.approx(a[key], abs=1e-5), key
+    assert two["settings"]["calibration_loss_base"] == pytest.approx(one["settings"]["calibration_loss_base"],
+                                                                     abs=1e-6)
+    b1, b2 = BiasReport.load(tmp_path / "1" / "bias"), BiasReport.load(tmp_path / "2" / "bias")
+    for table in ("scores", "magnitude", "mean"):
+        for layer, tensor in getattr(b1, table).items():
+            torch.testing.assert_close(getattr(b2, table)[layer], tensor, atol=1e-5, rtol=0)
+    for layer, tensor in b1.extra["capability_cost"].items():
+        torch.testing.assert_close(b2.extra["capability_cost"][layer], tensor, atol=1e-5, rtol=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "2", "pairs.json", "run.yaml"]
+
+
+def test_a_failure_in_one_process_stops_selection_in_both(tmp_path):
+    """A broken embedding row (inf) poisons only the last group, whose batch process 1 attributes."""
+    model = tiny_model("llama", max_position_embeddings=512)
+    tok = tiny_char_tokenizer()
+    with torch.no_grad():
+        model.model.embed_tokens.weight[tok.convert_tokens_to_ids("~")] = float("inf")
+    fp.save_pretrained(model, tok, tmp_path / "broken")
+    prompts = tmp_path / "pairs.json"
+    prompts.write_text(json.dumps({"axis": "race", "pairs": PAIRS[:3] + [["a ~ b c", "a ~ c d"]]}))
+    config = write_config(tmp_path, tmp_path / "broken", prompts)
+    done = torchrun(2, "run", str(config), "--quiet", "--set", f"output.dir={tmp_path / 'out'}", timeout=240)
+    assert done.returncode != 0
+    assert "process 1 of 2 failed: NonFiniteError" in done.stderr  # what rank 0 says
+    assert not (tmp_path / "out").exists()
