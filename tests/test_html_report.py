@@ -19,6 +19,7 @@ from fairprune.cli import main
 from fairprune.core.errors import PersistError
 from fairprune.core.summary import generations, headline_rows
 from fairprune.viz.html import build_report
+from fairprune.viz.run_plots import PLOTS
 from fairprune.viz.rundata import load_run
 from fairprune.testing.runs import sample_run
 
@@ -139,14 +140,20 @@ def test_report_renders_in_headless_chromium(full_page, tmp_path):
 
 @pytest.mark.integration
 def test_demo_config_report_embeds_every_picture_and_nothing_external(tmp_path):
-    """The demo config on SmolLM2 (capability and completions left out, for time): five pictures, all inline."""
+    """The shipped demo config as it is on SmolLM2, its evaluators untouched; only the capability cost's text is
+    shorter (a data-size key), for time: five pictures, all inline, the neuron picture the attribution one."""
     from fairprune.commands.demo import DEMO_CONFIG
+    from fairprune.core.config import load_config
     from fairprune.core.pipeline import run
 
-    evaluators = '["activation_bias", "activation_pictures", "parameters"]'
-    result = run(DEMO_CONFIG, [f"output.dir={tmp_path / 'demo'}", f"evaluation.evaluators={evaluators}"],
-                 progress=False)
+    shipped = load_config(DEMO_CONFIG)
+    assert "activation_pictures" in [e.name for e in shipped.evaluation.evaluators]
+    trim = "bias.attribution.capability.params"
+    result = run(DEMO_CONFIG, [f"output.dir={tmp_path / 'demo'}", f"{trim}.max_tokens=1024",
+                               f"{trim}.check_tokens=256"], progress=False)
+    assert result.config.evaluation.evaluators == shipped.evaluation.evaluators
     page = (result.output_dir / "report.html").read_text()
     assert re.findall(r'<figure id="plot-(\w+)"><img', page) == ["profile", "neurons", "scatter", "pca", "tokens"]
     references = re.findall(r'(?:src|href)="([^"]*)"', page)
     assert references and all(ref.startswith(("data:image/png;base64,", "#")) for ref in references)
+    assert PLOTS["scatter"].attribution_caption in page.replace("&#x27;", "'")
