@@ -151,7 +151,7 @@ def test_demo_config_report_embeds_every_picture_and_nothing_external(tmp_path):
     trim = "bias.attribution.capability.params"
     result = run(DEMO_CONFIG, [f"output.dir={tmp_path / 'demo'}", f"{trim}.max_tokens=1024",
                                f"{trim}.check_tokens=256"], progress=False)
-    assert result.config.evaluation.evaluators == shipped.evaluation.evaluators
+    assert load_config(result.output_dir / "config.yaml").evaluation.evaluators == shipped.evaluation.evaluators
     page = (result.output_dir / "report.html").read_text()
     assert re.findall(r'<figure id="plot-(\w+)"><img', page) == ["profile", "neurons", "scatter", "pca", "tokens"]
     references = re.findall(r'(?:src|href)="([^"]*)"', page)

@@ -159,11 +159,11 @@ class BBQEvaluator(BenchmarkEvaluator):
     Params = BBQParams
     headlines = (
         Headline(key="bias_score_ambiguous_base", label="BBQ bias score, ambiguous (base)", better="lower",
-                 kind="level"),
+                 kind="level", dataset="BBQ"),
         Headline(key="bias_score_ambiguous_pruned", label="BBQ bias score, ambiguous (pruned)", better="lower",
-                 kind="level"),
+                 kind="level", dataset="BBQ"),
         Headline(key="accuracy_disambiguated_pruned", label="BBQ accuracy, disambiguated (pruned)", unit="%",
-                 kind="level"),
+                 kind="level", dataset="BBQ"),
     )
 
     def load(self) -> list[Example]:
