@@ -154,6 +154,19 @@ class PruningSection(Strict):
     guard_magnitude_ratio: float | None = Field(
         default=10.0, gt=0,
         description="never remove neurons whose mean |activation| exceeds this multiple of their layer's median")
+    uniform_widths: bool = Field(
+        default=False,
+        description="every layer loses the same number of neurons (its share of the budget; with round_to, the "
+                    "common width a multiple of it), ranked within each layer; the saved model then loads with "
+                    "plain transformers, vLLM and GGUF converters. Costs some fairness and capability at the same "
+                    "budget (benchmarks/RESULTS.md)")
+
+    @model_validator(mode="after")
+    def _uniform_needs_every_layer(self) -> "PruningSection":
+        if self.uniform_widths and self.layers is not None:
+            raise ValueError("uniform_widths: every layer must lose the same number of neurons, so pruning.layers "
+                             "cannot restrict them; remove pruning.layers or set uniform_widths: false")
+        return self
 
 
 class EvaluationSection(Strict):

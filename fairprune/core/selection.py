@@ -28,7 +28,7 @@ from . import attribution as attr
 from .adapters import count_parameters, resolve_adapter
 from .config import Budget
 from .errors import ConfigError
-from .planning import Plan, neuron_cost
+from .planning import Plan, allocate_budget, interleaved, neuron_cost, uniform_quota
 from .protocols import PromptGroup
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ class SelectionSettings:
     positions: str = "last"
     folds: int = 1
     target_reduction_pct: float | None = None
+    uniform_widths: bool = False
+    round_to: int | None = None
 
 
 @dataclass
@@ -173,6 +175,10 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
     costs = {layer: neuron_cost(model, adapter, layer) for layer in range(n_layers)}
     total_params = count_parameters(model)
     max_params, max_neurons, caps = _budget_ceiling(budget, widths, total_params)
+    if settings.uniform_widths:  # one quota for every layer; candidates are taken by rank within their layer
+        total, per_layer = allocate_budget(budget, widths, costs, total_params)
+        caps = uniform_quota(widths, total if per_layer is None else sum(per_layer.values()),
+                             round_to=settings.round_to, min_width=settings.min_width)
     labels = (forms or {}) if "labels" in getattr(objective, "uses", ()) else None
     folds = [attr.group_batches(model, tokenizer, part, batch_size, positions=settings.positions, labels=labels)
              for part in attr.template_folds(groups, settings.folds)]
@@ -215,6 +221,8 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
         per_fold = current.fold_delta(fill)
         delta = current.blend(per_fold)
         entries = _ranked(per_fold, cost, guarded, state.removed, settings.ranking, layers)
+        if settings.uniform_widths:
+            entries = interleaved(entries)
         add = _take(entries, state, quota_params, quota_neurons, caps, widths, costs, settings.min_width)
         if not add:
             stop = "no candidate lowers the objective within the budget" if entries else "no candidates left"
@@ -269,9 +277,33 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
         if nxt is not None:
             current = nxt
 
+    if settings.uniform_widths:
+        state, records, evened = _evened(state, records, widths, costs, measure)
+        if evened:
+            log.append(evened)
+            stop += f"; {-evened['neurons']} neuron(s) put back so that every layer loses the same number"
     plan = _plan(state, records, log, stop, objective_before, widths, costs, total_params, objective, capability,
                  compensated, settings, budget, adapter, time.perf_counter() - start, check_loss)
     return Selection(plan, cap.mean, first, cost, cap.magnitude, log)
+
+
+def _evened(state: _State, records: list[dict[str, Any]], widths: Mapping[int, int], costs: Mapping[int, int],
+            measure: Any) -> tuple[_State, list[dict[str, Any]], dict[str, Any] | None]:
+    """Every layer cut back to the fewest removals of any layer, keeping its earliest and best-estimated ones
+    (round, then attribution), and measured again; the log entry of the change, or None when already even."""
+    counts = [len(state.removed.get(layer, ())) for layer in widths]
+    keep = min(counts)
+    if keep == max(counts):
+        return state, records, None
+    kept = [r for layer in widths for r in sorted((r for r in records if r["layer"] == layer),
+                                                  key=lambda r: (r["round"], r["attribution"]))[:keep]]
+    removed = _merged({}, [(r["layer"], r["neuron"]) for r in kept])
+    measured = measure(removed)
+    dropped = [r for r in records if r not in kept]
+    entry = {"round": "evened", "neurons": -len(dropped), "objective_before": state.objective,
+             "objective_after": measured, "predicted_change": -float(sum(r["attribution"] for r in dropped)),
+             "measured_change": measured - state.objective, "accepted": True}
+    return _State(removed, sum(costs[r["layer"]] for r in kept), measured), kept, entry
 
 
 def _expects(start: float, predicted: Sequence[float], target: float, scale: float | None) -> bool:
@@ -384,6 +416,7 @@ def _plan(state: _State, records: list[dict[str, Any]], log: list[dict[str, Any]
         "guard_fraction": settings.guard_fraction, "magnitude_guard": settings.magnitude_guard, "ranking": settings.ranking,
         "min_improvement_pct": settings.min_improvement_pct,
         "max_perplexity_increase_pct": settings.max_perplexity_increase_pct, "min_width": settings.min_width,
+        "uniform_widths": settings.uniform_widths, "round_to": settings.round_to,
         "layers": list(settings.layers) if settings.layers is not None else None,
         "budget": budget.model_dump(exclude_none=True), "stop_reason": stop, "selection_seconds": round(seconds, 3),
         "calibration_loss_base": base_loss, "round_log": log, "verification": verification, "adapter": adapter.name,
@@ -408,7 +441,8 @@ def settings_from_config(config: Any) -> SelectionSettings:
                              max_perplexity_increase_pct=section.max_perplexity_increase_pct,
                              min_width=config.pruning.min_width, layers=config.pruning.layers,
                              positions=section.positions, folds=section.folds,
-                             target_reduction_pct=section.target_reduction_pct)
+                             target_reduction_pct=section.target_reduction_pct,
+                             uniform_widths=config.pruning.uniform_widths, round_to=config.pruning.round_to)
 
 
 def run_selection(run: Any, budget: Budget | None = None) -> tuple[Selection, Any]:
