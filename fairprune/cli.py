@@ -14,6 +14,7 @@ from .core.outputs import releasing_claims
 #: subcommand modules; each defines ``add_parser(subparsers)`` which sets ``func`` on its parser
 COMMANDS: tuple[str, ...] = (
     "run", "sweep", "analyze", "prune", "evaluate", "plugins", "axes", "demo", "report", "plot", "serve", "export",
+    "lm_eval_cli",
 )
 
 
