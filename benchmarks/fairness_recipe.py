@@ -206,7 +206,8 @@ def activation_plan(model, tok, r: dict, reports: dict) -> tuple:
 
 def attribution_plan(model, tok, r: dict, registry) -> tuple:
     """The signed attribution method on the race axis' analysis groups; seconds of the whole selection."""
-    from fairprune.core.selection import SelectionSettings, select_by_attribution
+    from fairprune.core.config import AttributionParams
+    from fairprune.core.selection import select_by_attribution
 
     found = gather(axes=["race"], split="analysis", registry=registry)
     start = time.perf_counter()
@@ -216,7 +217,7 @@ def attribution_plan(model, tok, r: dict, registry) -> tuple:
         capability=registry.create("importance_metrics", "capability_cost", r.get("capability_params")),
         budget=fp.Budget(neurons=r["budget_neurons"]) if r.get("budget_neurons") else
         fp.Budget(param_fraction=r["budget"]), compensated=r["pruner"] == "compensated",
-        settings=SelectionSettings(rounds=r["rounds"], guard_fraction=r["guard_fraction"], ranking=r["ranking"],
+        settings=AttributionParams(rounds=r["rounds"], guard_fraction=r["guard_fraction"], ranking=r["ranking"],
                                    magnitude_guard=r.get("magnitude_guard", 0.0),
                                    min_improvement_pct=r["min_improvement_pct"],
                                    max_perplexity_increase_pct=r["max_perplexity_increase_pct"],

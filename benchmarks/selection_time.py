@@ -28,9 +28,10 @@ import torch
 import fairprune as fp
 from fairprune.core.config import load_config
 from fairprune.core.groups import run_groups
-from fairprune.core.pipeline import attribution_plugins
+from fairprune.core.config import ActivationParams
+from fairprune.core.pipeline import resolve_method
 from fairprune.core.registry import get_registry
-from fairprune.core.selection import select_by_attribution, settings_from_config
+from fairprune.core.selection import select_by_attribution
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fairness_recipe import write_section  # noqa: E402  (the benchmarks' one writer of RESULTS.md blocks)
@@ -52,21 +53,22 @@ def main() -> int:
     registry = get_registry()
     model, tok = fp.load_model(config.model.source)
     found = run_groups(config, "analysis", registry)
-    plugins = attribution_plugins(config, registry)
-    objective = plugins["objective"].bind(tok)
-    bias = config.bias
+    method = resolve_method(config, registry)  # the config's attribution method, its plugins resolved
+    objective = method.objective.bind(tok)
+    bias, activation_params = config.bias, ActivationParams()
 
     def activation() -> float:
         start = time.perf_counter()
-        report = fp.analyze_bias(model, tok, groups=found.groups, site=bias.site, pooling=bias.pooling,
-                                 metric=bias.metric.name, batch_size=bias.batch_size, progress=False)
+        report = fp.analyze_bias(model, tok, groups=found.groups, site=bias.site, pooling=activation_params.pooling,
+                                 metric=activation_params.metric.name, batch_size=bias.batch_size, progress=False)
         fp.plan_pruning(model, report, budget=config.pruning.budget)
         return time.perf_counter() - start
 
     def selection() -> tuple[float, int, str]:
         start = time.perf_counter()
-        chosen = select_by_attribution(model, tok, found.groups, objective=objective, capability=plugins["capability"],
-                                       budget=config.pruning.budget, settings=settings_from_config(config),
+        chosen = select_by_attribution(model, tok, found.groups, objective=objective, capability=method.capability,
+                                       budget=config.pruning.budget, settings=method.params,
+                                       min_width=config.pruning.min_width, layers=config.pruning.layers,
                                        batch_size=bias.batch_size, registry=registry, progress=False,
                                        forms=found.form_to_group)
         return time.perf_counter() - start, chosen.plan.n_neurons, chosen.plan.settings["stop_reason"]

@@ -11,7 +11,7 @@ import torch
 
 from fairprune.core import attribution as attr
 from fairprune.core import selection as sel
-from fairprune.core.config import Budget
+from fairprune.core.config import AttributionParams, Budget
 from fairprune.core.errors import ConfigError
 from fairprune.core.groups import SEP
 from fairprune.core.protocols import ObjectiveInputs, PromptGroup
@@ -273,7 +273,7 @@ def test_ranking_keeps_out_every_neuron_whose_removal_raises_the_objective(n_fol
     cost = {0: torch.rand(50, generator=gen), 1: torch.rand(50, generator=gen)}
     guarded = sel._guarded(cost, 0.0)
     best = int(torch.argmin(delta[0].max(0).values))
-    for ranking in sel.RANKINGS:
+    for ranking in ("ratio", "reduction"):
         entries = sel._ranked(delta, cost, guarded, {0: [best]}, ranking, [0, 1])
         chosen = {(layer, n) for _, layer, n in entries}
         # a candidate lowers the objective in every fold
@@ -306,17 +306,17 @@ def test_magnitude_guard_also_protects_the_largest_writes_to_the_residual_stream
     cost = {layer: torch.arange(64.0) for layer in (0, 1)}  # the cost guard alone protects neurons 48..63
     magnitude = {layer: torch.ones(64) for layer in (0, 1)}
     magnitude[1][5] = 1e6  # a massive activation that the cost does not see
-    settings = sel.SelectionSettings(guard_fraction=0.25, magnitude_guard=0.02)
+    settings = AttributionParams(guard_fraction=0.25, magnitude_guard=0.02)
     guarded = sel._guard(model, adapter, cost, magnitude, settings)
     assert bool(guarded[1][5]) and bool(guarded[0][48:].all()) and bool(guarded[1][48:].all())
     assert int(guarded[0].sum()) >= 16 and int(guarded[1].sum()) >= 17
-    without = sel._guard(model, adapter, cost, magnitude, sel.SelectionSettings(guard_fraction=0.25))
+    without = sel._guard(model, adapter, cost, magnitude, AttributionParams(guard_fraction=0.25))
     assert not bool(without[1][5]) and int(without[1].sum()) == 16
 
 
 def run_selection(setup, **kw):
     model, tok, adapter, _ = setup
-    settings = sel.SelectionSettings(**{"guard_fraction": 0.0, "max_perplexity_increase_pct": None, **kw})
+    settings = AttributionParams(**{"guard_fraction": 0.0, "max_perplexity_increase_pct": None, **kw})
     return sel.select_by_attribution(model, tok, groups(), objective=NextTokenJS(),
                                      capability=CapabilityCost().configure({"chunk_tokens": 16, "max_tokens": 64}),
                                      budget=Budget(neurons=12), settings=settings, batch_size=6, adapter=adapter,
@@ -417,9 +417,14 @@ def test_shortest_reaching_measures_a_trusted_guess_before_the_whole_round() -> 
     assert chosen == add and value == 80.0 and len(calls) == 2
 
 
-def test_target_reduction_out_of_range_is_refused(setup) -> None:
-    with pytest.raises(ConfigError, match="target_reduction_pct must lie in"):
-        run_selection(setup, target_reduction_pct=100.0)
+def test_target_reduction_out_of_range_is_refused() -> None:
+    from fairprune.core.config import load_config
+    from fairprune.core.pipeline import resolve_method
+    from fairprune.core.registry import Registry
+
+    config = load_config({"model": {"source": "m"}, "method": {"name": "attribution", "target_reduction_pct": 100}})
+    with pytest.raises(ConfigError, match=r"method\.target_reduction_pct: Input should be less than 100"):
+        resolve_method(config, Registry(load_entrypoints=False))
 
 
 def test_selection_verifies_by_real_ablation(setup) -> None:
@@ -469,11 +474,15 @@ def test_early_stopping(setup, monkeypatch, script, rounds_kept, reason) -> None
     assert plan.settings["verification"]["objective_after"] == pytest.approx(script[rounds_kept])
 
 
-def test_bad_selection_settings_fail_before_work(setup) -> None:
-    with pytest.raises(ConfigError, match="attribution.ranking"):
-        run_selection(setup, ranking="best")
-    with pytest.raises(ConfigError, match="attribution.guard_fraction"):
-        run_selection(setup, guard_fraction=1.0)
+@pytest.mark.parametrize("key, value", [("ranking", "best"), ("guard_fraction", 1.0), ("rounds", 0)])
+def test_bad_selection_settings_fail_before_work(key, value) -> None:
+    from fairprune.core.config import load_config
+    from fairprune.core.pipeline import resolve_method
+    from fairprune.core.registry import Registry
+
+    config = load_config({"model": {"source": "m"}, "method": {"name": "attribution", key: value}})
+    with pytest.raises(ConfigError, match=rf"^invalid config: method\.{key}: "):
+        resolve_method(config, Registry(load_entrypoints=False))
 
 
 class _LastTokenGap:

@@ -47,10 +47,10 @@ def attribution_run(tmp_path_factory):
     source = root / "tiny-llama"
     fp.save_pretrained(tiny_model("llama", max_position_embeddings=512), tiny_char_tokenizer(), source)
     config = {"model": {"source": str(source)},
-              "bias": {"axes": ["race"], "batch_size": 12, "method": "attribution",
-                       "attribution": {"rounds": 2, "guard_fraction": 0.25, "max_perplexity_increase_pct": None,
-                                       "capability": {"name": "capability_cost",
-                                                      "params": {"chunk_tokens": 64, "max_tokens": 256}}}},
+              "bias": {"axes": ["race"], "batch_size": 12},
+              "method": {"name": "attribution", "rounds": 2, "guard_fraction": 0.25,
+                         "max_perplexity_increase_pct": None,
+                         "capability": {"name": "capability_cost", "params": {"chunk_tokens": 64, "max_tokens": 256}}},
               "pruning": {"budget": {"neurons": 6}},
               "evaluation": {"evaluators": [{"name": "activation_bias", "params": {"n_boot": 50}},
                                             {"name": "activation_pictures", "params": {"n_boot": 50}},

@@ -23,13 +23,12 @@ def model_dir(tmp_path_factory):
     return path
 
 
-def config_for(model_dir, out, pruner="structural", **bias):
+def config_for(model_dir, out, pruner="structural", bias=None, **method):
     return {"model": {"source": str(model_dir)},
-            "bias": {"axes": ["race"], "batch_size": 12, "method": "attribution",
-                     "attribution": {"rounds": 2, "guard_fraction": 0.25, "max_perplexity_increase_pct": None,
-                                     "capability": {"name": "capability_cost",
-                                                    "params": {"chunk_tokens": 64, "max_tokens": 256}}},
-                     **bias},
+            "bias": {"axes": ["race"], "batch_size": 12, **(bias or {})},
+            "method": {"name": "attribution", "rounds": 2, "guard_fraction": 0.25, "max_perplexity_increase_pct": None,
+                       "capability": {"name": "capability_cost", "params": {"chunk_tokens": 64, "max_tokens": 256}},
+                       **method},
             "pruning": {"pruner": pruner, "budget": {"neurons": 6}},
             "evaluation": {"evaluators": EVALUATORS}, "output": {"dir": str(out)}}
 
@@ -58,15 +57,31 @@ def test_attribution_run_records_verifies_and_reloads(model_dir, tmp_path, prune
 
 
 def test_attribution_config_errors_name_the_field(model_dir, tmp_path):
-    with pytest.raises(ConfigError, match="bias.objective"):
+    with pytest.raises(ConfigError, match=r"^method\.objective\.name: Unknown"):
         fp.run(config_for(model_dir, tmp_path / "a", objective="next_token_jsd"), progress=False)
     with pytest.raises(ConfigError, match="bias.site"):
-        fp.run(config_for(model_dir, tmp_path / "b", site="residual"), progress=False)
-    with pytest.raises(ConfigError, match="bias.attribution.capability"):
-        bad = config_for(model_dir, tmp_path / "c")
-        bad["bias"]["attribution"]["capability"] = "max_abs_weight"
-        fp.run(bad, progress=False)
-    with pytest.raises(ConfigError, match="bias.attribution.guard_fraction"):
-        bad = config_for(model_dir, tmp_path / "d")
-        bad["bias"]["attribution"]["guard_fraction"] = 1.5
-        fp.run(bad, progress=False)
+        fp.run(config_for(model_dir, tmp_path / "b", bias={"site": "residual"}), progress=False)
+    with pytest.raises(ConfigError, match=r"^method\.capability: 'max_abs_weight' gives no calibration text"):
+        fp.run(config_for(model_dir, tmp_path / "c", capability="max_abs_weight"), progress=False)
+    with pytest.raises(ConfigError, match=r"method\.guard_fraction"):
+        fp.run(config_for(model_dir, tmp_path / "d", guard_fraction=1.5), progress=False)
+    with pytest.raises(ConfigError, match=r"^pruning\.round_to: the attribution method does not read this key"):
+        fp.run({**config_for(model_dir, tmp_path / "e"), "pruning": {"budget": {"neurons": 6}, "round_to": 8}},
+               progress=False)
+
+
+def test_attribution_sweep_selects_per_budget_and_saves_the_chosen_points_plan(model_dir, tmp_path):
+    from fairprune.core.sweep import sweep
+
+    config = config_for(model_dir, tmp_path / "sweep", max_perplexity_increase_pct=None)
+    config["evaluation"] = {"evaluators": ["output_bias", "capability"]}
+    config["sweep"] = {"budgets": [{"neurons": 2}, {"neurons": 5}], "bias_metric": "output_bias.js_reduction_pct"}
+    result = sweep(config, max_perplexity_increase=1e6, progress=False)
+    assert len(result.points) == 2  # one point per budget: the attribution method has no bias weight to vary
+    assert [p["budget"] for p in result.points] == [{"neurons": 2}, {"neurons": 5}]
+    plan = json.loads((result.output_dir / "plan.json").read_text())
+    assert plan["settings"]["budget"] == result.chosen["budget"]
+    assert plan["n_neurons"] == result.chosen["neurons_removed"]
+    # the other point's plan is a different selection, so the saved one is the chosen point's own
+    other = next(p for p in result.points if p is not result.chosen)
+    assert other["neurons_removed"] != result.chosen["neurons_removed"]

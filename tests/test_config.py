@@ -8,6 +8,7 @@ import pytest
 
 from fairprune.core.config import Budget, RunConfig, load_config, resolve_component
 from fairprune.core.errors import ConfigError
+from fairprune.core.pipeline import resolve_method
 from fairprune.core.registry import Registry
 
 MINIMAL = {"model": {"source": "smollm2-135m"}}
@@ -15,16 +16,18 @@ MINIMAL = {"model": {"source": "smollm2-135m"}}
 
 def test_minimal_config_fills_defaults():
     config = load_config(MINIMAL)
-    assert config.scoring.bias_weight == 0.8
-    assert config.scoring.scorer.name == "linear"
+    method = resolve_method(config, Registry(load_entrypoints=False))
+    assert config.method.name == "activation" and method.name == "activation"
+    assert method.params.bias_weight == 0.8
+    assert method.params.scorer.name == "linear"
     assert config.pruning.budget.param_fraction == 0.002
-    assert config.bias.metric.name == "relative_mean_abs_diff"
+    assert method.params.metric.name == "relative_mean_abs_diff"
 
 
 @pytest.mark.parametrize("weight", [-0.1, 1.5])
 def test_bias_weight_outside_unit_interval_names_the_field(weight):
-    with pytest.raises(ConfigError, match=r"scoring\.bias_weight"):
-        load_config({**MINIMAL, "scoring": {"bias_weight": weight}})
+    with pytest.raises(ConfigError, match=r"^invalid config: method\.bias_weight"):
+        resolve_method(load_config({**MINIMAL, "method": {"bias_weight": weight}}), Registry(load_entrypoints=False))
 
 
 def test_unknown_key_names_the_field():
@@ -51,30 +54,30 @@ def test_wrong_type_names_field_and_value():
 
 
 def test_overrides_use_dotted_keys_and_yaml_values():
-    config = load_config(MINIMAL, ["scoring.bias_weight=0.6", "output.dir=runs/x", "pruning.pruner=mask",
-                                   "pruning.budget={neurons: 12}", "scoring.scorer.params.foo=3"])
-    assert config.scoring.bias_weight == 0.6
+    config = load_config(MINIMAL, ["method.bias_weight=0.6", "output.dir=runs/x", "pruning.pruner=mask",
+                                   "pruning.budget={neurons: 12}", "method.scorer={name: linear, params: {foo: 3}}"])
+    assert config.method.params["bias_weight"] == 0.6
     assert config.output.dir == "runs/x"
     assert config.pruning.pruner.name == "mask"
     assert config.pruning.budget == Budget(neurons=12)
-    assert config.scoring.scorer.params == {"foo": 3}
+    assert config.method.params["scorer"] == {"name": "linear", "params": {"foo": 3}}
 
 
 def test_override_without_equals_sign_is_an_error():
     with pytest.raises(ConfigError, match="KEY=VALUE"):
-        load_config(MINIMAL, ["scoring.bias_weight"])
+        load_config(MINIMAL, ["method.bias_weight"])
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".toml", ".json"])
 def test_config_files_in_three_formats_load_alike(tmp_path, suffix):
     path = tmp_path / f"run{suffix}"
     if suffix == ".yaml":
-        path.write_text("model:\n  source: m\nscoring:\n  bias_weight: 0.5\n")
+        path.write_text("model:\n  source: m\nmethod:\n  name: activation\n  bias_weight: 0.5\n")
     elif suffix == ".toml":
-        path.write_text('[model]\nsource = "m"\n[scoring]\nbias_weight = 0.5\n')
+        path.write_text('[model]\nsource = "m"\n[method]\nname = "activation"\nbias_weight = 0.5\n')
     else:
-        path.write_text(json.dumps({"model": {"source": "m"}, "scoring": {"bias_weight": 0.5}}))
-    assert load_config(path).scoring.bias_weight == 0.5
+        path.write_text(json.dumps({"model": {"source": "m"}, "method": {"name": "activation", "bias_weight": 0.5}}))
+    assert load_config(path).method.params == {"bias_weight": 0.5}
 
 
 def test_missing_and_unparsable_files_are_config_errors(tmp_path):
@@ -89,26 +92,71 @@ def test_missing_and_unparsable_files_are_config_errors(tmp_path):
 def test_config_hash_is_stable_and_sensitive():
     a, b = load_config(MINIMAL), load_config(dict(MINIMAL))
     assert a.config_hash() == b.config_hash()
-    assert a.config_hash() != load_config(MINIMAL, ["scoring.bias_weight=0.7"]).config_hash()
+    assert a.config_hash() != load_config(MINIMAL, ["method.bias_weight=0.7"]).config_hash()
     assert a.config_hash() == load_config(MINIMAL, ["output.dir=elsewhere"]).config_hash()
 
 
 def test_component_shorthand_string_equals_mapping():
-    assert RunConfig.model_validate({**MINIMAL, "scoring": {"scorer": "rank"}}).scoring.scorer.name == "rank"
+    assert RunConfig.model_validate({**MINIMAL, "pruning": {"pruner": "mask"}}).pruning.pruner.name == "mask"
+    assert RunConfig.model_validate({**MINIMAL, "method": "attribution"}).method.name == "attribution"
 
 
 def test_unknown_plugin_in_component_names_path_and_known_names():
     registry = Registry(load_entrypoints=False)
-    config = load_config({**MINIMAL, "scoring": {"scorer": "lineer"}})
+    config = load_config({**MINIMAL, "method": {"scorer": "lineer"}})
     with pytest.raises(ConfigError) as info:
-        resolve_component(registry, "scorers", config.scoring.scorer, "scoring.scorer")
+        resolve_method(config, registry)
     text = str(info.value)
-    assert text.startswith("scoring.scorer.name: Unknown scorer 'lineer'")
+    assert text.startswith("method.scorer.name: Unknown scorer 'lineer'")
     assert "Did you mean 'linear'?" in text and "rank" in text
 
 
 def test_plugin_params_are_validated_against_the_plugin_model():
     registry = Registry(load_entrypoints=False)
-    config = load_config({**MINIMAL, "scoring": {"scorer": {"name": "linear", "params": {"typo": 1}}}})
-    with pytest.raises(ConfigError, match=r"scoring\.scorer\.params\.typo"):
-        resolve_component(registry, "scorers", config.scoring.scorer, "scoring.scorer")
+    config = load_config({**MINIMAL, "pruning": {"pruner": {"name": "structural", "params": {"typo": 1}}}})
+    with pytest.raises(ConfigError, match=r"pruning\.pruner\.params\.typo"):
+        resolve_component(registry, "pruners", config.pruning.pruner, "pruning.pruner")
+    with pytest.raises(ConfigError, match=r"method\.scorer\.params\.typo"):
+        resolve_method(load_config({**MINIMAL, "method": {"scorer": {"name": "linear", "params": {"typo": 1}}}}),
+                       registry)
+
+
+@pytest.mark.parametrize("old, new", [
+    ({"scoring": {"bias_weight": 0.5}}, "method"), ({"bias": {"method": "attribution"}}, "method.name"),
+    ({"bias": {"attribution": {"folds": 2}}}, "method"), ({"bias": {"metric": "x"}}, "method.metric"),
+    ({"pruning": {"guard_magnitude_ratio": 5}}, "method.guard_magnitude_ratio"),
+])
+def test_a_key_of_the_old_layout_says_where_it_moved(old, new):
+    with pytest.raises(ConfigError) as info:
+        load_config({**MINIMAL, **old})
+    assert f"moved to {new} " in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("method, key, owner", [("activation", "folds", "attribution"),
+                                                ("attribution", "bias_weight", "activation"),
+                                                ("attribution", "scorer", "activation")])
+def test_a_key_of_the_other_method_is_refused_naming_it(method, key, owner):
+    config = load_config({**MINIMAL, "method": {"name": method, key: 1}})
+    with pytest.raises(ConfigError) as info:
+        resolve_method(config, Registry(load_entrypoints=False))
+    assert str(info.value).startswith(f"method.{key}: a key of the {owner} method, not of {method}")
+
+
+@pytest.mark.parametrize("section", [{"pruning": {"round_to": 8}}, {"sweep": {"bias_weights": [0.5]}}])
+def test_a_shared_key_the_method_does_not_read_is_refused(section):
+    config = load_config({**MINIMAL, "method": "attribution", **section})
+    with pytest.raises(ConfigError, match="the attribution method does not read this key"):
+        resolve_method(config, Registry(load_entrypoints=False))
+    resolve_method(load_config({**MINIMAL, **section}), Registry(load_entrypoints=False))  # activation reads both
+
+
+def test_inline_and_nested_method_params_are_the_same():
+    inline = load_config({**MINIMAL, "method": {"name": "attribution", "folds": 2}})
+    nested = load_config({**MINIMAL, "method": {"name": "attribution", "params": {"folds": 2}}})
+    assert inline == nested and inline.config_hash() == nested.config_hash()
+
+
+def test_capability_cost_as_activation_importance_is_refused_before_the_model_loads():
+    config = load_config({**MINIMAL, "method": {"importance": "capability_cost"}})
+    with pytest.raises(ConfigError, match=r"^method\.importance: 'capability_cost' is the attribution method"):
+        resolve_method(config, Registry(load_entrypoints=False))

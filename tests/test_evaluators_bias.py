@@ -126,3 +126,21 @@ def test_activation_bias_handles_groups_of_three_members(registry: Registry) -> 
         context(model, model, registry, three + GROUPS))
     assert result.metrics["n_groups"] == 6 and result.metrics["residual_reduction_pct"] == 0.0
     assert len(list(combinations(range(3), 2))) == 3
+
+
+def test_the_reported_js_is_the_attribution_objectives_value_on_the_same_groups(registry: Registry) -> None:
+    """One JS for both: the figure output_bias shows per group equals what next_token_js optimises."""
+    from fairprune.core import attribution as attr
+    from fairprune.core import divergence
+
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    evaluator = registry.create("evaluators", "output_bias", {"n_boot": 50})
+    observed = evaluator.observe(model, context(model, model, registry).context)
+    objective = registry.create("bias_objectives", "next_token_js").bind(tok)
+    batches = attr.group_batches(model, tok, GROUPS, 4)
+    values = attr.objective_values(model, batches, objective, registry.get("architectures", "glu"))
+    assert observed["js"] == pytest.approx(values, rel=1e-5, abs=1e-9)
+    assert js_divergence is divergence.js_divergence
+    from fairprune.plugins import objectives
+
+    assert objectives.pair_js(torch.randn(3, 7).log_softmax(-1))[0].dtype == torch.float32

@@ -29,6 +29,7 @@ EXAMPLE_PLUGINS: dict[str, str] = {
     "bias_metrics": "group_range",
     "scorers": "geometric",
     "evaluators": "next_token_consistency",
+    "methods": "random_neurons",
 }
 
 
@@ -68,7 +69,7 @@ def test_entry_module_and_registration_do_not_import_torch() -> None:
             "    getattr(m, hook)(register=got.append)\n"
             "print(len(got), 'torch' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert out.stdout.split() == ["5", "False"]
+    assert out.stdout.split() == ["6", "False"]
 
 
 def test_body_type_split_is_stable_and_about_a_quarter() -> None:
@@ -154,11 +155,11 @@ def example_config(model_dir: Path, out_dir: Path) -> dict[str, Any]:
     """A run that selects every example plugin by name (and built-ins for the rest)."""
     return {
         "model": {"source": str(model_dir)},
-        "bias": {"axes": ["body_type"], "metric": {"name": "group_range", "params": {"relative": True}},
-                 "batch_size": 8},
-        "scoring": {"importance": {"name": "act_times_weight", "params": {"norm": "l2"}},
-                    "scorer": "geometric", "bias_weight": 0.7},
-        "pruning": {"budget": {"layer_percent": 10}, "guard_magnitude_ratio": None},
+        "bias": {"axes": ["body_type"], "batch_size": 8},
+        "method": {"name": "activation", "metric": {"name": "group_range", "params": {"relative": True}},
+                   "importance": {"name": "act_times_weight", "params": {"norm": "l2"}},
+                   "scorer": "geometric", "bias_weight": 0.7, "guard_magnitude_ratio": None},
+        "pruning": {"budget": {"layer_percent": 10}},
         "evaluation": {"evaluators": [{"name": "next_token_consistency", "params": {"n_boot": 50}}, "parameters"],
                        "batch_size": 8},
         "output": {"dir": str(out_dir), "save_model": True},
@@ -182,3 +183,17 @@ def test_run_selecting_every_example_plugin_end_to_end(saved_model: Path, tmp_pa
     assert 0.0 <= consistency["top1_agreement"] <= 1.0
     pruned, _ = fairprune.load_pretrained(out)
     assert [layer.mlp.down_proj.in_features for layer in pruned.model.layers] == [58, 58]
+
+
+def test_a_config_runs_the_example_method_by_entry_point(saved_model: Path, tmp_path: Path) -> None:
+    config = tmp_path / "random.yaml"
+    config.write_text(json.dumps({
+        "model": {"source": str(saved_model)}, "bias": {"axes": ["body_type"], "batch_size": 8},
+        "method": {"name": "random_neurons", "seed": 3}, "pruning": {"budget": {"neurons": 5}},
+        "evaluation": {"evaluators": ["parameters"]}, "output": {"dir": str(tmp_path / "out")}}))
+    from fairprune.cli import main as cli_main
+
+    assert cli_main(["run", str(config), "--quiet"]) == 0
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert plan["settings"]["method"] == "random_neurons" and plan["settings"]["seed"] == 3
+    assert plan["n_neurons"] == 5

@@ -148,7 +148,7 @@ def test_demo_config_report_embeds_every_picture_and_nothing_external(tmp_path):
 
     shipped = load_config(DEMO_CONFIG)
     assert "activation_pictures" in [e.name for e in shipped.evaluation.evaluators]
-    trim = "bias.attribution.capability.params"
+    trim = "method.capability.params"
     result = run(DEMO_CONFIG, [f"output.dir={tmp_path / 'demo'}", f"{trim}.max_tokens=1024",
                                f"{trim}.check_tokens=256"], progress=False)
     assert load_config(result.output_dir / "config.yaml").evaluation.evaluators == shipped.evaluation.evaluators

@@ -87,7 +87,7 @@ def test_a_run_reports_start_layers_and_finish_with_its_metrics(tiny_model_dir: 
     registry = Registry(load_entrypoints=False, extra_plugins=(recorder,))
     out = tmp_path / "run"
     config = {"model": {"source": str(tiny_model_dir)}, "bias": {"axes": [], "prompts": str(write_prompts(tmp_path)), "batch_size": 8},
-              "pruning": {"budget": {"neurons": 6}, "guard_magnitude_ratio": None},
+              "method": {"guard_magnitude_ratio": None}, "pruning": {"budget": {"neurons": 6}},
               "evaluation": {"evaluators": ["parameters"]}, "output": {"dir": str(out), "save_model": False}}
     result = fairprune.run(config, registry=registry, progress=False)
 

@@ -66,7 +66,7 @@ def test_uniform_widths_load_with_plain_transformers(tmp_path):
 
 def test_sidecar_records_provenance_and_card(tmp_path):
     model = tiny_model("llama")
-    run_config = RunConfig.model_validate({"model": {"source": "tiny"}, "scoring": {"bias_weight": 0.7}})
+    run_config = RunConfig.model_validate({"model": {"source": "tiny"}, "method": {"bias_weight": 0.7}})
     path = fp.save_pretrained(model, None, tmp_path / "m", run_config=run_config, base_model="org/base",
                               card="# Tiny\n", extra_files={"report/summary.txt": "ok", "raw.bin": b"\x00\x01"})
     sidecar = json.loads((path / SIDECAR).read_text())

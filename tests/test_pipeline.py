@@ -97,20 +97,26 @@ def test_same_config_gives_same_plan_and_figures(finished_run, model_dir, tmp_pa
 def test_activation_importance_on_a_non_neuron_site_says_what_to_change(model_dir, tmp_path):
     with pytest.raises(ConfigError, match="site='neuron'.*max_abs_weight"):
         fp.run(config_for(model_dir, tmp_path / "x", bias={"site": "gate"},
-                          scoring={"importance": "activation_weight"}), progress=False)
+                          method={"importance": "activation_weight"}), progress=False)
     assert not (tmp_path / "x").exists()
 
 
 def test_bad_configs_fail_before_any_work(model_dir, tmp_path):
     out = tmp_path / "never"
-    with pytest.raises(ConfigError, match=r"scoring\.scorer\.name: Unknown scorer 'lineer'.*Did you mean 'linear'"):
-        fp.run(config_for(model_dir, out, scoring={"scorer": "lineer"}), progress=False)
+    with pytest.raises(ConfigError, match=r"method\.scorer\.name: Unknown scorer 'lineer'.*Did you mean 'linear'"):
+        fp.run(config_for(model_dir, out, method={"scorer": "lineer"}), progress=False)
+    with pytest.raises(ConfigError, match=r"method\.name: Unknown method 'atribution'.*Did you mean 'attribution'"):
+        fp.run(config_for(model_dir, out, method={"name": "atribution"}), progress=False)
+    with pytest.raises(ConfigError, match=r"method\.folds: a key of the attribution method"):
+        fp.run(config_for(model_dir, out, method={"folds": 2}), progress=False)
+    with pytest.raises(ConfigError, match=r"method\.importance: 'capability_cost'"):
+        fp.run(config_for(model_dir, out, method={"importance": "capability_cost"}), progress=False)
     with pytest.raises(ConfigError, match=r"bias\.axes\.0: Unknown bias axis 'rac'"):
         fp.run(config_for(model_dir, out, bias={"axes": ["rac"]}), progress=False)
     with pytest.raises(ConfigError, match=r"pruning\.budget"):
         fp.run(config_for(model_dir, out, pruning={"budget": {"neurons": 3, "layer_percent": 5}}), progress=False)
-    with pytest.raises(ConfigError, match=r"scoring\.bias_weight"):
-        fp.run(config_for(model_dir, out, scoring={"bias_weight": 2}), progress=False)
+    with pytest.raises(ConfigError, match=r"method\.bias_weight"):
+        fp.run(config_for(model_dir, out, method={"bias_weight": 2}), progress=False)
     assert not out.exists()
 
 
@@ -123,7 +129,7 @@ def test_existing_output_is_kept_unless_overwrite(finished_run, model_dir):
 def test_failed_run_leaves_no_output_directory(model_dir, tmp_path):
     out = tmp_path / "failed"
     config = config_for(model_dir, out, pruning={"budget": {"neurons": 8}, "pruner": "compensated"},
-                        bias={"site": "gate"}, scoring={"importance": "max_abs_weight"})
+                        bias={"site": "gate"}, method={"importance": "max_abs_weight"})
     with pytest.raises(ConfigError, match="compensating pruner needs neuron-site"):
         fp.run(config, progress=False)
     assert not out.exists() and not list(tmp_path.glob(".failed*"))
@@ -140,7 +146,7 @@ def test_budget_kinds_and_rounding_run_end_to_end(model_dir, tmp_path, budget):
 def test_cli_run_with_overrides_prints_the_summary(model_dir, tmp_path, capsys):
     config = tmp_path / "run.json"
     config.write_text(json.dumps(config_for(model_dir, tmp_path / "cli")))
-    code = cli_main(["run", str(config), "--quiet", "--set", "scoring.bias_weight=0.6",
+    code = cli_main(["run", str(config), "--quiet", "--set", "method.bias_weight=0.6",
                      "--set", f"output.dir={tmp_path / 'cli-w06'}"])
     assert code == 0
     printed = capsys.readouterr().out
@@ -192,7 +198,7 @@ def test_cli_sweep_prints_the_table_and_fails_without_a_feasible_point(model_dir
                                                                               "budgets": [{"neurons": 4}]})))
     assert cli_main(["sweep", str(config), "--quiet", "--max-perplexity-increase=-1000%"]) == 1
     printed = capsys.readouterr().out
-    assert "| bias_weight |" in printed and "no point within -1000.0% perplexity increase" in printed
+    assert "| settings |" in printed and "| bias_weight=1.0 |" in printed and "no point within -1000.0% perplexity increase" in printed
     assert cli_main(["sweep", str(config), "--quiet", "--set", f"output.dir={tmp_path / 's2'}",
                      "--max-perplexity-increase", "1000%"]) == 0
     assert (tmp_path / "s2" / "model.safetensors").exists()

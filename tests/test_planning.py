@@ -135,7 +135,7 @@ def test_bad_arguments_are_clear_errors(model):
         plan_pruning(model, report, selection="everywhere")
     with pytest.raises(PlanError, match="out of range"):
         plan_pruning(model, report, layers=[7])
-    with pytest.raises(ConfigError, match="scoring.scorer.name: Unknown scorer 'lineer'"):
+    with pytest.raises(ConfigError, match="method.scorer.name: Unknown scorer 'lineer'"):
         plan_pruning(model, report, scorer="lineer")
 
 

@@ -67,13 +67,13 @@ def test_only_a_run_that_asks_for_the_clashing_name_fails(site, tmp_path, capsys
         registry.get("scorers", "same_name")
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"model": {"source": str(tmp_path / "no-model")},
-                                  "scoring": {"scorer": "same_name"}, "output": {"dir": str(tmp_path / "out")}}))
+                                  "method": {"scorer": "same_name"}, "output": {"dir": str(tmp_path / "out")}}))
     before = snapshot(tmp_path)
     capsys.readouterr()
     assert cli_main(["run", str(config), "--quiet"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and DISABLE_ENV in err
-    assert err.startswith("error: scoring.scorer.name: scorer 'same_name' is registered twice")
+    assert err.startswith("error: method.scorer.name: scorer 'same_name' is registered twice")
     assert snapshot(tmp_path) == before
 
 

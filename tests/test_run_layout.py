@@ -141,10 +141,10 @@ def test_run_without_the_report_plugin_still_writes_its_data(model_dir, tmp_path
 
 
 def test_defaults_live_in_the_config() -> None:
-    from fairprune.core.config import ScoringSection
+    from fairprune.core.config import ActivationParams
     from fairprune.core.planning import plan_sections
 
-    assert ScoringSection().importance.name == "max_abs_weight"
+    assert ActivationParams().importance.name == "max_abs_weight"
     scoring, pruning = plan_sections()
     assert scoring.importance.name == "max_abs_weight" and pruning.budget.param_fraction == 0.002
     scoring, _ = plan_sections(importance="activation_weight", bias_weight=0.5)

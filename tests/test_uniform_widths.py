@@ -46,11 +46,11 @@ def test_activation_plan_removes_the_same_top_ranked_count_per_layer():
     assert len({len(uneven.removed.get(layer, [])) for layer in range(3)}) > 1  # the default is not uniform
     # within its quota each layer removes its highest-scored neurons
     from fairprune.core.planning import _prunability
-    from fairprune.core.config import ScoringSection
+    from fairprune.core.config import ActivationParams
     from fairprune.core.registry import get_registry
 
     imp = fp.importance(model, "max_abs_weight")
-    scores = _prunability(ScoringSection(), get_registry(), bias, imp, {layer: 64 for layer in range(3)})
+    scores = _prunability(ActivationParams(), get_registry(), bias, imp, {layer: 64 for layer in range(3)})
     for layer, removed in plan.removed.items():
         assert removed == sorted(torch.argsort(-scores[layer], stable=True)[:6].tolist())
     rounded = plan_pruning(model, bias, budget=fp.Budget(neurons=40), uniform_widths=True, round_to=8)
@@ -65,12 +65,11 @@ def source(tmp_path_factory):
 
 
 def config_for(source, out, method="activation", **pruning):
-    bias = {"axes": ["race"], "batch_size": 12, "method": method}
+    chosen = {"name": method}
     if method == "attribution":
-        bias["attribution"] = {"rounds": 2, "guard_fraction": 0.25, "max_perplexity_increase_pct": None,
-                               "capability": {"name": "capability_cost",
-                                              "params": {"chunk_tokens": 64, "max_tokens": 256}}}
-    return {"model": {"source": str(source)}, "bias": bias,
+        chosen.update({"rounds": 2, "guard_fraction": 0.25, "max_perplexity_increase_pct": None,
+                       "capability": {"name": "capability_cost", "params": {"chunk_tokens": 64, "max_tokens": 256}}})
+    return {"model": {"source": str(source)}, "bias": {"axes": ["race"], "batch_size": 12}, "method": chosen,
             "pruning": {"budget": {"neurons": 12}, "uniform_widths": True, **pruning},
             "evaluation": {"evaluators": EVALUATORS}, "output": {"dir": str(out)}}
 
@@ -121,7 +120,7 @@ def test_demo_config_with_uniform_widths_loads_with_plain_transformers(tmp_path)
     shortened, for time): plain ``AutoModelForCausalLM`` gives the logits of SmolLM2 pruned in memory."""
     from fairprune.commands.demo import DEMO_CONFIG
 
-    trim = "bias.attribution.capability.params"
+    trim = "method.capability.params"
     result = fp.run(DEMO_CONFIG, [f"output.dir={tmp_path / 'demo'}", "pruning.uniform_widths=true",
                                   f"{trim}.max_tokens=1024", f"{trim}.check_tokens=256"], progress=False)
     widths = result.metrics["pruning"]["widths_after"]

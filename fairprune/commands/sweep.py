@@ -1,4 +1,4 @@
-"""``fairprune sweep CONFIG``: a grid over bias_weight and budget, the Pareto front, and the best point."""
+"""``fairprune sweep CONFIG``: a grid over budgets (and the activation method's bias weights), the Pareto front, and the best point."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from ._common import add_config_arguments, parse_percent
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("sweep", help="grid over bias_weight x budget; Pareto front of bias vs capability",
+    parser = sub.add_parser("sweep", help="grid over budget (x bias_weight for the activation method); Pareto front of bias vs capability",
                             description="Share one bias analysis across a grid (config section `sweep`).")
     add_config_arguments(parser)
     parser.add_argument("--max-perplexity-increase", type=parse_percent, default=None, metavar="PCT",

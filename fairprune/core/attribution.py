@@ -223,7 +223,7 @@ def group_batches(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGroup
     and every member carries its attribute group, for objectives that use labels.
     """
     if positions not in POSITIONS:
-        raise ConfigError(f"bias.attribution.positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
+        raise ConfigError(f"method.positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
     groups = list(groups)
     if not groups:
         raise PromptError("attribution needs at least one prompt group")
@@ -282,7 +282,7 @@ def _objective_inputs(model: nn.Module, groups: BatchGroups, batch: Any,
     mask = batch.mask.to(device)
     want_hidden = "hidden" in uses
     if want_hidden and max(positions) > 1:
-        raise ConfigError("bias.attribution.positions: suffix reads next-token distributions; an objective on the "
+        raise ConfigError("method.positions: suffix reads next-token distributions; an objective on the "
                           "residual stream (hidden) takes positions: last")
     keep = max(positions)
     out = model(input_ids=batch.input_ids.to(device), attention_mask=mask.long(),
@@ -416,7 +416,7 @@ def template_folds(groups: Sequence[PromptGroup], n_folds: int) -> list[list[Pro
     dealt round-robin in sorted order; ``ConfigError`` when there are fewer templates than folds."""
     templates = sorted({(g.axis, g.template_id) for g in groups})
     if n_folds > len(templates):
-        raise ConfigError(f"bias.attribution.folds is {n_folds} but the analysis groups come from "
+        raise ConfigError(f"method.folds is {n_folds} but the analysis groups come from "
                           f"{len(templates)} template(s)")
     fold_of = {t: k % n_folds for k, t in enumerate(templates)}
     folds: list[list[PromptGroup]] = [[] for _ in range(n_folds)]

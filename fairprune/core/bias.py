@@ -161,21 +161,21 @@ def analyze_bias(model: Any, tokenizer: Any, axes: Sequence[Any] | None = None,
     ``prompt_files`` are user files of pairs or groups (split by template like
     axes); ``pairs`` are ``(a, b)`` prompt strings; ``groups`` are
     ``PromptGroup``s (used as given, not split). ``site``, ``pooling``,
-    ``metric`` and ``batch_size`` default to ``BiasSection``'s defaults
-    (``core/config.py``). Raises ``PromptError`` for bad prompts and
+    ``metric`` and ``batch_size`` default to ``BiasSection``'s and
+    ``ActivationParams``' defaults (``core/config.py``). Raises ``PromptError`` for bad prompts and
     ``UnknownPluginError`` for unknown plugin names. With ``shard`` and an active
     torch.distributed group of several processes (torchrun), every process must
     call this; each runs a share of the groups and all return the report of a
     one-process run (see ``core.distributed``).
     """
     from .adapters import default_registry
-    from .config import BiasSection
+    from .config import ActivationParams, BiasSection
 
-    defaults = BiasSection()
+    defaults, method_defaults = BiasSection(), ActivationParams()
     registry = default_registry(registry)
     site = site or defaults.site
-    pooling = pooling or defaults.pooling
-    metric_name = metric or defaults.metric.name
+    pooling = pooling or method_defaults.pooling
+    metric_name = metric or method_defaults.metric.name
     batch_size = batch_size or defaults.batch_size
     metric_obj = registry.create("bias_metrics", metric_name, dict(metric_params or {}))
     if axes is None and not (prompt_files or pairs or groups):

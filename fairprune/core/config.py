@@ -50,8 +50,8 @@ class ModelSection(Strict):
                                                                "with it (auto_map); never by default")
 
 
-class AttributionSection(Strict):
-    """How the signed attribution method (``bias.method: attribution``) selects neurons.
+class AttributionParams(Strict):
+    """The params of the signed attribution method (``method: {name: attribution, ...}``).
 
     Each round attributes ``bias.objective`` to every neuron on the model as pruned
     so far; candidates are neurons whose removal is estimated to lower it, the
@@ -60,6 +60,9 @@ class AttributionSection(Strict):
     ``max_perplexity_increase_pct`` and the measured objective falls.
     ``pruning.budget`` is a ceiling shared equally by the rounds.
     """
+
+    objective: Component = Field(default_factory=lambda: Component(name="next_token_js"),
+                                 description="output-level bias objective (a bias_objectives plugin)")
 
     capability: Component = Field(
         default_factory=lambda: Component(name="capability_cost"),
@@ -94,20 +97,48 @@ class AttributionSection(Strict):
                                          "with its neurons removed, rises by at most this percent; None: no check")
 
 
+class ActivationParams(Strict):
+    """The params of the activation method (``method: {name: activation, ...}``): a per-neuron bias metric on
+    pooled activations, an importance metric, a scorer blending them, and a ranked plan within the budget."""
+
+    metric: Component = Field(default_factory=lambda: Component(name="relative_mean_abs_diff"),
+                              description="per-neuron bias metric (a bias_metrics plugin)")
+    pooling: str = Field(default="suffix", description="which token positions are averaged (a poolings plugin)")
+    scorer: Component = Field(default_factory=lambda: Component(name="linear"),
+                              description="blends bias and importance into prunability (a scorers plugin)")
+    importance: Component = Field(
+        default_factory=lambda: Component(name="max_abs_weight"),
+        description="importance metric; max_abs_weight (max|gate_i| + max|up_i|) is the method's default")
+    bias_weight: float = Field(default=0.8, ge=0.0, le=1.0, description="w in w*bias + (1-w)*(1-importance)")
+    selection: Literal["global", "per_layer"] = Field(
+        default="global", description="global: one ranking over all layers; per_layer: the budget split by width")
+    guard_magnitude_ratio: float | None = Field(
+        default=10.0, gt=0,
+        description="never remove neurons whose mean |activation| exceeds this multiple of their layer's median")
+
+
+class MethodComponent(Component):
+    """The selection method, by name, with its params; ``method: {name: attribution, folds: 2}`` (params
+    inline) and ``method: {name: attribution, params: {folds: 2}}`` are the same."""
+
+    name: str = "activation"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inline_params(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value}
+        if isinstance(value, dict):
+            inline = {k: v for k, v in value.items() if k not in ("name", "params")}
+            if inline:
+                return {"name": value.get("name", "activation"), "params": {**value.get("params", {}), **inline}}
+        return value
+
+
 class BiasSection(Strict):
     axes: list[str] = Field(default_factory=lambda: ["race"], description="bias axes by name or path to an axis file")
     prompts: str | None = Field(default=None, description="a file of your own prompt pairs/groups (YAML, JSONL, CSV)")
-    method: Literal["activation", "attribution"] = Field(
-        default="activation",
-        description="activation: score neurons by activation differences (bias.metric), then scoring and pruning; "
-                    "attribution: signed first-order effect of removing each neuron on bias.objective, selected in "
-                    "rounds under a capability guard (bias.attribution)")
-    site: str = "neuron"
-    pooling: str = "suffix"
-    metric: Component = Field(default_factory=lambda: Component(name="relative_mean_abs_diff"))
-    objective: Component = Field(default_factory=lambda: Component(name="next_token_js"),
-                                 description="output-level bias objective of the attribution method")
-    attribution: AttributionSection = Field(default_factory=AttributionSection)
+    site: str = Field(default="neuron", description="where activations are read (a sites plugin)")
     batch_size: int = Field(default=16, ge=1)
 
 
@@ -134,26 +165,13 @@ class Budget(Strict):
         return f"{self.layer_percent}% of each layer's width"
 
 
-class ScoringSection(Strict):
-    scorer: Component = Field(default_factory=lambda: Component(name="linear"))
-    importance: Component = Field(
-        default_factory=lambda: Component(name="max_abs_weight"),
-        description="importance metric; max_abs_weight (max|gate_i| + max|up_i|) is the method's default; "
-                    "the shipped example config uses activation_weight (measured in benchmarks/RESULTS.md)")
-    bias_weight: float = Field(default=0.8, ge=0.0, le=1.0, description="w in w*bias + (1-w)*(1-importance)")
-
-
 class PruningSection(Strict):
     pruner: Component = Field(default_factory=lambda: Component(name="structural"))
     budget: Budget = Field(default_factory=lambda: Budget(param_fraction=0.002))
-    selection: Literal["global", "per_layer"] = "global"
     layers: list[int] | None = Field(default=None, min_length=1,
                                      description="only these layers may lose neurons (None: all; never empty)")
     min_width: int = Field(default=1, ge=1)
     round_to: int | None = Field(default=None, ge=1, description="round each pruned layer's width to a multiple")
-    guard_magnitude_ratio: float | None = Field(
-        default=10.0, gt=0,
-        description="never remove neurons whose mean |activation| exceeds this multiple of their layer's median")
     uniform_widths: bool = Field(
         default=False,
         description="every layer loses the same number of neurons (its share of the budget; with round_to, the "
@@ -207,8 +225,10 @@ class RunConfig(Strict):
     """A whole fairness-pruning run: load, analyze, score, plan, prune, evaluate, save, report."""
 
     model: ModelSection
+    method: MethodComponent = Field(default_factory=MethodComponent,
+                                    description="how neurons get chosen: activation (the default) or attribution, "
+                                                "or a registered method plugin, with its params")
     bias: BiasSection = Field(default_factory=BiasSection)
-    scoring: ScoringSection = Field(default_factory=ScoringSection)
     pruning: PruningSection = Field(default_factory=PruningSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     output: OutputSection = Field(default_factory=OutputSection)
@@ -237,8 +257,27 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     return "invalid config: " + lines[0] if len(lines) == 1 else "invalid config:\n  " + "\n  ".join(lines)
 
 
+#: keys that belonged to one method and now live in its params: old dotted path -> new one
+MOVED_KEYS: dict[str, str] = {
+    "scoring": "method", "bias.method": "method.name", "bias.metric": "method.metric",
+    "bias.pooling": "method.pooling", "bias.objective": "method.objective", "bias.attribution": "method",
+    "pruning.selection": "method.selection", "pruning.guard_magnitude_ratio": "method.guard_magnitude_ratio",
+}
+
+
+def _refuse_moved_keys(data: dict[str, Any]) -> None:
+    """``ConfigError`` for a key of the layout before methods were plugins, naming where it lives now."""
+    for old, new in MOVED_KEYS.items():
+        section, _, key = old.partition(".")
+        node = data.get(section) if key else data
+        if isinstance(node, dict) and (key or section) in node:
+            raise ConfigError(f"{old}: this key moved to {new} (a method's keys live in its params: "
+                              "method: {name: activation, bias_weight: 0.8} or {name: attribution, folds: 2})")
+
+
 def validate_config(data: dict[str, Any]) -> RunConfig:
     """A ``RunConfig`` from a plain dict; ``ConfigError`` naming each bad field."""
+    _refuse_moved_keys(data)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

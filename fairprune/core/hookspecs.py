@@ -71,6 +71,12 @@ def fairprune_register_bias_objectives(register):
 
 
 @hookspec
+def fairprune_register_methods(register):
+    """Register selection methods (how neurons get chosen: model, analysis prompts, budget -> ``Plan``):
+    ``register(method)``; see ``protocols.Method``. A config names one as ``method: {name: ..., <params>}``."""
+
+
+@hookspec
 def fairprune_run_started(config, output_dir):
     """Called once when ``fairprune run`` starts, with the validated ``RunConfig`` and the output path."""
 

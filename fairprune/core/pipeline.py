@@ -51,16 +51,10 @@ class Timer:
 class Plugins:
     """Every plugin a config names, resolved and configured once (``prepare``)."""
 
-    bias_metric: Any
-    site: Any
-    pooling: Any
-    scorer: Any
-    importance: Any
+    method: Any
     pruner: Any
     evaluators: list[tuple[str, Any]]
     adapter: Any = None
-    objective: Any = None  # bias.method attribution: the bias objective and the capability cost metric
-    capability: Any = None
 
 
 @dataclass
@@ -79,7 +73,7 @@ class Run:
     base_model_id: str = ""
     license: str | None = None
     bias_report: Any = None
-    selection: Any = None  # the attribution method's Selection (plan, calibration, round log)
+    analysis: Any = None  # the method's MethodAnalysis (its bias report and its own state)
     plan: Any = None
     prune_result: Any = None
     heldout_groups: list[Any] | None = None
@@ -119,33 +113,56 @@ def resolve_plugins(config: RunConfig, registry: Any) -> Plugins:
         for i, axis in enumerate(axes):
             if is_axis_name(axis):
                 named("bias_axes", axis, f"{section}.axes.{i}")
+    named("sites", config.bias.site, "bias.site")
     return Plugins(
-        bias_metric=resolve_component(registry, "bias_metrics", config.bias.metric, "bias.metric"),
-        site=named("sites", config.bias.site, "bias.site"),
-        pooling=named("poolings", config.bias.pooling, "bias.pooling"),
-        scorer=resolve_component(registry, "scorers", config.scoring.scorer, "scoring.scorer"),
-        importance=resolve_component(registry, "importance_metrics", config.scoring.importance, "scoring.importance"),
+        method=resolve_method(config, registry),
         pruner=resolve_component(registry, "pruners", config.pruning.pruner, "pruning.pruner"),
         evaluators=configure_evaluators(registry, config.evaluation.evaluators),
         adapter=named("architectures", config.model.adapter, "model.adapter") if config.model.adapter else None,
-        **attribution_plugins(config, registry),
     )
 
 
-def attribution_plugins(config: RunConfig, registry: Any) -> dict[str, Any]:
-    """The bias objective and capability metric of ``bias.method: attribution`` (empty for the activation method)."""
-    if config.bias.method != "attribution":
-        return {}
-    if config.bias.site != "neuron":
-        raise ConfigError("bias.site: the attribution method scores neurons (the input of down_proj); set "
-                          f"bias.site=neuron, got {config.bias.site!r}")
-    capability = resolve_component(registry, "importance_metrics", config.bias.attribution.capability,
-                                   "bias.attribution.capability")
-    if not callable(getattr(capability, "chunks", None)):
-        raise ConfigError(f"bias.attribution.capability: {capability.name!r} gives no calibration text; use "
-                          "capability_cost (or a metric with chunks(tokenizer))")
-    return {"objective": resolve_component(registry, "bias_objectives", config.bias.objective, "bias.objective"),
-            "capability": capability}
+#: optional keys outside ``method`` that only some methods read (``Method.shared_keys``)
+SHARED_KEYS: dict[str, tuple[str, str]] = {"pruning.round_to": ("pruning", "round_to"),
+                                           "sweep.bias_weights": ("sweep", "bias_weights")}
+
+
+def resolve_method(config: RunConfig, registry: Any) -> Any:
+    """The configured method plugin, its params validated and its own plugins resolved; ``ConfigError`` for a
+    key of another method (naming that method) or a shared key this method does not read."""
+    from pydantic import ValidationError
+
+    from .config import format_validation_error
+
+    try:
+        method = registry.create("methods", config.method.name, config.method.params)
+    except (UnknownPluginError, DuplicatePluginError) as exc:
+        raise ConfigError(f"method.name: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(_other_method_key(exc, config.method.name, registry)
+                          or format_validation_error(exc, prefix="method")) from None
+    for key, (section, field_name) in SHARED_KEYS.items():
+        part = getattr(config, section)
+        if getattr(part, field_name) != type(part)().__getattribute__(field_name) and key not in method.shared_keys:
+            raise ConfigError(f"{key}: the {method.name} method does not read this key; remove it (it would do "
+                              "nothing)")
+    if callable(getattr(method, "prepare", None)):
+        method.prepare(config, registry)
+    return method
+
+
+def _other_method_key(exc: Any, name: str, registry: Any) -> str | None:
+    """A one-line error for a key that belongs to another registered method, or None."""
+    for err in exc.errors():
+        if err["type"] != "extra_forbidden":
+            continue
+        key = str(err["loc"][0])
+        owners = [other for other in registry.names("methods") if other != name
+                  and key in getattr(registry.get("methods", other), "Params").model_fields]
+        if owners:
+            return (f"method.{key}: a key of the {' and '.join(owners)} method, not of {name}; remove it or set "
+                    f"method.name to {owners[0]}")
+    return None
 
 
 def package_versions() -> dict[str, str]:
@@ -172,9 +189,6 @@ def prepare(config: Any, overrides: list[str] | None = None, registry: Any = Non
     plugins = resolve_plugins(config, registry)
     if plugins.pruner.needs_calibration and config.bias.site != "neuron":
         raise ConfigError("pruning.pruner: a compensating pruner needs neuron-site activations (bias.site=neuron)")
-    if getattr(plugins.importance, "needs_activations", False) and config.bias.site != "neuron":
-        raise ConfigError(f"scoring.importance: {config.scoring.importance.name!r} needs neuron activations: set "
-                          "bias.site='neuron', or choose a weight-only importance such as 'max_abs_weight'")
     check_input_files(config)
     if is_main_process(init=True):  # under torchrun only rank 0 writes, so only it claims the directory
         out_dir = claim_output_dir(config.output.dir, config.output.overwrite)  # locked until the run ends
@@ -199,24 +213,21 @@ def load(run: Run) -> None:
     run.license = getattr(run.model.config, "fairprune_license", None)
 
 
+def method_context(run: Run) -> Any:
+    """The ``MethodContext`` the run's method is called with."""
+    from .protocols import MethodContext
+
+    return MethodContext(tokenizer=run.tokenizer, adapter=run.adapter, registry=run.registry, config=run.config,
+                         pruner=run.plugins.pruner, progress=run.progress)
+
+
 def analyze(run: Run) -> None:
-    """Steps 1-2: the bias report on the analysis split of the configured axes and prompt file (the attribution
-    method also selects the neurons here: its scores are recomputed round by round)."""
-    from .bias import analyze_bias
+    """Steps 1-2: the method's analysis of the analysis split of the configured axes and prompt file (the
+    attribution method also selects the neurons here: its scores are recomputed round by round)."""
     from .memory import release_memory
 
-    bias = run.config.bias
-    if bias.method == "attribution":
-        from .selection import run_selection
-
-        run.selection, run.bias_report = run_selection(run)
-        release_memory()
-        return
-    run.bias_report = analyze_bias(
-        run.model, run.tokenizer, axes=bias.axes, prompt_files=[bias.prompts] if bias.prompts else [],
-        split="analysis", site=bias.site, pooling=bias.pooling, metric=bias.metric.name,
-        metric_params=bias.metric.params or None, batch_size=bias.batch_size, adapter=run.adapter,
-        registry=run.registry, progress=run.progress)
+    run.analysis = run.plugins.method.analyze(run.model, method_context(run))
+    run.bias_report = run.analysis.bias_report
     release_memory()  # the analysis's per-prompt tables and activations, freed in the heap
 
 
@@ -241,20 +252,11 @@ def observe_base(run: Run, evaluators: list[tuple[str, Any]] | None = None) -> N
                                         run.adapter)
 
 
-def make_plan(run: Run, *, importance: Any = None, bias_weight: float | None = None, budget: Any = None) -> Any:
-    """Step 3-4a: score every neuron and choose the ones to remove within the budget (overrides for sweeps)."""
-    from .planning import DEFAULT, plan_pruning
-
-    if run.config.bias.method == "attribution":
-        from .selection import run_selection
-
-        if budget is not None and budget != run.config.pruning.budget:  # a sweep point: select for its budget
-            return run_selection(run, budget=budget)[0].plan
-        return run.selection.plan
-    return plan_pruning(run.model, run.bias_report, scoring=run.config.scoring, pruning=run.config.pruning,
-                        importance=importance if importance is not None else DEFAULT,
-                        bias_weight=bias_weight if bias_weight is not None else DEFAULT,
-                        budget=budget if budget is not None else DEFAULT, adapter=run.adapter, registry=run.registry)
+def make_plan(run: Run, *, budget: Any = None, variant: dict[str, Any] | None = None) -> Any:
+    """Step 3-4a: the method chooses the neurons to remove within ``budget`` (default: the config's) for one
+    sweep ``variant`` (default: none)."""
+    return run.plugins.method.plan(run.model, run.analysis, budget if budget is not None else
+                                   run.config.pruning.budget, method_context(run), variant or {})
 
 
 def apply_plan(run: Run, plan: Any) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .config import Budget, PruningSection, ScoringSection
+from .config import ActivationParams, Budget, PruningSection
 from .errors import ConfigError, PlanError
 from .plan_files import plan_data, read_plan_file
 
@@ -179,64 +179,61 @@ class _Default:
 DEFAULT: Any = _Default()
 
 
-def plan_sections(scoring: ScoringSection | None = None, pruning: PruningSection | None = None,
-                  **overrides: Any) -> tuple[ScoringSection, PruningSection]:
-    """The scoring and pruning sections of a plan: the given (or default) sections with ``overrides``
-    applied; names are those of ``plan_pruning``. ``ConfigError`` naming the field for a bad value."""
+def plan_sections(params: ActivationParams | None = None, pruning: PruningSection | None = None,
+                  **overrides: Any) -> tuple[ActivationParams, PruningSection]:
+    """The activation method's params and the pruning section of a plan: the given (or default) ones with
+    ``overrides`` applied; names are those of ``plan_pruning``. ``ConfigError`` naming the field for a bad value."""
     from pydantic import ValidationError
 
     from .config import Component, format_validation_error
 
-    scoring = scoring or ScoringSection()
+    params = params or ActivationParams()
     pruning = pruning or PruningSection()
     given = {k: v for k, v in overrides.items() if v is not DEFAULT}
-    score_update: dict[str, Any] = {}
-    for key, params_key, field_name in (("importance", "importance_params", "importance"),
-                                        ("scorer", "scorer_params", "scorer")):
+    update: dict[str, Any] = {}
+    for key, params_key in (("importance", "importance_params"), ("scorer", "scorer_params")):
         if key in given or params_key in given:
-            current = getattr(scoring, field_name)
+            current = getattr(params, key)
             name = given.get(key, current.name)
-            params = given.get(params_key, current.params if name == current.name else {})
-            score_update[field_name] = Component(name=name, params=dict(params or {}))
-    if "bias_weight" in given:
-        score_update["bias_weight"] = given["bias_weight"]
-    prune_update = {k: given[k] for k in ("budget", "selection", "layers", "min_width", "round_to",
-                                          "guard_magnitude_ratio", "uniform_widths") if k in given}
+            options = given.get(params_key, current.params if name == current.name else {})
+            update[key] = Component(name=name, params=dict(options or {}))
+    update.update({k: given[k] for k in ("bias_weight", "selection", "guard_magnitude_ratio") if k in given})
+    prune_update = {k: given[k] for k in ("budget", "layers", "min_width", "round_to", "uniform_widths") if k in given}
     try:
-        scoring = ScoringSection.model_validate({**scoring.model_dump(), **_dumped(score_update)})
+        params = ActivationParams.model_validate({**params.model_dump(), **_dumped(update)})
         pruning = PruningSection.model_validate({**pruning.model_dump(), **_dumped(prune_update)})
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
-    return scoring, pruning
+        raise ConfigError(format_validation_error(exc, prefix="method")) from None
+    return params, pruning
 
 
 def _dumped(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in values.items()}
 
 
-def plan_pruning(model: torch.nn.Module, bias: Any, *, scoring: ScoringSection | None = None,
+def plan_pruning(model: torch.nn.Module, bias: Any, *, params: ActivationParams | None = None,
                  pruning: PruningSection | None = None, importance: Any = DEFAULT, importance_params: Any = DEFAULT,
                  scorer: Any = DEFAULT, scorer_params: Any = DEFAULT, bias_weight: Any = DEFAULT,
                  budget: Any = DEFAULT, selection: Any = DEFAULT, layers: Any = DEFAULT, min_width: Any = DEFAULT,
-                 round_to: Any = DEFAULT, guard_magnitude_ratio: Any = DEFAULT, uniform_widths: Any = DEFAULT,
-                 adapter: Any = None, registry: Any = None) -> Plan:
-    """Choose the neurons to remove from ``model`` given a ``BiasReport`` (or ``{layer: Tensor[width]}``).
+                 round_to: Any = DEFAULT, guard_magnitude_ratio: Any = DEFAULT, importance_name: str | None = None,
+                 uniform_widths: Any = DEFAULT, adapter: Any = None, registry: Any = None) -> Plan:
+    """Choose the neurons to remove from ``model`` given a ``BiasReport`` (or ``{layer: Tensor[width]}``): the
+    activation method's planner.
 
-    Settings come from ``scoring`` / ``pruning`` config sections (default: the
-    defaults of ``core/config.py``, importance ``max_abs_weight``); any keyword
-    given overrides its field. ``importance`` is a metric name or precomputed
-    ``{layer: Tensor[width]}``; activation-aware metrics need a neuron-site
-    report; ``guard_magnitude_ratio`` protects neurons whose mean |activation|
-    exceeds that multiple of their layer's median (``None``: no guard);
-    ``uniform_widths`` removes the same number from every layer (``uniform_quota``,
-    ranked within each layer), so the result loads with plain transformers. Raises
+    Settings come from the activation method's ``params`` (``config.ActivationParams``) and the ``pruning``
+    section (default: their defaults, importance ``max_abs_weight``); any keyword given overrides its field.
+    ``importance`` is a metric name or precomputed ``{layer: Tensor[width]}`` (``importance_name`` then says
+    which metric it came from, for the plan's record); activation-aware metrics need a neuron-site report;
+    ``guard_magnitude_ratio`` protects neurons whose mean |activation| exceeds that multiple of their layer's
+    median (``None``: no guard); ``uniform_widths`` removes the same number from every layer
+    (``uniform_quota``, ranked within each layer), so the result loads with plain transformers. Raises
     ``ConfigError`` for bad settings and ``PlanError`` when scores do not fit the model.
     """
     from .adapters import count_parameters, default_registry, resolve_adapter
 
     precomputed = importance if isinstance(importance, Mapping) else None
-    scoring, pruning = plan_sections(
-        scoring, pruning, importance=DEFAULT if precomputed is not None else importance,
+    params, pruning = plan_sections(
+        params, pruning, importance=DEFAULT if precomputed is not None else importance,
         importance_params=importance_params, scorer=scorer, scorer_params=scorer_params, bias_weight=bias_weight,
         budget=budget, selection=selection, layers=layers, min_width=min_width, round_to=round_to,
         guard_magnitude_ratio=guard_magnitude_ratio, uniform_widths=uniform_widths)
@@ -252,15 +249,15 @@ def plan_pruning(model: torch.nn.Module, bias: Any, *, scoring: ScoringSection |
         raise PlanError(f"uniform_widths needs bias scores for every layer 0..{n_layers - 1}; "
                         f"the report has layers {layers}")
 
-    imp = precomputed if precomputed is not None else layer_importance(model, scoring.importance, bias, adapter,
+    imp = precomputed if precomputed is not None else layer_importance(model, params.importance, bias, adapter,
                                                                        registry)
-    scores = _prunability(scoring, registry, bias_scores, imp, {layer: adapter.width(model, layer) for layer in layers})
+    scores = _prunability(params, registry, bias_scores, imp, {layer: adapter.width(model, layer) for layer in layers})
     widths = {layer: adapter.width(model, layer) for layer in layers}
     costs = {layer: neuron_cost(model, adapter, layer) for layer in layers}
     total_params = count_parameters(model)
-    guarded = _guarded(bias, layers, pruning.guard_magnitude_ratio)
+    guarded = _guarded(bias, layers, params.guard_magnitude_ratio)
     total, per_layer = allocate_budget(pruning.budget, widths, costs, total_params)
-    if per_layer is None and pruning.selection == "per_layer":
+    if per_layer is None and params.selection == "per_layer":
         per_layer = _split_proportionally(total, widths)
     caps = {layer: widths[layer] - pruning.min_width for layer in layers}
     if pruning.uniform_widths:
@@ -273,9 +270,11 @@ def plan_pruning(model: torch.nn.Module, bias: Any, *, scoring: ScoringSection |
 
     records = [{"layer": layer, "neuron": n, "bias": float(bias_scores[layer][n]), "importance": float(imp[layer][n]),
                 "score": float(scores[layer][n])} for layer in sorted(removed) for n in removed[layer]]
-    settings = {"importance": scoring.importance.name if precomputed is None else "precomputed",
-                "importance_params": scoring.importance.params, "scorer": scoring.scorer.name,
-                "scorer_params": scoring.scorer.params, "bias_weight": scoring.bias_weight,
+    settings = {"method": "activation",
+                "importance": params.importance.name if precomputed is None else importance_name or "precomputed",
+                "importance_params": params.importance.params, "scorer": params.scorer.name,
+                "scorer_params": params.scorer.params, "bias_weight": params.bias_weight,
+                "selection": params.selection, "guard_magnitude_ratio": params.guard_magnitude_ratio,
                 **pruning.model_dump(mode="json", exclude={"pruner"}), "layers": layers,
                 "budget": pruning.budget.model_dump(exclude_none=True),
                 "guarded_neurons": int(sum(g.sum() for g in guarded.values())), "adapter": adapter.name}
@@ -287,21 +286,21 @@ def plan_pruning(model: torch.nn.Module, bias: Any, *, scoring: ScoringSection |
     return plan
 
 
-def _prunability(scoring: ScoringSection, registry: Any, bias_scores: Mapping[int, torch.Tensor],
+def _prunability(params: ActivationParams, registry: Any, bias_scores: Mapping[int, torch.Tensor],
                  imp: Mapping[int, torch.Tensor], widths: Mapping[int, int]) -> dict[int, torch.Tensor]:
     """Per layer, the scorer's blend of bias and importance (``PlanError`` on shape or finiteness)."""
     from .config import resolve_component
 
-    scorer = resolve_component(registry, "scorers", scoring.scorer, "scoring.scorer")
+    scorer = resolve_component(registry, "scorers", params.scorer, "method.scorer")
     scores: dict[int, torch.Tensor] = {}
     for layer, width in widths.items():
         b, i = bias_scores[layer].float().cpu(), imp[layer].float().cpu()
         if b.shape != (width,) or i.shape != (width,):
             raise PlanError(f"layer {layer}: bias {tuple(b.shape)} / importance {tuple(i.shape)} do not match "
                             f"the layer width {width} (was the model already pruned?)")
-        s = scorer.score(b, i, scoring.bias_weight).float()
+        s = scorer.score(b, i, params.bias_weight).float()
         if s.shape != b.shape or not torch.isfinite(s).all():
-            raise PlanError(f"scorer {scoring.scorer.name!r} returned a bad score for layer {layer} "
+            raise PlanError(f"scorer {params.scorer.name!r} returned a bad score for layer {layer} "
                             "(shape or non-finite values)")
         scores[layer] = s
     return scores
@@ -314,7 +313,7 @@ def layer_importance(model: torch.nn.Module, importance: Any, bias: Any, adapter
     from .config import resolve_component
     from .surgery import importance as compute
 
-    metric = resolve_component(registry, "importance_metrics", importance, "scoring.importance")
+    metric = resolve_component(registry, "importance_metrics", importance, "method.importance")
     stats = None
     if getattr(metric, "needs_activations", False):
         settings = getattr(bias, "settings", {})

@@ -51,8 +51,7 @@ def input_files(config: Any) -> list[tuple[str, str, str]]:
     ``axis`` or ``data`` (read by a plugin)."""
     found = [("bias.prompts", config.bias.prompts, "prompts")] if config.bias.prompts else []
     found += axis_files(config.bias.axes, "bias.axes") + axis_files(config.evaluation.axes or [], "evaluation.axes")
-    components = [("bias.metric", config.bias.metric), ("scoring.scorer", config.scoring.scorer),
-                  ("scoring.importance", config.scoring.importance), ("pruning.pruner", config.pruning.pruner)]
+    components = [("method", config.method), ("pruning.pruner", config.pruning.pruner)]
     components += [(f"evaluation.evaluators.{i}", c) for i, c in enumerate(config.evaluation.evaluators)]
     for field, component in components:
         found.extend((f, path, "data") for f, path in param_files(component.params, f"{field}.params"))
@@ -151,13 +150,14 @@ def check_plan_removes_neurons(plan: Any, config: Any) -> None:
     """
     if plan.n_neurons:
         return
-    if getattr(config.bias, "method", "activation") == "attribution":
-        logger.warning("the attribution selection removes no neuron: no candidate lowered the bias objective")
+    if config.method.name != "activation":
+        logger.warning("the %s method removes no neuron (%s)", config.method.name,
+                       plan.settings.get("stop_reason", "no candidate lowered its objective"))
         return
     pruning = config.pruning
     hint = (f"round_to={pruning.round_to} rounds every layer back to its full width; lower it or raise the budget"
             if pruning.round_to else "every candidate neuron is guarded or at min_width; relax "
-            "pruning.guard_magnitude_ratio or pruning.min_width")
+            "method.guard_magnitude_ratio or pruning.min_width")
     raise ConfigError(f"pruning.budget: the plan removes no neuron ({budget_text(pruning.budget)}): {hint}")
 
 

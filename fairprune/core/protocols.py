@@ -336,3 +336,52 @@ class BiasObjective(Protocol):
 
     def bind(self, tokenizer: Any) -> "BiasObjective": ...
     def value(self, inputs: ObjectiveInputs) -> "torch.Tensor": ...
+
+
+@dataclass
+class MethodContext:
+    """What a selection method may use besides the model: the run's tokenizer, architecture adapter, registry
+    and validated ``RunConfig`` (``bias`` for the analysis prompts, ``pruning`` for the shared limits), the
+    configured pruner (a compensating pruner needs calibration means) and whether to show progress bars."""
+
+    tokenizer: Any
+    adapter: ArchitectureAdapter
+    registry: Any
+    config: Any
+    pruner: Any = None
+    progress: bool = True
+
+
+@dataclass
+class MethodAnalysis:
+    """What a method's ``analyze`` found: the ``BiasReport`` a run saves and draws (per-neuron scores of the
+    analysis split), and the method's own state for ``plan`` (e.g. a selection already made)."""
+
+    bias_report: Any
+    state: Any = None
+
+
+@runtime_checkable
+class Method(Protocol):
+    """How neurons get chosen: the model, the analysis prompts, a budget -> a ``Plan``.
+
+    Contract: ``analyze(model, context) -> MethodAnalysis`` does the expensive part once (under torchrun every
+    process calls it); ``plan(model, analysis, budget, context, variant) -> Plan`` chooses the neurons for one
+    budget (a ceiling or a quota, as the method documents) and one sweep ``variant``; it leaves the model as it
+    found it. ``sweep_variants(sweep) -> list[dict]`` are the settings a sweep tries per budget besides the
+    budget (``[{}]`` when none). ``Params`` (pydantic, ``extra="forbid"``) holds every key of the method and its
+    default. ``shared_keys`` names the optional keys of other config sections the method reads (e.g.
+    ``"pruning.round_to"``); setting one it does not read is refused before any work. Each plan record says why
+    its neuron was chosen (``layer``, ``neuron`` and the method's figures).
+    """
+
+    name: str
+    description: str
+    shared_keys: frozenset[str]
+
+    def sweep_variants(self, sweep: Any) -> list[dict[str, Any]]: ...
+
+    def analyze(self, model: "nn.Module", context: MethodContext) -> MethodAnalysis: ...
+
+    def plan(self, model: "nn.Module", analysis: MethodAnalysis, budget: Any, context: MethodContext,
+             variant: Mapping[str, Any]) -> Any: ...

@@ -39,6 +39,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "fairprune.plugins.evaluators",
     "fairprune.plugins.report",
     "fairprune.plugins.objectives",
+    "fairprune.plugins.methods",
 )
 
 #: registration hook -> plugin kind(s) it fills
@@ -53,6 +54,7 @@ HOOK_KINDS: dict[str, str] = {
     "fairprune_register_model_sources": "model_sources",
     "fairprune_register_evaluators": "evaluators",
     "fairprune_register_bias_objectives": "bias_objectives",
+    "fairprune_register_methods": "methods",
 }
 
 #: the protocol each kind must satisfy; collectors split into sites and poolings
@@ -68,6 +70,7 @@ PROTOCOLS: dict[str, type] = {
     "model_sources": protocols.ModelSource,
     "evaluators": protocols.Evaluator,
     "bias_objectives": protocols.BiasObjective,
+    "methods": protocols.Method,
 }
 KINDS: tuple[str, ...] = tuple(PROTOCOLS)
 

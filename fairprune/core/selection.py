@@ -26,34 +26,11 @@ import torch
 
 from . import attribution as attr
 from .adapters import count_parameters, resolve_adapter
-from .config import Budget
-from .errors import ConfigError
+from .config import AttributionParams, Budget
 from .planning import Plan, allocate_budget, interleaved, neuron_cost, uniform_quota
 from .protocols import PromptGroup
 
 logger = logging.getLogger(__name__)
-
-RANKINGS = ("ratio", "reduction")
-
-
-@dataclass
-class SelectionSettings:
-    """How selection runs (the config's ``attribution`` section; see ``config.AttributionSection``)."""
-
-    rounds: int = 4
-    guard_fraction: float = 0.5
-    magnitude_guard: float = 0.0
-    ranking: str = "ratio"
-    min_improvement_pct: float = 2.0
-    max_perplexity_increase_pct: float | None = 1.0
-    min_width: int = 1
-    layers: Sequence[int] | None = None
-    positions: str = "last"
-    folds: int = 1
-    target_reduction_pct: float | None = None
-    uniform_widths: bool = False
-    round_to: int | None = None
-
 
 @dataclass
 class Selection:
@@ -98,7 +75,7 @@ def _guarded(cost: Mapping[int, torch.Tensor], fraction: float) -> dict[int, tor
 
 
 def _guard(model: Any, adapter: Any, cost: Mapping[int, torch.Tensor], magnitude: Mapping[int, torch.Tensor],
-           settings: SelectionSettings) -> dict[int, torch.Tensor]:
+           settings: AttributionParams) -> dict[int, torch.Tensor]:
     """Per layer, ``Bool[width]``: protected by capability cost (``guard_fraction``) or by the size of the
     neuron's write to the residual stream, mean |h_i| x |down column i| (``magnitude_guard``)."""
     guarded = _guarded(cost, settings.guard_fraction)
@@ -154,31 +131,37 @@ def _merged(removed: Mapping[int, list[int]], add: Sequence[tuple[int, int]]) ->
 
 def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequence[PromptGroup], *,
                           objective: Any, capability: Any, budget: Budget, compensated: bool = False,
-                          settings: SelectionSettings | None = None, batch_size: int = 16, adapter: Any = None,
+                          settings: AttributionParams | None = None, min_width: int = 1,
+                          layers: Sequence[int] | None = None, batch_size: int = 16, adapter: Any = None,
                           registry: Any = None, progress: bool = True,
-                          forms: Mapping[str, str] | None = None) -> Selection:
+                          forms: Mapping[str, str] | None = None, uniform_widths: bool = False,
+                          round_to: int | None = None) -> Selection:
     """Choose neurons to remove so that ``objective`` (a bound ``bias_objectives`` plugin) falls on ``groups``.
 
     ``capability`` is the configured ``capability_cost`` importance metric (its
     params name the calibration text). ``compensated`` says removed neurons are
-    replaced by their calibration mean (the ``compensated`` pruner) rather than zero.
+    replaced by their calibration mean (the ``compensated`` pruner) rather than zero. ``settings`` are the
+    method's params (``config.AttributionParams``; its ``objective`` and ``capability`` fields name the plugins
+    given here); ``layers`` limits which layers may lose neurons, ``min_width`` how narrow one may get;
+    ``uniform_widths`` gives every layer one quota (``planning.uniform_quota``, a common width that is a
+    multiple of ``round_to`` when given), takes candidates by rank within their layer, and evens the layers
+    at the end (``pruning.uniform_widths``).
     ``forms`` (``GroupSet.form_to_group``) names each surface form's attribute
     group for objectives that use labels; their groups are merged by template.
     Raises ``ConfigError`` for bad settings before any model work.
     """
-    settings = settings or SelectionSettings()
-    _check(settings)
+    settings = settings or AttributionParams()
     adapter = adapter or resolve_adapter(model, registry=registry)
     n_layers = len(adapter.layers(model))
-    layers = sorted(set(settings.layers)) if settings.layers is not None else list(range(n_layers))
+    layers = sorted(set(layers)) if layers is not None else list(range(n_layers))
     widths = {layer: adapter.width(model, layer) for layer in range(n_layers)}
     costs = {layer: neuron_cost(model, adapter, layer) for layer in range(n_layers)}
     total_params = count_parameters(model)
     max_params, max_neurons, caps = _budget_ceiling(budget, widths, total_params)
-    if settings.uniform_widths:  # one quota for every layer; candidates are taken by rank within their layer
+    if uniform_widths:  # one quota for every layer; candidates are taken by rank within their layer
         total, per_layer = allocate_budget(budget, widths, costs, total_params)
         caps = uniform_quota(widths, total if per_layer is None else sum(per_layer.values()),
-                             round_to=settings.round_to, min_width=settings.min_width)
+                             round_to=round_to, min_width=min_width)
     labels = (forms or {}) if "labels" in getattr(objective, "uses", ()) else None
     folds = [attr.group_batches(model, tokenizer, part, batch_size, positions=settings.positions, labels=labels)
              for part in attr.template_folds(groups, settings.folds)]
@@ -221,9 +204,9 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
         per_fold = current.fold_delta(fill)
         delta = current.blend(per_fold)
         entries = _ranked(per_fold, cost, guarded, state.removed, settings.ranking, layers)
-        if settings.uniform_widths:
+        if uniform_widths:
             entries = interleaved(entries)
-        add = _take(entries, state, quota_params, quota_neurons, caps, widths, costs, settings.min_width)
+        add = _take(entries, state, quota_params, quota_neurons, caps, widths, costs, min_width)
         if not add:
             stop = "no candidate lowers the objective within the budget" if entries else "no candidates left"
             break
@@ -277,13 +260,14 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
         if nxt is not None:
             current = nxt
 
-    if settings.uniform_widths:
+    if uniform_widths:
         state, records, evened = _evened(state, records, widths, costs, measure)
         if evened:
             log.append(evened)
             stop += f"; {-evened['neurons']} neuron(s) put back so that every layer loses the same number"
     plan = _plan(state, records, log, stop, objective_before, widths, costs, total_params, objective, capability,
-                 compensated, settings, budget, adapter, time.perf_counter() - start, check_loss)
+                 compensated, settings, budget, adapter, time.perf_counter() - start, check_loss, min_width, layers)
+    plan.settings.update(uniform_widths=uniform_widths, round_to=round_to)
     return Selection(plan, cap.mean, first, cost, cap.magnitude, log)
 
 
@@ -363,25 +347,12 @@ def _shortest_reaching(add: list[tuple[int, int]], removed: Mapping[int, list[in
     return add[:hi], seen[hi]
 
 
-def _check(settings: SelectionSettings) -> None:
-    if settings.ranking not in RANKINGS:
-        raise ConfigError(f"attribution.ranking must be one of {', '.join(RANKINGS)}, got {settings.ranking!r}")
-    if settings.rounds < 1:
-        raise ConfigError(f"attribution.rounds must be at least 1, got {settings.rounds}")
-    if settings.target_reduction_pct is not None and not 0.0 < settings.target_reduction_pct < 100.0:
-        raise ConfigError(f"attribution.target_reduction_pct must lie in (0, 100), got {settings.target_reduction_pct}")
-    if not 0.0 <= settings.guard_fraction < 1.0:
-        raise ConfigError(f"attribution.guard_fraction must lie in [0, 1), got {settings.guard_fraction}")
-    if not 0.0 <= settings.magnitude_guard < 1.0:
-        raise ConfigError(f"attribution.magnitude_guard must lie in [0, 1), got {settings.magnitude_guard}")
-
-
 def _mean(values: Sequence[float]) -> float:
     return float(sum(values) / len(values))
 
 
 def _capability_check(model: Any, text: Any, adapter: Any, state: _State, add: list[tuple[int, int]], fill: Any,
-                      base_loss: float, settings: SelectionSettings) -> tuple[list[tuple[int, int]], float | None]:
+                      base_loss: float, settings: AttributionParams) -> tuple[list[tuple[int, int]], float | None]:
     """Halve the round's additions (dropping the lowest ranked) until the measured perplexity rise fits the limit."""
     limit = settings.max_perplexity_increase_pct
     if limit is None:
@@ -396,8 +367,8 @@ def _capability_check(model: Any, text: Any, adapter: Any, state: _State, add: l
 
 def _plan(state: _State, records: list[dict[str, Any]], log: list[dict[str, Any]], stop: str, before: float,
           widths: Mapping[int, int], costs: Mapping[int, int], total_params: int, objective: Any, capability: Any,
-          compensated: bool, settings: SelectionSettings, budget: Budget, adapter: Any, seconds: float,
-          base_loss: float) -> Plan:
+          compensated: bool, settings: AttributionParams, budget: Budget, adapter: Any, seconds: float,
+          base_loss: float, min_width: int, layers: Sequence[int] | None) -> Plan:
     predicted = float(sum(r["predicted_change"] for r in log if r.get("accepted")))
     measured = state.objective - before
     agree = (predicted < 0) == (measured < 0) or not state.removed
@@ -415,9 +386,8 @@ def _plan(state: _State, records: list[dict[str, Any]], log: list[dict[str, Any]
         "rounds": settings.rounds, "rounds_run": len(log),
         "guard_fraction": settings.guard_fraction, "magnitude_guard": settings.magnitude_guard, "ranking": settings.ranking,
         "min_improvement_pct": settings.min_improvement_pct,
-        "max_perplexity_increase_pct": settings.max_perplexity_increase_pct, "min_width": settings.min_width,
-        "uniform_widths": settings.uniform_widths, "round_to": settings.round_to,
-        "layers": list(settings.layers) if settings.layers is not None else None,
+        "max_perplexity_increase_pct": settings.max_perplexity_increase_pct, "min_width": min_width,
+        "layers": list(layers) if layers is not None else None,
         "budget": budget.model_dump(exclude_none=True), "stop_reason": stop, "selection_seconds": round(seconds, 3),
         "calibration_loss_base": base_loss, "round_log": log, "verification": verification, "adapter": adapter.name,
     }
@@ -432,36 +402,24 @@ def _params(plugin: Any) -> dict[str, Any]:
     return params.model_dump(mode="json") if hasattr(params, "model_dump") else {}
 
 
-def settings_from_config(config: Any) -> SelectionSettings:
-    """The ``SelectionSettings`` of a ``RunConfig`` (``bias.attribution`` and the pruning layers)."""
-    section = config.bias.attribution
-    return SelectionSettings(rounds=section.rounds, guard_fraction=section.guard_fraction,
-                             magnitude_guard=section.magnitude_guard, ranking=section.ranking,
-                             min_improvement_pct=section.min_improvement_pct,
-                             max_perplexity_increase_pct=section.max_perplexity_increase_pct,
-                             min_width=config.pruning.min_width, layers=config.pruning.layers,
-                             positions=section.positions, folds=section.folds,
-                             target_reduction_pct=section.target_reduction_pct,
-                             uniform_widths=config.pruning.uniform_widths, round_to=config.pruning.round_to)
-
-
-def run_selection(run: Any, budget: Budget | None = None) -> tuple[Selection, Any]:
-    """The attribution stage of a pipeline ``Run``: select on the analysis groups; the selection and a
-    ``BiasReport`` of its first-round scores (−ΔM, higher = removal lowers bias more), magnitudes and the
-    calibration means the compensated pruner adds back."""
+def run_selection(model: Any, context: Any, params: AttributionParams, *, objective: Any, capability: Any,
+                  budget: Budget) -> tuple[Selection, Any]:
+    """Select on the analysis groups of ``context.config`` (a ``MethodContext``) for ``budget``: the selection
+    and a ``BiasReport`` of its first-round scores (−ΔM, higher = removal lowers bias more), magnitudes and the
+    calibration means the compensated pruner adds back. ``objective`` and ``capability`` are the configured
+    plugins ``params`` names."""
     from .groups import run_groups
 
-    config = run.config
-    found = run_groups(config, "analysis", run.registry)
+    config = context.config
+    found = run_groups(config, "analysis", context.registry)
     groups = found.groups
-    settings = settings_from_config(config)
     selection = select_by_attribution(
-        run.model, run.tokenizer, groups, objective=run.plugins.objective.bind(run.tokenizer),
-        capability=run.plugins.capability, budget=budget or config.pruning.budget,
-        compensated=bool(getattr(run.plugins.pruner, "needs_calibration", False)), settings=settings,
-        batch_size=config.bias.batch_size, adapter=run.adapter, registry=run.registry, progress=run.progress,
-        forms=found.form_to_group)
-    return selection, selection_report(selection, groups, run.model, run.adapter)
+        model, context.tokenizer, groups, objective=objective.bind(context.tokenizer), capability=capability,
+        budget=budget, compensated=bool(getattr(context.pruner, "needs_calibration", False)), settings=params,
+        min_width=config.pruning.min_width, layers=config.pruning.layers, batch_size=config.bias.batch_size,
+        adapter=context.adapter, registry=context.registry, progress=context.progress, forms=found.form_to_group,
+        uniform_widths=config.pruning.uniform_widths, round_to=config.pruning.round_to)
+    return selection, selection_report(selection, groups, model, context.adapter)
 
 
 def selection_report(selection: Selection, groups: Sequence[PromptGroup], model: Any, adapter: Any) -> Any:

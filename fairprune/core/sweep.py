@@ -1,4 +1,5 @@
-"""A grid over bias weight and budget sharing one bias analysis; the Pareto front of bias vs capability.
+"""A grid over budgets (and the method's sweep variants, e.g. bias weights) sharing one analysis; the Pareto
+front of bias vs capability.
 
 One model is held: the base is observed once, then each point prunes it in
 place, is observed and compared, and the touched layers are restored exactly.
@@ -89,7 +90,6 @@ def sweep(config: Any, overrides: list[str] | None = None, *, max_perplexity_inc
     observed and restored; the chosen point (under the capability constraint) is saved as a full run."""
     from . import pipeline
     from .distributed import is_main_process
-    from .planning import layer_importance
 
     run = pipeline.prepare(config, overrides, registry, progress)
     config = run.config
@@ -104,17 +104,17 @@ def sweep(config: Any, overrides: list[str] | None = None, *, max_perplexity_inc
         pipeline.load(run)
     with run.timer.stage("analyze"):
         pipeline.analyze(run)
-        importance = layer_importance(run.model, config.scoring.importance, run.bias_report, run.adapter,
-                                      run.registry)
     if not is_main_process():  # under torchrun the analysis was shared; rank 0 runs the grid alone
         return SweepResult([], None, None, None, run.timer.timings)
     with run.timer.stage("observe_base"):
         pipeline.observe_base(run)
-    points = []
+    points, plans = [], []
     with run.timer.stage("grid"):
         for budget in config.sweep.budgets:
-            for weight in config.sweep.bias_weights:
-                points.append(_run_point(run, importance, weight, budget, point_evaluators, bias_keys, cap_keys))
+            for variant in run.plugins.method.sweep_variants(config.sweep):
+                point, plan = _run_point(run, variant, budget, point_evaluators, bias_keys, cap_keys)
+                points.append(point)
+                plans.append(plan)
     for i in pareto_front(points):
         points[i]["pareto"] = True
     chosen = choose(points, limit)
@@ -125,9 +125,9 @@ def sweep(config: Any, overrides: list[str] | None = None, *, max_perplexity_inc
     if chosen is None:
         _save_points_only(run, points, limit)
         return SweepResult(points, None, run.output_dir, None, run.timer.timings)
-    run.config = load_config(config, [f"scoring.bias_weight={chosen['bias_weight']}",
-                                      f"pruning.budget={json.dumps(chosen['budget'])}"])
-    run.plan = pipeline.make_plan(run, importance=importance)
+    run.config = load_config(config, [f"method.{key}={json.dumps(value)}" for key, value in chosen["variant"].items()]
+                             + [f"pruning.budget={json.dumps(chosen['budget'])}"])
+    run.plan = plans[points.index(chosen)]  # the plan the chosen point was measured with
     run.prune_result = pipeline.apply_plan(run, run.plan)
     run.evaluations = pipeline.evaluate_pruned(run, run.prune_result)
     run.metrics = pipeline.collect_metrics(run)
@@ -144,13 +144,14 @@ def _save_points_only(run: Any, points: list[dict[str, Any]], chosen_limit: floa
         write_sweep_files(staging, points, None, chosen_limit)
 
 
-def _run_point(run: Any, importance: dict[int, Any], weight: float, budget: Any, evaluators: list[tuple[str, Any]],
-               bias_keys: list[tuple[str, str]], cap_keys: list[tuple[str, str]]) -> dict[str, Any]:
-    """Prune the run's model in place for one grid point, observe and compare, then restore it exactly."""
+def _run_point(run: Any, variant: dict[str, Any], budget: Any, evaluators: list[tuple[str, Any]],
+               bias_keys: list[tuple[str, str]], cap_keys: list[tuple[str, str]]) -> tuple[dict[str, Any], Any]:
+    """Prune the run's model in place for one grid point, observe and compare, then restore it exactly; the
+    point's figures and its plan."""
     from . import pipeline
     from .surgery import snapshot_layers
 
-    plan = pipeline.make_plan(run, importance=importance, bias_weight=weight, budget=budget)
+    plan = pipeline.make_plan(run, budget=budget, variant=variant)
     snapshot = snapshot_layers(run.model, run.adapter, plan.to_mapping(),
                                only_planned=bool(getattr(run.plugins.pruner, "changes_only_planned", False)))
     try:
@@ -160,12 +161,12 @@ def _run_point(run: Any, importance: dict[int, Any], weight: float, budget: Any,
         snapshot.restore()
     bias_key, bias = point_figure(evaluations, bias_keys, "bias")
     cap_key, loss = point_figure(evaluations, cap_keys, "capability")
-    point = {"bias_weight": weight, "budget": budget.model_dump(exclude_none=True),
+    point = {"variant": dict(variant), **variant, "budget": budget.model_dump(exclude_none=True),
              "neurons_removed": plan.n_neurons, "params_removed_pct": 100.0 * result.fraction_removed,
              "bias_reduction_pct": bias, "bias_metric": bias_key, "capability_loss_pct": loss,
              "capability_metric": cap_key, "pareto": False, "chosen": False}
     logger.info("sweep point %s", point)
-    return point
+    return point, plan
 
 
 def write_sweep_files(directory: Path, points: list[dict[str, Any]], chosen: dict[str, Any] | None,
@@ -173,11 +174,12 @@ def write_sweep_files(directory: Path, points: list[dict[str, Any]], chosen: dic
     """``sweep.json`` (every point) and ``sweep.md`` (a table with the Pareto front marked)."""
     (directory / "sweep.json").write_text(json.dumps({"max_perplexity_increase": limit, "points": points,
                                                       "chosen": chosen}, indent=1))
-    header = "| bias_weight | budget | params removed | bias reduction | capability loss | Pareto | chosen |"
+    header = "| settings | budget | params removed | bias reduction | capability loss | Pareto | chosen |"
     lines = ["# fairprune sweep", "", header, "|---|---|---|---|---|---|---|"]
     for p in points:
         budget = ", ".join(f"{k}={v}" for k, v in p["budget"].items())
-        lines.append(f"| {p['bias_weight']} | {budget} | {p['params_removed_pct']:.3f}% | "
+        variant = ", ".join(f"{k}={v}" for k, v in p["variant"].items()) or "-"
+        lines.append(f"| {variant} | {budget} | {p['params_removed_pct']:.3f}% | "
                      f"{p['bias_reduction_pct']:+.2f}% | {p['capability_loss_pct']:+.2f}% ({p['capability_metric']}) "
                      f"| {'yes' if p['pareto'] else ''} | {'**yes**' if p['chosen'] else ''} |")
     if limit is not None and chosen is None:

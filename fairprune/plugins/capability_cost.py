@@ -69,5 +69,5 @@ class CapabilityCost(Plugin):
     def score(self, weights: MLPWeights, stats: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
         if stats is None or "capability_cost" not in stats:
             raise ValueError(f"{self.name} needs stats['capability_cost'] for layer {weights.layer}: it is computed "
-                             "by backward passes over a calibration text (bias.method: attribution)")
+                             "by backward passes over a calibration text (the attribution method)")
         return stats["capability_cost"].detach().float()

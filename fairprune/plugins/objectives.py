@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..core import divergence
+from ..core.divergence import LOG_FLOOR, member_pairs
 from ..core.errors import ConfigError
 from ..core.hookspecs import hookimpl
 from ..core.plugin import Plugin
@@ -33,44 +35,29 @@ if TYPE_CHECKING:
 
     from ..core.protocols import ObjectiveInputs
 
-#: log-probabilities are floored here so that 0·log 0 terms keep finite gradients
-LOG_FLOOR = -80.0
+__all__ = ["LOG_FLOOR", "pair_js", "pairwise_js"]
 
 
 def _pairs(n: int) -> tuple[Any, Any]:
-    import torch
-
     if n < 2:
         raise ConfigError(f"a bias objective needs groups of at least 2 members, got one of {n}")
-    rows, cols = torch.triu_indices(n, n, offset=1)
-    return rows, cols
+    return member_pairs(n)
 
 
 def pair_js(logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """JS divergence (nats) of every member pair: ``logprobs`` ``[n_members, vocab]`` -> (``Tensor[n_pairs]``
-    float32, rows, cols), pairs (rows[k], cols[k]) with rows[k] < cols[k]."""
-    import math
-
-    import torch
-
-    lp = _wide(logprobs).clamp_min(LOG_FLOOR)
-    rows, cols = _pairs(lp.shape[0])
-    a, b = lp[rows], lp[cols]
-    logm = torch.logaddexp(a, b) - math.log(2.0)
-    js = 0.5 * ((a.exp() * (a - logm)).sum(-1) + (b.exp() * (b - logm)).sum(-1))
-    return js.clamp_min(0.0), rows, cols
+    """JS divergence (nats) of every member pair (``core.divergence.pair_js``; ``ConfigError`` for a group of
+    one member)."""
+    _pairs(logprobs.shape[0])
+    return divergence.pair_js(logprobs)
 
 
 def pairwise_js(logprobs: torch.Tensor) -> torch.Tensor:
-    """Mean JS divergence (nats) over member pairs: ``logprobs`` ``[n_members, vocab]`` -> scalar (float32)."""
+    """Mean JS divergence (nats) over member pairs: ``logprobs`` ``[n_members, vocab]`` -> scalar (float32); the
+    figure ``output_bias`` reports for a group."""
     return pair_js(logprobs)[0].mean()
 
 
-def _wide(t: torch.Tensor) -> torch.Tensor:
-    """float32, or wider when ``t`` already is."""
-    import torch
-
-    return t.to(torch.promote_types(t.dtype, torch.float32))
+_wide = divergence.widened
 
 
 def _per_group(inputs: ObjectiveInputs, table: torch.Tensor, fn: Any) -> torch.Tensor:
@@ -174,7 +161,7 @@ class ContinuationGap(Plugin):
         for text in self.params.continuations:
             encoded = list(tokenizer(text, add_special_tokens=False)["input_ids"])
             if len(encoded) != 1:
-                raise ConfigError(f"bias.objective.params.continuations: {text!r} encodes to {len(encoded)} tokens; "
+                raise ConfigError(f"method.objective.params.continuations: {text!r} encodes to {len(encoded)} tokens; "
                                   "continuation_gap takes single-token continuations (or none, for the top_k)")
             ids.append(int(encoded[0]))
         bound = copy.copy(self)

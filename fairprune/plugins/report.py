@@ -30,13 +30,9 @@ def _table(rows: list[tuple[str, str]], header: tuple[str, str] = ("", "")) -> s
 def report_markdown(config: Any, metrics: dict[str, Any], evaluations: dict[str, Any]) -> str:
     """``report.md``: headline figures, each evaluator's section, the plan settings and the config."""
     parts = [f"# fairprune report: {config.model.source}", "",
-             f"Config hash `{metrics['config_hash'][:12]}`; bias axes: {', '.join(config.bias.axes)}; "
-             + (f"method `attribution`, objective `{config.bias.objective.name}`; " if config.bias.method ==
-                "attribution" else "")
-             + f"site `{config.bias.site}`, pooling `{config.bias.pooling}`, metric `{config.bias.metric.name}`; "
-             f"scorer `{config.scoring.scorer.name}` (bias_weight {config.scoring.bias_weight}), importance "
-             f"`{config.scoring.importance.name}`, pruner `{config.pruning.pruner.name}`, budget "
-             f"{config.pruning.budget.describe()} ({config.pruning.selection} selection).", "",
+             f"Config hash `{metrics['config_hash'][:12]}`; bias axes: {', '.join(config.bias.axes)}; site "
+             f"`{config.bias.site}`; method `{config.method.name}` ({_params_text(config)}); pruner "
+             f"`{config.pruning.pruner.name}`, budget {config.pruning.budget.describe()}.", "",
              "## Headline figures (held-out prompts, base vs pruned)", "", _table(headline_rows(metrics), ("", "")), ""]
     parts += attribution_section(metrics)
     for name, result in evaluations.items():
@@ -97,21 +93,40 @@ def model_card(config: Any, metrics: dict[str, Any], base_model: str, license: s
         "- Structural pruning changes the model: check the capability figures above for your use.",
         *(["- The capability cost that guarded the selection was estimated on the bundled general English text, "
            "so a perplexity measured on that text is in-sample; prefer held-out capability figures (LAMBADA)."]
-          if config.bias.method == "attribution" else []),
+          if config.method.name == "attribution" else []),
         "- Inherits all limitations and the licence of the base model.", "",
     ]
     return "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + "\n".join(body)
 
 
+def method_params(config: Any) -> Any:
+    """The run's method params, validated by the registered method (defaults filled in)."""
+    from fairprune.core.registry import get_registry
+
+    return get_registry().get("methods", config.method.name).Params.model_validate(config.method.params)
+
+
+def _params_text(config: Any) -> str:
+    """The method's params as ``key value`` pairs, components by name (as configured for a method that is not
+    built in, with its defaults filled in for a built-in one)."""
+    builtin = config.method.name in ("activation", "attribution")
+    params = dict(method_params(config)) if builtin else config.method.params
+    text = ", ".join(f"{key} {getattr(value, 'name', None) or (value.get('name') if isinstance(value, dict) else value)}"
+                     for key, value in params.items() if value is not None)
+    return text or "default params"
+
+
 def _method_text(config: Any) -> tuple[str, list[str]]:
-    """What the card says was removed and how, for the configured bias method."""
-    bias = config.bias
-    if bias.method == "attribution":
-        a = bias.attribution
+    """What the card says was removed and how, for the configured method."""
+    if config.method.name not in ("activation", "attribution"):
+        return f"the neurons chosen by the `{config.method.name}` method", [
+            f"1. Method `{config.method.name}` ({_params_text(config)}) on the analysis prompt groups."]
+    bias, a = config.bias, method_params(config)
+    if config.method.name == "attribution":
         return ("the neurons whose removal was estimated, and then measured, to make the model's outputs differ "
                 "less between prompts that differ only in a demographic attribute"), [
             f"1. Signed attribution: for every MLP neuron, the first-order change of the output-level bias "
-            f"objective `{bias.objective.name}` when the neuron is removed, from backward passes over the "
+            f"objective `{a.objective.name}` when the neuron is removed, from backward passes over the "
             "analysis prompt groups; only neurons whose removal lowers it are candidates"
             + (f" in each of {a.folds} folds of the groups split by template (a neuron's gain is its smallest "
                "fold's)." if a.folds > 1 else "."),
@@ -125,10 +140,10 @@ def _method_text(config: Any) -> tuple[str, list[str]]:
     return ("the neurons whose activation moved most with the demographic word, weighed against their "
             "importance"), [
         f"1. Prompt groups differing only in a demographic attribute ran through the base model; the "
-        f"`{bias.site}` activation of every MLP neuron was pooled (`{bias.pooling}`) and scored with "
-        f"`{bias.metric.name}`.",
-        f"2. Importance `{config.scoring.importance.name}`; scorer `{config.scoring.scorer.name}` with bias weight "
-        f"{config.scoring.bias_weight}; {config.pruning.selection} selection."]
+        f"`{bias.site}` activation of every MLP neuron was pooled (`{a.pooling}`) and scored with "
+        f"`{a.metric.name}`.",
+        f"2. Importance `{a.importance.name}`; scorer `{a.scorer.name}` with bias weight "
+        f"{a.bias_weight}; {a.selection} selection."]
 
 
 def write_html_report(directory: str | Path, model: Any = None) -> Path | None:

@@ -553,3 +553,87 @@ def _starts(sizes: tuple[int, ...]) -> list[int]:
         out.append(start)
         start += size
     return out
+
+
+class MethodContract(PluginContract):
+    """For selection methods: ``analyze`` then ``plan`` on a tiny Llama with the race axis' analysis groups.
+
+    Checks that the plan fits the model (valid, unique indices; each layer keeps at least ``min_width``
+    neurons), stays within a neuron budget, records every removed neuron, is deterministic, and leaves the
+    model's weights as they were. Override ``make_config`` to give the method params of its own.
+    """
+
+    kind = "methods"
+    attribute = "method"
+    budget_neurons: ClassVar[int] = 6
+
+    def make_config(self) -> Any:
+        from fairprune.core.config import load_config
+
+        return load_config({"model": {"source": "tiny"}, "bias": {"axes": ["race"], "batch_size": 12},
+                            "method": {"name": self.plugin.name},
+                            "pruning": {"budget": {"neurons": self.budget_neurons}, "min_width": 32}})
+
+    def _setup(self) -> tuple[Any, Any, Any]:
+        import torch
+
+        from fairprune.core.adapters import resolve_adapter
+        from fairprune.core.protocols import MethodContext
+        from fairprune.core.registry import Registry
+        from fairprune.testing import tiny_char_tokenizer, tiny_model
+
+        torch.manual_seed(0)
+        model = tiny_model("llama", max_position_embeddings=512)
+        registry = Registry(load_entrypoints=False)
+        config = self.make_config()
+        from fairprune.core.plugin import configure
+
+        method = configure(copy.copy(self.plugin), config.method.params)
+        if callable(getattr(method, "prepare", None)):
+            method.prepare(config, registry)
+        context = MethodContext(tokenizer=tiny_char_tokenizer(), adapter=resolve_adapter(model, registry=registry),
+                                registry=registry, config=config, progress=False)
+        return model, method, context
+
+    def _plan(self) -> tuple[Any, Any, Any]:
+        model, method, context = self._setup()
+        analysis = method.analyze(model, context)
+        return model, analysis, method.plan(model, analysis, context.config.pruning.budget, context, {})
+
+    def test_analysis_reports_a_score_per_neuron_of_every_layer(self) -> None:
+        model, method, context = self._setup()
+        analysis = method.analyze(model, context)
+        widths = [context.adapter.width(model, layer) for layer in range(len(context.adapter.layers(model)))]
+        scores = analysis.bias_report.scores
+        assert sorted(scores) == list(range(len(widths)))
+        assert all(tuple(scores[layer].shape) == (w,) for layer, w in enumerate(widths))
+
+    def test_plan_fits_the_model_and_the_budget(self) -> None:
+        model, _, plan = self._plan()
+        assert 0 < plan.n_neurons <= self.budget_neurons
+        for layer, neurons in plan.removed.items():
+            width = plan.widths_before[layer]
+            assert len(set(neurons)) == len(neurons) and all(0 <= n < width for n in neurons)
+            assert width - len(neurons) >= 32
+
+    def test_every_removed_neuron_has_a_record(self) -> None:
+        _, _, plan = self._plan()
+        recorded = {(r["layer"], r["neuron"]) for r in plan.records}
+        assert recorded == {(layer, n) for layer, neurons in plan.removed.items() for n in neurons}
+
+    def test_planning_is_deterministic_and_leaves_the_model_unchanged(self) -> None:
+        import torch
+
+        model, method, context = self._setup()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        first = method.plan(model, method.analyze(model, context), context.config.pruning.budget, context, {})
+        after = model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+        _, _, second = self._plan()
+        assert first.to_mapping() == second.to_mapping()
+
+    def test_sweep_variants_are_a_list_of_mappings(self) -> None:
+        from fairprune.core.config import SweepSection
+
+        variants = self.plugin.sweep_variants(SweepSection())
+        assert isinstance(variants, list) and variants and all(isinstance(v, dict) for v in variants)

@@ -78,7 +78,7 @@ def sample_run(directory: str | Path, bias_weight: float = 0.8, neurons: int = 1
     pairs = directory / "pairs.yaml"
     pairs.write_text(yaml.safe_dump({"axis": "race", "pairs": [list(p) for p in TINY_PAIRS]}))
     config = {"model": {"source": str(source)}, "bias": {"axes": [], "prompts": str(pairs)},
-              "scoring": {"bias_weight": bias_weight}, "pruning": {"budget": {"neurons": neurons}},
+              "method": {"name": "activation", "bias_weight": bias_weight}, "pruning": {"budget": {"neurons": neurons}},
               "evaluation": {"evaluators": ["activation_bias", "activation_pictures", "output_bias", "generations",
                                             "parameters"]},
               "output": {"dir": str(directory / "run")}, "seed": seed}

@@ -14,11 +14,13 @@ def _usable(points: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 def point_label(point: Mapping[str, Any]) -> str:
-    """A short label of a sweep point's settings: bias weight and budget."""
+    """A short label of a sweep point's settings: the method's variant (e.g. the bias weight) and the budget."""
     budget = point.get("budget")
     if isinstance(budget, Mapping):
         budget = ", ".join(f"{k}={v}" for k, v in budget.items())
-    return f"w={point.get('bias_weight')}, {budget}"
+    variant = point.get("variant", {"bias_weight": point.get("bias_weight")} if "bias_weight" in point else {})
+    names = {"bias_weight": "w"}
+    return ", ".join([f"{names.get(k, k)}={v}" for k, v in variant.items()] + [str(budget)])
 
 
 def pareto_plot(points: Sequence[Mapping[str, Any]], title: str | None = None) -> Any:

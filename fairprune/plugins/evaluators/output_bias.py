@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ...core.divergence import js_divergence  # the one JS of fairprune: the attribution objective uses it too
 from ...core.errors import ConfigError
 from ...core.evaluation import EvalContext, EvalResult, add_paired, fmt_ci
 from ...core.plugin import Plugin
@@ -45,18 +46,6 @@ class OutputBiasParams(BaseModel):
     continuations: list[str] = Field([" was", " would", " is", " had"],
                                      description="neutral continuations whose log-probability gap is measured")
     n_boot: int = Field(1000, ge=10, description="bootstrap resamples")
-
-
-def js_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """Jensen–Shannon divergence in nats between distributions given as log-probabilities (last dim)."""
-    import torch
-
-    logp, logq = logp.double(), logq.double()
-    logm = torch.logaddexp(logp, logq) - torch.log(torch.tensor(2.0, dtype=torch.float64))
-    zero = torch.zeros((), dtype=torch.float64)
-    kl_pm = torch.where(logp.isfinite(), logp.exp() * (logp - logm), zero).sum(-1)  # 0 log 0 = 0
-    kl_qm = torch.where(logq.isfinite(), logq.exp() * (logq - logm), zero).sum(-1)
-    return (0.5 * (kl_pm + kl_qm)).clamp(min=0.0)
 
 
 def mean_pairwise(values: np.ndarray) -> float:

@@ -1,4 +1,5 @@
-"""Example third-party fairprune plugins: one bias axis, importance metric, bias metric, scorer and evaluator.
+"""Example third-party fairprune plugins: one bias axis, importance metric, bias metric, scorer, evaluator and
+selection method.
 
 This module is the entry point (``[project.entry-points.fairprune] example =
 "fairprune_example"``). It holds only hook implementations; each hook imports
@@ -44,3 +45,10 @@ def fairprune_register_evaluators(register):
     from .evaluator import NextTokenConsistency
 
     register(NextTokenConsistency())
+
+
+@hookimpl
+def fairprune_register_methods(register):
+    from .method import RandomNeurons
+
+    register(RandomNeurons())

@@ -7,12 +7,14 @@ from fairprune.testing.contracts import (
     BiasMetricContract,
     EvaluatorContract,
     ImportanceMetricContract,
+    MethodContract,
     ScorerContract,
 )
 from fairprune_example.axis import BodyTypeAxis
 from fairprune_example.bias_metric import GroupRangeBias
 from fairprune_example.evaluator import NextTokenConsistency
 from fairprune_example.importance import ActivationWeightImportance
+from fairprune_example.method import RandomNeurons
 from fairprune_example.scorer import GeometricScorer
 
 
@@ -42,3 +44,7 @@ class TestGeometricScorer(ScorerContract):
 
 class TestNextTokenConsistency(EvaluatorContract):
     evaluator = NextTokenConsistency()
+
+
+class TestRandomNeurons(MethodContract):
+    method = RandomNeurons()

@@ -1,0 +1,60 @@
+"""The signed attribution method: the first-order effect of removing each neuron on an output-level bias
+objective, from backward passes over the analysis groups, selected in rounds under a capability guard and a
+measured perplexity check (``core.selection``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fairprune.core.config import AttributionParams, resolve_component
+from fairprune.core.errors import ConfigError
+from fairprune.core.plugin import Plugin
+from fairprune.core.protocols import MethodAnalysis, MethodContext
+
+
+class AttributionMethod(Plugin):
+    name = "attribution"
+    description = ("signed, output-grounded: neurons whose removal is estimated, then measured, to lower the bias "
+                   "objective, protected by a capability cost, in rounds")
+    Params = AttributionParams
+    shared_keys: frozenset[str] = frozenset()
+
+    def prepare(self, config: Any, registry: Any) -> None:
+        """Resolve the objective and the capability metric; ``ConfigError`` naming the field otherwise."""
+        if config.bias.site != "neuron":
+            raise ConfigError("bias.site: the attribution method scores neurons (the input of down_proj); set "
+                              f"bias.site=neuron, got {config.bias.site!r}")
+        self.objective = resolve_component(registry, "bias_objectives", self.params.objective, "method.objective")
+        self.capability = resolve_component(registry, "importance_metrics", self.params.capability,
+                                            "method.capability")
+        if not callable(getattr(self.capability, "chunks", None)):
+            raise ConfigError(f"method.capability: {self.capability.name!r} gives no calibration text; use "
+                              "capability_cost (or a metric with chunks(tokenizer))")
+
+    def sweep_variants(self, sweep: Any) -> list[dict[str, Any]]:
+        return [{}]  # a sweep varies the budget only
+
+    def analyze(self, model: Any, context: MethodContext) -> MethodAnalysis:
+        """Select for the config's budget; the ``BiasReport`` carries the first round's attributions."""
+        selection, report = self._select(model, context, context.config.pruning.budget)
+        return MethodAnalysis(report, state={_key(context.config.pruning.budget): selection})
+
+    def plan(self, model: Any, analysis: MethodAnalysis, budget: Any, context: MethodContext,
+             variant: Mapping[str, Any]) -> Any:
+        """The plan selected for ``budget`` (a ceiling); selection runs again for a budget not seen before."""
+        key = _key(budget)
+        if key not in analysis.state:
+            analysis.state[key] = self._select(model, context, budget)[0]
+        return analysis.state[key].plan
+
+    def _select(self, model: Any, context: MethodContext, budget: Any) -> tuple[Any, Any]:
+        from fairprune.core.selection import run_selection
+
+        return run_selection(model, context, self.params, objective=self.objective, capability=self.capability,
+                             budget=budget)
+
+
+def _key(budget: Any) -> str:
+    return repr(sorted(budget.model_dump(exclude_none=True).items()))
