@@ -121,9 +121,9 @@ def uniform_quota(widths: Mapping[int, int], neurons: int, *, round_to: int | No
     ``widths`` are the layers' current widths, ``neurons`` the budget as a neuron count (all layers
     together); the common width is the narrowest that stays within it, rounded up to a multiple of
     ``round_to`` when given (the budget is never exceeded), never below ``min_width`` nor above the
-    narrowest layer. ``available`` caps a
-    layer's removals (neurons a guard leaves removable): the common width then rises until every layer can
-    reach it. Returns ``{layer: count}``; all counts are 0 when the budget is less than one neuron per layer.
+    narrowest layer. ``available`` caps a layer's removals (neurons a guard leaves removable): the common
+    width then rises until every layer can reach it. Returns ``{layer: count}``; all counts are 0 when the
+    budget is less than one neuron per layer.
     """
     if not widths:
         return {}
