@@ -120,7 +120,7 @@ def test_demo_config_with_uniform_widths_loads_with_plain_transformers(tmp_path)
     shortened, for time): plain ``AutoModelForCausalLM`` gives the logits of SmolLM2 pruned in memory."""
     from fairprune.commands.demo import DEMO_CONFIG
 
-    trim = "method.capability.params"
+    trim = "method.params.capability.params"
     result = fp.run(DEMO_CONFIG, [f"output.dir={tmp_path / 'demo'}", "pruning.uniform_widths=true",
                                   f"{trim}.max_tokens=1024", f"{trim}.check_tokens=256"], progress=False)
     widths = result.metrics["pruning"]["widths_after"]
