@@ -67,10 +67,10 @@ class PeakRSS:
 def load() -> tuple[Any, Any, str]:
     """SmolLM2-135M through fairprune's model source, else straight from the bundled GGUF."""
     try:
-        from fairprune.core.sources import load_model
+        from fairprune.core.io.sources import load_model
 
         model, tok = load_model("smollm2-135m")
-        return model, tok, 'fairprune.core.sources.load_model("smollm2-135m")'
+        return model, tok, 'fairprune.core.io.sources.load_model("smollm2-135m")'
     except Exception as exc:  # noqa: BLE001 - the source may not be available: fall back to the GGUF file
         print(f"model source unavailable ({exc}); loading the GGUF directly", file=sys.stderr)
     from importlib import metadata
@@ -85,7 +85,7 @@ def load() -> tuple[Any, Any, str]:
 
 def make_pairs(n: int = 64) -> list[tuple[str, str]]:
     """``n`` race pairs from the built-in axis: consecutive members of every prompt group."""
-    from fairprune.core.registry import get_registry
+    from fairprune.core.contract.registry import get_registry
 
     pairs = []
     for group in get_registry().create("bias_axes", "race").prompt_groups("all"):
@@ -134,10 +134,10 @@ def main() -> int:
 
     import optipfair.bias as ob
 
-    from fairprune.core.bias import analyze_bias
-    from fairprune.core.collect import collect_prompts
-    from fairprune.core.prompts import pairs_to_groups
-    from fairprune.core.registry import get_registry
+    from fairprune.core.contract.registry import get_registry
+    from fairprune.core.data.prompts import pairs_to_groups
+    from fairprune.core.method.bias import analyze_bias
+    from fairprune.core.method.collect import collect_prompts
 
     t0 = time.perf_counter()
     model, tok, how = load()

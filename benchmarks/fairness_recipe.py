@@ -31,13 +31,12 @@ import numpy as np
 import torch
 
 import fairprune as fp
-from fairprune.core.collect import collect_prompts
-from fairprune.core.groups import gather
-from fairprune.core.registry import get_registry
+from fairprune.core.contract.registry import get_registry
+from fairprune.core.data.groups import gather
+from fairprune.core.method.collect import collect_prompts
+from fairprune.core.model.lm_scoring import last_token_logprobs, pad_id, perplexity, score_continuations, word_requests
 from fairprune.plugins.evaluators.activation_bias import pairwise_distance
 from fairprune.plugins.evaluators.data import read_jsonl_texts
-from fairprune.plugins.evaluators.lm_scoring import (last_token_logprobs, pad_id, perplexity, score_continuations,
-                                                     word_requests)
 from fairprune.plugins.evaluators.output_bias import js_divergence, mean_pairwise, noise_floor
 
 HERE = Path(__file__).resolve().parent
@@ -97,7 +96,7 @@ OTHER_STYLE_FORMS: tuple[str, ...] = ("Black", "white", "Asian", "Latino", "Arab
 
 def other_style_groups() -> list:
     """One group per other-style template, six race forms as members (validated like any prompt group)."""
-    from fairprune.core.prompts import make_group
+    from fairprune.core.data.prompts import make_group
 
     return [make_group([t.format(a=form) for form in OTHER_STYLE_FORMS], axis="race-other-style",
                        template_id=f"other-{i}", attributes=OTHER_STYLE_FORMS)
@@ -169,7 +168,7 @@ def cached_base(args, compute) -> dict:
     """The base model's measures, kept in the fairprune cache per model and LAMBADA limit (they never change)."""
     import pickle
 
-    from fairprune.core.sources import cache_root
+    from fairprune.core.io.sources import cache_root
 
     path = cache_root(None) / "benchmarks" / \
         f"fairness_recipe-base-{args.model}-{args.lambada_limit}-{args.lambada_offset}.pkl"
@@ -206,8 +205,8 @@ def activation_plan(model, tok, r: dict, reports: dict) -> tuple:
 
 def attribution_plan(model, tok, r: dict, registry) -> tuple:
     """The signed attribution method on the race axis' analysis groups; seconds of the whole selection."""
-    from fairprune.core.config import AttributionParams
-    from fairprune.core.selection import select_by_attribution
+    from fairprune.core.contract.config import AttributionParams
+    from fairprune.core.method.selection import select_by_attribution
 
     found = gather(axes=["race"], split="analysis", registry=registry)
     start = time.perf_counter()

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import fairprune as fp
-    from fairprune.core.evaluation import results_to_dict
+    from fairprune.core.contract.results import results_to_dict
 
     args = parse_args(argv)
     if args.threads:

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from bias_analysis import _cpu_model, bare_forward, make_pairs, timed_rounds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,14 +50,14 @@ N_PAIRS = 16
 
 def model_dir(args: argparse.Namespace) -> Path:
     """The random 1B-shaped model in bfloat16, built and saved on first use."""
-    from fairprune.core.sources import cache_root
+    from fairprune.core.io.sources import cache_root
 
     path = Path(args.dir) if args.dir else cache_root() / "bench" / f"llama-3.2-1b-shape-{args.layers}l"
     if (path / "config.json").exists():
         return path
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from fairprune.core.sources import load_model
+    from fairprune.core.io.sources import load_model
 
     _, tokenizer = load_model("smollm2-135m")
     config = LlamaConfig(**{**SHAPE, "num_hidden_layers": args.layers}, bos_token_id=tokenizer.bos_token_id,
@@ -79,8 +78,8 @@ def timings(path: Path, args: argparse.Namespace) -> list[str]:
     """Rows of the in-process table, for float32 then bfloat16."""
     import optipfair.bias as ob
 
-    from fairprune.core.bias import analyze_bias
-    from fairprune.core.sources import load_model
+    from fairprune.core.io.sources import load_model
+    from fairprune.core.method.bias import analyze_bias
 
     pairs = make_pairs(N_PAIRS)
     prompts = [p for pair in pairs for p in pair]
@@ -169,10 +168,10 @@ def sharded(path: Path, tmp: Path) -> list[str]:
 
 def worker(path: str, pairs: str, out: str) -> None:
     """Inside torchrun (or alone): load bfloat16, time ``analyze_bias`` between barriers, rank 0 saves."""
-    from fairprune.core.bias import analyze_bias
-    from fairprune.core.distributed import init_from_env, shutdown
-    from fairprune.core.prompts import load_prompt_groups
-    from fairprune.core.sources import load_model
+    from fairprune.core.data.prompts import load_prompt_groups
+    from fairprune.core.io.sources import load_model
+    from fairprune.core.method.bias import analyze_bias
+    from fairprune.core.model.distributed import init_from_env, shutdown
 
     world = init_from_env()
     model, tok = load_model(path)

@@ -26,12 +26,11 @@ from pathlib import Path
 import torch
 
 import fairprune as fp
-from fairprune.core.config import load_config
-from fairprune.core.groups import run_groups
-from fairprune.core.config import ActivationParams
-from fairprune.core.pipeline import resolve_method
-from fairprune.core.registry import get_registry
-from fairprune.core.selection import select_by_attribution
+from fairprune.core.contract.config import ActivationParams, load_config
+from fairprune.core.contract.registry import get_registry
+from fairprune.core.data.groups import run_groups
+from fairprune.core.method.selection import select_by_attribution
+from fairprune.core.run.pipeline import resolve_method
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fairness_recipe import write_section  # noqa: E402  (the benchmarks' one writer of RESULTS.md blocks)

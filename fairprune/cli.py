@@ -7,9 +7,9 @@ import importlib
 import logging
 import sys
 
-from .core.distributed import env_world_size, run_command
-from .core.errors import FairpruneError
-from .core.outputs import releasing_claims
+from .core.contract.errors import FairpruneError
+from .core.io.outputs import releasing_claims
+from .core.model.distributed import env_world_size, run_command
 
 #: subcommand modules; each defines ``add_parser(subparsers)`` which sets ``func`` on its parser
 COMMANDS: tuple[str, ...] = (

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import fairprune as fp
-from fairprune.core.errors import ConfigError
+from fairprune.core.contract.errors import ConfigError
 from fairprune.plugins.evaluators.activation_pictures import ActivationPicturesEvaluator
 from fairprune.testing.contracts import EvaluatorContract
 from fairprune.testing.runs import tiny_analysis

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fairprune as fp
-from fairprune.core.registry import Registry
+from fairprune.core.contract.registry import Registry
 from fairprune.testing import TINY_ARCHITECTURES, tiny_model
 
 REG = Registry(load_entrypoints=False)

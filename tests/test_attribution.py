@@ -9,13 +9,13 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from fairprune.core import attribution as attr
-from fairprune.core import selection as sel
-from fairprune.core.config import AttributionParams, Budget
-from fairprune.core.errors import ConfigError
-from fairprune.core.groups import SEP
-from fairprune.core.protocols import ObjectiveInputs, PromptGroup
-from fairprune.core.registry import Registry
+from fairprune.core.contract.config import AttributionParams, Budget
+from fairprune.core.contract.errors import ConfigError
+from fairprune.core.contract.protocols import ObjectiveInputs, PromptGroup
+from fairprune.core.contract.registry import Registry
+from fairprune.core.data.groups import SEP
+from fairprune.core.method import attribution as attr
+from fairprune.core.method import selection as sel
 from fairprune.plugins.capability_cost import CapabilityCost
 from fairprune.plugins.objectives import ActivationDistance, ContinuationGap, JSAboveFloor, NextTokenJS, pairwise_js
 from fairprune.testing.contracts import BiasObjectiveContract
@@ -121,7 +121,7 @@ def test_objective_contract_rejects_a_broken_objective(test) -> None:
 
 
 def test_unknown_objective_lists_the_known_ones() -> None:
-    from fairprune.core.errors import UnknownPluginError
+    from fairprune.core.contract.errors import UnknownPluginError
 
     with pytest.raises(UnknownPluginError, match="next_token_js"):
         Registry(load_entrypoints=False).get("bias_objectives", "next_token_jsd")
@@ -210,7 +210,7 @@ def test_ablation_equals_pruning_for_both_pruners(setup) -> None:
     for pruner, fill in (("structural", None), ("compensated", calibration)):
         ablated = attr.objective_values(model, batches, bound, adapter, removed=plan, fill=fill)
         pruned = copy.deepcopy(model)
-        from fairprune.core.surgery import prune
+        from fairprune.core.method.surgery import prune
 
         prune(pruned, plan, pruner=pruner, calibration=calibration, registry=registry)
         assert attr.objective_values(pruned, batches, bound, adapter) == pytest.approx(ablated, rel=1e-9)
@@ -418,9 +418,9 @@ def test_shortest_reaching_measures_a_trusted_guess_before_the_whole_round() -> 
 
 
 def test_target_reduction_out_of_range_is_refused() -> None:
-    from fairprune.core.config import load_config
-    from fairprune.core.pipeline import resolve_method
-    from fairprune.core.registry import Registry
+    from fairprune.core.contract.config import load_config
+    from fairprune.core.contract.registry import Registry
+    from fairprune.core.run.pipeline import resolve_method
 
     config = load_config({"model": {"source": "m"}, "method": {"name": "attribution", "target_reduction_pct": 100}})
     with pytest.raises(ConfigError, match=r"method\.target_reduction_pct: Input should be less than 100"):
@@ -476,9 +476,9 @@ def test_early_stopping(setup, monkeypatch, script, rounds_kept, reason) -> None
 
 @pytest.mark.parametrize("key, value", [("ranking", "best"), ("guard_fraction", 1.0), ("rounds", 0)])
 def test_bad_selection_settings_fail_before_work(key, value) -> None:
-    from fairprune.core.config import load_config
-    from fairprune.core.pipeline import resolve_method
-    from fairprune.core.registry import Registry
+    from fairprune.core.contract.config import load_config
+    from fairprune.core.contract.registry import Registry
+    from fairprune.core.run.pipeline import resolve_method
 
     config = load_config({"model": {"source": "m"}, "method": {"name": "attribution", key: value}})
     with pytest.raises(ConfigError, match=rf"^invalid config: method\.{key}: "):
@@ -503,7 +503,7 @@ class _LastTokenGap:
 
 
 def test_a_plugin_registers_an_objective_that_attribution_uses(setup) -> None:
-    from fairprune.core.hookspecs import hookimpl
+    from fairprune.core.contract.hookspecs import hookimpl
 
     class ThirdParty:
         @hookimpl

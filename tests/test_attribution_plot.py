@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("matplotlib")
 
 import fairprune as fp
-from fairprune.core.errors import ConfigError
+from fairprune.core.contract.errors import ConfigError
 from fairprune.testing import tiny_char_tokenizer, tiny_model
 from fairprune.viz.attribution import attribution_cost_plot, attribution_points, cost_guard
 from fairprune.viz.run_plots import PLOTS, figure_for

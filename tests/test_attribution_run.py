@@ -7,10 +7,10 @@ import json
 import pytest
 
 import fairprune as fp
-from fairprune.core import attribution as attr
-from fairprune.core.errors import ConfigError
-from fairprune.core.groups import gather
-from fairprune.core.registry import get_registry
+from fairprune.core.contract.errors import ConfigError
+from fairprune.core.contract.registry import get_registry
+from fairprune.core.data.groups import gather
+from fairprune.core.method import attribution as attr
 from fairprune.testing import tiny_char_tokenizer, tiny_model
 
 EVALUATORS = [{"name": "output_bias", "params": {"n_boot": 50}}, "parameters"]
@@ -71,7 +71,7 @@ def test_attribution_config_errors_name_the_field(model_dir, tmp_path):
 
 
 def test_attribution_sweep_selects_per_budget_and_saves_the_chosen_points_plan(model_dir, tmp_path):
-    from fairprune.core.sweep import sweep
+    from fairprune.core.run.sweep import sweep
 
     config = config_for(model_dir, tmp_path / "sweep", max_perplexity_increase_pct=None)
     config["evaluation"] = {"evaluators": ["output_bias", "capability"]}

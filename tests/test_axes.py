@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from fairprune.cli import main
-from fairprune.core.errors import PromptError
-from fairprune.core.prompts import builtin_axis_files, load_axis, validate_group
-from fairprune.core.registry import Registry
+from fairprune.core.contract.errors import PromptError
+from fairprune.core.contract.registry import Registry
+from fairprune.core.data.prompts import builtin_axis_files, load_axis, validate_group
 
 AXES = ["age", "disability", "gender", "nationality", "race", "religion", "sexual_orientation", "socioeconomic"]
 REGISTRY = Registry(load_entrypoints=False)

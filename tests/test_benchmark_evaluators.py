@@ -10,13 +10,22 @@ import math
 
 import numpy as np
 import pytest
-from benchmark_helpers import (UnigramLM, bbq_record, compare, context, stereoset_item, write_crows, write_jsonl,
-                               write_stereoset, write_winobias)
+from benchmark_helpers import (
+    UnigramLM,
+    bbq_record,
+    compare,
+    context,
+    stereoset_item,
+    write_crows,
+    write_jsonl,
+    write_stereoset,
+    write_winobias,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from fairprune.core.errors import ConfigError
+from fairprune.core.contract.errors import ConfigError
 from fairprune.plugins.evaluators.bbq import BBQEvaluator, group_labels
 from fairprune.plugins.evaluators.crows_pairs import CrowsPairsEvaluator
 from fairprune.plugins.evaluators.stereoset import StereoSetEvaluator
@@ -340,7 +349,7 @@ def test_stereoset_invalid_json_names_the_line(tmp_path):
 # -- scoring details and properties -----------------------------------------------------------------
 
 def test_sentences_are_conditioned_on_bos_else_eos_else_their_first_token():
-    from fairprune.plugins.evaluators.benchmark_scoring import sentence_logprobs, sentence_prefix
+    from fairprune.core.model.benchmark_scoring import sentence_logprobs, sentence_prefix
     from fairprune.testing import tiny_char_tokenizer
 
     tok = tiny_char_tokenizer()
@@ -366,7 +375,7 @@ def test_bbq_length_normalization_changes_which_answer_wins(tmp_path):
 
 @given(st.lists(st.floats(-5, 5, allow_nan=False).filter(lambda v: v != 0), min_size=1, max_size=30))
 def test_swapping_the_sentences_of_every_pair_mirrors_pct_stereotype(diffs):
-    from fairprune.plugins.evaluators.benchmark_base import pct_positive
+    from fairprune.core.model.benchmark_base import pct_positive
 
     values = np.asarray(diffs)[:, None]
     assert pct_positive(values) + pct_positive(-values) == pytest.approx(100.0)
@@ -386,7 +395,7 @@ def test_bbq_bias_scores_stay_within_the_papers_range(rows):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
 def test_choices_continued_from_the_prompt_cache_score_as_whole_sequences(arch, monkeypatch):
-    from fairprune.plugins.evaluators import benchmark_scoring
+    from fairprune.core.model import benchmark_scoring
     from fairprune.testing import tiny_char_tokenizer, tiny_model
 
     model, tok = tiny_model(arch), tiny_char_tokenizer()
@@ -403,7 +412,7 @@ def test_choices_continued_from_the_prompt_cache_score_as_whole_sequences(arch, 
 
 
 def test_cached_choice_scoring_splits_batches_to_stay_within_the_logits_budget(monkeypatch):
-    from fairprune.plugins.evaluators import benchmark_scoring
+    from fairprune.core.model import benchmark_scoring
     from fairprune.testing import tiny_char_tokenizer, tiny_model
 
     model, tok = tiny_model("llama"), tiny_char_tokenizer()
@@ -422,7 +431,7 @@ def test_cached_choice_scoring_splits_batches_to_stay_within_the_logits_budget(m
 def test_a_model_that_returns_no_cache_is_scored_whole():
     from benchmark_helpers import UnigramLMTakingCache
 
-    from fairprune.plugins.evaluators.benchmark_scoring import _takes_cache, choice_logprobs
+    from fairprune.core.model.benchmark_scoring import _takes_cache, choice_logprobs
     from fairprune.testing import tiny_char_tokenizer
 
     model = UnigramLMTakingCache({"a": 1.0})
@@ -430,3 +439,15 @@ def test_a_model_that_returns_no_cache_is_scored_whole():
     [[a, b]] = choice_logprobs(model, tiny_char_tokenizer(), ["Q:"], [["a", "bb"]])
     assert a.logprob == pytest.approx(model.logprob(" ") + model.logprob("a"))
     assert b.logprob == pytest.approx(model.logprob(" ") + 2 * model.logprob("b"))
+
+
+def test_bbq_names_how_answers_were_ranked_in_headlines_summary_and_metrics(tmp_path):
+    rows = [("disambig", "neg", ("aa", "a", "c"), (T, O, U), 0)]
+    path = str(write_bbq(tmp_path / "Age.jsonl", rows))
+    for per_token, words in ((False, "summed log-prob"), (True, "mean log-prob per token")):
+        evaluator = BBQEvaluator().configure({"path": path, "n_boot": 20, "length_normalize": per_token})
+        result = compare(evaluator, A_MODEL, A_MODEL)
+        assert all(words in h.label for h in evaluator.headlines)
+        assert words in result.summary.splitlines()[0]
+        assert result.metrics["answers_ranked_per_token"] == float(per_token)
+    assert "lm-evaluation-harness" in BBQEvaluator().headlines[0].label  # the default: summed, as the harness

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 import fairprune as fp
 from fairprune.cli import main as cli_main
-from fairprune.core.errors import ConfigError
+from fairprune.core.contract.errors import ConfigError
 from fairprune.plugins.evaluators.bbq import BBQEvaluator
 from fairprune.plugins.evaluators.crows_pairs import CrowsPairsEvaluator
 from fairprune.plugins.evaluators.stereoset import StereoSetEvaluator
@@ -44,7 +44,7 @@ class BenchmarkContract(EvaluatorContract):
 
     def test_registers_without_clashing_with_builtins(self) -> None:
         # a built-in: registered under its name by fairprune itself (a second registration would clash)
-        from fairprune.core.registry import Registry
+        from fairprune.core.contract.registry import Registry
 
         registered = Registry(load_entrypoints=False).get(self.kind, self.plugin.name)
         assert type(registered) is type(self.plugin) and registered.params is None

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import fairprune as fp
-from fairprune.plugins.evaluators import benchmark_scoring
+from fairprune.core.model import benchmark_scoring
 from fairprune.plugins.evaluators.bbq import BBQEvaluator
+from fairprune.plugins.evaluators.crows_pairs import CrowsPairsEvaluator
 
 pytestmark = pytest.mark.integration
 DATA = Path(__file__).parent / "data" / "benchmarks"
@@ -39,3 +41,36 @@ def test_benchmarks_compare_the_real_model_with_itself(smollm2):
     for name, figure in (("winobias", "pct_pro"), ("crows_pairs", "pct_stereotype")):
         metrics = results[name].metrics
         assert 0.0 <= metrics[f"{figure}_base"] <= 100.0 and metrics[f"{figure}_change"] == 0.0
+
+
+def test_crows_pairs_on_a_file_of_real_size_matches_whole_sentence_scoring(smollm2, tmp_path):
+    from fairprune.testing.benchmarks import whole_sentence_logprob, write_crows_pairs
+
+    model, tok = smollm2
+    path = write_crows_pairs(tmp_path / "crows_pairs_anonymized.csv", n=520, seed=2)
+    params = {"crows_pairs": {"path": str(path), "n_boot": 50}}
+    results = fp.evaluate(model, model, tok, evaluators=["crows_pairs"], params=params, batch_size=16,
+                          progress=False)
+    metrics = results["crows_pairs"].metrics
+    pairs = CrowsPairsEvaluator().configure(params["crows_pairs"]).examples
+    more = np.array([whole_sentence_logprob(model, tok, p.sent_more) for p in pairs])
+    less = np.array([whole_sentence_logprob(model, tok, p.sent_less) for p in pairs])
+    assert metrics["n_pairs"] == 520
+    assert abs(metrics["pct_stereotype_base"] - 100.0 * float(np.mean(more > less))) <= 1.0
+    assert metrics["pct_stereotype_change"] == 0.0
+
+
+def test_bbq_winobias_and_stereoset_on_files_of_real_size(smollm2, tmp_path):
+    from fairprune.testing.benchmarks import write_stereoset
+
+    model, tok = smollm2
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    params = {"stereoset": {"path": str(write_stereoset(tmp_path / "dev.json", n=2100)), "limit": 60, "n_boot": 50}}
+    if (shared / "bbq").is_dir() and (shared / "winobias").is_dir():
+        params["bbq"] = {"path": str(shared / "bbq"), "limit": 30, "n_boot": 50}
+        params["winobias"] = {"path": str(shared / "winobias"), "limit": 60, "n_boot": 50}
+    results = fp.evaluate(model, model, tok, evaluators=list(params), params=params, batch_size=16, progress=False)
+    for name, figure in (("stereoset", "ss"), ("bbq", "accuracy_disambiguated"), ("winobias", "pct_pro")):
+        if name in params:
+            value = results[name].metrics[f"{figure}_base"]
+            assert 0.0 <= value <= 100.0 and results[name].metrics[f"{figure}_change"] == 0.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fairprune.core.registry import Registry
+from fairprune.core.contract.registry import Registry
 
 REGISTRY = Registry(load_entrypoints=False)
 METRICS = ["mean_abs_diff", "max_abs_diff", "group_variance", "relative_mean_abs_diff", "relative_group_variance"]

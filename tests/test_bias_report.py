@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fairprune.core.bias import BiasReport, analyze_bias
-from fairprune.core.collect import collect_pooled
-from fairprune.core.errors import PersistError, PluginContractError, UnknownPluginError
-from fairprune.core.hookspecs import hookimpl
-from fairprune.core.prompts import axis_from_dict, pairs_to_groups
-from fairprune.core.registry import Registry
+from fairprune.core.contract.errors import PersistError, PluginContractError, UnknownPluginError
+from fairprune.core.contract.hookspecs import hookimpl
+from fairprune.core.contract.registry import Registry
+from fairprune.core.data.prompts import axis_from_dict, pairs_to_groups
+from fairprune.core.method.bias import BiasReport, analyze_bias
+from fairprune.core.method.collect import collect_pooled
 from fairprune.testing import tiny_model, tiny_tokenizer
 
 REGISTRY = Registry(load_entrypoints=False)
@@ -156,7 +156,7 @@ def test_a_metric_returning_the_wrong_shape_is_named(model):
 
 def test_analyze_command_writes_a_report(model, tmp_path, monkeypatch, capsys):
     from fairprune.cli import main
-    from fairprune.core import sources
+    from fairprune.core.io import sources
 
     axis_file = tmp_path / "colour.yaml"
     import yaml
@@ -173,7 +173,7 @@ def test_analyze_command_writes_a_report(model, tmp_path, monkeypatch, capsys):
 def test_analyze_command_with_plots_writes_the_analysis_plots(model, tmp_path, monkeypatch, capsys):
     pytest.importorskip("matplotlib")
     from fairprune.cli import main
-    from fairprune.core import sources
+    from fairprune.core.io import sources
 
     monkeypatch.setattr(sources, "load_model", lambda spec, **kw: (model, tiny_tokenizer()))
     out = tmp_path / "out"

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from fairprune.core.config import Budget, RunConfig, load_config, resolve_component
-from fairprune.core.errors import ConfigError
-from fairprune.core.pipeline import resolve_method
-from fairprune.core.registry import Registry
+from fairprune.core.contract.config import Budget, RunConfig, load_config, resolve_component
+from fairprune.core.contract.errors import ConfigError
+from fairprune.core.contract.registry import Registry
+from fairprune.core.run.pipeline import resolve_method
 
 MINIMAL = {"model": {"source": "smollm2-135m"}}
 

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 import fairprune as fp
 from fairprune.cli import main as cli_main
-from fairprune.core.bias import BiasReport
-from fairprune.core.distributed import World, shard_range
-from fairprune.core.errors import PromptError
+from fairprune.core.contract.errors import PromptError
+from fairprune.core.method.bias import BiasReport
+from fairprune.core.model.distributed import World, shard_range
 from fairprune.testing import tiny_char_tokenizer, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 import fairprune as fp
-from fairprune.core.collect import collect_prompts
-from fairprune.core.devices import input_device
-from fairprune.core.errors import ConfigError, NonFiniteError
-from fairprune.core.prompts import pairs_to_groups
-from fairprune.core.registry import Registry
-from fairprune.core.sources import load_model
+from fairprune.core.contract.errors import ConfigError, NonFiniteError
+from fairprune.core.contract.registry import Registry
+from fairprune.core.data.prompts import pairs_to_groups
+from fairprune.core.io.sources import load_model
+from fairprune.core.method.collect import collect_prompts
+from fairprune.core.model.devices import input_device
 from fairprune.testing import tiny_char_tokenizer, tiny_model, tiny_tokenizer
 
 REG = Registry(load_entrypoints=False)
@@ -136,7 +136,7 @@ def test_explicit_device_map_dispatches_a_loaded_model(saved_dir, tmp_path):
 
 
 def test_disk_offload_without_a_folder_is_an_error(saved_dir):
-    from fairprune.core.errors import ModelSourceError
+    from fairprune.core.contract.errors import ModelSourceError
 
     with pytest.raises(ModelSourceError, match="offload_folder"):
         load_model(str(saved_dir), registry=REG, device_map=DISK_MAP)
@@ -202,7 +202,7 @@ def test_whole_run_in_half_precision(saved_dir, tmp_path, dtype):
 
 def test_analyze_command_loads_the_requested_dtype(saved_dir, tmp_path):
     from fairprune.cli import main as cli_main
-    from fairprune.core.bias import BiasReport
+    from fairprune.core.method.bias import BiasReport
 
     assert cli_main(["analyze", "--model", str(saved_dir), "--axes", "race", "--dtype", "float16",
                      "--out", str(tmp_path / "fp16")]) == 0
@@ -213,7 +213,7 @@ def test_analyze_command_loads_the_requested_dtype(saved_dir, tmp_path):
 
 def test_scoring_in_logit_budgeted_forwards_gives_the_same_scores(monkeypatch):
     """A large vocabulary splits a scoring batch into several forwards; the scores do not change."""
-    from fairprune.plugins.evaluators import lm_scoring
+    from fairprune.core.model import lm_scoring
 
     model = tiny_model("llama")
     requests = lm_scoring.window_requests(list(range(3, 120)), window=20, stride=20)

@@ -9,19 +9,19 @@ import math
 import numpy as np
 import pytest
 
-from fairprune.core.errors import ConfigError
-from fairprune.core.config import EvaluationSection
-from fairprune.core.evaluation import (
+from fairprune.core.contract.config import EvaluationSection
+from fairprune.core.contract.errors import ConfigError
+from fairprune.core.contract.protocols import PromptGroup
+from fairprune.core.contract.registry import Registry
+from fairprune.core.contract.results import (
     EvalResult,
     bootstrap_ci,
     change_pct,
-    evaluate,
     flat_metrics,
     reduction_pct,
     results_to_dict,
 )
-from fairprune.core.protocols import PromptGroup
-from fairprune.core.registry import Registry
+from fairprune.core.run.evaluation import evaluate
 from fairprune.testing import tiny_model, tiny_tokenizer
 
 

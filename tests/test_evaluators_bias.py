@@ -9,8 +9,8 @@ from itertools import combinations
 import pytest
 import torch
 
-from fairprune.core.protocols import PromptGroup
-from fairprune.core.registry import Registry
+from fairprune.core.contract.protocols import PromptGroup
+from fairprune.core.contract.registry import Registry
 from fairprune.plugins.evaluators.output_bias import js_divergence
 from fairprune.testing import tiny_model, tiny_tokenizer
 from fairprune.testing.evaluators import ModelPair, model_pair, run_evaluator
@@ -130,8 +130,8 @@ def test_activation_bias_handles_groups_of_three_members(registry: Registry) -> 
 
 def test_the_reported_js_is_the_attribution_objectives_value_on_the_same_groups(registry: Registry) -> None:
     """One JS for both: the figure output_bias shows per group equals what next_token_js optimises."""
-    from fairprune.core import attribution as attr
-    from fairprune.core import divergence
+    from fairprune.core.method import attribution as attr
+    from fairprune.core.model import divergence
 
     model, tok = tiny_model("llama"), tiny_tokenizer()
     evaluator = registry.create("evaluators", "output_bias", {"n_boot": 50})

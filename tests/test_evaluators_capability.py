@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from fairprune.core.errors import ConfigError
-from fairprune.core.registry import Registry
+from fairprune.core.contract.errors import ConfigError
+from fairprune.core.contract.registry import Registry
+from fairprune.core.model.lm_scoring import encode, score_continuations, window_requests, word_requests
 from fairprune.plugins.evaluators.data import GENERAL_CLOZE, GENERAL_TEXT, bundled_path
-from fairprune.plugins.evaluators.lm_scoring import encode, score_continuations, window_requests, word_requests
 from fairprune.testing import tiny_model, tiny_tokenizer
 from fairprune.testing.evaluators import ModelPair, model_pair, run_evaluator
 

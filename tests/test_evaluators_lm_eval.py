@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from fairprune.core.errors import ConfigError, FairpruneError
-from fairprune.core.registry import Registry
+from fairprune.core.contract.errors import ConfigError, FairpruneError
+from fairprune.core.contract.registry import Registry
 from fairprune.testing import tiny_model, tiny_tokenizer
 from fairprune.testing.evaluators import ModelPair, model_pair, run_evaluator
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from fairprune.core.protocols import PruneResult
-from fairprune.core.registry import Registry
+from fairprune.core.contract.protocols import PruneResult
+from fairprune.core.contract.registry import Registry
 from fairprune.testing import tiny_model, tiny_tokenizer
 from fairprune.testing.evaluators import ModelPair, model_pair, run_evaluator
 
@@ -83,8 +83,8 @@ def test_evaluate_command_writes_json(tmp_path, monkeypatch) -> None:
     registry = Registry(load_entrypoints=False)
     base, tok = tiny_model("llama"), tiny_tokenizer()
     pruned = pruned_copy(base, registry)
-    monkeypatch.setattr("fairprune.core.sources.load_model", lambda spec, **kw: (base, tok))
-    monkeypatch.setattr("fairprune.core.persist.load_pretrained", lambda path, **kw: (pruned, tok))
+    monkeypatch.setattr("fairprune.core.io.sources.load_model", lambda spec, **kw: (base, tok))
+    monkeypatch.setattr("fairprune.core.io.persist.load_pretrained", lambda path, **kw: (pruned, tok))
     out = tmp_path / "metrics.json"
     code = cli.main(["evaluate", "--base", "tiny", "--pruned", str(tmp_path), "--evaluators", "parameters",
                      "--out", str(out), "--no-progress"])

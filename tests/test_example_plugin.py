@@ -82,9 +82,9 @@ def test_body_type_split_is_stable_and_about_a_quarter() -> None:
 
 def test_act_times_weight_is_activation_times_column_norm() -> None:
     import torch
-
-    from fairprune.core.protocols import MLPWeights
     from fairprune_example.importance import ActivationWeightImportance
+
+    from fairprune.core.contract.protocols import MLPWeights
 
     down = torch.tensor([[3.0, 0.0, 1.0], [4.0, 2.0, 0.0]])  # columns have norms 5, 2, 1
     weights = MLPWeights(0, torch.zeros(3, 2), torch.zeros(3, 2), down)
@@ -94,10 +94,10 @@ def test_act_times_weight_is_activation_times_column_norm() -> None:
 
 def test_act_times_weight_without_activations_says_what_to_do() -> None:
     import torch
-
-    from fairprune.core.errors import ConfigError
-    from fairprune.core.protocols import MLPWeights
     from fairprune_example.importance import ActivationWeightImportance
+
+    from fairprune.core.contract.errors import ConfigError
+    from fairprune.core.contract.protocols import MLPWeights
 
     weights = MLPWeights(0, torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(2, 3))
     with pytest.raises(ConfigError, match="'act_times_weight' needs activation statistics"):
@@ -106,7 +106,6 @@ def test_act_times_weight_without_activations_says_what_to_do() -> None:
 
 def test_group_range_on_three_members() -> None:
     import torch
-
     from fairprune_example.bias_metric import GroupRangeBias
 
     pooled = torch.tensor([[[1.0], [4.0], [2.0]], [[0.0], [0.0], [1.0]]])  # ranges 3 and 1
@@ -116,7 +115,6 @@ def test_group_range_on_three_members() -> None:
 
 def test_geometric_scorer_never_prefers_the_most_important_neuron() -> None:
     import torch
-
     from fairprune_example.scorer import GeometricScorer
 
     bias = torch.tensor([10.0, 1.0, 0.5, 0.2])
@@ -129,10 +127,10 @@ def test_geometric_scorer_never_prefers_the_most_important_neuron() -> None:
 
 def tokenizer_for_body_type() -> Any:
     """The tiny word-level tokenizer plus every attribute word of the body_type axis as its own token."""
+    from fairprune_example.axis import GROUPS
     from tokenizers import AddedToken
 
     from fairprune.testing.tokenizer import tiny_tokenizer
-    from fairprune_example.axis import GROUPS
 
     tok = tiny_tokenizer()
     tok.add_tokens([AddedToken(w, single_word=True) for forms in GROUPS.values() for w in forms])
@@ -168,7 +166,7 @@ def example_config(model_dir: Path, out_dir: Path) -> dict[str, Any]:
 
 def test_run_selecting_every_example_plugin_end_to_end(saved_model: Path, tmp_path: Path) -> None:
     import fairprune
-    from fairprune.core.registry import Registry
+    from fairprune.core.contract.registry import Registry
 
     out = tmp_path / "run"
     result = fairprune.run(example_config(saved_model, out), registry=Registry(), progress=False)

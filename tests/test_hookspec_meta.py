@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fairprune.core import hookspecs
-from fairprune.core.registry import HOOK_KINDS
+from fairprune.core.contract import hookspecs
+from fairprune.core.contract.registry import HOOK_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS: dict[str, object] = {name: fn for name, fn in vars(hookspecs).items()

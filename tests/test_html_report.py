@@ -16,12 +16,12 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from fairprune.cli import main
-from fairprune.core.errors import PersistError
-from fairprune.core.summary import generations, headline_rows
+from fairprune.core.contract.errors import PersistError
+from fairprune.core.contract.summary import generations, headline_rows
+from fairprune.testing.runs import sample_run
 from fairprune.viz.html import build_report
 from fairprune.viz.run_plots import PLOTS
 from fairprune.viz.rundata import load_run
-from fairprune.testing.runs import sample_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -63,7 +63,7 @@ def test_report_holds_summary_plots_tables_and_generations(run_dir, full_page):
 
 
 def test_stored_pictures_are_what_the_models_give(run_dir, monkeypatch):
-    from fairprune.core.collect import collect_pooled
+    from fairprune.core.method.collect import collect_pooled
     from fairprune.viz import run_plots
     from fairprune.viz.activations import PCAProjection, pca_projection, token_distances
 
@@ -143,8 +143,8 @@ def test_demo_config_report_embeds_every_picture_and_nothing_external(tmp_path):
     """The shipped demo config as it is on SmolLM2, its evaluators untouched; only the capability cost's text is
     shorter (a data-size key), for time: five pictures, all inline, the neuron picture the attribution one."""
     from fairprune.commands.demo import DEMO_CONFIG
-    from fairprune.core.config import load_config
-    from fairprune.core.pipeline import run
+    from fairprune.core.contract.config import load_config
+    from fairprune.core.run.pipeline import run
 
     shipped = load_config(DEMO_CONFIG)
     assert "activation_pictures" in [e.name for e in shipped.evaluation.evaluators]

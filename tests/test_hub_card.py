@@ -8,7 +8,7 @@ from huggingface_hub import ModelCard
 from huggingface_hub.repocard import metadata_load
 
 import fairprune as fp
-from fairprune.core.summary import headlines, metric
+from fairprune.core.contract.summary import headlines, metric
 from fairprune.plugins.hub_card import dataset_type, loading, model_index
 from fairprune.testing import tiny_char_tokenizer, tiny_model
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import fairprune as fp
-from fairprune.core.errors import ConfigError, PluginContractError
-from fairprune.core.registry import Registry
+from fairprune.core.contract.errors import ConfigError, PluginContractError
+from fairprune.core.contract.registry import Registry
 from fairprune.testing import tiny_model
 
 REG = Registry(load_entrypoints=False)

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 import fairprune
-from fairprune.core.config import RunConfig
-from fairprune.core.errors import ModelSourceError, PlanError
-from fairprune.core.hookspecs import hookimpl
-from fairprune.core.registry import Registry
+from fairprune.core.contract.config import RunConfig
+from fairprune.core.contract.errors import ModelSourceError, PlanError
+from fairprune.core.contract.hookspecs import hookimpl
+from fairprune.core.contract.registry import Registry
 from fairprune.testing.models import tiny_model
 from fairprune.testing.tokenizer import tiny_tokenizer
 

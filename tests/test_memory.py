@@ -12,9 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairprune.core import memory
-from fairprune.core.devices import all_finite
-from fairprune.plugins.evaluators import lm_scoring
+from fairprune.core.model import lm_scoring, memory
+from fairprune.core.model.devices import all_finite
 from fairprune.testing import tiny_model
 
 
@@ -100,9 +99,9 @@ def test_run_report_reads_the_runs_model_instead_of_reloading_it(tmp_path, monke
     a report drawn later from the directory reloads the saved model and gets the same importance."""
     import re
 
-    import fairprune.core.persist as persist
-    from fairprune.viz.rundata import full_importance, load_run
+    import fairprune.core.io.persist as persist
     from fairprune.testing.runs import sample_run
+    from fairprune.viz.rundata import full_importance, load_run
 
     load_pretrained = persist.load_pretrained
     monkeypatch.setattr(persist, "load_pretrained", lambda *a, **k: pytest.fail("the run's model must be used"))
@@ -121,7 +120,7 @@ def test_run_report_reads_the_runs_model_instead_of_reloading_it(tmp_path, monke
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_chunk_losses_by_row_equal_the_whole_batch_cross_entropy(dtype):
     """The attribution's text loss widens one chunk's logits at a time; losses and gradients are unchanged."""
-    from fairprune.core.attribution import _chunk_losses, wide
+    from fairprune.core.method.attribution import _chunk_losses, wide
 
     model = tiny_model("llama").to(dtype)
     chunks = torch.randint(3, 120, (3, 30), generator=torch.Generator().manual_seed(2)).tolist()

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 import fairprune as fp
-from fairprune.core.errors import ConfigError
-from fairprune.core.plugin import Plugin
-from fairprune.core.protocols import MethodAnalysis
-from fairprune.core.registry import Registry
+from fairprune.core.contract.errors import ConfigError
+from fairprune.core.contract.plugin import Plugin
+from fairprune.core.contract.protocols import MethodAnalysis
+from fairprune.core.contract.registry import Registry
 from fairprune.testing import tiny_char_tokenizer, tiny_model
 from fairprune.testing.contracts import MethodContract
 
@@ -57,7 +57,7 @@ class LastLayerFirst(Plugin):
         return MethodAnalysis(report)
 
     def plan(self, model: Any, analysis: MethodAnalysis, budget: Any, context: Any, variant: Any) -> Any:
-        from fairprune.core.planning import Plan, neuron_cost
+        from fairprune.core.method.planning import Plan, neuron_cost
 
         last = len(context.adapter.layers(model)) - 1
         removed = list(range(budget.neurons))

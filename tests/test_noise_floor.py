@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fairprune as fp
-from fairprune.core.protocols import PromptGroup
+from fairprune.core.contract.protocols import PromptGroup
 from fairprune.plugins.evaluators.output_bias import js_divergence, noise_floor
 from fairprune.testing import tiny_char_tokenizer, tiny_model
 

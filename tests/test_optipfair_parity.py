@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fairprune.core.bias import analyze_bias
-from fairprune.core.collect import collect_prompts
-from fairprune.core.prompts import pairs_to_groups
-from fairprune.core.registry import Registry
+from fairprune.core.contract.registry import Registry
+from fairprune.core.data.prompts import pairs_to_groups
+from fairprune.core.method.bias import analyze_bias
+from fairprune.core.method.collect import collect_prompts
 from fairprune.testing import tiny_model, tiny_tokenizer
 
 optipfair_bias = pytest.importorskip("optipfair.bias")

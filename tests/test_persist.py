@@ -9,10 +9,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import fairprune as fp
-from fairprune.core.errors import PersistError
-from fairprune.core.config import RunConfig
-from fairprune.core.persist import SIDECAR
-from fairprune.core.registry import Registry
+from fairprune.core.contract.config import RunConfig
+from fairprune.core.contract.errors import PersistError
+from fairprune.core.contract.registry import Registry
+from fairprune.core.io.persist import SIDECAR
 from fairprune.testing import TINY_ARCHITECTURES, tiny_model, tiny_tokenizer
 
 REG = Registry(load_entrypoints=False)

@@ -9,8 +9,8 @@ import pytest
 
 import fairprune as fp
 from fairprune.cli import main as cli_main
-from fairprune.core.errors import ConfigError, OutputError
-from fairprune.core.summary import headline_rows, summary_text
+from fairprune.core.contract.errors import ConfigError, OutputError
+from fairprune.core.contract.summary import headline_rows, summary_text
 from fairprune.testing import tiny_char_tokenizer, tiny_model
 
 FAST_EVALUATORS = [
@@ -163,7 +163,7 @@ def test_cli_reports_config_errors_in_one_line(model_dir, tmp_path, capsys):
 
 
 def test_sweep_shares_analysis_marks_pareto_and_saves_the_chosen_point(model_dir, tmp_path):
-    from fairprune.core.sweep import sweep
+    from fairprune.core.run.sweep import sweep
 
     config = config_for(model_dir, tmp_path / "sweep", sweep={"bias_weights": [0.5, 1.0],
                                                               "budgets": [{"neurons": 4}, {"neurons": 12}]})
@@ -183,7 +183,7 @@ def test_sweep_shares_analysis_marks_pareto_and_saves_the_chosen_point(model_dir
 
 
 def test_sweep_without_feasible_point_saves_no_model(model_dir, tmp_path):
-    from fairprune.core.sweep import sweep
+    from fairprune.core.run.sweep import sweep
 
     config = config_for(model_dir, tmp_path / "sweep", sweep={"bias_weights": [1.0], "budgets": [{"neurons": 30}]})
     result = sweep(config, max_perplexity_increase=-1000.0, progress=False)

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fairprune.core.config import Budget
-from fairprune.core.errors import ConfigError, PlanError
-from fairprune.core.planning import Plan, neuron_cost, plan_pruning
-from fairprune.core.adapters import count_parameters, resolve_adapter
+from fairprune.core.contract.config import Budget
+from fairprune.core.contract.errors import ConfigError, PlanError
+from fairprune.core.method.planning import Plan, neuron_cost, plan_pruning
+from fairprune.core.model.adapters import count_parameters, resolve_adapter
 from fairprune.testing import tiny_model
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from fairprune.cli import main as cli_main
-from fairprune.core.errors import PluginContractError
-from fairprune.core.hookspecs import hookimpl
-from fairprune.core.registry import DISABLE_ENV, STRICT_ENV, Registry, contract_problem, reset_registry
+from fairprune.core.contract.errors import PluginContractError
+from fairprune.core.contract.hookspecs import hookimpl
+from fairprune.core.contract.registry import DISABLE_ENV, STRICT_ENV, Registry, contract_problem, reset_registry
 from fairprune.testing.plugins import install_plugin
 
 GOOD_PLUGIN = '''
-from fairprune.core.hookspecs import hookimpl
+from fairprune.core.contract.hookspecs import hookimpl
 
 class HalfScorer:
     name = "half"
@@ -36,14 +36,14 @@ def fairprune_register_scorers(register):
 BROKEN_PLUGINS = {
     "import_error": "import fairprune_no_such_dependency_zz\n",
     "misspelled": '''
-from fairprune.core.hookspecs import hookimpl
+from fairprune.core.contract.hookspecs import hookimpl
 
 @hookimpl
 def fairprune_register_scorer(register):
     pass
 ''',
     "bad_object": '''
-from fairprune.core.hookspecs import hookimpl
+from fairprune.core.contract.hookspecs import hookimpl
 
 class Nameless:
     description = "no name"
@@ -69,7 +69,7 @@ def fairprune_register_scorers(register):
     register(Fine())
 ''',
     "raises": '''
-from fairprune.core.hookspecs import hookimpl
+from fairprune.core.contract.hookspecs import hookimpl
 
 @hookimpl
 def fairprune_register_evaluators(register):
@@ -132,7 +132,7 @@ def test_a_raising_registration_hook_is_reported(site: Path) -> None:
 
 
 def test_each_failure_is_logged_once_as_one_line(site: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="fairprune.core.registry"):
+    with caplog.at_level(logging.WARNING, logger="fairprune.core.contract.registry"):
         Registry()
     lines = [r.getMessage() for r in caplog.records]
     assert len([m for m in lines if "'import_error'" in m]) == 1
@@ -304,7 +304,7 @@ class _Leaky:
     name, description = "leaky", "puts one template in both splits"
 
     def prompt_groups(self, split="all"):
-        from fairprune.core.protocols import PromptGroup
+        from fairprune.core.contract.protocols import PromptGroup
 
         group = PromptGroup("leaky", "t0", ("black", "white"), ("the black man", "the white man"))
         return [group] if split != "all" else [group, group]
@@ -316,7 +316,7 @@ class _Leaky:
 def test_contracts_reject_broken_plugins() -> None:
     import torch
 
-    from fairprune.core.evaluation import EvalResult
+    from fairprune.core.contract.results import EvalResult
     from fairprune.testing import contracts as c
 
     _fails(c.ScorerContract, "scorer", _Scorer(), "test_more_biased_neurons_score_higher_at_equal_importance")

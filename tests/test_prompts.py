@@ -6,16 +6,10 @@ import json
 
 import pytest
 
-from fairprune.core.errors import PromptError
-from fairprune.core.groups import split_by_template
-from fairprune.core.prompts import (
-    differing_spans,
-    load_prompt_groups,
-    make_group,
-    pairs_to_groups,
-    validate_group,
-)
-from fairprune.core.protocols import PromptGroup
+from fairprune.core.contract.errors import PromptError
+from fairprune.core.contract.protocols import PromptGroup
+from fairprune.core.data.groups import split_by_template
+from fairprune.core.data.prompts import differing_spans, load_prompt_groups, make_group, pairs_to_groups, validate_group
 
 
 def group(*prompts, attributes=()):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import fairprune as fp
-from fairprune.core.errors import PlanError
-from fairprune.core.registry import Registry
+from fairprune.core.contract.errors import PlanError
+from fairprune.core.contract.registry import Registry
 from fairprune.testing import tiny_model
 
 INPUT = torch.randint(3, 128, (2, 9), generator=torch.Generator().manual_seed(1))

@@ -9,7 +9,7 @@ import pytest
 
 import fairprune as fp
 from fairprune.cli import main as cli_main
-from fairprune.core.errors import ConfigError
+from fairprune.core.contract.errors import ConfigError
 from fairprune.testing import snapshot, tiny_char_tokenizer, tiny_model
 
 
@@ -53,7 +53,7 @@ def test_an_empty_layer_list_is_a_config_error(tmp_path, capsys, model_dir):
 
 
 def test_the_budget_is_checked_before_the_analysis(model_dir, tmp_path, monkeypatch):
-    from fairprune.core import pipeline
+    from fairprune.core.run import pipeline
 
     def analysis_must_not_run(run):
         raise AssertionError("the analysis ran")

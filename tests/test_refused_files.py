@@ -7,9 +7,9 @@ import json
 import pytest
 
 from fairprune.cli import main as cli_main
-from fairprune.core.config import load_config
-from fairprune.core.errors import ConfigError, PromptError
-from fairprune.core.preflight import check_input_files, input_files
+from fairprune.core.contract.config import load_config
+from fairprune.core.contract.errors import ConfigError, PromptError
+from fairprune.core.run.preflight import check_input_files, input_files
 from fairprune.testing import snapshot
 
 
@@ -40,7 +40,7 @@ def test_a_missing_file_is_named_by_its_config_field(tmp_path, sections, field):
 def test_nested_plugin_paths_are_found():
     params = {"benchmarks": [{"name": "crows_pairs", "path": "a.csv"}, {"name": "bbq", "data_file": "b.jsonl"}],
               "limit": 10, "note_path": ""}
-    from fairprune.core.preflight import param_files
+    from fairprune.core.run.preflight import param_files
 
     assert param_files(params, "evaluation.evaluators.0.params") == [
         ("evaluation.evaluators.0.params.benchmarks.0.path", "a.csv"),

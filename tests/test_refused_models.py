@@ -11,8 +11,8 @@ import torch
 
 import fairprune as fp
 from fairprune.cli import main as cli_main
-from fairprune.core.errors import ModelSourceError, PersistError
-from fairprune.core.registry import Registry
+from fairprune.core.contract.errors import ModelSourceError, PersistError
+from fairprune.core.contract.registry import Registry
 from fairprune.plugins import sources as source_plugins
 from fairprune.testing import snapshot, tiny_char_tokenizer, tiny_model
 

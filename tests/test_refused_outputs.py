@@ -14,8 +14,8 @@ import pytest
 
 import fairprune as fp
 from fairprune.cli import main as cli_main
-from fairprune.core import outputs
-from fairprune.core.errors import OutputError
+from fairprune.core.contract.errors import OutputError
+from fairprune.core.io import outputs
 from fairprune.testing import snapshot, tiny_char_tokenizer, tiny_model
 
 FAST = {"evaluators": ["activation_bias", "parameters"]}
@@ -124,7 +124,7 @@ def test_read_only_parent_is_refused_before_loading(model_dir, tmp_path, capsys)
 
 HOLD = textwrap.dedent("""
     import sys, time
-    from fairprune.core.outputs import claim_output_dir
+    from fairprune.core.io.outputs import claim_output_dir
     claim_output_dir(sys.argv[1], overwrite=False)
     print("claimed", flush=True)
     time.sleep(60)
@@ -146,7 +146,7 @@ def test_a_directory_being_written_is_refused_then_a_dead_writers_lock_is_taken_
         holder.send_signal(signal.SIGKILL)  # dies without cleaning up: its lock file stays
         holder.wait()
     assert outputs.lock_path(out).read_text().strip() == str(holder.pid)
-    with caplog.at_level("WARNING", logger="fairprune.core.outputs"):
+    with caplog.at_level("WARNING", logger="fairprune.core.io.outputs"):
         assert cli_main(["run", str(config), "--quiet"]) == 0
     assert f"left by process {holder.pid}, which is no longer running" in caplog.text
     assert (out / "metrics.json").exists() and not outputs.lock_path(out).exists()
@@ -182,7 +182,7 @@ def test_the_old_copy_stays_in_place_until_the_new_one_is_complete(run_dir):
 KILLED_SAVE = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from fairprune.core import outputs
+    from fairprune.core.io import outputs
     outputs._exchange = lambda a, b: False  # the two-rename fallback, killed between its renames
     rename = Path.rename
     def rename_then_die(self, target):
@@ -203,7 +203,7 @@ def test_a_save_killed_between_its_renames_is_repaired_by_the_next_write(run_dir
     assert killed.returncode == -signal.SIGKILL
     left = sorted(p.name for p in run_dir.parent.iterdir())
     assert "run" not in left and any(".run.old-" in n for n in left) and any(".run.tmp-" in n for n in left)
-    with caplog.at_level("WARNING", logger="fairprune.core.outputs"):
+    with caplog.at_level("WARNING", logger="fairprune.core.io.outputs"):
         with outputs.atomic_directory(run_dir.parent / "other") as staging:
             staging.mkdir()
     assert snapshot(run_dir) == before, "the old copy is back in place"

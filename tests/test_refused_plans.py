@@ -9,8 +9,8 @@ import torch
 
 import fairprune as fp
 from fairprune.cli import main as cli_main
-from fairprune.core.errors import PlanError
-from fairprune.core.planning import Plan
+from fairprune.core.contract.errors import PlanError
+from fairprune.core.method.planning import Plan
 from fairprune.testing import snapshot, tiny_char_tokenizer, tiny_model
 
 PLAN = {"removed": {"0": [1, 2], "1": [3]}, "widths_before": [64, 64], "settings": {}, "records": []}

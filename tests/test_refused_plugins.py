@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 
 from fairprune.cli import main as cli_main
-from fairprune.core.errors import DuplicatePluginError, PluginContractError
-from fairprune.core.registry import DISABLE_ENV, STRICT_ENV, Registry, reset_registry
+from fairprune.core.contract.errors import DuplicatePluginError, PluginContractError
+from fairprune.core.contract.registry import DISABLE_ENV, STRICT_ENV, Registry, reset_registry
 from fairprune.testing import snapshot
 from fairprune.testing.plugins import install_plugin
 
 EXITS = "import sys\nsys.exit('this plugin needs a GPU')\n"
 
 SCORER = '''
-from fairprune.core.hookspecs import hookimpl
+from fairprune.core.contract.hookspecs import hookimpl
 
 class Same:
     name = "same_name"

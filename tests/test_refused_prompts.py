@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from fairprune.cli import main as cli_main
-from fairprune.core.errors import PromptError
-from fairprune.core.prompts import load_axis, load_prompt_groups, make_group
+from fairprune.core.contract.errors import PromptError
+from fairprune.core.data.prompts import load_axis, load_prompt_groups, make_group
 from fairprune.testing import snapshot
 
 CSV = "axis,template_id,a,b\nrace,t1,The Black man ran,The white man ran\n"

@@ -8,9 +8,9 @@ from importlib import metadata
 
 import pytest
 
-from fairprune.core.errors import DuplicatePluginError, UnknownPluginError
-from fairprune.core.hookspecs import hookimpl
-from fairprune.core.registry import Registry, contract_problem
+from fairprune.core.contract.errors import DuplicatePluginError, UnknownPluginError
+from fairprune.core.contract.hookspecs import hookimpl
+from fairprune.core.contract.registry import Registry, contract_problem
 
 
 def _metric_plugin(metric_name: str) -> object:

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 import fairprune as fp
-from fairprune.core.evaluation import EvalResult
-from fairprune.core.hookspecs import hookimpl
-from fairprune.core.plugin import Plugin
-from fairprune.core.protocols import Headline
-from fairprune.core.registry import Registry
+from fairprune.core.contract.hookspecs import hookimpl
+from fairprune.core.contract.plugin import Plugin
+from fairprune.core.contract.protocols import Headline
+from fairprune.core.contract.registry import Registry
+from fairprune.core.contract.results import EvalResult
 from fairprune.testing import tiny_char_tokenizer, tiny_model
 
 
@@ -114,7 +114,7 @@ def test_every_record_carries_one_config_hash(fresh_run) -> None:
 
 
 def test_sweep_chooses_the_third_party_bias_metric(model_dir, tmp_path) -> None:
-    from fairprune.core.sweep import sweep
+    from fairprune.core.run.sweep import sweep
 
     registry = Registry(load_entrypoints=False, extra_plugins=(FreshPlugin(),))
     evaluators = ["fresh_width", {"name": "capability", "params": {"tasks": ["text"], "text_max_tokens": 200,
@@ -141,8 +141,8 @@ def test_run_without_the_report_plugin_still_writes_its_data(model_dir, tmp_path
 
 
 def test_defaults_live_in_the_config() -> None:
-    from fairprune.core.config import ActivationParams
-    from fairprune.core.planning import plan_sections
+    from fairprune.core.contract.config import ActivationParams
+    from fairprune.core.method.planning import plan_sections
 
     assert ActivationParams().importance.name == "max_abs_weight"
     scoring, pruning = plan_sections()
@@ -159,7 +159,7 @@ def test_plan_pruning_defaults_to_max_abs_weight() -> None:
 
 
 def test_levels_show_without_a_sign_and_changes_with_one() -> None:
-    from fairprune.core.summary import headline_rows
+    from fairprune.core.contract.summary import headline_rows
 
     metrics = {"pruning": {"params_removed": 1, "params_before": 10, "params_removed_pct": 10.0,
                            "neurons_removed": 1, "layers_touched": 1},

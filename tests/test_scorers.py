@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fairprune.core.registry import Registry
+from fairprune.core.contract.registry import Registry
 from fairprune.plugins.scorers import min_max, rank01
 
 REGISTRY = Registry(load_entrypoints=False)

@@ -13,7 +13,7 @@ pytest.importorskip("matplotlib")
 
 import fairprune as fp
 from fairprune.cli import main
-from fairprune.core.errors import PromptError
+from fairprune.core.contract.errors import PromptError
 from fairprune.serve import Explorer, Limits, template_choices
 from fairprune.testing import tiny_model, tiny_tokenizer
 

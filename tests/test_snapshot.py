@@ -6,13 +6,13 @@ import gc
 import weakref
 
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
-import torch
 
-from fairprune.core.errors import PluginContractError
-from fairprune.core.registry import Registry
-from fairprune.core.snapshot import Snapshot, mlp_slices
+from fairprune.core.contract.errors import PluginContractError
+from fairprune.core.contract.registry import Registry
+from fairprune.core.method.snapshot import Snapshot, mlp_slices
 from fairprune.testing import tiny_model
 
 REG = Registry(load_entrypoints=False)
@@ -21,7 +21,7 @@ PLAN = {0: [1, 2, 40], 1: [3]}
 
 
 def adapter_for(model):
-    from fairprune.core.surgery import resolve_adapter
+    from fairprune.core.method.surgery import resolve_adapter
 
     return resolve_adapter(model, registry=REG)
 

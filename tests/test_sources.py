@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import fairprune as fp
-from fairprune.core.errors import ModelSourceError
-from fairprune.core.registry import Registry
-from fairprune.core.sources import cache_root, pick_source
+from fairprune.core.contract.errors import ModelSourceError
+from fairprune.core.contract.registry import Registry
+from fairprune.core.io.sources import cache_root, pick_source
 from fairprune.testing import tiny_model, tiny_tokenizer
 
 REG = Registry(load_entrypoints=False)

@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fairprune as fp
-from fairprune.core.errors import ArchitectureError, PlanError
-from fairprune.core.hookspecs import hookimpl
-from fairprune.core.registry import Registry
-from fairprune.core.adapters import count_parameters, widths
-from fairprune.core.surgery import validate_plan
+from fairprune.core.contract.errors import ArchitectureError, PlanError
+from fairprune.core.contract.hookspecs import hookimpl
+from fairprune.core.contract.registry import Registry
+from fairprune.core.method.surgery import validate_plan
+from fairprune.core.model.adapters import count_parameters, widths
 from fairprune.testing import TINY_ARCHITECTURES, tiny_model
 
 ARCHS = sorted(TINY_ARCHITECTURES)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fairprune.core.evaluation import EvalResult
-from fairprune.core.sweep import choose, pareto_front, point_figure
+from fairprune.core.contract.results import EvalResult
+from fairprune.core.run.sweep import choose, pareto_front, point_figure
 
 
 def point(bias, loss):

@@ -11,8 +11,8 @@ from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM
 
 import fairprune as fp
-from fairprune.core.errors import ConfigError
-from fairprune.core.planning import Plan, interleaved, plan_pruning, uniform_quota
+from fairprune.core.contract.errors import ConfigError
+from fairprune.core.method.planning import Plan, interleaved, plan_pruning, uniform_quota
 from fairprune.testing import tiny_char_tokenizer, tiny_model
 
 EVALUATORS = [{"name": "output_bias", "params": {"n_boot": 50}}, "parameters"]
@@ -45,9 +45,9 @@ def test_activation_plan_removes_the_same_top_ranked_count_per_layer():
     uneven = plan_pruning(model, bias, budget=fp.Budget(neurons=20))
     assert len({len(uneven.removed.get(layer, [])) for layer in range(3)}) > 1  # the default is not uniform
     # within its quota each layer removes its highest-scored neurons
-    from fairprune.core.planning import _prunability
-    from fairprune.core.config import ActivationParams
-    from fairprune.core.registry import get_registry
+    from fairprune.core.method.planning import _prunability
+    from fairprune.core.contract.config import ActivationParams
+    from fairprune.core.contract.registry import get_registry
 
     imp = fp.importance(model, "max_abs_weight")
     scores = _prunability(ActivationParams(), get_registry(), bias, imp, {layer: 64 for layer in range(3)})
@@ -129,7 +129,7 @@ def test_demo_config_with_uniform_widths_loads_with_plain_transformers(tmp_path)
 
 
 def test_attribution_selection_evens_layers_by_round_then_estimate():
-    from fairprune.core.selection import _evened, _State
+    from fairprune.core.method.selection import _evened, _State
 
     records = [{"layer": 0, "neuron": n, "round": r, "attribution": a, "cost": 0.0}
                for n, r, a in ((1, 2, -9.0), (2, 1, -0.1), (3, 1, -0.5))]

@@ -7,7 +7,8 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from fairprune.core.errors import ConfigError
+from fairprune.core.contract.errors import ConfigError
+from fairprune.testing.runs import tiny_analysis
 from fairprune.viz import (
     bias_importance_plot,
     bias_profile_plot,
@@ -19,7 +20,6 @@ from fairprune.viz import (
     token_heatmap_plot,
 )
 from fairprune.viz.neurons import decision_points
-from fairprune.testing.runs import tiny_analysis
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_scatter_of_one_layer_and_unknown_scorer(tiny):
 
 
 def test_pca_panels_share_a_plane_with_one_arrow_per_group(tiny):
-    from fairprune.core.collect import collect_pooled
+    from fairprune.core.method.collect import collect_pooled
 
     pooled = [collect_pooled(m, tiny.tokenizer, tiny.groups, site="residual", pooling="mean", layers=[2],
                              progress=False).pooled[2] for m in (tiny.base, tiny.pruned)]

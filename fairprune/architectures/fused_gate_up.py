@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..core.hookspecs import hookimpl
-from ..core.protocols import SiteTarget
+from ..core.contract.hookspecs import hookimpl
+from ..core.contract.protocols import SiteTarget
 from .glu import GLUAdapter, _slice_linear
 
 if TYPE_CHECKING:
@@ -18,6 +18,7 @@ class FusedGateUpAdapter(GLUAdapter):
 
     name = "fused_gate_up"
     description = "GLU MLPs with one fused gate_up_proj (gate rows then up rows) and down_proj (Phi-3)"
+    families: tuple[str, ...] = ("phi3",)
     priority = 10
     fused_attr = "gate_up_proj"
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..core.errors import ArchitectureError
-from ..core.hookspecs import hookimpl
-from ..core.protocols import SiteTarget
+from ..core.contract.errors import ArchitectureError
+from ..core.contract.hookspecs import hookimpl
+from ..core.contract.protocols import SiteTarget
 
 if TYPE_CHECKING:  # torch is imported on first use, so registering adapters (`fairprune plugins`) stays fast
     import torch
@@ -95,6 +95,9 @@ class GLUAdapter:
 
     name = "glu"
     description = "GLU MLPs with separate gate_proj, up_proj and down_proj linears (Llama, Mistral, Qwen, Gemma, ...)"
+    #: model families (``config.model_type``) whose every layer this adapter prunes; tested on tiny models
+    families: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text",
+                                 "olmo2", "granite")
     priority = 0
     mlp_attr = "mlp"
     gate_attr = "gate_proj"
@@ -115,6 +118,12 @@ class GLUAdapter:
         mlp = getattr(layer, self.mlp_attr, None)
         return mlp is not None and all(isinstance(getattr(mlp, a, None), nn.Linear)
                                        for a in (self.gate_attr, self.up_attr, self.down_attr))
+
+    def unsupported_layers(self, model: nn.Module) -> list[tuple[int, str]]:
+        """``[(layer, MLP class name)]`` of the decoder layers whose MLP this adapter cannot prune (expert blocks,
+        non-GLU MLPs, no MLP); empty when it prunes them all. Raises ``ArchitectureError`` without layers."""
+        return [(i, type(getattr(layer, self.mlp_attr, None)).__name__ if getattr(layer, self.mlp_attr, None)
+                 is not None else "no MLP") for i, layer in enumerate(self.layers(model)) if not self._has_mlp(layer)]
 
     def layers(self, model: nn.Module) -> Sequence[nn.Module]:
         from torch import nn

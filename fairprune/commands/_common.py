@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..core.outputs import Where
+from ..core.io.outputs import Where
 
 #: how messages about ``--out`` name the flag and the way to allow a replacement
 OUT = Where(field="--out", allow="pass --overwrite")
@@ -35,8 +35,8 @@ def add_trust_remote_code_argument(parser: argparse.ArgumentParser) -> None:
 def claim_out(args: argparse.Namespace) -> Path:
     """Check and lock ``--out`` before any work (released when the command ends); under torchrun only
     rank 0, the process that writes, claims it."""
-    from ..core.distributed import is_main_process
-    from ..core.outputs import claim_output_dir
+    from ..core.io.outputs import claim_output_dir
+    from ..core.model.distributed import is_main_process
 
     if not is_main_process():
         return Path(args.out).expanduser().absolute()

@@ -37,12 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..core.bias import analyze_bias
-    from ..core.distributed import is_main_process
-    from ..core.outputs import atomic_directory
-    from ..core.preflight import axis_files, check_files
-    from ..core.prompts import load_prompt_groups
-    from ..core.sources import load_model
+    from .. import analyze_bias
+    from ..core.data.prompts import load_prompt_groups
+    from ..core.io.outputs import atomic_directory
+    from ..core.io.sources import load_model
+    from ..core.model.distributed import is_main_process
+    from ..core.run.preflight import axis_files, check_files
 
     axes = [a.strip() for a in args.axes.split(",") if a.strip()] if args.axes else None
     check_files(axis_files(axes or [], "--axes") + ([("--prompts", args.prompts, "prompts")] if args.prompts else []))

@@ -16,8 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..core.prompts import load_axis
-    from ..core.registry import get_registry
+    from ..core.contract.registry import get_registry
+    from ..core.data.prompts import load_axis
 
     if args.files:
         axes = [load_axis(path) for path in args.files]

@@ -20,8 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..core.pipeline import run
-    from ..core.summary import summary_text
+    from ..core.contract.summary import summary_text
+    from ..core.run.pipeline import run
 
     # the demo's own directory is replaced on every run; a directory the user names is not, unless asked
     chosen = [f"output.dir={args.out}", f"output.overwrite={str(args.overwrite).lower()}"] if args.out else []

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ._common import OUT, add_overwrite_argument, add_trust_remote_code_argument, positive_int
 
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("evaluate", help="compare a pruned model with its base (bias, capability, size)",
                             description="Evaluate base vs pruned on held-out prompt groups and general text; every "
@@ -32,8 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def build_params(args: argparse.Namespace, evaluators: list[str]) -> dict[str, dict]:
     """Evaluator params from ``--params`` plus ``--lambada`` (for capability); their files are checked."""
-    from ..core.errors import ConfigError
-    from ..core.preflight import check_files, param_files
+    from ..core.contract.errors import ConfigError
+    from ..core.run.preflight import check_files, param_files
 
     try:
         params = json.loads(args.params) if args.params else {}
@@ -52,15 +53,16 @@ def build_params(args: argparse.Namespace, evaluators: list[str]) -> dict[str, d
 
 def main(args: argparse.Namespace) -> int:
     """Observe the base model, release it, then load and observe the pruned one: one model in memory."""
-    from ..core.adapters import default_registry, resolve_adapter
-    from ..core.config import BiasSection, EvaluationSection
-    from ..core.errors import ConfigError
-    from ..core.evaluation import EvalContext, compare_all, configure_evaluators, needs_groups, observe_all
-    from ..core.evaluation import results_to_dict
-    from ..core.outputs import check_output_file, write_file_atomic
-    from ..core.groups import gather
-    from ..core.persist import load_pretrained
-    from ..core.sources import load_model
+    from ..core.contract.config import BiasSection, EvaluationSection
+    from ..core.contract.errors import ConfigError
+    from ..core.contract.results import EvalContext, results_to_dict
+    from ..core.data.groups import gather
+    from ..core.io.outputs import check_output_file, write_file_atomic
+    from ..core.io.persist import load_pretrained
+    from ..core.io.sources import load_model
+    from ..core.model.adapters import resolve_adapter
+    from ..core.contract.registry import default_registry
+    from ..core.run.evaluation import compare_all, configure_evaluators, needs_groups, observe_all
 
     names = _names(args.evaluators) or [c.name for c in EvaluationSection().evaluators]
     axes = _names(args.axes) or BiasSection().axes

@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..core.export import export_model
+    from ..core.io.export import export_model
 
     print(export_model(args.run_dir, args.out, args.fmt, overwrite=args.overwrite))
     return 0

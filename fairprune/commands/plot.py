@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..core.outputs import check_output_file
+    from ..core.io.outputs import check_output_file
     from ..viz.base import save_figure
     from ..viz.run_plots import figure_for
     from ..viz.rundata import load_run

@@ -17,18 +17,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                         "with plugins that failed to load and those disabled.")
     parser.add_argument("--json", action="store_true",
                         help='print {"<kind>": [{"name", "description", "package"}], "broken": [...], '
-                             '"disabled": [...]}')
+                             '"disabled": [...]}; architectures also list the model families they support')
     parser.set_defaults(func=main)
 
 
 def listing(registry: Any) -> dict[str, Any]:
     """The registry as plain data: kinds -> entries, plus broken and disabled plugins."""
-    from ..core.registry import KINDS
+    from ..core.contract.registry import KINDS
 
     data: dict[str, Any] = {
         kind: [{"name": e.name, "description": e.description, "package": e.package} for e in registry.items(kind)]
         for kind in KINDS
     }
+    for row, entry in zip(data["architectures"], registry.items("architectures")):
+        row["families"] = list(getattr(entry.obj, "families", ()) or ())  # the model_types it prunes whole
     data["broken"] = [{"plugin": b.plugin, "package": b.package, "error": b.error} for b in registry.broken]
     data["disabled"] = sorted(registry.disabled or ())
     return data
@@ -36,7 +38,7 @@ def listing(registry: Any) -> dict[str, Any]:
 
 def render(data: dict[str, Any]) -> str:
     """Human-readable text of ``listing``'s output."""
-    from ..core.registry import KINDS
+    from ..core.contract.registry import KINDS
 
     lines: list[str] = []
     for kind in KINDS:
@@ -45,6 +47,8 @@ def render(data: dict[str, Any]) -> str:
         width = max((len(e["name"]) for e in entries), default=0)
         for e in entries:
             lines.append(f"  {e['name']:<{width}}  {e['description']}  [{e['package']}]")
+            if e.get("families"):
+                lines.append(f"  {'':<{width}}  supports: {', '.join(e['families'])}")
         if not entries:
             lines.append("  (none)")
     if data["broken"]:
@@ -56,7 +60,7 @@ def render(data: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..core.registry import get_registry
+    from ..core.contract.registry import get_registry
 
     data = listing(get_registry())
     print(json.dumps(data, indent=2) if args.json else render(data))

@@ -20,10 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..core.persist import save_pretrained
-    from ..core.planning import Plan
-    from ..core.sources import load_model
-    from ..core.surgery import prune
+    from .. import Plan, load_model, prune, save_pretrained
 
     out = claim_out(args)
     plan = Plan.load(args.plan)

@@ -15,8 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..core.pipeline import run
-    from ..core.summary import summary_text
+    from ..core.contract.summary import summary_text
+    from ..core.run.pipeline import run
 
     result = run(args.config, args.overrides, progress=not args.quiet)
     if result.output_dir is not None:  # under torchrun, only rank 0 has the run's results

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ._common import positive_int
+
 INSTALL_HINT = 'fairprune serve needs Gradio: pip install "fairprune[serve]"'
 
 
@@ -23,6 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--max-prompt-tokens", type=int, default=96, metavar="N",
                         help="longest prompt accepted, in tokens (default 96)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64, metavar="N",
+                        help="longest completion a request may ask for, in tokens (default 64)")
+    parser.add_argument("--max-queue", type=positive_int, default=32, metavar="N",
+                        help="requests that may wait for their turn; more are refused until some are answered "
+                             "(default 32)")
     parser.set_defaults(func=main)
 
 
@@ -32,7 +39,7 @@ def main(args: argparse.Namespace) -> int:
     except ImportError:
         print(INSTALL_HINT, file=sys.stderr)
         return 1
-    from ..core.errors import ConfigError
+    from ..core.contract.errors import ConfigError
     from ..serve.app import launch
     from ..serve.explorer import Explorer, Limits
 
@@ -42,7 +49,9 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-prompt-tokens must be at least 1, got {args.max_prompt_tokens}")
     if args.pruned is not None and not Path(args.pruned).is_dir():
         raise ConfigError(f"--pruned {args.pruned!r} is not a directory")
-    explorer = Explorer.load(args.model, args.pruned, Limits(max_tokens=args.max_prompt_tokens))
+    explorer = Explorer.load(args.model, args.pruned, Limits(max_tokens=args.max_prompt_tokens,
+                                                                    max_new_tokens=args.max_new_tokens,
+                                                                    max_queue=args.max_queue))
     print(f"fairprune explorer on http://{args.host}:{args.port} (Ctrl-C to stop)", file=sys.stderr)
     launch(explorer, host=args.host, port=args.port)
     return 0

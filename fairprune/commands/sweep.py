@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..core.sweep import sweep
+    from ..core.run.sweep import sweep
 
     result = sweep(args.config, args.overrides, max_perplexity_increase=args.max_perplexity_increase,
                    progress=not args.quiet)

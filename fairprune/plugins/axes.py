@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..core.hookspecs import hookimpl
-from ..core.plugin import Plugin
+from ..core.contract.hookspecs import hookimpl
+from ..core.contract.plugin import Plugin
 
 AXES_DIR = Path(__file__).resolve().parent.parent / "data" / "axes"
 
@@ -29,7 +29,7 @@ class BuiltinAxis(Plugin):
     def axis(self) -> Any:
         """The parsed ``TemplateAxis``."""
         if self._axis is None:
-            from ..core.prompts import load_axis
+            from ..core.data.prompts import load_axis
 
             self._axis = load_axis(self.path)
         return self._axis

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..core.hookspecs import hookimpl
-from ..core.plugin import Plugin
+from ..core.contract.hookspecs import hookimpl
+from ..core.contract.plugin import Plugin
 
 if TYPE_CHECKING:
     import torch

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..core.plugin import Plugin
-from ..core.protocols import MLPWeights
+from ..core.contract.plugin import Plugin
+from ..core.contract.protocols import MLPWeights
 
 if TYPE_CHECKING:
     import torch
@@ -51,7 +51,7 @@ class CapabilityCost(Plugin):
 
     def chunks(self, tokenizer: Any) -> Any:
         """The calibration text as ``attribution.TextChunks`` (``ConfigError`` if missing or too short)."""
-        from ..core.attribution import text_chunks
+        from ..core.method.attribution import text_chunks
 
         return text_chunks(tokenizer, self.params.text, self.params.chunk_tokens, self.params.max_tokens,
                            window=self.params.window_tokens)
@@ -59,7 +59,7 @@ class CapabilityCost(Plugin):
     def check_chunks(self, tokenizer: Any) -> Any:
         """The text that selection's measured check reads: the ``check_tokens`` after the cost's tokens, so
         a neuron chosen for looking cheap on the cost text is judged on text it was not chosen on."""
-        from ..core.attribution import text_chunks
+        from ..core.method.attribution import text_chunks
 
         if not self.params.check_tokens:
             return self.chunks(tokenizer)

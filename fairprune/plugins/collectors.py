@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from ..core.hookspecs import hookimpl
-from ..core.plugin import Plugin
+from ..core.contract.hookspecs import hookimpl
+from ..core.contract.plugin import Plugin
 
 if TYPE_CHECKING:
     import torch

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from ..core.summary import headlines, metric
+from ..core.contract.summary import headlines, metric
 
 #: the Hub's task of every fairprune model (a causal language model)
 TASK = {"type": "text-generation", "name": "Text Generation"}

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
-from ..core.hookspecs import hookimpl
-from ..core.plugin import Plugin
-from ..core.protocols import MLPWeights
+from ..core.contract.hookspecs import hookimpl
+from ..core.contract.plugin import Plugin
+from ..core.contract.protocols import MLPWeights
 
 if TYPE_CHECKING:  # torch is imported when a metric runs, not when it is registered
     import torch

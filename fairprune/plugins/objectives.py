@@ -24,16 +24,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..core import divergence
-from ..core.divergence import LOG_FLOOR, member_pairs
-from ..core.errors import ConfigError
-from ..core.hookspecs import hookimpl
-from ..core.plugin import Plugin
+from ..core.contract.errors import ConfigError
+from ..core.contract.hookspecs import hookimpl
+from ..core.contract.plugin import Plugin
+from ..core.model import divergence
+from ..core.model.divergence import LOG_FLOOR, member_pairs
 
 if TYPE_CHECKING:
     import torch
 
-    from ..core.protocols import ObjectiveInputs
+    from ..core.contract.protocols import ObjectiveInputs
 
 __all__ = ["LOG_FLOOR", "pair_js", "pairwise_js"]
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..core.adapters import count_parameters, down_linear, widths
-from ..core.errors import PlanError
-from ..core.hookspecs import hookimpl
-from ..core.plugin import Plugin
-from ..core.protocols import PruneResult
+from ..core.contract.errors import PlanError
+from ..core.contract.hookspecs import hookimpl
+from ..core.contract.plugin import Plugin
+from ..core.contract.protocols import PruneResult
+from ..core.model.adapters import count_parameters, down_linear, widths
 
 if TYPE_CHECKING:
     import torch

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from ..core.hookspecs import hookimpl
-from ..core.summary import headline_rows
+from ..core.contract.hookspecs import hookimpl
+from ..core.contract.summary import headline_rows
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def model_card(config: Any, metrics: dict[str, Any], base_model: str, license: s
 
 def method_params(config: Any) -> Any:
     """The run's method params, validated by the registered method (defaults filled in)."""
-    from fairprune.core.registry import get_registry
+    from fairprune.core.contract.registry import get_registry
 
     return get_registry().get("methods", config.method.name).Params.model_validate(config.method.params)
 

@@ -20,11 +20,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import ModelSourceError, OutputError, PersistError
-from ..core.hookspecs import hookimpl
-from ..core.persist import SIDECAR, build_from_config, load_pretrained, load_state_strict, save_pretrained
-from ..core.plugin import Plugin
-from ..core.sources import TRUST_SETTING, cache_root
+from ..core.contract.errors import ModelSourceError, OutputError, PersistError
+from ..core.contract.hookspecs import hookimpl
+from ..core.contract.plugin import Plugin
+from ..core.io.persist import SIDECAR, build_from_config, load_pretrained, load_state_strict, save_pretrained
+from ..core.io.sources import TRUST_SETTING, cache_root
 
 logger = logging.getLogger(__name__)
 

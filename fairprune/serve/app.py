@@ -3,16 +3,20 @@
 The page takes only text, a layer, a pooling and a token count: no file, path or
 model name crosses from the browser, so a client can neither load a model nor
 write a file. Bad input is answered in the page (``#serve-status``) and the
-server keeps running; Gradio's queue runs one computation at a time.
+server keeps running; Gradio's queue runs one computation at a time and holds at
+most ``Limits.max_queue`` waiting requests (more are refused: "queue is full").
+An API client is not held by the page's text lengths and slider ranges, so
+``respond`` and ``Explorer.compare`` check every value again.
 """
 
 from __future__ import annotations
 
 import html
 import logging
+import math
 from typing import Any
 
-from ..core.errors import FairpruneError
+from ..core.contract.errors import FairpruneError, PromptError
 from .explorer import Comparison, Explorer, template_choices
 
 logger = logging.getLogger(__name__)
@@ -31,7 +35,7 @@ def build_app(explorer: Explorer, default_pair: tuple[str, str] = DEFAULT_PAIR) 
     """The ``gradio.Blocks`` page, queued with one computation at a time (not launched)."""
     import gradio as gr
 
-    from ..core.registry import get_registry
+    from ..core.contract.registry import get_registry
 
     registry = explorer.registry or get_registry()
     choices = template_choices(registry)
@@ -75,7 +79,7 @@ def build_app(explorer: Explorer, default_pair: tuple[str, str] = DEFAULT_PAIR) 
 
         compare.click(run, [prompt_a, prompt_b, layer, pooling, new_tokens],
                       [status, completions, profile, pca, tokens], concurrency_limit=1)
-    app.queue(default_concurrency_limit=1, max_size=32)
+    app.queue(default_concurrency_limit=1, max_size=explorer.limits.max_queue)
     return app
 
 
@@ -83,13 +87,25 @@ def respond(explorer: Explorer, a: str, b: str, layer: float, pooling: str, toke
             progress: Any = None) -> tuple:
     """The page's outputs for one request: status, completions and figures, or the error message and nothing else."""
     try:
-        comparison = explorer.compare(a, b, layer=int(layer), pooling=pooling, max_new_tokens=int(tokens),
+        layer, tokens = _whole(layer, "layer"), _whole(tokens, "new tokens")
+        if not isinstance(a, str) or not isinstance(b, str) or not isinstance(pooling, str):
+            raise PromptError("the prompts and the pooling must be text")
+        comparison = explorer.compare(a, b, layer=layer, pooling=pooling, max_new_tokens=tokens,
                                       progress=(lambda f, what: progress(f, desc=what)) if progress else None)
         figures = comparison.figures()
     except FairpruneError as exc:
         return (f"**Cannot compare:** {html.escape(str(exc))}", "", None, None, None)
     return (_done_line(comparison), completions_html(comparison), figures["profile"], figures["pca"],
             figures["tokens"])
+
+
+def _whole(value: Any, what: str) -> int:
+    """A whole number from a slider's value; ``PromptError`` for text, NaN, infinity or a fraction (an API client
+    can send anything)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+            int(value) != value:
+        raise PromptError(f"{what} must be a whole number, got {str(value)[:40]!r}")
+    return int(value)
 
 
 def completions_html(comparison: Comparison) -> str:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import PersistError, PromptError
-from ..core.protocols import PromptGroup
+from ..core.contract.errors import PersistError, PromptError
+from ..core.contract.protocols import PromptGroup
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ class Limits:
     max_chars: int = 500
     max_tokens: int = 96
     max_new_tokens: int = 64
+    #: requests waiting for their turn; more are refused ("queue is full") until some are answered
+    max_queue: int = 32
 
 
 @dataclass
@@ -87,8 +89,8 @@ class Explorer:
     @classmethod
     def load(cls, model: str, pruned: str | Path | None = None, limits: Limits | None = None) -> Explorer:
         """Load the base model by source spec and the pruned model from a directory saved by fairprune."""
-        from ..core.persist import load_pretrained, read_sidecar
-        from ..core.sources import load_model
+        from ..core.io.persist import load_pretrained, read_sidecar
+        from ..core.io.sources import load_model
 
         if pruned is not None and read_sidecar(pruned) is None:
             raise PersistError(f"{str(pruned)!r} is not a model saved by fairprune (no fairprune.json)")
@@ -115,7 +117,7 @@ class Explorer:
 
     def pair(self, prompt_a: str, prompt_b: str) -> PromptGroup:
         """A validated pair; ``PromptError`` with a one-line reason otherwise (empty, too long, not one span)."""
-        from ..core.prompts import make_group
+        from ..core.data.prompts import make_group
 
         for name, prompt in (("A", prompt_a), ("B", prompt_b)):
             if not isinstance(prompt, str) or not prompt.strip():
@@ -146,8 +148,10 @@ class Explorer:
 
     def _measure(self, group: PromptGroup, layer: int, pooling: str, max_new_tokens: int,
                  report: Progress) -> Comparison:
-        from ..core.adapters import default_registry, resolve_adapter
-        from ..core.evaluation import EvalContext, compare_all, configure_evaluators, observe_all
+        from ..core.contract.results import EvalContext
+        from ..core.model.adapters import resolve_adapter
+        from ..core.contract.registry import default_registry
+        from ..core.run.evaluation import compare_all, configure_evaluators, observe_all
         from ..viz.activations import aligned_states
 
         registry = default_registry(self.registry)
@@ -183,7 +187,7 @@ class TemplateChoice:
 
 def template_choices(registry: Any = None) -> dict[str, dict[str, TemplateChoice]]:
     """axis name -> template id -> its prompts by attribute, for every registered bias axis."""
-    from ..core.registry import get_registry
+    from ..core.contract.registry import get_registry
 
     registry = registry or get_registry()
     out: dict[str, dict[str, TemplateChoice]] = {}

@@ -51,7 +51,7 @@ class PluginContract:
         return obj
 
     def test_name_is_lowercase_snake_or_kebab_case(self) -> None:
-        from fairprune.core.registry import NAME_PATTERN
+        from fairprune.core.contract.registry import NAME_PATTERN
 
         name = getattr(self.plugin, "name", None)
         assert isinstance(name, str) and NAME_PATTERN.match(name), f"bad plugin name {name!r}"
@@ -62,7 +62,7 @@ class PluginContract:
         assert "\n" not in description.strip(), f"description must be one line: {description!r}"
 
     def test_satisfies_protocol_of_its_kind(self) -> None:
-        from fairprune.core.registry import contract_problem
+        from fairprune.core.contract.registry import contract_problem
 
         problem = contract_problem(self.kind, self.plugin)
         assert problem is None, problem
@@ -81,8 +81,8 @@ class PluginContract:
     def test_registers_without_clashing_with_builtins(self) -> None:
         from types import SimpleNamespace
 
-        from fairprune.core.hookspecs import hookimpl
-        from fairprune.core.registry import Registry
+        from fairprune.core.contract.hookspecs import hookimpl
+        from fairprune.core.contract.registry import Registry
 
         obj = self.plugin
 
@@ -107,7 +107,7 @@ class ImportanceMetricContract(PluginContract):
         """Random ``MLPWeights`` of one layer (gate/up ``[width, hidden]``, down ``[hidden, width]``)."""
         import torch
 
-        from fairprune.core.protocols import MLPWeights
+        from fairprune.core.contract.protocols import MLPWeights
 
         width, hidden = width or self.width, hidden or self.hidden
         gen = torch.Generator().manual_seed(seed)
@@ -146,7 +146,7 @@ class ImportanceMetricContract(PluginContract):
 
     @pytest.mark.parametrize("arch", CONTRACT_ARCHITECTURES)
     def test_scores_every_layer_of_tiny_models(self, arch: str) -> None:
-        from fairprune.core.protocols import MLPWeights
+        from fairprune.core.contract.protocols import MLPWeights
         from fairprune.testing.models import tiny_model
 
         model = tiny_model(arch)
@@ -291,7 +291,7 @@ class BiasAxisContract(PluginContract):
     attribute = "axis"
 
     def test_every_split_returns_prompt_groups(self) -> None:
-        from fairprune.core.protocols import PromptGroup
+        from fairprune.core.contract.protocols import PromptGroup
 
         for split in ("analysis", "heldout", "all"):
             groups = self.plugin.prompt_groups(split)
@@ -315,7 +315,7 @@ class BiasAxisContract(PluginContract):
         assert {g.axis for g in self.plugin.prompt_groups("all")} == {self.plugin.name}
 
     def test_members_differ_only_in_the_attribute(self) -> None:
-        from fairprune.core.prompts import validate_group
+        from fairprune.core.data.prompts import validate_group
 
         for group in self.plugin.prompt_groups("all"):
             assert len(group.attributes) == len(group.prompts) >= 2, group
@@ -348,9 +348,9 @@ class EvaluatorContract(PluginContract):
         """``(base model, pruned model, EvalContext)``: a tiny Llama, a pruned copy, four prompt groups."""
         import torch
 
-        from fairprune.core.evaluation import EvalContext
-        from fairprune.core.protocols import PromptGroup, PruneResult
-        from fairprune.core.registry import Registry
+        from fairprune.core.contract.protocols import PromptGroup, PruneResult
+        from fairprune.core.contract.registry import Registry
+        from fairprune.core.contract.results import EvalContext
         from fairprune.testing.models import tiny_model
         from fairprune.testing.tokenizer import tiny_tokenizer
 
@@ -376,7 +376,7 @@ class EvaluatorContract(PluginContract):
 
     def run_evaluator(self, setting: tuple[Any, Any, Any]) -> Any:
         """Observe base and pruned, then compare, as a run does."""
-        from fairprune.core.evaluation import compare_all, observe_all
+        from fairprune.core.run.evaluation import compare_all, observe_all
 
         base, pruned, context = setting
         adapter = _adapter_for(base)
@@ -394,7 +394,7 @@ class EvaluatorContract(PluginContract):
         return self.run_evaluator(setting)
 
     def test_returns_an_eval_result(self, result: Any) -> None:
-        from fairprune.core.evaluation import EvalResult
+        from fairprune.core.contract.results import EvalResult
 
         assert isinstance(result, EvalResult), f"compare() returned {type(result).__name__}, not EvalResult"
 
@@ -408,7 +408,7 @@ class EvaluatorContract(PluginContract):
             assert len(interval) == 2 and all(isinstance(v, float) for v in interval)
 
     def test_headlines_name_reported_metrics(self, result: Any) -> None:
-        from fairprune.core.protocols import Headline
+        from fairprune.core.contract.protocols import Headline
 
         for headline in self.plugin.headlines:
             assert isinstance(headline, Headline), f"headline {headline!r} is not a Headline"
@@ -445,7 +445,7 @@ def _n_params(model: Any) -> int:
 
 def _hook_of_kind(kind: str) -> str:
     """The registration hook that fills ``kind`` (sites and poolings share the collectors hook)."""
-    from fairprune.core.registry import HOOK_KINDS
+    from fairprune.core.contract.registry import HOOK_KINDS
 
     kinds = {k: hook for hook, k in HOOK_KINDS.items()}
     kinds.update(sites="fairprune_register_collectors", poolings="fairprune_register_collectors")
@@ -454,8 +454,8 @@ def _hook_of_kind(kind: str) -> str:
 
 def _adapter_for(model: Any) -> Any:
     """The registered architecture adapter for ``model`` (built-in plugins only)."""
-    from fairprune.core.adapters import resolve_adapter
-    from fairprune.core.registry import Registry
+    from fairprune.core.contract.registry import Registry
+    from fairprune.core.model.adapters import resolve_adapter
 
     return resolve_adapter(model, registry=Registry(load_entrypoints=False))
 
@@ -484,7 +484,7 @@ class BiasObjectiveContract(PluginContract):
         """Random ``ObjectiveInputs`` for groups of ``sizes`` members (log-softmax rows, pooled hidden states)."""
         import torch
 
-        from fairprune.core.protocols import ObjectiveInputs
+        from fairprune.core.contract.protocols import ObjectiveInputs
 
         sizes = sizes or self.sizes
         gen = torch.Generator().manual_seed(seed)
@@ -507,7 +507,7 @@ class BiasObjectiveContract(PluginContract):
     def test_zero_when_members_are_identical(self) -> None:
         import torch
 
-        from fairprune.core.protocols import ObjectiveInputs
+        from fairprune.core.contract.protocols import ObjectiveInputs
 
         inputs = self.make_inputs()
         rows = torch.tensor([start for start, size in zip(_starts(self.sizes), self.sizes) for _ in range(size)])
@@ -516,7 +516,7 @@ class BiasObjectiveContract(PluginContract):
         _close(value, torch.zeros_like(value))
 
     def test_invariant_to_member_order(self) -> None:
-        from fairprune.core.protocols import ObjectiveInputs
+        from fairprune.core.contract.protocols import ObjectiveInputs
 
         inputs = self.make_inputs(seed=1)
         order = [start + size - 1 - k for start, size in zip(_starts(self.sizes), self.sizes) for k in range(size)]
@@ -527,7 +527,7 @@ class BiasObjectiveContract(PluginContract):
     def test_follows_group_order(self) -> None:
         import torch
 
-        from fairprune.core.protocols import ObjectiveInputs
+        from fairprune.core.contract.protocols import ObjectiveInputs
 
         inputs = self.make_inputs(seed=2)
         starts = _starts(self.sizes)
@@ -568,7 +568,7 @@ class MethodContract(PluginContract):
     budget_neurons: ClassVar[int] = 6
 
     def make_config(self) -> Any:
-        from fairprune.core.config import load_config
+        from fairprune.core.contract.config import load_config
 
         return load_config({"model": {"source": "tiny"}, "bias": {"axes": ["race"], "batch_size": 12},
                             "method": {"name": self.plugin.name},
@@ -577,16 +577,16 @@ class MethodContract(PluginContract):
     def _setup(self) -> tuple[Any, Any, Any]:
         import torch
 
-        from fairprune.core.adapters import resolve_adapter
-        from fairprune.core.protocols import MethodContext
-        from fairprune.core.registry import Registry
+        from fairprune.core.contract.protocols import MethodContext
+        from fairprune.core.contract.registry import Registry
+        from fairprune.core.model.adapters import resolve_adapter
         from fairprune.testing import tiny_char_tokenizer, tiny_model
 
         torch.manual_seed(0)
         model = tiny_model("llama", max_position_embeddings=512)
         registry = Registry(load_entrypoints=False)
         config = self.make_config()
-        from fairprune.core.plugin import configure
+        from fairprune.core.contract.plugin import configure
 
         method = configure(copy.copy(self.plugin), config.method.params)
         if callable(getattr(method, "prepare", None)):
@@ -633,7 +633,7 @@ class MethodContract(PluginContract):
         assert first.to_mapping() == second.to_mapping()
 
     def test_sweep_variants_are_a_list_of_mappings(self) -> None:
-        from fairprune.core.config import SweepSection
+        from fairprune.core.contract.config import SweepSection
 
         variants = self.plugin.sweep_variants(SweepSection())
         assert isinstance(variants, list) and variants and all(isinstance(v, dict) for v in variants)

@@ -20,7 +20,7 @@ class ModelPair:
 def model_pair(base: Any, pruned: Any, tokenizer: Any, groups: Any = (), adapter: Any = None,
                **context_fields: Any) -> ModelPair:
     """A ``ModelPair`` whose context holds ``tokenizer``, ``groups`` and any other ``EvalContext`` field."""
-    from fairprune.core.evaluation import EvalContext
+    from fairprune.core.contract.results import EvalContext
 
     context = EvalContext(tokenizer=tokenizer, groups=list(groups), **context_fields)
     return ModelPair(base, pruned, context, adapter, adapter)
@@ -28,8 +28,8 @@ def model_pair(base: Any, pruned: Any, tokenizer: Any, groups: Any = (), adapter
 
 def run_evaluator(evaluator: Any, pair: ModelPair) -> Any:
     """``evaluator.compare(observe(base), observe(pruned))`` as a run does; the ``EvalResult``."""
-    from fairprune.core.adapters import resolve_adapter
-    from fairprune.core.evaluation import compare_all, observe_all
+    from fairprune.core.model.adapters import resolve_adapter
+    from fairprune.core.run.evaluation import compare_all, observe_all
 
     def adapter_of(model: Any, given: Any) -> Any:
         return given if given is not None else resolve_adapter(model, registry=pair.context.registry)

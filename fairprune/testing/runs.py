@@ -39,11 +39,11 @@ class TinyAnalysis:
 
 def tiny_analysis(bias_weight: float = 0.8, neurons: int = 12, seed: int = 0) -> TinyAnalysis:
     """Collect, score, plan (linear scorer, global selection), prune and evaluate a tiny Llama."""
-    from fairprune.core.bias import analyze_bias
-    from fairprune.core.evaluation import evaluate
-    from fairprune.core.planning import Budget, plan_pruning
-    from fairprune.core.prompts import pairs_to_groups
-    from fairprune.core.surgery import importance, prune
+    from fairprune.core.data.prompts import pairs_to_groups
+    from fairprune.core.method.bias import analyze_bias
+    from fairprune.core.method.planning import Budget, plan_pruning
+    from fairprune.core.method.surgery import importance, prune
+    from fairprune.core.run.evaluation import evaluate
     from fairprune.testing import tiny_model, tiny_tokenizer
 
     base, tokenizer = tiny_model("llama", seed=seed, num_hidden_layers=3), tiny_tokenizer()
@@ -68,7 +68,7 @@ def sample_run(directory: str | Path, bias_weight: float = 0.8, neurons: int = 1
     """
     import yaml
 
-    from fairprune.core.pipeline import run
+    from fairprune.core.run.pipeline import run
     from fairprune.testing import tiny_model, tiny_tokenizer
 
     directory = Path(directory)

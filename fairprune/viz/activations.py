@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import ConfigError
+from ..core.contract.errors import ConfigError
 from .base import CYCLE, as_array, new_figure
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import ConfigError
+from ..core.contract.errors import ConfigError
 from .base import KEPT_COLOUR, SELECTED_COLOUR, as_array, new_figure
 from .neurons import normalise
 

@@ -11,7 +11,8 @@ import io
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import ConfigError
+from ..core.contract.errors import ConfigError
+from ..core.io.outputs import Where, atomic_file
 
 #: colours used across all plots, so base/pruned and selected/kept read the same everywhere
 BASE_COLOUR = "#4C72B0"
@@ -51,7 +52,8 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
     if fmt not in ("png", "svg"):
         raise ConfigError(f"plot file {str(path)!r}: the suffix must be .png or .svg")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format=fmt, dpi=dpi)
+    with atomic_file(path, Where("plot", "")) as staging:  # a full disk leaves the old picture, in one line
+        fig.savefig(staging, format=fmt, dpi=dpi)
     return path
 
 

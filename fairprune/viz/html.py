@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..core.io.outputs import Where, atomic_file
 from .run_plots import PICTURES
 from .rundata import RECOVERABLE, RunFiles, load_run
 
@@ -86,7 +87,7 @@ def table_html(rows: Sequence[Mapping[str, Any]], fold: int = FOLD_ROWS) -> str:
 
 
 def _summary(run: RunFiles) -> str:
-    from ..core.summary import headline_rows
+    from ..core.contract.summary import headline_rows
 
     if not run.metrics:
         return ""
@@ -152,7 +153,7 @@ def _evaluators(run: RunFiles) -> str:
 
 
 def _generations(run: RunFiles) -> str:
-    from ..core.summary import generations
+    from ..core.contract.summary import generations
 
     rows = generations(run.metrics or {})
     if not rows:
@@ -213,8 +214,7 @@ def build_report(run_dir: str | Path, *, with_models: bool = False, model: Any =
     run.model = model
     page = render(run, with_models=with_models)
     path = run.directory / "report.html"
-    staging = path.with_name(".report.html.tmp")
-    staging.write_text(page, encoding="utf-8")
-    staging.replace(path)
+    with atomic_file(path, Where("report.html", "")) as staging:  # a full disk leaves the old page, in one line
+        staging.write_text(page, encoding="utf-8")
     logger.info("wrote %s", path)
     return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..core.errors import ConfigError
+from ..core.contract.errors import ConfigError
 from .base import BASE_COLOUR, CYCLE, as_array, new_figure
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.errors import ConfigError, PersistError
+from ..core.contract.errors import ConfigError, PersistError
 from .rundata import RunFiles, full_importance
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def _pareto(run: RunFiles, **_: Any) -> Any:
 
 
 def _pca(run: RunFiles, layer: int | None = None, **_: Any) -> Any:
-    from ..core.collect import collect_pooled
+    from ..core.method.collect import collect_pooled
     from .activations import PCAProjection, pca_plot, pca_projection_plot
 
     stored = run.table(PICTURES, "pca")
@@ -141,11 +141,11 @@ def load_models(run: RunFiles) -> tuple[Any, Any, Any, list[Any]]:
     """The base model (from the config's source), the pruned model (from the run) and the held-out prompt groups."""
     if not run.config or not run.has_model():
         raise PersistError(f"{run.directory}: activation plots need config.yaml and the saved pruned model")
-    from ..core.config import load_config
-    from ..core.groups import run_groups
-    from ..core.persist import load_pretrained
-    from ..core.registry import get_registry
-    from ..core.sources import load_model
+    from ..core.contract.config import load_config
+    from ..core.contract.registry import get_registry
+    from ..core.data.groups import run_groups
+    from ..core.io.persist import load_pretrained
+    from ..core.io.sources import load_model
 
     groups = run_groups(load_config(run.config), "heldout", get_registry()).groups
     base, tokenizer = load_model(load_config(run.config).model.source)

@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import FairpruneError, PersistError
+from ..core.contract.errors import FairpruneError, PersistError
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class RunFiles:
         if not (self.directory / "bias").exists():
             return None
         try:
-            from ..core.bias import BiasReport
+            from ..core.method.bias import BiasReport
 
             return BiasReport.load(self.directory / "bias")
         except RECOVERABLE as exc:  # a report without neuron plots is still useful
@@ -105,8 +105,8 @@ def full_importance(run: RunFiles) -> dict[int, Any] | None:
         run.notes.append("importance of every neuron needs plan.json, a named importance metric and the saved model")
         return None
     try:
-        from ..core.persist import load_pretrained
-        from ..core.surgery import importance
+        from ..core.io.persist import load_pretrained
+        from ..core.method.surgery import importance
 
         # a second copy of the weights would be the peak of a run's memory: the run passes its model in
         model = run.model if run.model is not None else load_pretrained(run.directory)[0]
@@ -136,7 +136,7 @@ def _kept_stats(run: RunFiles, model: Any) -> dict[int, dict[str, Any]] | None:
     magnitude = getattr(report, "magnitude", None)
     if not magnitude:
         return None
-    from ..core.adapters import resolve_adapter, widths
+    from ..core.model.adapters import resolve_adapter, widths
 
     current = widths(model, resolve_adapter(model))
     removed = run.removed()

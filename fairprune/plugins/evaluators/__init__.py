@@ -8,7 +8,7 @@ and lm_eval are imported when an evaluator runs, so listing plugins stays fast.
 
 from __future__ import annotations
 
-from ...core.hookspecs import hookimpl
+from ...core.contract.hookspecs import hookimpl
 
 
 @hookimpl

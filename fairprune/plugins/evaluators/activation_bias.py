@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...core.errors import ConfigError
-from ...core.evaluation import EvalContext, EvalResult, add_paired, bootstrap_ci, fmt_ci, reduction_pct
-from ...core.plugin import Plugin
-from ...core.protocols import Headline
+from ...core.contract.errors import ConfigError
+from ...core.contract.plugin import Plugin
+from ...core.contract.protocols import Headline
+from ...core.contract.results import EvalContext, EvalResult, add_paired, bootstrap_ci, fmt_ci, reduction_pct
 
 if TYPE_CHECKING:
     import torch
@@ -92,7 +92,7 @@ class ActivationBiasEvaluator(Plugin):
 
     def _distances(self, context: EvalContext, model, adapter) -> dict[str, np.ndarray]:
         """Per site, ``[n_groups, n_layers]`` member distances; all sites in one pass per group size."""
-        from ...core.collect import collect_prompts
+        from ...core.method.collect import collect_prompts
 
         by_size: dict[int, list[int]] = {}
         for k, group in enumerate(context.groups):

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...core.errors import ConfigError
-from ...core.evaluation import EvalContext, EvalResult, add_paired, fmt_ci
-from ...core.plugin import Plugin
+from ...core.contract.errors import ConfigError
+from ...core.contract.plugin import Plugin
+from ...core.contract.results import EvalContext, EvalResult, add_paired, fmt_ci
 
 
 class ActivationPicturesParams(BaseModel):
@@ -45,7 +45,7 @@ class ActivationPicturesEvaluator(Plugin):
 
     def observe(self, model: Any, context: EvalContext) -> dict[str, Any]:
         """``{"layer", "pooled": [n_groups, n_members, hidden], "tokens": TokenDistances as a dict, "attributes"}``."""
-        from ...core.collect import collect_pooled
+        from ...core.method.collect import collect_pooled
         from ...viz.activations import aligned_states
 
         groups = self._pca_groups(context)

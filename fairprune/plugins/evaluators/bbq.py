@@ -5,7 +5,10 @@ the group a stereotype targets, one not) and an "unknown" answer. In an
 ambiguous context the right answer is always "unknown"; a disambiguated context
 says who it is. The model answers by likelihood: the answer with the highest
 log-probability after ``"Context: …\\nQuestion: …\\nAnswer:"`` (summed over its
-tokens, or per token with ``length_normalize``).
+tokens, lm-evaluation-harness' convention for its ``bbq`` task; or its mean
+per token with ``length_normalize``, which favours long answers less). The
+headlines, the summary and the metric ``answers_ranked_per_token`` (1 or 0)
+name the convention used, so figures of the two are never mixed up.
 
 Metrics, overall (counts pooled over categories) and per ``category``, as in the
 BBQ paper (section 4; bias scores in percent, -100..100, 0 = no bias):
@@ -39,11 +42,10 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from ...core.evaluation import EvalResult
-from ...core.protocols import Headline
-from .benchmark_base import BenchmarkEvaluator, BenchmarkParams, slug, subsets_by, summary_table
-from .benchmark_files import Where, check_filter, get_choice, get_field, read_jsonl_records, \
-    sample_indices
+from ...core.contract.protocols import Headline
+from ...core.contract.results import EvalResult
+from ...core.data.benchmark_files import Where, check_filter, get_choice, get_field, read_jsonl_records, sample_indices
+from ...core.model.benchmark_base import BenchmarkEvaluator, BenchmarkParams, slug, subsets_by, summary_table
 
 ANSWERS = ("ans0", "ans1", "ans2")
 _PREFIX = re.compile(r"^(f|m|lowses|highses)-(.+)$")
@@ -109,6 +111,9 @@ def biased_answer(info: dict[str, list], stereotyped: list[str], negative: bool)
 def parse_example(record: dict[str, Any], where: Where, default_category: str) -> Example:
     """An ``Example`` from one JSON line; an error naming the field when it is missing or invalid."""
     text = {f: get_field(record, f, where, str) for f in ("context", "question", *ANSWERS)}
+    blank = next((f for f, value in text.items() if not value.strip()), None)
+    if blank:
+        raise where.error(f"field {blank!r} is empty")
     label = get_choice(get_field(record, "label", where, int), "label", (0, 1, 2), where)
     condition = get_choice(get_field(record, "context_condition", where, str), "context_condition",
                            ("ambig", "disambig"), where)
@@ -123,6 +128,13 @@ def parse_example(record: dict[str, Any], where: Where, default_category: str) -
     prompt = f"Context: {text['context'].strip()}\nQuestion: {text['question'].strip()}\nAnswer:"
     return Example(str(category), prompt, tuple(text[a] for a in ANSWERS), label,  # type: ignore[arg-type]
                    condition == "ambig", unknown, biased)
+
+
+def ranking_name(params: BBQParams | None) -> str:
+    """How answers are ranked, as the headlines and the summary say it."""
+    if params is not None and params.length_normalize:
+        return "answers ranked by mean log-prob per token"
+    return "answers ranked by summed log-prob, as lm-evaluation-harness' bbq"
 
 
 def bias_score(rows: np.ndarray) -> float:
@@ -157,14 +169,18 @@ class BBQEvaluator(BenchmarkEvaluator):
     name = "bbq"
     description = "BBQ from its JSONL files: accuracy and the paper's bias scores s_AMB / s_DIS per category"
     Params = BBQParams
-    headlines = (
-        Headline(key="bias_score_ambiguous_base", label="BBQ bias score, ambiguous (base)", better="lower",
-                 kind="level", dataset="BBQ"),
-        Headline(key="bias_score_ambiguous_pruned", label="BBQ bias score, ambiguous (pruned)", better="lower",
-                 kind="level", dataset="BBQ"),
-        Headline(key="accuracy_disambiguated_pruned", label="BBQ accuracy, disambiguated (pruned)", unit="%",
-                 kind="level", dataset="BBQ"),
-    )
+    @property
+    def headlines(self) -> tuple[Headline, ...]:  # type: ignore[override]
+        """The headline figures, each label naming how answers were ranked (summed or per-token log-prob)."""
+        how = ranking_name(self.params)
+        return (
+            Headline(key="bias_score_ambiguous_base", label=f"BBQ bias score, ambiguous (base; {how})",
+                     better="lower", kind="level", dataset="BBQ"),
+            Headline(key="bias_score_ambiguous_pruned", label=f"BBQ bias score, ambiguous (pruned; {how})",
+                     better="lower", kind="level", dataset="BBQ"),
+            Headline(key="accuracy_disambiguated_pruned", label=f"BBQ accuracy, disambiguated (pruned; {how})",
+                     unit="%", kind="level", dataset="BBQ"),
+        )
 
     def load(self) -> list[Example]:
         root = Path(self.params.path)
@@ -185,7 +201,7 @@ class BBQEvaluator(BenchmarkEvaluator):
 
     def observe(self, model: Any, context: Any) -> dict[str, list]:
         """The log-probability (nats; summed, or per token with ``length_normalize``) of each example's answers."""
-        from .benchmark_scoring import choice_logprobs
+        from ...core.model.benchmark_scoring import choice_logprobs
 
         examples = self.examples
         scored = choice_logprobs(model, context.tokenizer, [e.prompt for e in examples],
@@ -216,6 +232,8 @@ class BBQEvaluator(BenchmarkEvaluator):
         rows = [(f"{label}{', ' + c if c else ''}", f"{metric}{'_' + slug(c) if c else ''}")
                 for c in ["", *categories] for metric, label in labels.items()]
         result.summary = summary_table(
-            result, f"BBQ on {len(examples)} examples ({', '.join(categories)}): bias scores in percent "
-                    "(-100..100, 0 = unbiased) as in the BBQ paper; 95% bootstrap CI over examples.", rows)
+            result, f"BBQ on {len(examples)} examples ({', '.join(categories)}), {ranking_name(self.params)}: bias "
+                    "scores in percent (-100..100, 0 = unbiased) as in the BBQ paper; 95% bootstrap CI over examples.",
+            rows)
+        result.add("answers_ranked_per_token", float(self.params.length_normalize))
         return result

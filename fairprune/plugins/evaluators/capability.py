@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...core.evaluation import EvalContext, EvalResult, bootstrap_ci, change_pct
-from ...core.plugin import Plugin
-from ...core.protocols import Headline
+from ...core.contract.plugin import Plugin
+from ...core.contract.protocols import Headline
+from ...core.contract.results import EvalContext, EvalResult, bootstrap_ci, change_pct
 
 
 class CapabilityParams(BaseModel):
@@ -62,7 +62,7 @@ class CapabilityEvaluator(Plugin):
 
     def observe(self, model, context: EvalContext) -> dict[str, list]:
         """``{task: [Score per window or passage]}`` of one model (``lm_scoring.Score``)."""
-        from .lm_scoring import pad_id, score_continuations
+        from ...core.model.lm_scoring import pad_id, score_continuations
 
         pad = pad_id(context.tokenizer)
         return {task: score_continuations(model, requests, context.batch_size, pad, self.params.max_length,
@@ -83,9 +83,9 @@ class CapabilityEvaluator(Plugin):
 
     def _requests(self, tok) -> dict[str, list]:
         """The scoring requests of each configured task (``ConfigError`` for bad settings or files)."""
-        from ...core.errors import ConfigError
+        from ...core.contract.errors import ConfigError
+        from ...core.model.lm_scoring import encode, window_requests, word_requests
         from .data import read_jsonl_texts, read_text
-        from .lm_scoring import encode, window_requests, word_requests
 
         p = self.params
         unknown = sorted(set(p.tasks) - {"text", "cloze", "lambada"})

@@ -23,10 +23,18 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from ...core.evaluation import EvalResult
-from ...core.protocols import Headline
-from .benchmark_base import BenchmarkEvaluator, BenchmarkParams, mean_abs, pct_positive, slug, subsets_by, summary_table
-from .benchmark_files import Where, check_filter, get_choice, read_csv_records, sample_indices
+from ...core.contract.protocols import Headline
+from ...core.contract.results import EvalResult
+from ...core.data.benchmark_files import Where, check_filter, get_choice, read_csv_records, sample_indices
+from ...core.model.benchmark_base import (
+    BenchmarkEvaluator,
+    BenchmarkParams,
+    mean_abs,
+    pct_positive,
+    slug,
+    subsets_by,
+    summary_table,
+)
 
 COLUMNS = ("sent_more", "sent_less", "stereo_antistereo", "bias_type")
 DIRECTIONS = ("stereo", "antistereo")

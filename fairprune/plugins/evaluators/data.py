@@ -6,7 +6,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from ...core.errors import ConfigError
+from ...core.contract.errors import ConfigError
 
 #: bundled data, relative to the ``fairprune`` package
 GENERAL_TEXT = "data/text/general_english.txt"

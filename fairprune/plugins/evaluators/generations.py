@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ...core.evaluation import EvalContext, EvalResult
-from ...core.plugin import Plugin
+from ...core.contract.plugin import Plugin
+from ...core.contract.results import EvalContext, EvalResult
 
 #: the showcase pair, plus prompts about other groups and one neutral prompt
 DEFAULT_PROMPTS: tuple[str, ...] = (
@@ -61,8 +61,8 @@ class GenerationsEvaluator(Plugin):
         """Greedy continuation of one prompt (the new text only)."""
         import torch
 
-        from ...core.devices import input_device
-        from .lm_scoring import encode, pad_id
+        from ...core.model.devices import input_device
+        from ...core.model.lm_scoring import encode, pad_id
 
         ids = torch.tensor([encode(tokenizer, prompt)], device=input_device(model))
         with torch.no_grad():

@@ -12,7 +12,7 @@ from typing import Any
 
 from lm_eval.api.model import TemplateLM
 
-from .lm_scoring import pad_id, score_continuations, window_requests
+from ...core.model.lm_scoring import pad_id, score_continuations, window_requests
 
 
 class ScoringLM(TemplateLM):

@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...core.errors import ConfigError, FairpruneError
-from ...core.evaluation import EvalContext, EvalResult, change_pct
-from ...core.plugin import Plugin
+from ...core.contract.errors import ConfigError, FairpruneError
+from ...core.contract.plugin import Plugin
+from ...core.contract.results import EvalContext, EvalResult, change_pct
 
 logger = logging.getLogger(__name__)
 

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...core.divergence import js_divergence  # the one JS of fairprune: the attribution objective uses it too
-from ...core.errors import ConfigError
-from ...core.evaluation import EvalContext, EvalResult, add_paired, fmt_ci
-from ...core.plugin import Plugin
-from ...core.protocols import Headline, PromptGroup
-from .benchmark_base import add_compared
+from ...core.contract.errors import ConfigError
+from ...core.contract.plugin import Plugin
+from ...core.contract.protocols import Headline, PromptGroup
+from ...core.contract.results import EvalContext, EvalResult, add_paired, fmt_ci
+from ...core.model.benchmark_base import add_compared
+from ...core.model.divergence import js_divergence  # the one JS of fairprune: the attribution objective uses it too
 
 if TYPE_CHECKING:
     import torch
@@ -117,7 +117,7 @@ class OutputBiasEvaluator(Plugin):
 
     def _measure(self, context: EvalContext, model, label: str) -> dict[str, list[float]]:
         """Per group: mean pairwise JS divergence and mean pairwise log-prob gap."""
-        from .lm_scoring import encode, last_token_logprobs, pad_id, score_continuations
+        from ...core.model.lm_scoring import encode, last_token_logprobs, pad_id, score_continuations
 
         tok = context.tokenizer
         prompts = [p for g in context.groups for p in g.prompts]

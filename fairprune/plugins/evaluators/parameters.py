@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...core.adapters import count_parameters, widths
-from ...core.evaluation import EvalContext, EvalResult
-from ...core.plugin import Plugin
+from ...core.contract.plugin import Plugin
+from ...core.contract.results import EvalContext, EvalResult
+from ...core.model.adapters import count_parameters, widths
 
 
 class ParametersEvaluator(Plugin):

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from ...core.evaluation import EvalResult
-from ...core.protocols import Headline
-from .benchmark_base import BenchmarkEvaluator, BenchmarkParams, slug, subsets_by, summary_table
-from .benchmark_files import Where, check_filter, get_choice, get_field, read_json, sample_indices
+from ...core.contract.protocols import Headline
+from ...core.contract.results import EvalResult
+from ...core.data.benchmark_files import Where, check_filter, get_choice, get_field, read_json, sample_indices
+from ...core.model.benchmark_base import BenchmarkEvaluator, BenchmarkParams, slug, subsets_by, summary_table
 
 LABELS = ("stereotype", "anti-stereotype", "unrelated")
 # per-example feature columns used by the statistics
@@ -58,6 +58,8 @@ def parse_item(item: Any, where: Where) -> Item:
         raise where.error(f"must be an object, got {type(item).__name__}")
     target = get_field(item, "target", where, str)
     bias_type = get_field(item, "bias_type", where, str)
+    if not target.strip() or not bias_type.strip():
+        raise where.error(f"field {'target' if not target.strip() else 'bias_type'!r} is empty")
     sentences = get_field(item, "sentences", where, list)
     by_label: dict[str, str] = {}
     for k, entry in enumerate(sentences):
@@ -66,6 +68,8 @@ def parse_item(item: Any, where: Where) -> Item:
         if label in by_label:
             raise at.error(f"field 'gold_label' {label!r} appears twice in the item")
         by_label[label] = get_field(entry, "sentence", at, str)
+        if not by_label[label].strip():
+            raise at.error("field 'sentence' is empty")
     missing = [label for label in LABELS if label not in by_label]
     if missing:
         raise where.error(f"field 'sentences' has no {missing[0]!r} sentence")
@@ -124,7 +128,7 @@ class StereoSetEvaluator(BenchmarkEvaluator):
 
     def observe(self, model: Any, context: Any) -> dict[str, list]:
         """Mean log-probability per token (nats) of each item's stereotype, anti-stereotype and unrelated sentence."""
-        from .benchmark_scoring import sentence_logprobs
+        from ...core.model.benchmark_scoring import sentence_logprobs
 
         items = self.examples
         scored = sentence_logprobs(model, context.tokenizer, [s for i in items for s in i.sentences],

@@ -30,10 +30,17 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from ...core.evaluation import EvalResult
-from ...core.protocols import Headline
-from .benchmark_base import BenchmarkEvaluator, BenchmarkParams, mean_first, pct_positive, subsets_by, summary_table
-from .benchmark_files import Where, read_text_lines, sample_indices
+from ...core.contract.protocols import Headline
+from ...core.contract.results import EvalResult
+from ...core.data.benchmark_files import Where, read_text_lines, sample_indices
+from ...core.model.benchmark_base import (
+    BenchmarkEvaluator,
+    BenchmarkParams,
+    mean_first,
+    pct_positive,
+    subsets_by,
+    summary_table,
+)
 
 _LINE = re.compile(r"^\s*(\d+)\s+(.*\S)\s*$")
 
@@ -57,8 +64,8 @@ class SentencePair:
     anti: str
 
 
-def read_sentences(path: Path, what: str) -> list[tuple[int, str]]:
-    """``(sentence number, sentence without brackets)`` for each line of one WinoBias file."""
+def read_sentences(path: Path, what: str) -> list[tuple[int, str, int]]:
+    """``(sentence number, sentence without brackets, line of the file)`` for each line of one WinoBias file."""
     out = []
     for line, text in read_text_lines(path, what):
         match = _LINE.match(text)
@@ -69,7 +76,7 @@ def read_sentences(path: Path, what: str) -> list[tuple[int, str]]:
         if "[" not in sentence or sentence.count("[") != sentence.count("]"):
             raise where.error(f"field 'sentence' must mark the entity and the pronoun in [brackets], "
                               f"got {sentence[:60]!r}")
-        out.append((int(match.group(1)), " ".join(sentence.replace("[", "").replace("]", "").split())))
+        out.append((int(match.group(1)), " ".join(sentence.replace("[", "").replace("]", "").split()), line))
     return out
 
 
@@ -100,10 +107,10 @@ class WinoBiasEvaluator(BenchmarkEvaluator):
                 raise Where(self.name, files["anti"]).error(
                     f"has {len(anti)} sentences but {files['pro'].name} has {len(pro)}; line i of both must pair")
             these = []
-            for k, ((n_pro, s_pro), (n_anti, s_anti)) in enumerate(zip(pro, anti)):
+            for (n_pro, s_pro, line_pro), (n_anti, s_anti, line_anti) in zip(pro, anti):
                 if n_pro != n_anti:
-                    raise Where(self.name, files["anti"], k + 1).error(
-                        f"field 'number' is {n_anti} but line {k + 1} of {files['pro'].name} is number {n_pro}")
+                    raise Where(self.name, files["anti"], line_anti).error(
+                        f"field 'number' is {n_anti} but line {line_pro} of {files['pro'].name} is number {n_pro}")
                 these.append(SentencePair(kind, n_pro, s_pro, s_anti))
             pairs += [these[i] for i in sample_indices(len(these), self.params.limit, self.params.sample_seed)]
         return pairs

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fairprune.core.hookspecs import hookimpl
+from fairprune.core.contract.hookspecs import hookimpl
 
 
 @hookimpl

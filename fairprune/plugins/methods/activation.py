@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fairprune.core.config import ActivationParams, resolve_component
-from fairprune.core.errors import ConfigError
-from fairprune.core.plugin import Plugin
-from fairprune.core.protocols import MethodAnalysis, MethodContext
+from fairprune.core.contract.config import ActivationParams, resolve_component
+from fairprune.core.contract.errors import ConfigError
+from fairprune.core.contract.plugin import Plugin
+from fairprune.core.contract.protocols import MethodAnalysis, MethodContext
 
 
 class ActivationMethod(Plugin):
@@ -43,7 +43,7 @@ class ActivationMethod(Plugin):
         return [{"bias_weight": weight} for weight in sweep.bias_weights]
 
     def analyze(self, model: Any, context: MethodContext) -> MethodAnalysis:
-        from fairprune.core.bias import analyze_bias
+        from fairprune.core.method.bias import analyze_bias
 
         bias, p = context.config.bias, self.params
         report = analyze_bias(
@@ -55,7 +55,7 @@ class ActivationMethod(Plugin):
 
     def importance_scores(self, model: Any, analysis: MethodAnalysis, context: MethodContext) -> dict[int, Any]:
         """Per layer ``Tensor[width]`` importance, computed once per analysis (a sweep reuses it)."""
-        from fairprune.core.planning import layer_importance
+        from fairprune.core.method.planning import layer_importance
 
         if "importance" not in analysis.state:
             analysis.state["importance"] = layer_importance(model, self.params.importance, analysis.bias_report,
@@ -64,7 +64,7 @@ class ActivationMethod(Plugin):
 
     def plan(self, model: Any, analysis: MethodAnalysis, budget: Any, context: MethodContext,
              variant: Mapping[str, Any]) -> Any:
-        from fairprune.core.planning import plan_pruning
+        from fairprune.core.method.planning import plan_pruning
 
         params = self.params.model_copy(update=dict(variant)) if variant else self.params
         return plan_pruning(model, analysis.bias_report, params=params, pruning=context.config.pruning,
@@ -74,7 +74,7 @@ class ActivationMethod(Plugin):
 
 
 def _named(registry: Any, kind: str, name: str, path: str) -> Any:
-    from fairprune.core.errors import DuplicatePluginError, UnknownPluginError
+    from fairprune.core.contract.errors import DuplicatePluginError, UnknownPluginError
 
     try:
         return registry.get(kind, name)

@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fairprune.core.config import AttributionParams, resolve_component
-from fairprune.core.errors import ConfigError
-from fairprune.core.plugin import Plugin
-from fairprune.core.protocols import MethodAnalysis, MethodContext
+from fairprune.core.contract.config import AttributionParams, resolve_component
+from fairprune.core.contract.errors import ConfigError
+from fairprune.core.contract.plugin import Plugin
+from fairprune.core.contract.protocols import MethodAnalysis, MethodContext
 
 
 class AttributionMethod(Plugin):
@@ -50,7 +50,7 @@ class AttributionMethod(Plugin):
         return analysis.state[key].plan
 
     def _select(self, model: Any, context: MethodContext, budget: Any) -> tuple[Any, Any]:
-        from fairprune.core.selection import run_selection
+        from fairprune.core.method.selection import run_selection
 
         return run_selection(model, context, self.params, objective=self.objective, capability=self.capability,
                              budget=budget)

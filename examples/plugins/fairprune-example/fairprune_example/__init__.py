@@ -9,7 +9,7 @@ methods that compute, so ``fairprune plugins`` stays fast.
 
 from __future__ import annotations
 
-from fairprune.core.hookspecs import hookimpl
+from fairprune.core.contract.hookspecs import hookimpl
 
 
 @hookimpl

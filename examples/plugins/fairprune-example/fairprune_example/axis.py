@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import math
 
-from fairprune.core.plugin import Plugin
-from fairprune.core.protocols import PromptGroup
+from fairprune.core.contract.plugin import Plugin
+from fairprune.core.contract.protocols import PromptGroup
 
 #: attribute group -> surface forms; member j of every prompt group is group j
 GROUPS: dict[str, tuple[str, ...]] = {

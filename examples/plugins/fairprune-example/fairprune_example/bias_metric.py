@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fairprune.core.plugin import Plugin
+from fairprune.core.contract.plugin import Plugin
 
 if TYPE_CHECKING:
     import torch

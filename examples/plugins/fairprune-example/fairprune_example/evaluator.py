@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fairprune.core.errors import ConfigError
-from fairprune.core.plugin import Plugin
-from fairprune.core.protocols import Headline
+from fairprune.core.contract.errors import ConfigError
+from fairprune.core.contract.plugin import Plugin
+from fairprune.core.contract.protocols import Headline
 
 if TYPE_CHECKING:
     import torch
 
-    from fairprune.core.evaluation import EvalContext, EvalResult
+    from fairprune.core.contract.results import EvalContext, EvalResult
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class NextTokenConsistency(Plugin):
     def compare(self, base: dict[str, list], pruned: dict[str, list], context: "EvalContext") -> "EvalResult":
         import numpy as np
 
-        from fairprune.core.evaluation import EvalResult, bootstrap_ci
+        from fairprune.core.contract.results import EvalResult, bootstrap_ci
 
         result = EvalResult(self.name)
         agree = {}

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from fairprune.core.errors import ConfigError
-from fairprune.core.plugin import Plugin
+from fairprune.core.contract.errors import ConfigError
+from fairprune.core.contract.plugin import Plugin
 
 if TYPE_CHECKING:  # torch is imported only when a score is computed
     import torch
 
-    from fairprune.core.protocols import MLPWeights
+    from fairprune.core.contract.protocols import MLPWeights
 
 
 class ActivationWeightImportance(Plugin):

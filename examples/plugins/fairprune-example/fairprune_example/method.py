@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fairprune.core.plugin import Plugin
-from fairprune.core.protocols import MethodAnalysis, MethodContext
+from fairprune.core.contract.plugin import Plugin
+from fairprune.core.contract.protocols import MethodAnalysis, MethodContext
 
 
 class RandomNeuronsParams(BaseModel):
@@ -34,7 +34,7 @@ class RandomNeurons(Plugin):
 
     def analyze(self, model: Any, context: MethodContext) -> MethodAnalysis:
         """The activation analysis (for the magnitudes the guard reads, and for the report's pictures)."""
-        from fairprune.core.bias import analyze_bias
+        from fairprune.core.method.bias import analyze_bias
 
         bias = context.config.bias
         report = analyze_bias(model, context.tokenizer, axes=bias.axes,
@@ -47,7 +47,7 @@ class RandomNeurons(Plugin):
              variant: Mapping[str, Any]) -> Any:
         import torch
 
-        from fairprune.core.planning import plan_pruning
+        from fairprune.core.method.planning import plan_pruning
 
         gen = torch.Generator().manual_seed(self.params.seed)
         scores = {layer: torch.rand(s.numel(), generator=gen) for layer, s in analysis.bias_report.scores.items()}

@@ -1,0 +1,574 @@
+"""Signed, output-grounded neuron scores: batched backward passes through activations only.
+
+For a bias objective M on prompt groups (a ``bias_objectives`` plugin) and every
+neuron i (the input of down_proj), the first-order estimate of what removing the
+neuron does to M is
+
+    ΔM_i ≈ Σ_{prompts, positions} (r_i − h_i) · ∂M/∂h_i
+
+where r_i is what the pruner leaves in the neuron's place: 0 for ``structural``,
+the calibration mean E[h_i] for ``compensated``. The passes accumulate, per
+neuron, Σ ∂M/∂h_i and Σ h_i·∂M/∂h_i (float32), so one pass serves any r:
+memory is one vector per neuron per layer whatever the number of groups.
+
+The same estimate on the LM loss of a calibration text, taken per chunk and
+summed as |·| so that opposite signs across chunks cannot hide a cost, is the
+capability cost. Parameters never get gradients (``requires_grad_(False)``);
+the graph starts at the first layer's neuron activations. Neurons already
+chosen for removal are ablated by the same hooks (set to r), which equals the
+pruned model exactly, so selection can iterate without copying the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..contract.errors import ConfigError, PromptError
+from ..contract.protocols import ObjectiveInputs, PromptGroup
+from ..data.groups import attribute_key
+from ..data.prompts import validate_groups
+from ..model.adapters import resolve_adapter
+from ..model.lm_scoring import pad_id
+from .collect import _batches, _max_positions, input_device, non_finite_error, tokenize_groups
+
+logger = logging.getLogger(__name__)
+
+#: the bundled calibration text (general English) for the capability cost
+DEFAULT_TEXT = Path(__file__).resolve().parents[2] / "data" / "text" / "general_english.txt"
+
+#: layer -> sorted neuron indices that are ablated (set to their fill value)
+Removed = Mapping[int, Sequence[int]]
+
+
+@dataclass
+class NeuronSums:
+    """Per-layer running sums of one attribution pass (float32 ``Tensor[width]`` each).
+
+    ``grad`` = Σ ∂M/∂h_i and ``grad_act`` = Σ h_i·∂M/∂h_i over real tokens;
+    ``act`` = Σ h_i and ``abs_act`` = Σ |h_i|; ``n_tokens`` counts the tokens.
+    """
+
+    grad: dict[int, torch.Tensor] = field(default_factory=dict)
+    grad_act: dict[int, torch.Tensor] = field(default_factory=dict)
+    act: dict[int, torch.Tensor] = field(default_factory=dict)
+    abs_act: dict[int, torch.Tensor] = field(default_factory=dict)
+    n_tokens: int = 0
+
+    def add(self, layer: int, h: torch.Tensor, g: torch.Tensor, mask: torch.Tensor) -> None:
+        """Accumulate one batch: ``h``, ``g`` ``[B, T, width]``, ``mask`` ``Bool[B, T]``."""
+        m = mask.to(h.device)[..., None].float()
+        h, g = h.detach().float() * m, g.float() * m
+        for table, value in ((self.grad, g), (self.grad_act, h * g), (self.act, h), (self.abs_act, h.abs())):
+            total = value.sum(dim=(0, 1)).cpu()
+            table[layer] = table[layer] + total if layer in table else total
+
+    def delta(self, fill: Mapping[int, torch.Tensor] | None) -> dict[int, torch.Tensor]:
+        """ΔM per neuron for removal to ``fill`` (``{layer: Tensor[width]}``; None = zero)."""
+        out = {}
+        for layer, grad in self.grad.items():
+            r = fill[layer].float().cpu() if fill is not None else torch.zeros_like(grad)
+            out[layer] = r * grad - self.grad_act[layer]
+        return out
+
+    def mean(self) -> dict[int, torch.Tensor]:
+        """Mean activation ``E[h_i]`` over the pass's real tokens, per layer."""
+        return {layer: s / max(self.n_tokens, 1) for layer, s in self.act.items()}
+
+    def magnitude(self) -> dict[int, torch.Tensor]:
+        """Mean |h_i| over the pass's real tokens, per layer."""
+        return {layer: s / max(self.n_tokens, 1) for layer, s in self.abs_act.items()}
+
+
+class _NeuronHooks:
+    """Pre-hooks on every down_proj: ablate removed neurons to their fill and, with ``track``, keep h for grads."""
+
+    def __init__(self, removed: Removed | None, fill: Mapping[int, torch.Tensor] | None) -> None:
+        self.masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for layer, idx in (removed or {}).items():
+            if len(idx):
+                self.masks[layer] = (torch.as_tensor(list(idx), dtype=torch.long),
+                                     fill[layer].float() if fill is not None else None)
+        self.track = False
+        self.kept: dict[int, torch.Tensor] = {}
+
+    def hook(self, layer: int) -> Any:
+        def pre_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            h = args[0]
+            if self.track and torch.is_grad_enabled() and not h.requires_grad:
+                h = h.detach().requires_grad_(True)  # the graph starts here: no parameter gradients
+            if layer in self.masks:
+                idx, fill = self.masks[layer]
+                keep = torch.ones(h.shape[-1], dtype=h.dtype, device=h.device)
+                keep[idx.to(h.device)] = 0
+                replace = torch.zeros_like(keep) if fill is None else (1 - keep) * fill.to(h.device, h.dtype)
+                h = h * keep + replace
+            if self.track:
+                self.kept[layer] = h
+            return (h, *args[1:])
+
+        return pre_hook
+
+
+def _contiguous_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The output head's input made contiguous: with ``logits_to_keep`` it is a strided slice of the last
+    positions, for which torch multiplies by a batch-expanded vocabulary matrix (bmm), ~8% of an attribution
+    pass on SmolLM2; contiguous, it is one plain matmul with the same values up to rounding."""
+    return (args[0].contiguous(), *args[1:])
+
+
+@contextmanager
+def neuron_hooks(model: nn.Module, adapter: Any, removed: Removed | None = None,
+                 fill: Mapping[int, torch.Tensor] | None = None) -> Iterator[_NeuronHooks]:
+    """Hook the input of every layer's down_proj (and make the output head's input contiguous); removed in
+    ``finally``. Ablation equals pruning."""
+    state = _NeuronHooks(removed, fill)
+    handles = []
+    try:
+        for layer in range(len(adapter.layers(model))):
+            target = adapter.site(model, layer, "neuron")
+            if not target.use_input or target.select is not None:
+                raise ConfigError(f"adapter {adapter.name!r}: the neuron site of layer {layer} is not a module input")
+            handles.append(target.module.register_forward_pre_hook(state.hook(layer)))
+        head = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
+        if isinstance(head, nn.Module):
+            handles.append(head.register_forward_pre_hook(_contiguous_input))
+        yield state
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no parameter gradients for the block; both restored afterwards."""
+    flags = [p.requires_grad for p in model.parameters()]
+    was_training = model.training
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+# -- bias objective passes ---------------------------------------------------------------------------
+
+#: where the objective reads next-token distributions: the prompt's last position, or every position of the
+#: suffix its members share (the tokens after the attribute), each position a group of its own
+POSITIONS = ("last", "suffix")
+
+
+@dataclass
+class GroupBatches:
+    """Prompt groups tokenized once and cut into left-padded batches of whole groups.
+
+    ``positions[g]`` is how many trailing positions of group g the objective reads
+    (1 for ``last``; for ``suffix`` the length of the token suffix all members
+    share, at most ``max_positions``, at least 1). ``labels[g]`` names each
+    member's attribute group when the batches were made for an objective that
+    uses labels (see ``group_batches``), else ``labels`` is None.
+    """
+
+    groups: list[PromptGroup]
+    ids: list[list[int]]
+    diverge: list[int]
+    batch_groups: int
+    pad: int
+    positions: list[int]
+    labels: list[tuple[str, ...]] | None = None
+
+    def __iter__(self) -> Iterator[tuple[BatchGroups, Any]]:
+        start_group, start_row = 0, 0
+        while start_group < len(self.groups):
+            chunk = self.groups[start_group:start_group + self.batch_groups]
+            end = start_group + len(chunk)
+            n = sum(len(g.prompts) for g in chunk)
+            rows = list(range(start_row, start_row + n))
+            batch = next(_batches([self.ids[r] for r in rows], [self.diverge[r] for r in rows], n, self.pad, "left"))
+            labels = None if self.labels is None else self.labels[start_group:end]
+            yield BatchGroups([len(g.prompts) for g in chunk], self.positions[start_group:end], labels), batch
+            start_group = end
+            start_row += n
+
+
+@dataclass
+class BatchGroups:
+    """The groups of one batch: members per group, positions read per group, and members' labels (or None)."""
+
+    sizes: list[int]
+    positions: list[int]
+    labels: list[tuple[str, ...]] | None
+
+
+def group_batches(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGroup], batch_size: int, *,
+                  positions: str = "last", max_positions: int = 16,
+                  labels: Mapping[str, str] | None = None) -> GroupBatches:
+    """Validate and tokenize ``groups``; batches hold whole groups, about ``batch_size`` prompts each.
+
+    ``positions`` is ``"last"`` or ``"suffix"`` (see ``POSITIONS``); ``ConfigError`` otherwise.
+    With ``labels`` (``GroupSet.form_to_group``: surface form -> attribute group)
+    the groups of each template are first merged into one (``merge_by_template``)
+    and every member carries its attribute group, for objectives that use labels.
+    """
+    if positions not in POSITIONS:
+        raise ConfigError(f"method.positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
+    groups = list(groups)
+    if not groups:
+        raise PromptError("attribution needs at least one prompt group")
+    validate_groups(groups)
+    if labels is not None:
+        groups = merge_by_template(groups)
+    ids, diverge = tokenize_groups(tokenizer, groups, max_length=_max_positions(model))
+    per_group = max(len(g.prompts) for g in groups)
+    counts, start = [], 0
+    for g in groups:
+        members = ids[start:start + len(g.prompts)]
+        start += len(g.prompts)
+        counts.append(1 if positions == "last" else max(1, min(_shared_suffix(members), max_positions)))
+    member_labels = None if labels is None else [attribute_key(g, labels) for g in groups]
+    return GroupBatches(groups, ids, diverge, max(1, batch_size // per_group), pad_id(tokenizer), counts,
+                        member_labels)
+
+
+def merge_by_template(groups: Sequence[PromptGroup]) -> list[PromptGroup]:
+    """One group per (axis, template) holding the members of all its groups, first appearance first; a
+    prompt that two groups share is kept once. The axes' templates give one group per surface-form set, so
+    a merged group holds every form of every attribute group (``Black`` and ``African American``)."""
+    merged: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+    for g in groups:
+        prompts, attributes = merged.setdefault((g.axis, g.template_id), ([], []))
+        for prompt, attribute in zip(g.prompts, g.attributes or ("",) * len(g.prompts)):
+            if prompt not in prompts:
+                prompts.append(prompt)
+                attributes.append(attribute)
+    return [PromptGroup(axis, template, tuple(attributes), tuple(prompts))
+            for (axis, template), (prompts, attributes) in merged.items()]
+
+
+def _shared_suffix(members: Sequence[Sequence[int]]) -> int:
+    """How many trailing token ids every member shares."""
+    n = 0
+    shortest = min(len(m) for m in members)
+    while n < shortest and all(m[-1 - n] == members[0][-1 - n] for m in members):
+        n += 1
+    return n
+
+
+def _objective_inputs(model: nn.Module, groups: BatchGroups, batch: Any,
+                      uses: Sequence[str]) -> tuple[ObjectiveInputs, torch.Tensor]:
+    """One forward of a left-padded batch: what the objective reads, and each row-group's group index.
+
+    With ``positions[g] > 1`` every one of group g's last ``positions[g]`` positions
+    becomes a group of its own (its members' log-probs there), so any objective on
+    log-probs reads the suffix unchanged; the second value maps those groups back.
+    """
+    sizes, positions = groups.sizes, groups.positions
+    if "labels" in uses and groups.labels is None:
+        raise ConfigError("this bias objective uses members' attribute groups (labels): make the group batches "
+                          "with labels (attribution.group_batches(..., labels=form_to_group))")
+    device = input_device(model)
+    mask = batch.mask.to(device)
+    want_hidden = "hidden" in uses
+    if want_hidden and max(positions) > 1:
+        raise ConfigError("method.positions: suffix reads next-token distributions; an objective on the "
+                          "residual stream (hidden) takes positions: last")
+    keep = max(positions)
+    out = model(input_ids=batch.input_ids.to(device), attention_mask=mask.long(),
+                position_ids=batch.content_pos.to(device), use_cache=False, logits_to_keep=keep,
+                output_hidden_states=want_hidden)
+    # _batches sorts rows by length; put them back in group order
+    order = torch.argsort(torch.tensor(batch.rows)).to(device)
+    logprobs = torch.log_softmax(wide(out.logits.index_select(0, order)), dim=-1)  # [prompts, keep, vocab]
+    rows, new_sizes, owner, new_labels, start = [], [], [], [], 0
+    for g, (size, count) in enumerate(zip(sizes, positions)):
+        for p in range(keep - count, keep):
+            rows.append(torch.arange(start, start + size) * keep + p)
+            new_sizes.append(size)
+            owner.append(g)
+            if groups.labels is not None:
+                new_labels.append(groups.labels[g])
+        start += size
+    flat = logprobs.reshape(-1, logprobs.shape[-1]).index_select(0, torch.cat(rows).to(device))
+    hidden = None
+    if want_hidden:
+        weights = mask.float() / mask.float().sum(1, keepdim=True)
+        hidden = torch.stack([torch.einsum("bt,btd->bd", weights.to(wide(h).dtype), wide(h))
+                              for h in out.hidden_states[1:]]).index_select(1, order)
+    labels = new_labels if "labels" in uses else None
+    return ObjectiveInputs(new_sizes, flat, hidden, labels), torch.tensor(owner)
+
+
+def wide(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32, or wider when it already is (float64 models keep float64 for exact checks)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _checked_value(objective: Any, inputs: ObjectiveInputs) -> torch.Tensor:
+    value = objective.value(inputs)
+    if not isinstance(value, torch.Tensor) or tuple(value.shape) != (len(inputs.sizes),):
+        raise ConfigError(f"bias objective {objective.name!r} returned "
+                          f"{tuple(getattr(value, 'shape', ()))}; expected one value per group ({len(inputs.sizes)})")
+    if not bool(torch.isfinite(value).all()):
+        raise non_finite_error(f"bias objective {objective.name!r}", None, None, inputs.logprobs.dtype)
+    return value
+
+
+def _group_values(model: nn.Module, objective: Any, groups: BatchGroups, batch: Any) -> torch.Tensor:
+    """The objective per group of the batch (``Tensor[n_groups]``): the mean over the positions it reads."""
+    sizes, positions = groups.sizes, groups.positions
+    inputs, owner = _objective_inputs(model, groups, batch, objective.uses)
+    value = _checked_value(objective, inputs)
+    if len(owner) == len(sizes):
+        return value
+    total = torch.zeros(len(sizes), dtype=value.dtype, device=value.device).index_add(0, owner.to(value.device), value)
+    return total / torch.tensor(positions, dtype=value.dtype, device=value.device)
+
+
+@dataclass
+class ObjectiveAttribution:
+    """One attribution pass: the objective's per-group values and the per-neuron sums."""
+
+    values: list[float]
+    sums: NeuronSums
+
+    @property
+    def objective(self) -> float:
+        """Mean of the objective over groups."""
+        return float(sum(self.values) / len(self.values))
+
+
+def attribute_objective(model: nn.Module, batches: GroupBatches, objective: Any, adapter: Any, *,
+                        removed: Removed | None = None, fill: Mapping[int, torch.Tensor] | None = None,
+                        progress: bool = False) -> ObjectiveAttribution:
+    """Forward and backward over every batch of groups; ``objective`` is a bound ``bias_objectives`` plugin.
+
+    The objective is the mean over all groups; its gradient w.r.t. every neuron
+    activation (with ``removed`` neurons ablated to ``fill``) is folded into
+    ``NeuronSums`` batch by batch.
+    """
+    sums, values = NeuronSums(), []
+    n_groups = len(batches.groups)
+    with frozen(model), neuron_hooks(model, adapter, removed, fill) as hooks:
+        hooks.track = True
+        for groups, batch in tqdm(list(batches), desc=f"attributing {objective.name}", disable=not progress,
+                                  leave=False):
+            hooks.kept = {}
+            with torch.enable_grad():
+                per_group = _group_values(model, objective, groups, batch)
+                layers = sorted(hooks.kept)
+                grads = torch.autograd.grad(per_group.sum() / n_groups, [hooks.kept[i] for i in layers],
+                                            allow_unused=True)
+            for layer, grad in zip(layers, grads):
+                h = hooks.kept[layer]
+                sums.add(layer, h, torch.zeros_like(h) if grad is None else grad, batch.mask)
+            sums.n_tokens += int(batch.mask.sum())
+            values.extend(per_group.detach().cpu().tolist())
+            hooks.kept = {}
+    return ObjectiveAttribution(values, sums)
+
+
+@dataclass
+class FoldedAttribution:
+    """Attribution passes over folds of the groups (split by template): each fold's sums, and their blend.
+
+    ``weights[k]`` is fold k's share of the groups, so ``objective`` and ``delta``
+    are those of the mean over all groups; ``fold_delta`` keeps the folds apart,
+    so that selection can ask that a removal lowers the objective in every fold.
+    """
+
+    folds: list[ObjectiveAttribution]
+    weights: list[float]
+
+    @property
+    def objective(self) -> float:
+        """Mean of the objective over all groups."""
+        return float(sum(w * f.objective for w, f in zip(self.weights, self.folds)))
+
+    def fold_delta(self, fill: Mapping[int, torch.Tensor] | None) -> dict[int, torch.Tensor]:
+        """ΔM of each fold's mean per neuron: ``Tensor[n_folds, width]`` per layer."""
+        parts = [f.sums.delta(fill) for f in self.folds]
+        return {layer: torch.stack([p[layer] for p in parts]) for layer in parts[0]}
+
+    def blend(self, fold_delta: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """ΔM of the all-group mean per neuron (``Tensor[width]`` per layer) from ``fold_delta``'s output."""
+        w = torch.tensor(self.weights)[:, None]
+        return {layer: (w * d).sum(0) for layer, d in fold_delta.items()}
+
+    def delta(self, fill: Mapping[int, torch.Tensor] | None) -> dict[int, torch.Tensor]:
+        """ΔM of the all-group mean per neuron (``Tensor[width]`` per layer)."""
+        return self.blend(self.fold_delta(fill))
+
+
+def template_folds(groups: Sequence[PromptGroup], n_folds: int) -> list[list[PromptGroup]]:
+    """``groups`` split into ``n_folds`` folds by template (a template's groups stay together), templates
+    dealt round-robin in sorted order; ``ConfigError`` when there are fewer templates than folds."""
+    templates = sorted({(g.axis, g.template_id) for g in groups})
+    if n_folds > len(templates):
+        raise ConfigError(f"method.folds is {n_folds} but the analysis groups come from "
+                          f"{len(templates)} template(s)")
+    fold_of = {t: k % n_folds for k, t in enumerate(templates)}
+    folds: list[list[PromptGroup]] = [[] for _ in range(n_folds)]
+    for g in groups:
+        folds[fold_of[(g.axis, g.template_id)]].append(g)
+    return folds
+
+
+def attribute_folds(model: nn.Module, folds: Sequence[GroupBatches], objective: Any, adapter: Any, *,
+                    removed: Removed | None = None, fill: Mapping[int, torch.Tensor] | None = None,
+                    progress: bool = False) -> FoldedAttribution:
+    """``attribute_objective`` on every fold of groups."""
+    total = sum(len(b.groups) for b in folds)
+    return FoldedAttribution([attribute_objective(model, b, objective, adapter, removed=removed, fill=fill,
+                                                  progress=progress) for b in folds],
+                             [len(b.groups) / total for b in folds])
+
+
+@torch.no_grad()
+def objective_values(model: nn.Module, batches: GroupBatches, objective: Any, adapter: Any, *,
+                     removed: Removed | None = None, fill: Mapping[int, torch.Tensor] | None = None) -> list[float]:
+    """The objective per group, forward only, with ``removed`` neurons ablated (the measured value)."""
+    values: list[float] = []
+    with frozen(model), neuron_hooks(model, adapter, removed, fill):
+        for groups, batch in batches:
+            values.extend(_group_values(model, objective, groups, batch).tolist())
+    return values
+
+
+# -- capability cost --------------------------------------------------------------------------------
+
+@dataclass
+class TextChunks:
+    """Equal-length token chunks of a calibration text; each starts with ``n_prefix`` special tokens (e.g. BOS).
+
+    ``window`` is how many consecutive positions the capability cost sums before
+    taking |·| (None: the whole chunk).
+    """
+
+    chunks: list[list[int]]
+    n_prefix: int
+    window: int | None = None
+
+
+def text_chunks(tokenizer: Any, path: str | Path | None = None, chunk_tokens: int = 128,
+                max_tokens: int = 2048, start: int = 0, window: int | None = None) -> TextChunks:
+    """Chunks of a calibration text file (None: the bundled general English text).
+
+    Each chunk is the tokenizer's special prefix plus ``chunk_tokens`` text tokens;
+    at most ``max_tokens`` text tokens from token ``start`` on are used.
+    ``ConfigError`` when the file is missing or too short for one chunk there.
+    """
+    path = Path(path) if path is not None else DEFAULT_TEXT
+    if not path.is_file():
+        raise ConfigError(f"calibration text not found: {path}")
+    ids = list(tokenizer(path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"])
+    ids = ids[start:start + max_tokens]
+    prefix = list(tokenizer("", add_special_tokens=True)["input_ids"])
+    chunks = [prefix + ids[k:k + chunk_tokens] for k in range(0, len(ids) - chunk_tokens + 1, chunk_tokens)]
+    if not chunks:
+        raise ConfigError(f"calibration text {path} has {len(ids)} tokens from token {start} on, fewer than one "
+                          f"chunk of {chunk_tokens}")
+    return TextChunks(chunks, len(prefix), window)
+
+
+def _chunk_losses(model: nn.Module, chunks: Sequence[Sequence[int]], n_prefix: int) -> torch.Tensor:
+    """Mean next-token NLL (nats) of each chunk's text tokens: ``[n_chunks]``; chunks have one length."""
+    device = input_device(model)
+    ids = torch.tensor([list(c) for c in chunks], dtype=torch.long, device=device)
+    logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+    targets = ids[:, 1:]
+    # one chunk's widened logits (and their log-softmax) at a time: at a 128k vocabulary a batch's float32 copies
+    # were several times the model-dtype logits; each row's NLL is bitwise what the whole batch gives
+    # (flattened positions, vocab) keeps the softmax on the contiguous last dimension: ~3x faster than (1, V, T)
+    nll = torch.stack([torch.nn.functional.cross_entropy(wide(logits[i]), targets[i], reduction="none")
+                       for i in range(len(chunks))])
+    return nll[:, max(n_prefix - 1, 0):].mean(1)
+
+
+@dataclass
+class CapabilityCost:
+    """First-order loss changes per window of positions: ``grad[layer]``/``grad_act[layer]`` are
+    ``[n_windows, width]``, ``n_chunks`` chunks of ``n_windows / n_chunks`` windows each."""
+
+    grad: dict[int, torch.Tensor]
+    grad_act: dict[int, torch.Tensor]
+    mean: dict[int, torch.Tensor]
+    magnitude: dict[int, torch.Tensor]
+    loss: float
+    n_chunks: int = 0
+
+    def cost(self, fill: Mapping[int, torch.Tensor] | None) -> dict[int, torch.Tensor]:
+        """Per neuron, the mean over chunks of Σ_windows |ΔL_window| (nats per token) for removal to ``fill``
+        (None = zero); with one window per chunk that is the mean over chunks of |ΔL_chunk|."""
+        out = {}
+        for layer, grad in self.grad.items():
+            r = fill[layer].float() if fill is not None else torch.zeros(grad.shape[-1])
+            out[layer] = (r[None] * grad - self.grad_act[layer]).abs().sum(0) / max(self.n_chunks, 1)
+        return out
+
+
+def capability_attribution(model: nn.Module, text: TextChunks, adapter: Any = None, *, batch_size: int = 4,
+                           progress: bool = False) -> CapabilityCost:
+    """One forward/backward per batch of chunks; per chunk, Σ ∂L/∂h_i and Σ h_i·∂L/∂h_i over positions."""
+    adapter = adapter or resolve_adapter(model)
+    chunks, n_prefix = text.chunks, text.n_prefix
+    grads: dict[int, list[torch.Tensor]] = {}
+    grad_acts: dict[int, list[torch.Tensor]] = {}
+    totals, losses = NeuronSums(), []
+    with frozen(model), neuron_hooks(model, adapter) as hooks:
+        hooks.track = True
+        for start in tqdm(range(0, len(chunks), batch_size), desc="capability cost", disable=not progress,
+                          leave=False):
+            batch = chunks[start:start + batch_size]
+            hooks.kept = {}
+            with torch.enable_grad():
+                loss = _chunk_losses(model, batch, n_prefix)
+                layers = sorted(hooks.kept)
+                got = torch.autograd.grad(loss.sum(), [hooks.kept[i] for i in layers], allow_unused=True)
+            mask = torch.ones(len(batch), len(batch[0]), dtype=torch.bool)
+            for layer, g in zip(layers, got):
+                h = hooks.kept[layer].detach().float()
+                g = torch.zeros_like(h) if g is None else g.float()
+                grads.setdefault(layer, []).append(_window_sums(g, text.window).cpu())
+                grad_acts.setdefault(layer, []).append(_window_sums(h * g, text.window).cpu())
+                totals.add(layer, h, torch.zeros_like(h), mask)
+            totals.n_tokens += mask.numel()
+            losses.extend(loss.detach().cpu().tolist())
+            hooks.kept = {}
+    return CapabilityCost({k: torch.cat(v) for k, v in grads.items()}, {k: torch.cat(v) for k, v in grad_acts.items()},
+                          totals.mean(), totals.magnitude(), float(sum(losses) / len(losses)), len(chunks))
+
+
+def _window_sums(x: torch.Tensor, window: int | None) -> torch.Tensor:
+    """``x`` ``[B, T, width]`` summed over consecutive windows of positions -> ``[B * n_windows, width]``
+    (chunk-major; the last window of a chunk may be shorter); None: one window per chunk."""
+    if window is None or window >= x.shape[1]:
+        return x.sum(1)
+    return torch.stack([part.sum(1) for part in torch.split(x, window, dim=1)], 1).flatten(0, 1)
+
+
+@torch.no_grad()
+def text_loss(model: nn.Module, text: TextChunks, adapter: Any, *, removed: Removed | None = None,
+              fill: Mapping[int, torch.Tensor] | None = None, batch_size: int = 4) -> float:
+    """Mean next-token NLL (nats) of the chunks with ``removed`` neurons ablated: the measured capability."""
+    chunks, n_prefix = text.chunks, text.n_prefix
+    losses: list[float] = []
+    with frozen(model), neuron_hooks(model, adapter, removed, fill):
+        for start in range(0, len(chunks), batch_size):
+            losses.extend(_chunk_losses(model, chunks[start:start + batch_size], n_prefix).tolist())
+    value = float(sum(losses) / len(losses))
+    if not math.isfinite(value):
+        raise non_finite_error("the calibration text's loss", None, None, next(model.parameters()).dtype)
+    return value

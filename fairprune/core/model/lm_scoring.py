@@ -1,0 +1,227 @@
+"""Batched language-model scoring shared by the evaluators: next-token distributions and continuation log-probs.
+
+Batches are left-padded with explicit position ids, so every sequence ends at the
+last column and the LM head only runs on the few positions that are scored
+(``logits_to_keep``). Requests are sorted by length to keep padding small.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class ContinuationScore:
+    """Log-likelihood of a continuation: summed NLL (nats), its token count, and whether greedy decoding gets it all."""
+
+    nll: float
+    n_tokens: int
+    greedy: bool
+
+    @property
+    def logprob(self) -> float:
+        return -self.nll
+
+
+#: logits one scoring forward may produce (2**25: 64 MiB in bfloat16, 128 MiB in float32): with a 128k
+#: vocabulary about 260 positions
+LOGITS_BUDGET = 2**25
+
+#: positions whose float32 log-probabilities exist at once while a continuation is scored (4 MiB at a 128k
+#: vocabulary; the log-softmax's temporaries are ~3x that): the logits stay in the model's dtype, one chunk of
+#: positions is widened at a time
+SCORE_POSITIONS = 8
+
+
+def encode(tokenizer, text: str, special: bool = True) -> list[int]:
+    """Token ids of ``text``; ``special`` adds the tokenizer's special tokens (e.g. BOS)."""
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def pad_id(tokenizer) -> int:
+    """A valid token id for padding (masked out anyway): pad, else eos, else 0."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, (list, tuple)) and value:
+            return int(value[0])
+    return 0
+
+
+def _accepts_logits_to_keep(model: nn.Module) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Indices grouped into batches of similar length (longest first)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+def forward_left_padded(model: nn.Module, sequences: Sequence[Sequence[int]], keep: int, pad: int,
+                        widen: bool = True) -> torch.Tensor:
+    """Logits ``[B, keep, vocab]`` of the last ``keep`` positions of each left-padded sequence: float32 with
+    ``widen``, else in the model's dtype.
+
+    Inputs go to the device of the model's input embeddings (any device map).
+    Raises ``NonFiniteError`` naming the first layer whose output is NaN/inf.
+    """
+    from .devices import check_finite_logits, input_device
+
+    device = input_device(model)
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq):] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[row, width - len(seq):] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+              "position_ids": position_ids.to(device), "use_cache": False}
+    kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
+    logits = model(**inputs, **kwargs).logits[:, -keep:, :]
+    check_finite_logits(model, logits, inputs)
+    return logits.float() if widen else logits
+
+
+@torch.no_grad()
+def last_token_logprobs(model: nn.Module, tokenizer, prompts: Sequence[str], batch_size: int = 16,
+                        progress: bool = False, desc: str = "next-token") -> torch.Tensor:
+    """Log-softmax of the next-token distribution after each prompt: ``[n_prompts, vocab]``."""
+    encoded = [encode(tokenizer, p) for p in prompts]
+    if any(len(e) == 0 for e in encoded):
+        raise ValueError("cannot score an empty prompt")
+    out: torch.Tensor | None = None  # filled in place: no second [n_prompts, vocab] copy from stacking rows
+    pad = pad_id(tokenizer)
+    batches = list(length_batches([len(e) for e in encoded], batch_size))
+    for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        logits = forward_left_padded(model, [encoded[i] for i in batch], 1, pad, widen=False)[:, -1, :]
+        logprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32).cpu()
+        if out is None:
+            out = torch.empty(len(encoded), logprobs.shape[-1], dtype=torch.float32)
+        out[torch.as_tensor(batch)] = logprobs
+    return out  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def score_continuations(model: nn.Module, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+                        batch_size: int = 16, pad: int = 0, max_length: int | None = None,
+                        progress: bool = False, desc: str = "scoring") -> list[ContinuationScore]:
+    """NLL of each ``(context_ids, target_ids)`` request's target given its context.
+
+    Sequences longer than ``max_length`` lose tokens from the left of the context.
+    """
+    seqs: list[list[int]] = []
+    for context, target in requests:
+        if not target:
+            raise ValueError("a continuation must have at least one token")
+        seq = list(context) + list(target)
+        if len(seq) < 2 or len(target) >= len(seq):
+            raise ValueError("a continuation needs at least one context token before it")
+        if max_length is not None and len(seq) > max_length:
+            if len(target) >= max_length:
+                raise ValueError(f"a continuation of {len(target)} tokens does not fit max_length={max_length}")
+            seq = seq[-max_length:]
+        seqs.append(seq)
+    results: list[ContinuationScore | None] = [None] * len(seqs)
+    batches = list(length_batches([len(s) for s in seqs], batch_size))
+    vocab = _vocab_size(model)
+    for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        most = max(len(requests[i][1]) for i in batch) + 1
+        rows = max(1, LOGITS_BUDGET // (most * vocab)) if vocab else len(batch)
+        for start in range(0, len(batch), rows):  # a large vocabulary scores fewer sequences per forward
+            part = batch[start:start + rows]
+            # the positions kept are the part's own: a part of shorter sequences (sorted longest first) may be
+            # narrower than the longest target of the whole batch
+            keep = max(len(requests[i][1]) for i in part) + 1
+            logits = forward_left_padded(model, [seqs[i] for i in part], keep, pad, widen=False)
+            if logits.shape[1] != keep:
+                raise RuntimeError(f"the model returned {logits.shape[1]} positions of logits, not the {keep} asked")
+            for row, i in enumerate(part):
+                target = torch.as_tensor(list(requests[i][1]), dtype=torch.long, device=logits.device)
+                n = target.numel()
+                logprob, hit = target_logprobs(logits[row, keep - 1 - n:keep - 1, :], target)
+                results[i] = ContinuationScore(nll=float(-logprob.sum().item()), n_tokens=int(n),
+                                               greedy=bool(hit.all().item()))
+    return results  # type: ignore[return-value]
+
+
+def target_logprobs(logits: torch.Tensor, target: torch.Tensor,
+                    chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability (nats) of each target token, ``Tensor[n]``, and whether it is the most likely one,
+    ``Bool[n]``, from ``logits`` ``[n, vocab]`` (any dtype).
+
+    The log-softmax is computed in float32, ``chunk`` positions at a time (default
+    ``SCORE_POSITIONS``), so only one chunk's float32 copy of a large vocabulary
+    exists at once. The figures are those of a whole ``log_softmax(logits.float())``:
+    each position's log-softmax is its own.
+    """
+    chunk = chunk or SCORE_POSITIONS
+    logprob = torch.empty(target.numel(), dtype=torch.float32, device=logits.device)
+    hit = torch.empty(target.numel(), dtype=torch.bool, device=logits.device)
+    for start in range(0, target.numel(), chunk):
+        part = slice(start, start + chunk)
+        lp = torch.log_softmax(logits[part], dim=-1, dtype=torch.float32)
+        logprob[part] = lp.gather(1, target[part, None])[:, 0]
+        hit[part] = lp.argmax(-1) == target[part]
+    return logprob, hit
+
+
+def _vocab_size(model: nn.Module) -> int | None:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return int(head.weight.shape[0]) if head is not None and hasattr(head, "weight") else None
+
+
+def word_requests(tokenizer, texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+    """LAMBADA-style requests: context = text up to the last space, target = ``" " + last word``."""
+    requests = []
+    for text in texts:
+        context, sep, word = text.rstrip().rpartition(" ")
+        if not sep or not word:
+            raise ValueError(f"text has no last word after a space: {text[:60]!r}")
+        requests.append((encode(tokenizer, context), encode(tokenizer, " " + word, special=False)))
+    return requests
+
+
+def window_requests(ids: Sequence[int], window: int, stride: int) -> list[tuple[list[int], list[int]]]:
+    """Sliding windows over a token stream; each token after the first is scored exactly once.
+
+    Window k covers ``ids[k*stride : k*stride + window]`` and scores the tokens not
+    scored by earlier windows, with everything before them in the window as context.
+    """
+    if window < 2 or not 0 < stride <= window:
+        raise ValueError(f"need window >= 2 and 0 < stride <= window, got window={window}, stride={stride}")
+    requests = []
+    scored_until = 1  # token 0 has no context
+    begin = 0
+    while scored_until < len(ids):
+        end = min(begin + window, len(ids))
+        start = max(scored_until, begin + 1)
+        if end > start:
+            requests.append((list(ids[begin:start]), list(ids[start:end])))
+            scored_until = end
+        begin += stride
+    return requests
+
+
+def perplexity(scores: Sequence[ContinuationScore], per: str = "token") -> float:
+    """exp(mean NLL): per ``"token"`` (total NLL / total tokens) or per ``"word"`` (mean of per-request NLLs)."""
+    if not scores:
+        return math.nan
+    if per == "token":
+        return math.exp(sum(s.nll for s in scores) / sum(s.n_tokens for s in scores))
+    if per == "word":
+        return math.exp(sum(s.nll for s in scores) / len(scores))
+    raise ValueError(f"per must be 'token' or 'word', got {per!r}")

@@ -1,0 +1,393 @@
+"""The whole fairness-pruning run, config-driven: load -> analyze -> observe base -> plan -> prune -> evaluate -> save.
+
+A ``Run`` holds what the stages share: the validated config, the plugins it
+names (resolved once, before any work), the model, tokenizer and adapter, and
+each stage's result. The base model is observed by every evaluator before it
+is pruned in place, so a run holds one full model at a time. Human-readable
+files (report, model card, HTML) are written by plugins through the
+``fairprune_write_run_files`` hook; the core writes the data files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ..contract.config import RunConfig, load_config, resolve_component
+from ..contract.errors import ConfigError, DuplicatePluginError, UnknownPluginError
+from ..io.outputs import releasing_claims
+
+logger = logging.getLogger(__name__)
+
+VERSIONED_PACKAGES = ("fairprune", "torch", "transformers", "pluggy", "pydantic", "numpy", "safetensors", "gguf")
+
+
+class Timer:
+    """Named wall-clock stages (seconds), for the manifest."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        logger.info("stage %s ...", name)
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.perf_counter() - start, 3)
+            logger.info("stage %s done in %.1f s", name, self.timings[name])
+
+
+@dataclass
+class Plugins:
+    """Every plugin a config names, resolved and configured once (``prepare``)."""
+
+    method: Any
+    pruner: Any
+    evaluators: list[tuple[str, Any]]
+    adapter: Any = None
+
+
+@dataclass
+class Run:
+    """One run's shared state; stages fill it in order. ``output_dir`` is where ``save_run`` writes."""
+
+    config: RunConfig
+    registry: Any
+    plugins: Plugins
+    output_dir: Path
+    progress: bool = True
+    timer: Timer = field(default_factory=Timer)
+    model: Any = None
+    tokenizer: Any = None
+    adapter: Any = None
+    base_model_id: str = ""
+    license: str | None = None
+    bias_report: Any = None
+    analysis: Any = None  # the method's MethodAnalysis (its bias report and its own state)
+    plan: Any = None
+    prune_result: Any = None
+    heldout_groups: list[Any] | None = None
+    base_observations: dict[str, Any] = field(default_factory=dict)
+    evaluations: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config_hash(self) -> str:
+        return self.config.config_hash()
+
+
+@dataclass
+class RunResult:
+    """What a run produced: where, the metrics (as in ``metrics.json``), the plan and the timings."""
+
+    output_dir: Path | None
+    metrics: dict[str, Any]
+    plan: Any
+    prune_result: Any
+    timings: dict[str, float] = field(default_factory=dict)
+    evaluations: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_plugins(config: RunConfig, registry: Any) -> Plugins:
+    """Every plugin the config names, configured; ``ConfigError`` naming the config field otherwise."""
+    from ..data.groups import is_axis_name
+    from .evaluation import configure_evaluators
+
+    def named(kind: str, name: str, path: str) -> Any:
+        try:
+            return registry.get(kind, name)
+        except (UnknownPluginError, DuplicatePluginError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    for section, axes in (("bias", config.bias.axes), ("evaluation", config.evaluation.axes or [])):
+        for i, axis in enumerate(axes):
+            if is_axis_name(axis):
+                named("bias_axes", axis, f"{section}.axes.{i}")
+    named("sites", config.bias.site, "bias.site")
+    return Plugins(
+        method=resolve_method(config, registry),
+        pruner=resolve_component(registry, "pruners", config.pruning.pruner, "pruning.pruner"),
+        evaluators=configure_evaluators(registry, config.evaluation.evaluators),
+        adapter=named("architectures", config.model.adapter, "model.adapter") if config.model.adapter else None,
+    )
+
+
+#: optional keys outside ``method`` that only some methods read (``Method.shared_keys``)
+SHARED_KEYS: dict[str, tuple[str, str]] = {"pruning.round_to": ("pruning", "round_to"),
+                                           "sweep.bias_weights": ("sweep", "bias_weights")}
+
+
+def resolve_method(config: RunConfig, registry: Any) -> Any:
+    """The configured method plugin, its params validated and its own plugins resolved; ``ConfigError`` for a
+    key of another method (naming that method) or a shared key this method does not read."""
+    from pydantic import ValidationError
+
+    from ..contract.config import format_validation_error
+
+    try:
+        method = registry.create("methods", config.method.name, config.method.params)
+    except (UnknownPluginError, DuplicatePluginError) as exc:
+        raise ConfigError(f"method.name: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(_other_method_key(exc, config.method.name, registry)
+                          or format_validation_error(exc, prefix="method")) from None
+    for key, (section, field_name) in SHARED_KEYS.items():
+        part = getattr(config, section)
+        if getattr(part, field_name) != type(part)().__getattribute__(field_name) and key not in method.shared_keys:
+            raise ConfigError(f"{key}: the {method.name} method does not read this key; remove it (it would do "
+                              "nothing)")
+    if callable(getattr(method, "prepare", None)):
+        method.prepare(config, registry)
+    return method
+
+
+def _other_method_key(exc: Any, name: str, registry: Any) -> str | None:
+    """A one-line error for a key that belongs to another registered method, or None."""
+    for err in exc.errors():
+        if err["type"] != "extra_forbidden":
+            continue
+        key = str(err["loc"][0])
+        owners = [other for other in registry.names("methods") if other != name
+                  and key in getattr(registry.get("methods", other), "Params").model_fields]
+        if owners:
+            return (f"method.{key}: a key of the {' and '.join(owners)} method, not of {name}; remove it or set "
+                    f"method.name to {owners[0]}")
+    return None
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def prepare(config: Any, overrides: list[str] | None = None, registry: Any = None, progress: bool = True) -> Run:
+    """Validate the config and every plugin it names, seed torch, check the output directory: all before work."""
+    import torch
+
+    from ..contract.registry import default_registry
+    from ..io.outputs import claim_output_dir
+    from ..model.distributed import is_main_process
+    from .preflight import check_input_files
+
+    config = load_config(config, overrides)
+    registry = default_registry(registry)
+    plugins = resolve_plugins(config, registry)
+    if plugins.pruner.needs_calibration and config.bias.site != "neuron":
+        raise ConfigError("pruning.pruner: a compensating pruner needs neuron-site activations (bias.site=neuron)")
+    check_input_files(config)
+    if is_main_process(init=True):  # under torchrun only rank 0 writes, so only it claims the directory
+        out_dir = claim_output_dir(config.output.dir, config.output.overwrite)  # locked until the run ends
+    else:
+        out_dir = Path(config.output.dir).expanduser().absolute()
+    torch.manual_seed(config.seed)
+    return Run(config, registry, plugins, out_dir, progress)
+
+
+def load(run: Run) -> None:
+    """The model, its tokenizer and its architecture adapter; the base model's id and licence."""
+    from ..io.sources import load_model
+    from ..model.adapters import check_supported, resolve_adapter
+
+    section = run.config.model
+    run.model, run.tokenizer = load_model(section.source, registry=run.registry, dtype=section.dtype,
+                                          device_map=section.device_map, max_memory=section.max_memory,
+                                          offload_folder=section.offload_folder,
+                                          trust_remote_code=section.trust_remote_code)
+    run.adapter = run.plugins.adapter or resolve_adapter(run.model, registry=run.registry)
+    check_supported(run.model, run.adapter)  # every layer's MLP prunable, before any analysis (a named adapter too)
+    run.base_model_id = getattr(run.model.config, "fairprune_base_model", None) or run.config.model.source
+    run.license = getattr(run.model.config, "fairprune_license", None)
+
+
+def method_context(run: Run) -> Any:
+    """The ``MethodContext`` the run's method is called with."""
+    from ..contract.protocols import MethodContext
+
+    return MethodContext(tokenizer=run.tokenizer, adapter=run.adapter, registry=run.registry, config=run.config,
+                         pruner=run.plugins.pruner, progress=run.progress)
+
+
+def analyze(run: Run) -> None:
+    """Steps 1-2: the method's analysis of the analysis split of the configured axes and prompt file (the
+    attribution method also selects the neurons here: its scores are recomputed round by round)."""
+    from ..model.memory import release_memory
+
+    run.analysis = run.plugins.method.analyze(run.model, method_context(run))
+    run.bias_report = run.analysis.bias_report
+    release_memory()  # the analysis's per-prompt tables and activations, freed in the heap
+
+
+def eval_context(run: Run, prune_result: Any = None) -> Any:
+    """The ``EvalContext`` of a run: held-out groups of the evaluation axes (default: the bias axes)."""
+    from ..contract.results import EvalContext
+    from ..data.groups import run_groups
+    from .evaluation import needs_groups
+
+    config = run.config
+    if run.heldout_groups is None:  # read once: a sweep evaluates every grid point on the same groups
+        needed = needs_groups(run.plugins.evaluators)
+        run.heldout_groups = run_groups(config, "heldout", run.registry).groups if needed else []
+    return EvalContext(tokenizer=run.tokenizer, groups=run.heldout_groups, batch_size=config.evaluation.batch_size,
+                       seed=config.seed, registry=run.registry, progress=run.progress, prune_result=prune_result)
+
+
+def observe_base(run: Run, evaluators: list[tuple[str, Any]] | None = None) -> None:
+    """Every evaluator observes the model before it is pruned."""
+    from .evaluation import observe_all
+
+    run.base_observations = observe_all(evaluators or run.plugins.evaluators, run.model, eval_context(run), "base",
+                                        run.adapter)
+
+
+def make_plan(run: Run, *, budget: Any = None, variant: dict[str, Any] | None = None) -> Any:
+    """Step 3-4a: the method chooses the neurons to remove within ``budget`` (default: the config's) for one
+    sweep ``variant`` (default: none)."""
+    return run.plugins.method.plan(run.model, run.analysis, budget if budget is not None else
+                                   run.config.pruning.budget, method_context(run), variant or {})
+
+
+def apply_plan(run: Run, plan: Any) -> Any:
+    """Step 4b: remove the planned neurons with the configured pruner (in place; all or nothing)."""
+    from ..method.surgery import prune
+    from ..model.memory import release_memory
+
+    pruner = run.plugins.pruner
+    calibration = run.bias_report.mean if pruner.needs_calibration else None
+    result = prune(run.model, plan, pruner=pruner, adapter=run.adapter, calibration=calibration,
+                   registry=run.registry)
+    release_memory()  # the replaced weights
+    return result
+
+
+def evaluate_pruned(run: Run, prune_result: Any, evaluators: list[tuple[str, Any]] | None = None) -> dict[str, Any]:
+    """Step 5: observe the pruned model and compare with the base observations; ``{name: EvalResult}``."""
+    from .evaluation import compare_all, observe_all
+
+    evaluators = evaluators or run.plugins.evaluators
+    context = eval_context(run, prune_result)
+    pruned = observe_all(evaluators, run.model, context, "pruned", run.adapter)
+    return compare_all(evaluators, run.base_observations, pruned, context)
+
+
+def collect_metrics(run: Run) -> dict[str, Any]:
+    """The deterministic figures of a run (no timings), as written to ``metrics.json``."""
+    plan, result = run.plan, run.prune_result
+    return {
+        "model": run.config.model.source,
+        "base_model": run.base_model_id,
+        "config_hash": run.config_hash,
+        "pruning": {
+            "neurons_removed": plan.n_neurons,
+            "layers_touched": len(plan.removed),
+            "params_before": result.params_before,
+            "params_after": result.params_after,
+            "params_removed": result.params_removed,
+            "params_removed_pct": 100.0 * result.fraction_removed,
+            "widths_after": result.widths_after,
+            **_attribution_metrics(plan),
+        },
+        "evaluation": {name: r.to_dict() for name, r in run.evaluations.items()},
+    }
+
+
+def _attribution_metrics(plan: Any) -> dict[str, Any]:
+    """The attribution method's verification (predicted vs measured objective change) and stop reason."""
+    settings = getattr(plan, "settings", {}) or {}
+    if settings.get("method") != "attribution":
+        return {}
+    return {"attribution": {**settings["verification"], "rounds_run": settings["rounds_run"],
+                            "stop_reason": settings["stop_reason"], "selection_seconds": settings["selection_seconds"]}}
+
+
+@releasing_claims
+def run(config: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | None = None, *,
+        registry: Any = None, progress: bool = True) -> RunResult:
+    """Run the whole pipeline from a config (path, dict or ``RunConfig``) and write the output directory.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process loads the model and takes a
+    share of the bias analysis; then rank 0 alone observes, prunes, evaluates and
+    writes, and the other processes return a ``RunResult`` without an output directory.
+    """
+    from ..model.distributed import is_main_process
+    from .preflight import check_budget, check_plan_removes_neurons
+
+    state = prepare(config, overrides, registry, progress)
+    state.registry.hook.fairprune_run_started(config=state.config, output_dir=state.output_dir)
+    timer = state.timer
+    with timer.stage("load"):
+        load(state)
+        check_budget(state.config, state.model, state.adapter)
+    with timer.stage("analyze"):
+        analyze(state)  # shared among the processes of a torchrun world
+    if not is_main_process():  # the other processes' share of the work is done; rank 0 goes on alone
+        return RunResult(None, {}, None, None, timer.timings)
+    with timer.stage("observe_base"):
+        observe_base(state)
+    with timer.stage("plan"):
+        state.plan = make_plan(state)
+        check_plan_removes_neurons(state.plan, state.config)
+    with timer.stage("prune"):
+        state.prune_result = apply_plan(state, state.plan)
+    with timer.stage("evaluate"):
+        state.evaluations = evaluate_pruned(state, state.prune_result)
+    state.metrics = collect_metrics(state)
+    save_run(state)
+    state.registry.hook.fairprune_run_finished(config=state.config, output_dir=state.output_dir,
+                                               metrics=state.metrics)
+    logger.info("run written to %s", state.output_dir)
+    return RunResult(state.output_dir, state.metrics, state.plan, state.prune_result, timer.timings,
+                     state.evaluations)
+
+
+def save_run(run: Run, extra: Any = None) -> None:
+    """Write the run into its output directory, atomically: the model (when ``output.save_model``), the data
+    files, then the plugins' files (``fairprune_write_run_files``); ``extra(staging)`` may add more."""
+    from ..io.outputs import atomic_directory
+    from ..io.persist import write_pretrained
+    from ..model.memory import release_memory
+
+    with atomic_directory(run.output_dir, overwrite=run.config.output.overwrite) as staging, run.timer.stage("save"):
+        staging.mkdir()
+        if run.config.output.save_model:
+            write_pretrained(run.model, run.tokenizer, staging, plan=run.plan, run_config=run.config,
+                             base_model=run.base_model_id, adapter=run.adapter)
+        write_data_files(run, staging)
+        if extra is not None:
+            extra(staging)
+        release_memory()  # before the report plugin draws its figures
+        written = run.registry.hook.fairprune_write_run_files(run=run, directory=staging)
+        if not any(written):
+            logger.warning("no plugin wrote the run's report files (report.md, README.md, report.html); the "
+                           "built-in report plugin is fairprune.plugins.report")
+
+
+def write_data_files(run: Run, directory: Path) -> None:
+    """plan.json, bias/, metrics.json, config.yaml and manifest.json: the machine-readable record."""
+    import yaml
+
+    from ..io.outputs import writing
+
+    run.plan.save(directory / "plan.json")
+    with writing(directory / "bias"):  # its scores are written by safetensors, which names no file
+        run.bias_report.save(directory / "bias")
+    (directory / "metrics.json").write_text(json.dumps(run.metrics, indent=1, sort_keys=True))
+    (directory / "config.yaml").write_text(yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False))
+    manifest = {"config_hash": run.config_hash, "versions": package_versions(), "timings_s": run.timer.timings,
+                "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
