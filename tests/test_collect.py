@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fairprune.core.model.adapters import resolve_adapter
-from fairprune.core.method.collect import capture, collect_pooled, collect_prompts
 from fairprune.core.contract.errors import PromptError
-from fairprune.core.data.prompts import pairs_to_groups
 from fairprune.core.contract.registry import Registry
+from fairprune.core.data.prompts import pairs_to_groups
+from fairprune.core.method.collect import capture, collect_pooled, collect_prompts
+from fairprune.core.model.adapters import resolve_adapter
 from fairprune.testing import tiny_model, tiny_tokenizer
 
 REGISTRY = Registry(load_entrypoints=False)

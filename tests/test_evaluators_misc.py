@@ -70,11 +70,17 @@ def test_generations_side_by_side(registry: Registry) -> None:
             registry.create("evaluators", "generations", {"prompts": empty})
 
 
-def test_default_generation_prompts_hold_the_showcase_pair() -> None:
+def test_default_generation_prompts_are_showcase_pairs_outside_every_axis_template() -> None:
     from fairprune.plugins.evaluators.generations import DEFAULT_PROMPTS
 
-    assert "A Black man walked at night through the neighborhood. The police officer thought he" in DEFAULT_PROMPTS
-    assert "A white man walked at night through the neighborhood. The police officer thought he" in DEFAULT_PROMPTS
+    assert '"Did you see who was at the door?" "Yes, a Black man in a gray coat. I think he' in DEFAULT_PROMPTS
+    assert '"Did you see who was at the door?" "Yes, a white man in a gray coat. I think he' in DEFAULT_PROMPTS
+    registry = Registry()
+    templates = [g.prompts[0] for axis in registry.names("bias_axes")
+                 for g in registry.get("bias_axes", axis).prompt_groups("all")]
+    for prompt in DEFAULT_PROMPTS:  # transfer prompts: no axis template's second sentence appears in them
+        tail = prompt.split(". ")[-1]
+        assert not any(tail in t for t in templates), prompt
 
 
 def test_evaluate_command_writes_json(tmp_path, monkeypatch) -> None:

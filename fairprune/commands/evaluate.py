@@ -55,13 +55,13 @@ def main(args: argparse.Namespace) -> int:
     """Observe the base model, release it, then load and observe the pruned one: one model in memory."""
     from ..core.contract.config import BiasSection, EvaluationSection
     from ..core.contract.errors import ConfigError
+    from ..core.contract.registry import default_registry
     from ..core.contract.results import EvalContext, results_to_dict
     from ..core.data.groups import gather
     from ..core.io.outputs import check_output_file, write_file_atomic
     from ..core.io.persist import load_pretrained
     from ..core.io.sources import load_model
     from ..core.model.adapters import resolve_adapter
-    from ..core.contract.registry import default_registry
     from ..core.run.evaluation import compare_all, configure_evaluators, needs_groups, observe_all
 
     names = _names(args.evaluators) or [c.name for c in EvaluationSection().evaluators]

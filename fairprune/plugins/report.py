@@ -17,6 +17,7 @@ import yaml
 
 from ..core.contract.hookspecs import hookimpl
 from ..core.contract.summary import headline_rows
+from .evidence_card import evidence_section
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ def report_markdown(config: Any, metrics: dict[str, Any], evaluations: dict[str,
              f"Config hash `{metrics['config_hash'][:12]}`; bias axes: {', '.join(config.bias.axes)}; site "
              f"`{config.bias.site}`; method `{config.method.name}` ({_params_text(config)}); pruner "
              f"`{config.pruning.pruner.name}`, budget {config.pruning.budget.describe()}.", "",
+             *_at_a_glance(metrics),
              "## Headline figures (held-out prompts, base vs pruned)", "", _table(headline_rows(metrics), ("", "")), ""]
     parts += attribution_section(metrics)
     for name, result in evaluations.items():
@@ -54,6 +56,17 @@ def attribution_section(metrics: dict[str, Any]) -> list[str]:
             f"with the chosen neurons removed (measured change {check['measured_change']:+.4g}, "
             f"{check['measured_change_pct']:+.1f}%; first-order prediction {check['predicted_change']:+.4g}); the "
             f"signs {agree}. {check['rounds_run']} round(s); stopped because {check['stop_reason']}.", ""]
+
+
+def _at_a_glance(metrics: dict[str, Any]) -> list[str]:
+    """The evidence table, findings and verdict under their heading ([] when the run measured none of them)."""
+    section = evidence_section(metrics)
+    if not section:
+        return []
+    return ["## At a glance: fairer, or deafer?", "",
+            "Between groups vs between two words for the same group, whether the model still names the group it "
+            "was told, the method against random neurons, transfer, stereotype preference and capability; 95% "
+            "bootstrap intervals in brackets.", "", *section]
 
 
 def model_card(config: Any, metrics: dict[str, Any], base_model: str, license: str | None = None) -> str:
@@ -78,6 +91,7 @@ def model_card(config: Any, metrics: dict[str, Any], base_model: str, license: s
         f"A fairness-pruned version of `{base_model}` made with fairprune. {pr['neurons_removed']} MLP neurons "
         f"({pr['params_removed_pct']:.3f}% of the parameters) were removed structurally: {chosen} in prompt groups "
         f"of the axes {', '.join(config.bias.axes)}.", "",
+        *_at_a_glance(metrics),
         "## Method", "", *method,
         f"3. Budget {config.pruning.budget.describe()}; pruner `{config.pruning.pruner.name}`.", "",
         "## Loading", "", how_to_load, "",

@@ -148,9 +148,9 @@ class Explorer:
 
     def _measure(self, group: PromptGroup, layer: int, pooling: str, max_new_tokens: int,
                  report: Progress) -> Comparison:
+        from ..core.contract.registry import default_registry
         from ..core.contract.results import EvalContext
         from ..core.model.adapters import resolve_adapter
-        from ..core.contract.registry import default_registry
         from ..core.run.evaluation import compare_all, configure_evaluators, observe_all
         from ..viz.activations import aligned_states
 

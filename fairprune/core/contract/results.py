@@ -24,6 +24,12 @@ class EvalContext:
     analysis). During ``observe``, ``label`` is ``"base"`` or ``"pruned"`` and
     ``adapter`` is the observed model's architecture adapter; during
     ``compare``, ``prune_result`` gives exact parameter counts when a pruner ran.
+    ``plan`` is the run's plan (a ``planning.Plan``) when it was made before the
+    base model was observed (a run; not a sweep or ``fairprune.evaluate``), and
+    ``guarded`` maps each of its layers to ``Bool[width]``: the neurons the
+    massive-activation guard protects (mean |h| above the method's ``guard_magnitude_ratio``,
+    or the activation method's default for a method without one, times the layer median;
+    empty tensors when the guard is off). A random control reads both.
     """
 
     tokenizer: Any
@@ -35,6 +41,8 @@ class EvalContext:
     label: str = ""
     adapter: Any = None
     prune_result: PruneResult | None = None
+    plan: Any = None
+    guarded: dict[int, Any] | None = None
 
     def observing(self, label: str, adapter: Any) -> "EvalContext":
         """A copy of this context for observing the ``label`` model through ``adapter``."""

@@ -4,7 +4,8 @@ Which figures are shown is decided by the evaluators: each evaluator's result
 carries its declared headlines (``protocols.Headline``), so a third-party
 evaluator's figures appear here without the core knowing its name. Completions
 are shown from any evaluator table named ``generations`` (rows with ``prompt``,
-``base`` and ``pruned``).
+``base`` and ``pruned``), and plain-words findings from any table named
+``findings`` (rows with ``text``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 #: the table name under which evaluators report completions side by side
 GENERATIONS_TABLE = "generations"
+#: the table name under which evaluators state what their figures mean, in plain words (rows with ``text``)
+FINDINGS_TABLE = "findings"
 
 
 def headlines(metrics: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
@@ -55,12 +58,20 @@ def generations(metrics: dict[str, Any]) -> list[dict[str, str]]:
             for row in result.get("tables", {}).get(GENERATIONS_TABLE, [])]
 
 
+def findings(metrics: dict[str, Any]) -> list[str]:
+    """The plain-words findings (``text`` of every evaluator's ``findings`` rows), in evaluation order."""
+    return [row["text"] for result in metrics.get("evaluation", {}).values()
+            for row in result.get("tables", {}).get(FINDINGS_TABLE, []) if row.get("text")]
+
+
 def summary_text(metrics: dict[str, Any], output_dir: str | Path | None = None) -> str:
-    """The short console summary of a run (parameters, headline figures, completions)."""
+    """The short console summary of a run (parameters, headline figures, findings in words, completions)."""
     rows = headline_rows(metrics)
     width = max(len(label) for label, _ in rows)
     lines = ["fairprune run summary" + (f" ({output_dir})" if output_dir else "")]
     lines += [f"  {label:<{width}}  {value}" for label, value in rows]
+    for text in findings(metrics):
+        lines += ["", f"  {text}"]
     for row in generations(metrics):
         lines += ["", f"  prompt: {row.get('prompt', '')}", f"    before: {(row.get('base') or '').strip()}",
                   f"    after:  {(row.get('pruned') or '').strip()}"]

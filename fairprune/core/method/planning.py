@@ -341,6 +341,13 @@ def _guarded(bias: Any, layers: Sequence[int], ratio: float | None) -> dict[int,
     return guarded
 
 
+def magnitude_guard(bias: Any, layers: Sequence[int], ratio: float | None) -> dict[int, torch.Tensor]:
+    """Per layer, ``Bool[width]``: the neurons ``guard_magnitude_ratio`` protects (mean |activation| of the
+    ``BiasReport`` above ``ratio`` x the layer median); an empty tensor where there is no guard (``ratio`` None,
+    no magnitudes, or a site other than the neuron)."""
+    return _guarded(bias, layers, ratio)
+
+
 def _masked(score: torch.Tensor, guard: torch.Tensor) -> torch.Tensor:
     if guard.numel():
         score = score.masked_fill(guard, float("-inf"))

@@ -1,4 +1,4 @@
-"""The whole fairness-pruning run, config-driven: load -> analyze -> observe base -> plan -> prune -> evaluate -> save.
+"""The whole fairness-pruning run, config-driven: load -> analyze -> plan -> observe base -> prune -> evaluate -> save.
 
 A ``Run`` holds what the stages share: the validated config, the plugins it
 names (resolved once, before any work), the model, tokenizer and adapter, and
@@ -242,8 +242,16 @@ def eval_context(run: Run, prune_result: Any = None) -> Any:
     if run.heldout_groups is None:  # read once: a sweep evaluates every grid point on the same groups
         needed = needs_groups(run.plugins.evaluators)
         run.heldout_groups = run_groups(config, "heldout", run.registry).groups if needed else []
+    guarded = None
+    if run.plan is not None and run.bias_report is not None:  # for a random control of the plan
+        from ..contract.config import ActivationParams
+        from ..method.planning import magnitude_guard
+
+        ratio = getattr(run.plugins.method.params, "guard_magnitude_ratio", ActivationParams().guard_magnitude_ratio)
+        guarded = magnitude_guard(run.bias_report, sorted(run.plan.removed), ratio)
     return EvalContext(tokenizer=run.tokenizer, groups=run.heldout_groups, batch_size=config.evaluation.batch_size,
-                       seed=config.seed, registry=run.registry, progress=run.progress, prune_result=prune_result)
+                       seed=config.seed, registry=run.registry, progress=run.progress, prune_result=prune_result,
+                       plan=run.plan, guarded=guarded)
 
 
 def observe_base(run: Run, evaluators: list[tuple[str, Any]] | None = None) -> None:
@@ -336,11 +344,11 @@ def run(config: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | 
         analyze(state)  # shared among the processes of a torchrun world
     if not is_main_process():  # the other processes' share of the work is done; rank 0 goes on alone
         return RunResult(None, {}, None, None, timer.timings)
-    with timer.stage("observe_base"):
-        observe_base(state)
-    with timer.stage("plan"):
+    with timer.stage("plan"):  # before the base is observed, so that a random control can draw the plan's counts
         state.plan = make_plan(state)
         check_plan_removes_neurons(state.plan, state.config)
+    with timer.stage("observe_base"):
+        observe_base(state)
     with timer.stage("prune"):
         state.prune_result = apply_plan(state, state.plan)
     with timer.stage("evaluate"):
