@@ -85,7 +85,7 @@ def test_gguf_of_a_non_bpe_tokenizer_or_other_architecture_is_refused(runs, tmp_
 def test_gguf_of_a_uniform_llama_reloads_with_the_same_logits(tmp_path, tied):
     tok = bpe_tokenizer()
     model = tiny_model("llama", vocab_size=len(tok), tie_word_embeddings=tied, bos_token_id=0, eos_token_id=0,
-                       pad_token_id=0)
+                       pad_token_id=0, rope_theta=100000.0)  # not the default base: it must reach the file
     n_layers = model.config.num_hidden_layers
     fp.prune(model, {layer: [1, 5, 9, 30] for layer in range(n_layers)})
     saved = tmp_path / "pruned"

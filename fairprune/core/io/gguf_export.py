@@ -51,9 +51,10 @@ def check_exportable(directory: str | Path) -> None:
     if config.get("attention_bias") or config.get("mlp_bias") or (read_sidecar(root) or {}).get("down_bias_layers"):
         raise ConfigError(f"{where}: {root} has attention or MLP biases (the compensated pruner adds down_proj "
                           "biases), which the llama GGUF layout has no place for; prune with pruner: structural")
-    if config.get("rope_scaling"):
-        raise ConfigError(f"{where}: {root} uses rope scaling ({config['rope_scaling'].get('rope_type', '?')}), "
-                          "which this writer does not record; export --format hf and use llama.cpp's converter")
+    rope_type = (config.get("rope_scaling") or config.get("rope_parameters") or {}).get("rope_type", "default")
+    if rope_type != "default":
+        raise ConfigError(f"{where}: {root} uses rope scaling ({rope_type}), which this writer does not record; "
+                          "export --format hf and use llama.cpp's converter")
     tokenizer = _read(root, "tokenizer.json").get("model", {})
     if tokenizer.get("type") != "BPE":
         raise ConfigError(f"{where}: {root}/tokenizer.json is not a BPE tokenizer (got {tokenizer.get('type')!r}); "
@@ -140,7 +141,7 @@ def write_gguf(directory: str | Path, target: str | Path) -> Path:
         writer.add_feed_forward_length(widths.pop())
         writer.add_head_count(heads)
         writer.add_head_count_kv(kv_heads)
-        writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
+        writer.add_rope_freq_base(rope_theta(config))
         writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
         writer.add_rope_dimension_count(head_dim)
         writer.add_vocab_size(int(config["vocab_size"]))
@@ -165,6 +166,12 @@ def write_gguf(directory: str | Path, target: str | Path) -> Path:
         tmp.unlink(missing_ok=True)
     logger.info("wrote %s (%d tensors, float32)", target, len(state))
     return target
+
+
+def rope_theta(config: dict[str, Any]) -> float:
+    """The rotary base of a ``config.json``: ``rope_theta``, or inside ``rope_parameters`` (transformers 5)."""
+    theta = config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta")
+    return float(theta or 10000.0)
 
 
 def _gguf_name(name: str) -> str | None:
