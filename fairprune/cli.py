@@ -13,7 +13,8 @@ from .core.model.distributed import env_world_size, run_command
 
 #: subcommand modules; each defines ``add_parser(subparsers)`` which sets ``func`` on its parser
 COMMANDS: tuple[str, ...] = (
-    "run", "sweep", "analyze", "prune", "evaluate", "plugins", "axes", "demo", "report", "plot", "serve",
+    "run", "sweep", "analyze", "prune", "evaluate", "plugins", "axes", "demo", "report", "plot", "serve", "export",
+    "lm_eval_cli",
 )
 
 

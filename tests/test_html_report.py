@@ -20,6 +20,7 @@ from fairprune.core.contract.errors import PersistError
 from fairprune.core.contract.summary import generations, headline_rows
 from fairprune.testing.runs import sample_run
 from fairprune.viz.html import build_report
+from fairprune.viz.run_plots import PLOTS
 from fairprune.viz.rundata import load_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -139,14 +140,24 @@ def test_report_renders_in_headless_chromium(full_page, tmp_path):
 
 @pytest.mark.integration
 def test_demo_config_report_embeds_every_picture_and_nothing_external(tmp_path):
-    """The demo config on SmolLM2 (capability and completions left out, for time): five pictures, all inline."""
+    """The shipped demo config as it is on SmolLM2, its evaluators untouched; only the capability cost's text is
+    shorter (a data-size key), for time: five pictures, all inline, the neuron picture the attribution one."""
     from fairprune.commands.demo import DEMO_CONFIG
+    from fairprune.core.contract.config import load_config
     from fairprune.core.run.pipeline import run
 
-    evaluators = '["activation_bias", "activation_pictures", "parameters"]'
-    result = run(DEMO_CONFIG, [f"output.dir={tmp_path / 'demo'}", f"evaluation.evaluators={evaluators}"],
-                 progress=False)
+    shipped = load_config(DEMO_CONFIG)
+    assert "activation_pictures" in [e.name for e in shipped.evaluation.evaluators]
+    trim = "method.params.capability.params"
+    result = run(DEMO_CONFIG, [f"output.dir={tmp_path / 'demo'}", f"{trim}.max_tokens=1024",
+                               f"{trim}.check_tokens=256"], progress=False)
+    ran = load_config(result.output_dir / "config.yaml").model_dump(mode="json")
+    expected = shipped.model_dump(mode="json")
+    expected["method"]["params"]["capability"]["params"].update(max_tokens=1024, check_tokens=256)
+    expected["output"]["dir"] = str(tmp_path / "demo")
+    assert ran == expected  # the shipped config, only the capability cost's text shortened
     page = (result.output_dir / "report.html").read_text()
     assert re.findall(r'<figure id="plot-(\w+)"><img', page) == ["profile", "neurons", "scatter", "pca", "tokens"]
     references = re.findall(r'(?:src|href)="([^"]*)"', page)
     assert references and all(ref.startswith(("data:image/png;base64,", "#")) for ref in references)
+    assert PLOTS["scatter"].attribution_caption in page.replace("&#x27;", "'")

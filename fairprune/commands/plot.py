@@ -14,7 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("plot", help="draw one plot of a run or sweep directory",
                             description="Draw one plot from a finished run (or sweep) directory: "
                                         "profile (bias per layer, base vs pruned), neurons (bias map with removed "
-                                        "neurons), scatter (bias vs importance with the decision line), pca and "
+                                        "neurons), scatter (bias vs importance with the decision line; on an "
+                                        "attribution run, estimated bias reduction vs capability cost with the "
+                                        "guard), pca and "
                                         "tokens (reload the models), pareto (a sweep's trade-off).")
     parser.add_argument("kind", metavar="KIND", choices=KINDS, help=", ".join(KINDS))
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `fairprune run` or `sweep`")

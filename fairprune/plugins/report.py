@@ -70,12 +70,20 @@ def _at_a_glance(metrics: dict[str, Any]) -> list[str]:
 
 
 def model_card(config: Any, metrics: dict[str, Any], base_model: str, license: str | None = None) -> str:
-    """A Hugging Face style model card (``README.md``) stating the measured figures and limitations."""
-    front: dict[str, Any] = {"base_model": base_model, "library_name": "transformers",
+    """A Hugging Face model card (``README.md``) stating the measured figures and limitations; its front matter
+    carries them as a ``model-index`` the Hub reads, and ``library_name`` says which library loads the directory
+    (``transformers`` only when every layer kept the same MLP width, else ``fairprune``)."""
+    from .hub_card import loading, model_index
+
+    library, how_to_load = loading(metrics)
+    front: dict[str, Any] = {"base_model": base_model, "library_name": library,
                              "pipeline_tag": "text-generation",
                              "tags": ["fairprune", "fairness", "bias-mitigation", "pruning", "structured-pruning"]}
     if license:
         front["license"] = license
+    index = model_index(Path(config.output.dir).name, metrics, config.evaluation.axes or config.bias.axes)
+    if index:
+        front["model-index"] = index
     pr = metrics["pruning"]
     chosen, method = _method_text(config)
     body = [
@@ -85,9 +93,8 @@ def model_card(config: Any, metrics: dict[str, Any], base_model: str, license: s
         f"of the axes {', '.join(config.bias.axes)}.", "",
         *_at_a_glance(metrics),
         "## Method", "", *method,
-        f"3. Budget {config.pruning.budget.describe()}; pruner `{config.pruning.pruner.name}`. Layers may have "
-        "different widths; load with `fairprune.load_pretrained(path)` (uniform widths also load with "
-        "`AutoModelForCausalLM`).", "",
+        f"3. Budget {config.pruning.budget.describe()}; pruner `{config.pruning.pruner.name}`.", "",
+        "## Loading", "", how_to_load, "",
         *attribution_section(metrics),
         "## Measured figures", "",
         "Bias figures are on held-out templates never used to choose neurons; 95% bootstrap intervals in brackets.",

@@ -134,7 +134,7 @@ def _plots(run: RunFiles, with_models: bool, notes: list[str]) -> str:
             logger.info("plot %s not drawn for %s: %s", kind, run.directory, exc)
             continue
         out.append(f"<figure id=\"plot-{kind}\"><img alt=\"{esc(kind)} plot\" src=\"data:image/png;base64,"
-                   f"{png_base64(fig)}\"><figcaption>{esc(plot.caption)}</figcaption></figure>")
+                   f"{png_base64(fig)}\"><figcaption>{esc(plot.caption_for(run))}</figcaption></figure>")
     return "<h2>Plots</h2>" + "".join(out) if out else ""
 
 

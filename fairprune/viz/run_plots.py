@@ -31,6 +31,14 @@ class PlotKind:
     caption: str
     needs_models: bool = False
     stored: tuple[str, str] | None = None
+    #: the caption on a run made by the attribution method, when the picture differs there
+    attribution_caption: str | None = None
+
+    def caption_for(self, run: RunFiles) -> str:
+        """The caption that describes what this plot draws for ``run`` (its selection method decides)."""
+        if self.attribution_caption and run.plan_settings().get("method") == "attribution":
+            return self.attribution_caption
+        return self.caption
 
     def loads_models(self, run: RunFiles) -> bool:
         """Whether drawing this plot for ``run`` reloads the models (its data was not stored)."""
@@ -62,13 +70,28 @@ def _scatter(run: RunFiles, layer: int | None = None, **_: Any) -> Any:
 
     if run.bias is None:
         raise PersistError(f"{run.directory}: the bias-importance plot needs the saved bias report (bias/)")
+    settings = run.plan_settings()
+    if settings.get("method") == "attribution":
+        return _attribution_scatter(run, settings, layer)
     importance = full_importance(run)
     if importance is None:
         raise PersistError(f"{run.directory}: cannot rebuild the importance of every neuron ({run.notes[-1]})")
-    settings = run.plan_settings()
     scores = {k: v for k, v in run.bias.scores.items() if k in importance}
     return bias_importance_plot(scores, importance, run.removed(), scorer=settings.get("scorer", "linear"),
                                 bias_weight=float(settings.get("bias_weight", 0.8)), layer=layer)
+
+
+def _attribution_scatter(run: RunFiles, settings: dict[str, Any], layer: int | None) -> Any:
+    """What the attribution method used: first-round estimated reduction vs capability cost, and the guard."""
+    from .attribution import attribution_cost_plot
+
+    cost = run.bias.extra.get("capability_cost")
+    if not cost:
+        raise PersistError(f"{run.directory}: the attribution plot needs the capability cost saved in bias/")
+    return attribution_cost_plot(run.bias.scores, cost, run.removed(),
+                                 guard_fraction=float(settings.get("guard_fraction", 0.0)), layer=layer,
+                                 objective=str(settings.get("objective", "objective")),
+                                 magnitude_guard=float(settings.get("magnitude_guard") or 0.0))
 
 
 def _pareto(run: RunFiles, **_: Any) -> Any:
@@ -139,7 +162,12 @@ PLOTS: dict[str, PlotKind] = {kind.name: kind for kind in (
              "importance or a magnitude guard."),
     PlotKind("scatter", _scatter, "Each neuron's bias against its importance, both normalised within its layer, "
              "as the scorer sees them. Removed neurons (red) lie beyond the dashed decision line: biased and "
-             "unimportant (bottom right)."),
+             "unimportant (bottom right).",
+             attribution_caption="Each neuron's first-round estimate of how much removing it lowers the bias "
+             "objective (right of the dotted line: a candidate) against its capability cost, ranked within its "
+             "layer. The costliest neurons of every layer (above the dashed guard line) are never removed; removed "
+             "neurons (red) were ranked by the configured ranking (default: reduction per unit of cost) and "
+             "re-estimated on the model as pruned each round, so a few may sit where round 1 placed them otherwise."),
     PlotKind("pareto", _pareto, "Every sweep setting: bias reduction against capability loss. The joined points "
              "are the Pareto front (no setting beats them on both); the star is the chosen setting."),
     PlotKind("pca", _pca, "Pooled residual-stream activations of held-out group members in one shared PCA plane; "

@@ -261,6 +261,9 @@ class Headline:
     sweep may keep under a limit, and ``"info"`` otherwise. ``kind`` is
     ``"change"`` (base to pruned; shown with its sign) or ``"level"`` (one
     model's figure, such as a benchmark score; shown without a sign).
+    ``dataset`` names the data the figure was measured on and ``split`` its split
+    where one applies (the model card's ``model-index`` states both); an empty
+    ``dataset`` means the run's held-out prompt groups.
     """
 
     key: str
@@ -269,6 +272,8 @@ class Headline:
     better: str = "higher"
     role: str = "info"
     kind: str = "change"
+    dataset: str = ""
+    split: str = ""
 
 
 @runtime_checkable

@@ -25,7 +25,7 @@ from .plan_files import plan_data, read_plan_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Budget", "Plan", "plan_pruning", "neuron_cost", "allocate_budget"]
+__all__ = ["Budget", "Plan", "plan_pruning", "neuron_cost", "allocate_budget", "uniform_quota"]
 
 
 @dataclass
@@ -114,6 +114,42 @@ def allocate_budget(budget: Budget, widths: Mapping[int, int], costs: Mapping[in
     return int(math.floor(budget.param_fraction * total_params / mean_cost)), None
 
 
+def uniform_quota(widths: Mapping[int, int], neurons: int, *, round_to: int | None = None, min_width: int = 1,
+                  available: Mapping[int, int] | None = None) -> dict[int, int]:
+    """Per layer, how many neurons to remove so that every layer ends with one common width.
+
+    ``widths`` are the layers' current widths, ``neurons`` the budget as a neuron count (all layers
+    together); the common width is the narrowest that stays within it, rounded up to a multiple of
+    ``round_to`` when given (the budget is never exceeded), never below ``min_width`` nor above the
+    narrowest layer. ``available`` caps a layer's removals (neurons a guard leaves removable): the common
+    width then rises until every layer can reach it. Returns ``{layer: count}``; all counts are 0 when the
+    budget is less than one neuron per layer.
+    """
+    if not widths:
+        return {}
+    narrowest = min(widths.values())
+    target = max(math.ceil((sum(widths.values()) - neurons) / len(widths)), min_width)
+    if available is not None:
+        target = max(target, max(widths[layer] - available.get(layer, 0) for layer in widths))
+    if round_to:
+        target = math.ceil(target / round_to) * round_to
+    target = min(target, narrowest)
+    return {layer: w - target for layer, w in widths.items()}
+
+
+def interleaved(entries: Sequence[tuple[float, int, int]]) -> list[tuple[float, int, int]]:
+    """Ranked ``(score, layer, neuron)`` entries (best first) reordered by rank within their layer: every
+    layer's best, then every layer's second best, ... (ties by score, then layer), so that taking any
+    prefix removes nearly the same number of neurons from each layer."""
+    seen: dict[int, int] = {}
+    keyed = []
+    for entry in entries:
+        rank = seen.get(entry[1], 0)
+        seen[entry[1]] = rank + 1
+        keyed.append(((rank, -entry[0], entry[1], entry[2]), entry))
+    return [entry for _, entry in sorted(keyed, key=lambda k: k[0])]
+
+
 def _split_proportionally(total: int, widths: Mapping[int, int]) -> dict[int, int]:
     """Distribute ``total`` neurons over layers in proportion to width (largest remainder)."""
     all_width = sum(widths.values())
@@ -162,7 +198,7 @@ def plan_sections(params: ActivationParams | None = None, pruning: PruningSectio
             options = given.get(params_key, current.params if name == current.name else {})
             update[key] = Component(name=name, params=dict(options or {}))
     update.update({k: given[k] for k in ("bias_weight", "selection", "guard_magnitude_ratio") if k in given})
-    prune_update = {k: given[k] for k in ("budget", "layers", "min_width", "round_to") if k in given}
+    prune_update = {k: given[k] for k in ("budget", "layers", "min_width", "round_to", "uniform_widths") if k in given}
     try:
         params = ActivationParams.model_validate({**params.model_dump(), **_dumped(update)})
         pruning = PruningSection.model_validate({**pruning.model_dump(), **_dumped(prune_update)})
@@ -180,7 +216,7 @@ def plan_pruning(model: torch.nn.Module, bias: Any, *, params: ActivationParams 
                  scorer: Any = DEFAULT, scorer_params: Any = DEFAULT, bias_weight: Any = DEFAULT,
                  budget: Any = DEFAULT, selection: Any = DEFAULT, layers: Any = DEFAULT, min_width: Any = DEFAULT,
                  round_to: Any = DEFAULT, guard_magnitude_ratio: Any = DEFAULT, importance_name: str | None = None,
-                 adapter: Any = None, registry: Any = None) -> Plan:
+                 uniform_widths: Any = DEFAULT, adapter: Any = None, registry: Any = None) -> Plan:
     """Choose the neurons to remove from ``model`` given a ``BiasReport`` (or ``{layer: Tensor[width]}``): the
     activation method's planner.
 
@@ -189,8 +225,9 @@ def plan_pruning(model: torch.nn.Module, bias: Any, *, params: ActivationParams 
     ``importance`` is a metric name or precomputed ``{layer: Tensor[width]}`` (``importance_name`` then says
     which metric it came from, for the plan's record); activation-aware metrics need a neuron-site report;
     ``guard_magnitude_ratio`` protects neurons whose mean |activation| exceeds that multiple of their layer's
-    median (``None``: no guard). Raises ``ConfigError`` for bad settings and ``PlanError`` when scores do not
-    fit the model.
+    median (``None``: no guard); ``uniform_widths`` removes the same number from every layer
+    (``uniform_quota``, ranked within each layer), so the result loads with plain transformers. Raises
+    ``ConfigError`` for bad settings and ``PlanError`` when scores do not fit the model.
     """
     from ..contract.registry import default_registry
     from ..model.adapters import count_parameters, resolve_adapter
@@ -200,7 +237,7 @@ def plan_pruning(model: torch.nn.Module, bias: Any, *, params: ActivationParams 
         params, pruning, importance=DEFAULT if precomputed is not None else importance,
         importance_params=importance_params, scorer=scorer, scorer_params=scorer_params, bias_weight=bias_weight,
         budget=budget, selection=selection, layers=layers, min_width=min_width, round_to=round_to,
-        guard_magnitude_ratio=guard_magnitude_ratio)
+        guard_magnitude_ratio=guard_magnitude_ratio, uniform_widths=uniform_widths)
     registry = default_registry(registry)
     adapter = adapter or resolve_adapter(model, registry=registry)
     bias_scores: Mapping[int, torch.Tensor] = getattr(bias, "scores", bias)
@@ -209,6 +246,9 @@ def plan_pruning(model: torch.nn.Module, bias: Any, *, params: ActivationParams 
     bad = [layer for layer in layers if not 0 <= layer < n_layers or layer not in bias_scores]
     if bad:
         raise PlanError(f"layers {bad} are out of range (0..{n_layers - 1}) or have no bias scores")
+    if pruning.uniform_widths and layers != list(range(n_layers)):
+        raise PlanError(f"uniform_widths needs bias scores for every layer 0..{n_layers - 1}; "
+                        f"the report has layers {layers}")
 
     imp = precomputed if precomputed is not None else layer_importance(model, params.importance, bias, adapter,
                                                                        registry)
@@ -221,8 +261,12 @@ def plan_pruning(model: torch.nn.Module, bias: Any, *, params: ActivationParams 
     if per_layer is None and params.selection == "per_layer":
         per_layer = _split_proportionally(total, widths)
     caps = {layer: widths[layer] - pruning.min_width for layer in layers}
+    if pruning.uniform_widths:
+        removable = {layer: int(torch.isfinite(_masked(scores[layer], guarded[layer])).sum()) for layer in layers}
+        per_layer = uniform_quota(widths, total if per_layer is None else sum(per_layer.values()),
+                                  round_to=pruning.round_to, min_width=pruning.min_width, available=removable)
     removed = _select(scores, guarded, caps, total, per_layer)
-    if pruning.round_to:
+    if pruning.round_to and not pruning.uniform_widths:
         removed = _apply_rounding(removed, scores, guarded, widths, pruning.round_to, pruning.min_width)
 
     records = [{"layer": layer, "neuron": n, "bias": float(bias_scores[layer][n]), "importance": float(imp[layer][n]),

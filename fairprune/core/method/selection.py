@@ -29,7 +29,7 @@ from ..contract.protocols import PromptGroup
 from ..model.adapters import count_parameters, resolve_adapter
 from . import attribution as attr
 from .passes import SelectionPasses
-from .planning import Plan, neuron_cost
+from .planning import Plan, allocate_budget, interleaved, neuron_cost, uniform_quota
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +161,7 @@ class _Selector:
     recall: Any = None  # a recall_guard.RecallGuard, or None
     recall_base: float | None = None  # its measured recall before any removal (percent)
     recall_after: float | None = None  # the recall the last proposed round leaves
+    uniform: bool = False  # pruning.uniform_widths: candidates by rank within their layer, one quota per layer
 
     def attribute(self, removed: Mapping[int, Sequence[int]] | None = None) -> attr.FoldedAttribution:
         """Forward and backward passes over every fold with ``removed`` ablated (``SelectionPasses``: shared
@@ -182,6 +183,8 @@ class _Selector:
         per_fold = current.fold_delta(self.fill)
         delta = current.blend(per_fold)
         entries = _ranked(per_fold, self.cost, self.guarded, state.removed, self.settings.ranking, self.layers)
+        if self.uniform:
+            entries = interleaved(entries)
         add = _take(entries, state, quota_params, quota_neurons, self.caps, self.widths, self.costs, self.min_width)
         if not add:
             return [], delta, None, ("no candidate lowers the objective within the budget" if entries
@@ -236,14 +239,18 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
                           layers: Sequence[int] | None = None, batch_size: int = 16, adapter: Any = None,
                           registry: Any = None, progress: bool = True,
                           forms: Mapping[str, str] | None = None, recall: Any = None, world: Any = None,
-                          passes: SelectionPasses | None = None) -> Selection:
+                          passes: SelectionPasses | None = None, uniform_widths: bool = False,
+                          round_to: int | None = None) -> Selection:
     """Choose neurons to remove so that ``objective`` (a bound ``bias_objectives`` plugin) falls on ``groups``.
 
     ``capability`` is the configured ``capability_cost`` importance metric (its
     params name the calibration text). ``compensated`` says removed neurons are
     replaced by their calibration mean (the ``compensated`` pruner) rather than zero. ``settings`` are the
     method's params (``config.AttributionParams``; its ``objective`` and ``capability`` fields name the plugins
-    given here); ``layers`` limits which layers may lose neurons, ``min_width`` how narrow one may get.
+    given here); ``layers`` limits which layers may lose neurons, ``min_width`` how narrow one may get;
+    ``uniform_widths`` gives every layer one quota (``planning.uniform_quota``, a common width that is a
+    multiple of ``round_to`` when given), takes candidates by rank within their layer, and evens the layers
+    at the end (``pruning.uniform_widths``).
     ``forms`` (``GroupSet.form_to_group``) names each surface form's attribute
     group for objectives that use labels; their groups are merged by template.
     ``recall`` (a ``recall_guard.RecallGuard``, optional) protects the neurons whose removal is estimated
@@ -261,6 +268,11 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
     passes = (passes or SelectionPasses(model, adapter)).bind(world, progress)
     sel, cap = _selector(model, tokenizer, groups, objective, capability, budget, compensated, settings, min_width,
                          layers, batch_size, adapter, progress, forms, passes, recall)
+    if uniform_widths:  # one quota for every layer (planning.uniform_quota); candidates by rank within their layer
+        total, per_layer = allocate_budget(budget, sel.widths, sel.costs, sel.total_params)
+        sel.caps = uniform_quota(sel.widths, total if per_layer is None else sum(per_layer.values()),
+                                 round_to=round_to, min_width=min_width)
+        sel.uniform = True
     current = sel.attribute()
     first = {layer: -d for layer, d in current.delta(sel.fill).items()}
     objective_before = current.objective
@@ -306,12 +318,18 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
         if nxt is not None:
             current = nxt
 
+    if uniform_widths:
+        state, records, evened = _evened(state, records, sel.widths, sel.costs, sel.measure)
+        if evened:
+            log.append(evened)
+            stop += f"; {-evened['neurons']} neuron(s) put back so that every layer loses the same number"
     plan = _plan(state, records, log, stop, objective_before, sel, objective, capability, compensated, budget,
                  time.perf_counter() - start, layers)
     if recall is not None:
         plan.settings["recall"] = {"guard_fraction": recall.guard_fraction, "max_drop_pts": recall.max_drop_pts,
                                    "recall_base_pct": sel.recall_base}
     plan.settings["processes"] = 1 if world is None else world.size  # how many shared the passes
+    plan.settings.update(uniform_widths=uniform_widths, round_to=round_to)
     return Selection(plan, cap.mean, first, sel.cost, cap.magnitude, log)
 
 
@@ -348,6 +366,25 @@ def _selector(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objecti
         sel.guarded = {layer: mask | by_recall[layer] for layer, mask in sel.guarded.items()}
         sel.recall_base = recall.measure(model, adapter, fill=fill)
     return sel, cap
+
+
+def _evened(state: _State, records: list[dict[str, Any]], widths: Mapping[int, int], costs: Mapping[int, int],
+            measure: Any) -> tuple[_State, list[dict[str, Any]], dict[str, Any] | None]:
+    """Every layer cut back to the fewest removals of any layer, keeping its earliest and best-estimated ones
+    (round, then attribution), and measured again; the log entry of the change, or None when already even."""
+    counts = [len(state.removed.get(layer, ())) for layer in widths]
+    keep = min(counts)
+    if keep == max(counts):
+        return state, records, None
+    kept = [r for layer in widths for r in sorted((r for r in records if r["layer"] == layer),
+                                                  key=lambda r: (r["round"], r["attribution"]))[:keep]]
+    removed = _merged({}, [(r["layer"], r["neuron"]) for r in kept])
+    measured = measure(removed)
+    dropped = [r for r in records if r not in kept]
+    entry = {"round": "evened", "neurons": -len(dropped), "objective_before": state.objective,
+             "objective_after": measured, "predicted_change": -float(sum(r["attribution"] for r in dropped)),
+             "measured_change": measured - state.objective, "accepted": True}
+    return _State(removed, sum(costs[r["layer"]] for r in kept), measured), kept, entry
 
 
 def _expects(start: float, predicted: Sequence[float], target: float, scale: float | None) -> bool:
@@ -485,7 +522,8 @@ def run_selection(model: Any, context: Any, params: AttributionParams, *, object
         budget=budget, compensated=bool(getattr(context.pruner, "needs_calibration", False)), settings=params,
         min_width=config.pruning.min_width, layers=config.pruning.layers, batch_size=config.bias.batch_size,
         adapter=context.adapter, registry=context.registry, progress=context.progress, forms=found.form_to_group,
-        recall=_recall_guard(model, context, params), world=current() if shard else None, passes=passes)
+        recall=_recall_guard(model, context, params), world=current() if shard else None, passes=passes,
+        uniform_widths=config.pruning.uniform_widths, round_to=config.pruning.round_to)
     return selection, selection_report(selection, groups, model, context.adapter)
 
 

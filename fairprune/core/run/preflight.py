@@ -136,6 +136,15 @@ def check_budget(config: Any, model: Any, adapter: Any) -> None:
         raise ConfigError(f"pruning.budget: {budget_text(pruning.budget)} is less than one neuron of this model "
                           f"(a neuron holds {min(costs.values()):,} of {count_parameters(model):,} parameters); "
                           "raise the budget")
+    if getattr(pruning, "uniform_widths", False):
+        from ..method.planning import uniform_quota
+
+        neurons = total if per_layer is None else sum(per_layer.values())
+        if not any(uniform_quota(widths, neurons, round_to=pruning.round_to, min_width=pruning.min_width).values()):
+            raise ConfigError(f"pruning.uniform_widths: {budget_text(pruning.budget)} ({neurons} neurons) leaves no "
+                              f"neuron for each of the {len(widths)} layers"
+                              + (f" at a width that is a multiple of round_to={pruning.round_to}"
+                                 if pruning.round_to else "") + "; raise the budget")
     if not any(w > pruning.min_width for w in widths.values()):
         raise ConfigError(f"pruning.min_width: {pruning.min_width} leaves no neuron to remove (layer widths "
                           f"{sorted(set(widths.values()))})")

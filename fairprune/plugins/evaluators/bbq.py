@@ -175,11 +175,11 @@ class BBQEvaluator(BenchmarkEvaluator):
         how = ranking_name(self.params)
         return (
             Headline(key="bias_score_ambiguous_base", label=f"BBQ bias score, ambiguous (base; {how})",
-                     better="lower", kind="level"),
+                     better="lower", kind="level", dataset="BBQ"),
             Headline(key="bias_score_ambiguous_pruned", label=f"BBQ bias score, ambiguous (pruned; {how})",
-                     better="lower", kind="level"),
+                     better="lower", kind="level", dataset="BBQ"),
             Headline(key="accuracy_disambiguated_pruned", label=f"BBQ accuracy, disambiguated (pruned; {how})",
-                     unit="%", kind="level"),
+                     unit="%", kind="level", dataset="BBQ"),
         )
 
     def load(self) -> list[Example]:

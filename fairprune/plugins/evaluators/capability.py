@@ -51,10 +51,13 @@ class CapabilityEvaluator(Plugin):
 
     needs_groups = False
     headlines = (
-        Headline("lambada_ppl_change_pct", "LAMBADA last-word perplexity change", "%", "lower", "capability"),
-        Headline("lambada_acc_change_pts", "LAMBADA accuracy change", " pts", "higher"),
-        Headline("text_ppl_change_pct", "Perplexity change on the general English text", "%", "lower", "capability"),
-        Headline("cloze_acc_change_pts", "Cloze accuracy change", " pts", "higher"),
+        Headline("lambada_ppl_change_pct", "LAMBADA last-word perplexity change", "%", "lower", "capability",
+                 dataset="LAMBADA", split="test"),
+        Headline("lambada_acc_change_pts", "LAMBADA accuracy change", " pts", "higher", dataset="LAMBADA",
+                 split="test"),
+        Headline("text_ppl_change_pct", "Perplexity change on the general English text", "%", "lower", "capability",
+                 dataset="general English text"),
+        Headline("cloze_acc_change_pts", "Cloze accuracy change", " pts", "higher", dataset="general-knowledge cloze"),
     )
 
     def observe(self, model, context: EvalContext) -> dict[str, list]:

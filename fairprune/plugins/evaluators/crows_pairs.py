@@ -65,9 +65,9 @@ class CrowsPairsEvaluator(BenchmarkEvaluator):
     Params = CrowsPairsParams
     headlines = (
         Headline(key="pct_stereotype_base", label="CrowS-Pairs % stereotype (base)", unit="%",
-                 better="closer_to_50", kind="level"),
+                 better="closer_to_50", kind="level", dataset="CrowS-Pairs"),
         Headline(key="pct_stereotype_pruned", label="CrowS-Pairs % stereotype (pruned)", unit="%",
-                 better="closer_to_50", kind="level"),
+                 better="closer_to_50", kind="level", dataset="CrowS-Pairs"),
     )
 
     def load(self) -> list[Pair]:

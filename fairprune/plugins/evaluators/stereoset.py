@@ -106,9 +106,11 @@ class StereoSetEvaluator(BenchmarkEvaluator):
     description = "StereoSet intrasentence from dev.json: stereotype score (ideal 50), LM score and ICAT"
     Params = StereoSetParams
     headlines = (
-        Headline(key="ss_base", label="StereoSet SS (base)", unit="%", better="closer_to_50", kind="level"),
-        Headline(key="ss_pruned", label="StereoSet SS (pruned)", unit="%", better="closer_to_50", kind="level"),
-        Headline(key="icat_pruned", label="StereoSet ICAT (pruned)", kind="level"),
+        Headline(key="ss_base", label="StereoSet SS (base)", unit="%", better="closer_to_50", kind="level",
+                 dataset="StereoSet"),
+        Headline(key="ss_pruned", label="StereoSet SS (pruned)", unit="%", better="closer_to_50", kind="level",
+                 dataset="StereoSet"),
+        Headline(key="icat_pruned", label="StereoSet ICAT (pruned)", kind="level", dataset="StereoSet"),
     )
 
     def load(self) -> list[Item]:

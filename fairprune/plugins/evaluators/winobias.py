@@ -88,9 +88,9 @@ class WinoBiasEvaluator(BenchmarkEvaluator):
     Params = WinoBiasParams
     headlines = (
         Headline(key="pct_pro_base", label="WinoBias % pro-stereotypical (base)", unit="%", better="closer_to_50",
-                 kind="level"),
+                 kind="level", dataset="WinoBias", split="test"),
         Headline(key="pct_pro_pruned", label="WinoBias % pro-stereotypical (pruned)", unit="%",
-                 better="closer_to_50", kind="level"),
+                 better="closer_to_50", kind="level", dataset="WinoBias", split="test"),
     )
 
     def load(self) -> list[SentencePair]:
