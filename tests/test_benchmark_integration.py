@@ -122,7 +122,7 @@ def test_run_config_figures_reach_metrics_report_card_and_html(benchmark_run):
     for file in ("report.md", "README.md", "report.html"):
         text = (out / file).read_text()
         assert "WinoBias % pro-stereotypical (pruned)" in text, file
-        assert "BBQ bias score, ambiguous (base)" in text, file
+        assert "BBQ bias score, ambiguous (base; " in text, file  # the label names the answer ranking
     assert "| % pro-stereotypical preferred (all) |" in (out / "report.md").read_text()
 
 
