@@ -5,6 +5,7 @@ one line (disk full) and the next run succeeds; driven through the real CLI with
 from __future__ import annotations
 
 import resource
+from contextlib import contextmanager
 
 import pytest
 import yaml
@@ -74,39 +75,40 @@ def test_the_report_and_a_plot_onto_a_full_disk_keep_their_previous_files(previo
     assert picture.read_bytes() == before and not leftovers(tmp_path)
 
 
-@pytest.fixture
-def file_size_limit():
-    """Limit this process's files (soft limit only, restored after): writes past it fail with EFBIG."""
+@contextmanager
+def file_size_limit(n: int):
+    """Limit this process's files to ``n`` bytes (soft limit only) for the body of the ``with``: writes past it fail
+    with EFBIG. Restored before pytest writes anything (its own output may be a file larger than ``n``)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (n, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
-    def limit(n: int) -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (n, hard))
 
-    yield limit
-    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-
-
-def test_a_tokenizer_saved_onto_a_full_disk_is_one_line(tmp_path, file_size_limit):
+def test_a_tokenizer_saved_onto_a_full_disk_is_one_line(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
     (target / "old.txt").write_text("previous")
     before = snapshot(tmp_path)
-    file_size_limit(1000)  # tokenizer.json is ~3.6 kB; the tokenizers library writes it natively
+    tokenizer = tiny_tokenizer()
     with pytest.raises(OutputError) as info, atomic_directory(target, overwrite=True) as staging:
         staging.mkdir()
-        tiny_tokenizer().save_pretrained(staging)
+        with file_size_limit(1000):  # tokenizer.json is ~3.6 kB; the tokenizers library writes it natively
+            tokenizer.save_pretrained(staging)
     assert "file too large" in str(info.value) and "while writing" in str(info.value), str(info.value)
     assert f"while writing into {target};" in str(info.value)  # the tokenizers library names no file
     assert "\n" not in str(info.value) and snapshot(tmp_path) == before
 
 
-def test_a_text_file_onto_a_full_disk_is_one_line_and_keeps_the_old_file(tmp_path, file_size_limit):
+def test_a_text_file_onto_a_full_disk_is_one_line_and_keeps_the_old_file(tmp_path):
     path = tmp_path / "report.md"
     path.write_text("old")
-    file_size_limit(100)
     with (pytest.raises(OutputError, match=r"file too large .* while writing .*report\.md; nothing was replaced"),
           atomic_file(path) as staging):
-        staging.write_text("x" * 1000)
+        with file_size_limit(100):
+            staging.write_text("x" * 1000)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.md"]
 
 
