@@ -50,10 +50,8 @@ def write_config(tmp_path: Path, source: Path, prompts: Path, **method) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dist-sel") / "tiny-llama"
-    fp.save_pretrained(tiny_model("llama", max_position_embeddings=512), tiny_char_tokenizer(), path)
-    return path
+def tiny_dir(tiny_llama_dir):
+    return tiny_llama_dir  # the session's saved tiny Llama (fairprune.testing.fixtures)
 
 
 def test_two_processes_select_what_one_selects(tiny_dir, tmp_path):

@@ -10,7 +10,6 @@ from huggingface_hub.repocard import metadata_load
 import fairprune as fp
 from fairprune.core.contract.summary import headlines, metric
 from fairprune.plugins.hub_card import dataset_type, loading, model_index
-from fairprune.testing import tiny_char_tokenizer, tiny_model
 
 EVALUATORS = [
     {"name": "output_bias", "params": {"n_boot": 50}},
@@ -27,10 +26,8 @@ def run_config(source, out, **pruning):
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    path = tmp_path_factory.mktemp("src") / "tiny-llama"
-    fp.save_pretrained(tiny_model("llama", max_position_embeddings=512), tiny_char_tokenizer(), path)
-    return path
+def source(tiny_llama_dir):
+    return tiny_llama_dir  # the session's saved tiny Llama (fairprune.testing.fixtures)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from fairprune.core.contract.errors import ConfigError
 from fairprune.core.contract.plugin import Plugin
 from fairprune.core.contract.protocols import MethodAnalysis
 from fairprune.core.contract.registry import Registry
-from fairprune.testing import tiny_char_tokenizer, tiny_model
 from fairprune.testing.contracts import MethodContract
 
 
@@ -75,10 +74,8 @@ class ThirdParty:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("src") / "tiny-llama"
-    fp.save_pretrained(tiny_model("llama", max_position_embeddings=512), tiny_char_tokenizer(), path)
-    return path
+def model_dir(tiny_llama_dir):
+    return tiny_llama_dir  # the session's saved tiny Llama (fairprune.testing.fixtures)
 
 
 def config_for(model_dir: Path, out: Path, method: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 import fairprune as fp
 from fairprune.core.contract.errors import ConfigError
 from fairprune.core.method.planning import Plan, interleaved, plan_pruning, uniform_quota
-from fairprune.testing import tiny_char_tokenizer, tiny_model
+from fairprune.testing import tiny_model
 
 EVALUATORS = [{"name": "output_bias", "params": {"n_boot": 50}}, "parameters"]
 
@@ -58,10 +58,8 @@ def test_activation_plan_removes_the_same_top_ranked_count_per_layer():
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    path = tmp_path_factory.mktemp("src") / "tiny-llama"
-    fp.save_pretrained(tiny_model("llama", max_position_embeddings=512), tiny_char_tokenizer(), path)
-    return path
+def source(tiny_llama_dir):
+    return tiny_llama_dir  # the session's saved tiny Llama (fairprune.testing.fixtures)
 
 
 def config_for(source, out, method="activation", **pruning):

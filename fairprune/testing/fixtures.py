@@ -32,3 +32,15 @@ def tiny_gemma() -> Any:
 def tiny_tok() -> Any:
     """A word-level tokenizer whose ids fit the tiny models (pad token set, right padding)."""
     return tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A saved tiny Llama (512 positions) with the character tokenizer: a model source runs read from, never
+    write to; saved once per test session."""
+    import fairprune as fp
+    from fairprune.testing import tiny_char_tokenizer, tiny_model
+
+    path = tmp_path_factory.mktemp("shared-src") / "tiny-llama"
+    fp.save_pretrained(tiny_model("llama", max_position_embeddings=512), tiny_char_tokenizer(), path)
+    return path
