@@ -312,19 +312,20 @@ def collect_metrics(run: Run) -> dict[str, Any]:
             "params_removed": result.params_removed,
             "params_removed_pct": 100.0 * result.fraction_removed,
             "widths_after": result.widths_after,
-            **_attribution_metrics(plan),
+            **_verification_metrics(plan),
         },
         "evaluation": {name: r.to_dict() for name, r in run.evaluations.items()},
     }
 
 
-def _attribution_metrics(plan: Any) -> dict[str, Any]:
-    """The attribution method's verification (predicted vs measured objective change) and stop reason."""
+def _verification_metrics(plan: Any) -> dict[str, Any]:
+    """``{method: figures}`` of a plan that records a measured verification (the attribution method's predicted
+    vs measured objective change, rounds and stop reason); empty for a plan without one. Core names no method."""
     settings = getattr(plan, "settings", {}) or {}
-    if settings.get("method") != "attribution":
+    if "verification" not in settings:
         return {}
-    return {"attribution": {**settings["verification"], "rounds_run": settings["rounds_run"],
-                            "stop_reason": settings["stop_reason"], "selection_seconds": settings["selection_seconds"]}}
+    extra = {key: settings[key] for key in ("rounds_run", "stop_reason", "selection_seconds") if key in settings}
+    return {settings.get("method", "method"): {**settings["verification"], **extra}}
 
 
 @releasing_claims
