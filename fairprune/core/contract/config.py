@@ -118,6 +118,11 @@ class AttributionParams(Strict):
     recall: RecallSection | None = Field(
         default=None, description="the recall guard: protect and check the model's recall of the stated group; "
                                   "None: off")
+    pass_dtype: Literal["float32", "bfloat16"] = Field(
+        default="float32", description="the precision of selection's passes: float32; or bfloat16, the model's "
+                                       "forwards in bf16 autocast (per-neuron sums, objectives and losses still "
+                                       "float32), faster on CPUs with AMX and on GPUs; refused for float64 models "
+                                       "and devices without bf16 autocast")
 
 
 class ActivationParams(Strict):

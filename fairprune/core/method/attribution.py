@@ -46,6 +46,7 @@ from ..model.adapters import resolve_adapter
 from ..model.distributed import share
 from ..model.lm_scoring import pad_id
 from .collect import _batches, _max_positions, input_device, non_finite_error, tokenize_groups
+from .precision import forward
 
 logger = logging.getLogger(__name__)
 
@@ -371,9 +372,9 @@ def _objective_inputs(model: nn.Module, groups: BatchGroups, batch: Any,
         raise ConfigError("method.positions: suffix reads next-token distributions; an objective on the "
                           "residual stream (hidden) takes positions: last")
     keep = max(positions)
-    out = model(input_ids=batch.input_ids.to(device), attention_mask=mask.long(),
-                position_ids=batch.content_pos.to(device), use_cache=False, logits_to_keep=keep,
-                output_hidden_states=want_hidden)
+    out = forward(model, input_ids=batch.input_ids.to(device), attention_mask=mask.long(),
+                  position_ids=batch.content_pos.to(device), use_cache=False, logits_to_keep=keep,
+                  output_hidden_states=want_hidden)
     # _batches sorts rows by length; put them back in group order
     order = torch.argsort(torch.tensor(batch.rows)).to(device)
     logprobs = torch.log_softmax(wide(out.logits.index_select(0, order)), dim=-1)  # [prompts, keep, vocab]
@@ -588,7 +589,7 @@ def _chunk_losses(model: nn.Module, chunks: Sequence[Sequence[int]], n_prefix: i
     """Mean next-token NLL (nats) of each chunk's text tokens: ``[n_chunks]``; chunks have one length."""
     device = input_device(model)
     ids = torch.tensor([list(c) for c in chunks], dtype=torch.long, device=device)
-    logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+    logits = forward(model, input_ids=ids, use_cache=False).logits[:, :-1]
     targets = ids[:, 1:]
     # one chunk's widened logits (and their log-softmax) at a time: at a 128k vocabulary a batch's float32 copies
     # were several times the model-dtype logits; each row's NLL is bitwise what the whole batch gives

@@ -34,6 +34,7 @@ from .attribution import (
     neuron_hooks,
     stop_together,
 )
+from .precision import forward
 
 
 @dataclass
@@ -94,7 +95,7 @@ def activation_means(model: nn.Module, text: TextChunks, adapter: Any, *, batch_
         for k in share(len(starts), world):
             batch = text.chunks[starts[k]:starts[k] + batch_size]
             hooks.kept = {}
-            model(input_ids=torch.tensor([list(c) for c in batch], device=_device(model)), use_cache=False)
+            forward(model, input_ids=torch.tensor([list(c) for c in batch], device=_device(model)), use_cache=False)
             totals.add(flat_sums(widths, hooks.kept, {}, torch.ones(len(batch), len(batch[0]), dtype=torch.bool),
                                  with_grads=False))
             hooks.kept = {}

@@ -8,8 +8,8 @@ neurons removed so far), and the objective measured with candidate removals.
 ``world`` when there is one, and keeps what they gave, keyed by what they read
 (the text or the groups, the removed set, the fill): a sweep's budgets share the
 capability estimate, the base loss and the first round's attribution, and a
-measured removal is never measured twice. Results are exactly those of the
-uncached call. The memo is valid for one model state: make a new one when the
+measured removal is never measured twice (keys include the pass precision,
+``precision.current()``). Results are exactly those of the uncached call. The memo is valid for one model state: make a new one when the
 weights change (the pipeline keeps one per analysis; a sweep restores the model
 before each plan).
 """
@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import attribution as attr
+from . import precision
 from .capability import CapabilityEstimate, capability_estimate, chunk_batch
 
 
@@ -89,7 +90,7 @@ class SelectionPasses:
 
     def capability(self, text: attr.TextChunks, *, compensated: bool) -> CapabilityEstimate:
         """The capability estimate of ``text`` for removal to zero or (``compensated``) to the mean."""
-        key = ("capability", text_key(text), compensated)
+        key = ("capability", text_key(text), compensated, precision.current())
         if key not in self.memo:
             self.memo[key] = capability_estimate(self.model, text, self.adapter, compensated=compensated,
                                                  batch_size=self._chunk_batch(text), progress=self.progress,
@@ -100,7 +101,7 @@ class SelectionPasses:
                   fill: Mapping[int, Any] | None = None) -> float:
         """``attribution.text_loss`` with ``removed`` ablated to ``fill``."""
         key = ("text_loss", text_key(text), removed_key(removed), self._fill_key(fill) if removed_key(removed)
-               else "any")
+               else "any", precision.current())
         if key not in self.memo:
             self.memo[key] = attr.text_loss(self.model, text, self.adapter, removed=removed, fill=fill,
                                             batch_size=self._chunk_batch(text), **self._sharded())
@@ -113,7 +114,7 @@ class SelectionPasses:
         if removed_key(removed):
             return attr.attribute_folds(self.model, folds, objective, self.adapter, removed=removed, fill=fill,
                                         progress=self.progress, **self._sharded())
-        key = ("attribute", folds_key(folds, objective), self._fill_key(fill))
+        key = ("attribute", folds_key(folds, objective), self._fill_key(fill), precision.current())
         if key not in self.memo:
             self._remember(objective)
             self.memo[key] = attr.attribute_folds(self.model, folds, objective, self.adapter, fill=fill,
@@ -123,7 +124,8 @@ class SelectionPasses:
     def measure(self, folds: Sequence[attr.GroupBatches], objective: Any, removed: attr.Removed | None = None,
                 fill: Mapping[int, Any] | None = None) -> float:
         """The objective's mean over every group of ``folds`` with ``removed`` ablated (forward passes only)."""
-        key = ("measure", folds_key(folds, objective), removed_key(removed), self._fill_key(fill))
+        key = ("measure", folds_key(folds, objective), removed_key(removed), self._fill_key(fill),
+               precision.current())
         if key not in self.memo:
             self._remember(objective)
             values = [v for b in folds for v in attr.objective_values(self.model, b, objective, self.adapter,

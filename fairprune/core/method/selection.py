@@ -29,6 +29,7 @@ from ..contract.protocols import PromptGroup
 from ..model.adapters import count_parameters, resolve_adapter
 from . import attribution as attr
 from .passes import SelectionPasses
+from .precision import pass_precision
 from .planning import Plan, allocate_budget, interleaved, neuron_cost, uniform_quota
 
 logger = logging.getLogger(__name__)
@@ -264,6 +265,18 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
     settings = settings or AttributionParams()
     start = time.perf_counter()
     adapter = adapter or resolve_adapter(model, registry=registry)
+    with pass_precision(model, settings.pass_dtype):  # ConfigError before any pass when it cannot run
+        return _select(model, tokenizer, groups, objective, capability, budget, compensated, settings, min_width,
+                       layers, batch_size, adapter, registry, progress, forms, recall, world, passes,
+                       uniform_widths, round_to, start)
+
+
+def _select(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objective: Any, capability: Any,
+            budget: Budget, compensated: bool, settings: AttributionParams, min_width: int,
+            layers: Sequence[int] | None, batch_size: int, adapter: Any, registry: Any, progress: bool,
+            forms: Mapping[str, str] | None, recall: Any, world: Any, passes: SelectionPasses | None,
+            uniform_widths: bool, round_to: int | None, start: float) -> Selection:
+    """``select_by_attribution``'s rounds, in the pass precision it set."""
     progress = progress and (world is None or world.is_main)
     passes = (passes or SelectionPasses(model, adapter)).bind(world, progress)
     sel, cap = _selector(model, tokenizer, groups, objective, capability, budget, compensated, settings, min_width,
@@ -483,6 +496,7 @@ def _plan(state: _State, records: list[dict[str, Any]], log: list[dict[str, Any]
         "rounds": settings.rounds, "rounds_run": len(log),
         "guard_fraction": settings.guard_fraction, "magnitude_guard": settings.magnitude_guard,
         "ranking": settings.ranking, "min_improvement_pct": settings.min_improvement_pct,
+        "pass_dtype": settings.pass_dtype,
         "max_perplexity_increase_pct": settings.max_perplexity_increase_pct, "min_width": sel.min_width,
         "layers": list(layers) if layers is not None else None,
         "budget": budget.model_dump(exclude_none=True), "stop_reason": stop, "selection_seconds": round(seconds, 3),

@@ -1,0 +1,94 @@
+"""The precision selection's passes run in (``method.pass_dtype``): float32, or bfloat16 autocast.
+
+With ``bfloat16`` every model forward of a selection (the attribution and
+capability passes, and the measured checks: objective, calibration loss,
+recall) runs under ``torch.autocast(dtype=torch.bfloat16)`` on each device type
+the model computes on, so the matrix products take bf16 inputs (on CPUs with AMX
+and on GPUs, much faster) while what autocast keeps wide stays float32 (norms,
+softmax). Everything read from a pass is widened before it is used: per-neuron
+sums are accumulated in float32 (``attribution.flat_sums``), and objectives and
+losses are computed in float32 from widened logits, outside autocast, so an
+objective's own products never run in bf16. Backward passes replay the dtypes
+of their forward. The default, ``float32``, changes nothing.
+
+The setting is a context (``pass_precision``) that the model calls of
+``attribution`` and ``capability`` read through ``forward``; it is one
+``ContextVar``, so threads and nested selections do not see each other's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..contract.errors import ConfigError
+
+#: ``method.pass_dtype`` values and the autocast dtype each means (None: no autocast)
+PASS_DTYPES: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
+
+_AUTOCAST: ContextVar[torch.dtype | None] = ContextVar("fairprune_pass_autocast", default=None)
+
+
+def current() -> str:
+    """The pass dtype in force (``"float32"`` outside ``pass_precision``): part of a memoized pass's key."""
+    dtype = _AUTOCAST.get()
+    return next(name for name, value in PASS_DTYPES.items() if value == dtype)
+
+
+def device_types(model: nn.Module) -> list[str]:
+    """The device types ``model`` computes on (``cpu``, ``cuda``, ...), from its parameters and accelerate's
+    execution devices; offloaded weights (``meta``) count where they execute."""
+    from ..model.devices import execution_device
+
+    kinds = {p.device.type for p in model.parameters() if p.device.type != "meta"}
+    kinds |= {execution_device(m).type for m in model.modules() if getattr(m, "_hf_hook", None) is not None}
+    return sorted(kinds or {"cpu"})
+
+
+def check_pass_dtype(model: nn.Module, name: str) -> None:
+    """``ConfigError`` (one line, naming ``method.pass_dtype``) when passes in ``name`` cannot run on ``model``:
+    an unknown name, a float64 model (autocast would silently lose its precision), or a device type without
+    bfloat16 autocast (a GPU without bf16, MPS on torch versions that lack it)."""
+    if name not in PASS_DTYPES:
+        raise ConfigError(f"method.pass_dtype must be one of {', '.join(PASS_DTYPES)}, got {name!r}")
+    if PASS_DTYPES[name] is None:
+        return
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if torch.float64 in dtypes:
+        raise ConfigError(f"method.pass_dtype: {name} passes need a float32, float16 or bfloat16 model; this one "
+                          "is float64 (set method.pass_dtype=float32 or load the model in float32)")
+    for kind in device_types(model):
+        if not torch.amp.is_autocast_available(kind):
+            raise ConfigError(f"method.pass_dtype: torch has no {name} autocast on {kind!r} devices; set "
+                              "method.pass_dtype=float32")
+        if kind == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError(f"method.pass_dtype: this GPU has no {name} support; set method.pass_dtype=float32")
+
+
+@contextmanager
+def pass_precision(model: nn.Module, name: str = "float32") -> Iterator[None]:
+    """Run the block's selection passes on ``model`` in ``name`` (``PASS_DTYPES``); checked first
+    (``check_pass_dtype``)."""
+    check_pass_dtype(model, name)
+    token = _AUTOCAST.set(PASS_DTYPES[name])
+    try:
+        yield
+    finally:
+        _AUTOCAST.reset(token)
+
+
+def forward(model: nn.Module, **inputs: Any) -> Any:
+    """``model(**inputs)``, under bf16 autocast on every device type the model computes on when a
+    ``pass_precision`` block asks for it. Callers widen what they read (``attribution.wide``)."""
+    dtype = _AUTOCAST.get()
+    if dtype is None:
+        return model(**inputs)
+    with ExitStack() as stack:
+        for kind in device_types(model):
+            stack.enter_context(torch.autocast(kind, dtype=dtype))
+        return model(**inputs)
