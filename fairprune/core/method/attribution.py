@@ -44,7 +44,7 @@ from ..data.groups import attribute_key
 from ..data.prompts import validate_groups
 from ..model.adapters import resolve_adapter
 from ..model.distributed import share
-from ..model.lm_scoring import pad_id
+from ..model.lm_scoring import contiguous_head, pad_id
 from .collect import _batches, _max_positions, input_device, non_finite_error, tokenize_groups
 from .precision import forward
 
@@ -205,13 +205,6 @@ class _NeuronHooks:
         return pre_hook
 
 
-def _contiguous_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The output head's input made contiguous: with ``logits_to_keep`` it is a strided slice of the last
-    positions, for which torch multiplies by a batch-expanded vocabulary matrix (bmm), ~8% of an attribution
-    pass on SmolLM2; contiguous, it is one plain matmul with the same values up to rounding."""
-    return (args[0].contiguous(), *args[1:])
-
-
 @contextmanager
 def neuron_hooks(model: nn.Module, adapter: Any, removed: Removed | None = None,
                  fill: Mapping[int, torch.Tensor] | None = None) -> Iterator[_NeuronHooks]:
@@ -225,10 +218,8 @@ def neuron_hooks(model: nn.Module, adapter: Any, removed: Removed | None = None,
             if not target.use_input or target.select is not None:
                 raise ConfigError(f"adapter {adapter.name!r}: the neuron site of layer {layer} is not a module input")
             handles.append(target.module.register_forward_pre_hook(state.hook(layer)))
-        head = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
-        if isinstance(head, nn.Module):
-            handles.append(head.register_forward_pre_hook(_contiguous_input))
-        yield state
+        with contiguous_head(model):  # the output head runs as one matmul over the kept positions
+            yield state
     finally:
         for handle in handles:
             handle.remove()

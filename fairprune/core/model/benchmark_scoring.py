@@ -22,6 +22,7 @@ from .lm_scoring import (
     LOGITS_BUDGET,
     _accepts_logits_to_keep,
     _vocab_size,
+    contiguous_head,
     encode,
     length_batches,
     pad_id,
@@ -146,8 +147,9 @@ def _score_batch(model, contexts: list[list[int]], targets: list[list[list[int]]
         ids[row, width - len(context):] = torch.as_tensor(context)
         mask[row, width - len(context):] = 1
     keep = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}  # the LM head on the last position only
-    first = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                  position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device), use_cache=True, **keep)
+    with contiguous_head(model):  # one matmul over the last positions, not a batch-expanded one
+        first = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                      position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device), use_cache=True, **keep)
     # predicts each choice's first token
     first_lp = torch.log_softmax(first.logits[:, -1, :], dim=-1, dtype=torch.float32)
     owner = torch.as_tensor([row for row, options in enumerate(targets) for _ in options])

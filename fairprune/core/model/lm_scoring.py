@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +64,28 @@ def _accepts_logits_to_keep(model: nn.Module) -> bool:
         return False
 
 
+def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
+    """The output head's input made contiguous: with ``logits_to_keep`` it is a strided slice of the last
+    positions, for which torch multiplies by a batch-expanded vocabulary matrix (bmm); contiguous, it is one
+    plain matmul over the kept positions only, with the same values up to rounding."""
+    return (args[0].contiguous(), *args[1:])
+
+
+@contextmanager
+def contiguous_head(model: nn.Module) -> Iterator[None]:
+    """Within the block, the model's output head (``get_output_embeddings``) gets a contiguous input, so it runs
+    as one matmul over the positions ``logits_to_keep`` keeps; the hook is removed in ``finally``. A model
+    without an output head is left alone."""
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    handle = head.register_forward_pre_hook(_contiguous_input) if isinstance(head, nn.Module) else None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
 def length_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
     """Indices grouped into batches of similar length (longest first)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
@@ -91,7 +114,8 @@ def forward_left_padded(model: nn.Module, sequences: Sequence[Sequence[int]], ke
     inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
               "position_ids": position_ids.to(device), "use_cache": False}
     kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
-    logits = model(**inputs, **kwargs).logits[:, -keep:, :]
+    with contiguous_head(model):
+        logits = model(**inputs, **kwargs).logits[:, -keep:, :]
     check_finite_logits(model, logits, inputs)
     return logits.float() if widen else logits
 
