@@ -405,9 +405,25 @@ def _checked_value(objective: Any, inputs: ObjectiveInputs) -> torch.Tensor:
 
 def _group_values(model: nn.Module, objective: Any, groups: BatchGroups, batch: Any) -> torch.Tensor:
     """The objective per group of the batch (``Tensor[n_groups]``): the mean over the positions it reads."""
+    return _groups_values(model, (objective,), groups, batch)[0]
+
+
+def _groups_values(model: nn.Module, objectives: Sequence[Any], groups: BatchGroups,
+                   batch: Any) -> list[torch.Tensor]:
+    """Each objective per group of the batch from one forward (``Tensor[n_groups]`` each, the mean over the
+    positions it reads); the first keeps its graph, the others are computed without one."""
+    uses = tuple(dict.fromkeys(u for objective in objectives for u in objective.uses))
+    inputs, owner = _objective_inputs(model, groups, batch, uses)
+    out = []
+    for k, objective in enumerate(objectives):
+        with torch.no_grad() if k else nullcontext():
+            out.append(_per_group(_checked_value(objective, inputs), owner, groups))
+    return out
+
+
+def _per_group(value: torch.Tensor, owner: torch.Tensor, groups: BatchGroups) -> torch.Tensor:
+    """Values per position-group (``owner`` maps each to its group) -> their mean per group."""
     sizes, positions = groups.sizes, groups.positions
-    inputs, owner = _objective_inputs(model, groups, batch, objective.uses)
-    value = _checked_value(objective, inputs)
     if len(owner) == len(sizes):
         return value
     total = torch.zeros(len(sizes), dtype=value.dtype, device=value.device).index_add(0, owner.to(value.device), value)
@@ -416,10 +432,12 @@ def _group_values(model: nn.Module, objective: Any, groups: BatchGroups, batch: 
 
 @dataclass
 class ObjectiveAttribution:
-    """One attribution pass: the objective's per-group values and the per-neuron sums."""
+    """One attribution pass: the objective's per-group values and the per-neuron sums; ``also`` holds, per
+    group, the values of the objective ``attribute_objective`` was asked to read from the same forwards."""
 
     values: list[float]
     sums: NeuronSums
+    also: list[float] | None = None
 
     @property
     def objective(self) -> float:
@@ -429,7 +447,7 @@ class ObjectiveAttribution:
 
 def attribute_objective(model: nn.Module, batches: GroupBatches, objective: Any, adapter: Any, *,
                         removed: Removed | None = None, fill: Mapping[int, torch.Tensor] | None = None,
-                        progress: bool = False, world: Any = None) -> ObjectiveAttribution:
+                        progress: bool = False, world: Any = None, also: Any = None) -> ObjectiveAttribution:
     """Forward and backward over every batch of groups; ``objective`` is a bound ``bias_objectives`` plugin.
 
     The objective is the mean over all groups; its gradient w.r.t. every neuron
@@ -437,10 +455,11 @@ def attribute_objective(model: nn.Module, batches: GroupBatches, objective: Any,
     ``NeuronSums`` batch by batch, in batch order. With ``world`` (a ``distributed.World`` of several
     processes; all must call this) each process runs a contiguous share of the batches and every process
     returns the one-process result (the same batches, summed in the same order); a failure on one process
-    stops all with its message.
+    stops all with its message. ``also`` (another bound objective, optional) is evaluated on the same forwards,
+    without gradients: its per-group values are what ``objective_values`` gives for it, at no extra forward.
     """
     widths = layer_widths(model, adapter)
-    acc, values = OrderedSum(1 + 4 * sum(w for _, w in widths), world), []
+    acc, values, extra = OrderedSum(1 + 4 * sum(w for _, w in widths), world), [], []
     n_groups = len(batches.groups)
     every = list(batches)
     mine = [every[i] for i in share(len(every), world)]
@@ -449,14 +468,18 @@ def attribute_objective(model: nn.Module, batches: GroupBatches, objective: Any,
         for groups, batch in tqdm(mine, desc=f"attributing {objective.name}", disable=not progress, leave=False):
             hooks.kept = {}
             with torch.enable_grad():
-                per_group = _group_values(model, objective, groups, batch)
+                per_group, *others = _groups_values(model, (objective,) if also is None else (objective, also),
+                                                    groups, batch)
                 layers = sorted(hooks.kept)
                 grads = torch.autograd.grad(per_group.sum() / n_groups, [hooks.kept[i] for i in layers],
                                             allow_unused=True)
             acc.add(flat_sums(widths, hooks.kept, dict(zip(layers, grads)), batch.mask))
             values.extend(per_group.detach().cpu().tolist())
+            for other in others:
+                extra.extend(other.cpu().tolist())
             hooks.kept = {}
-    return ObjectiveAttribution(gathered(values, world), NeuronSums.from_flat(acc.total(), widths))
+    return ObjectiveAttribution(gathered(values, world), NeuronSums.from_flat(acc.total(), widths),
+                                None if also is None else gathered(extra, world))
 
 
 @dataclass

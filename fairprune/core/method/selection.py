@@ -377,7 +377,7 @@ def _selector(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objecti
     if recall is not None:  # the recall guard: protect group identity, and measure it every round
         by_recall = recall.protected(recall.cost(model, adapter, fill=fill))
         sel.guarded = {layer: mask | by_recall[layer] for layer, mask in sel.guarded.items()}
-        sel.recall_base = recall.measure(model, adapter, fill=fill)
+        sel.recall_base = recall.measure(model, adapter, fill=fill)  # read from the cost pass's forwards
     return sel, cap
 
 
