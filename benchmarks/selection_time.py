@@ -2,11 +2,11 @@
 
 Loads a run config (default: the demo config), its model and the analysis
 groups of its axes, then, in one process and interleaved ``--repeats`` times,
-times (a) the activation method: ``analyze_bias`` with the config's site,
-pooling and metric plus ``plan_pruning``, and (b) the attribution method's
-selection with the config's ``bias.attribution`` settings, all rounds
-(``select_by_attribution``: capability cost, attribution passes, measured
-checks). Prints the medians and their ratio; ``--write`` puts them in
+times (a) the activation method: ``analyze_bias`` with the config's site and
+the activation method's default pooling and metric, plus ``plan_pruning``, and
+(b) the attribution method's selection with the config's ``method`` params, all
+rounds, as ``fairprune run`` makes it (``run_selection``: capability cost,
+attribution passes, recall guard, measured checks). Prints the medians and their ratio; ``--write`` puts them in
 ``benchmarks/RESULTS.md`` (block ``selection_time``).
 
 With ``--torchrun`` it then times the selection alone (model loading excluded,
@@ -16,6 +16,7 @@ same neurons (block ``selection_torchrun``).
 
     python benchmarks/selection_time.py --repeats 3
     python benchmarks/selection_time.py --set model.source=gemma3-270m
+    python benchmarks/selection_time.py --repeats 1 --set method.pass_dtype=bfloat16
     python benchmarks/selection_time.py --repeats 0 --torchrun --write
 """
 
@@ -36,10 +37,12 @@ from typing import Any
 import torch
 
 import fairprune as fp
-from fairprune.core.contract.config import ActivationParams, load_config
+from fairprune.core.contract.config import ActivationParams, load_config, resolve_component
+from fairprune.core.contract.protocols import MethodContext
 from fairprune.core.contract.registry import get_registry
 from fairprune.core.data.groups import run_groups
-from fairprune.core.method.selection import select_by_attribution
+from fairprune.core.method.selection import run_selection
+from fairprune.core.model.adapters import resolve_adapter
 from fairprune.core.run.pipeline import resolve_method
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -71,13 +74,15 @@ def main() -> int:
     return 0
 
 
-def select(config: Any, model: Any, tok: Any, found: Any, method: Any, registry: Any, world: Any = None) -> Any:
-    """The config's attribution selection on the loaded model (all rounds)."""
-    return select_by_attribution(model, tok, found.groups, objective=method.objective.bind(tok),
-                                 capability=method.capability, budget=config.pruning.budget, settings=method.params,
-                                 min_width=config.pruning.min_width, layers=config.pruning.layers,
-                                 batch_size=config.bias.batch_size, registry=registry, progress=False,
-                                 forms=found.form_to_group, world=world)
+def select(config: Any, model: Any, tok: Any, method: Any, registry: Any, shard: bool = False) -> Any:
+    """The config's attribution selection on the loaded model, all rounds, as ``fairprune run`` makes it
+    (``run_selection``: its recall guard, pruner fill, uniform widths); ``shard`` shares it among a torchrun
+    world's processes."""
+    context = MethodContext(tokenizer=tok, adapter=resolve_adapter(model, registry=registry), registry=registry,
+                            config=config, progress=False,
+                            pruner=resolve_component(registry, "pruners", config.pruning.pruner, "pruning.pruner"))
+    return run_selection(model, context, method.params, objective=method.objective, capability=method.capability,
+                         budget=config.pruning.budget, shard=shard)[0]
 
 
 def in_process(args: argparse.Namespace) -> None:
@@ -97,10 +102,11 @@ def in_process(args: argparse.Namespace) -> None:
 
     def selection() -> tuple[float, int, str]:
         start = time.perf_counter()
-        chosen = select(config, model, tok, found, method, registry)
+        chosen = select(config, model, tok, method, registry)
         return time.perf_counter() - start, chosen.plan.n_neurons, chosen.plan.settings["stop_reason"]
 
     analysis_s, selection_s = [], []
+    load_before = os.getloadavg()[0]
     for k in range(args.repeats):
         analysis_s.append(activation())
         seconds, neurons, stop = selection()
@@ -111,15 +117,17 @@ def in_process(args: argparse.Namespace) -> None:
     command = " ".join(["python benchmarks/selection_time.py"] + sys.argv[1:])
     text = "\n".join([
         "## Attribution selection time vs the activation analysis (same prompts, same process)", "",
-        f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads). Command: `{command}`. Config: `{Path(args.config).name}`"
-        f"{' with ' + ', '.join(args.set) if args.set else ''} ({config.model.source}, {len(found.groups)} analysis "
-        f"groups, {sum(len(g.prompts) for g in found.groups)} prompts). Medians of {args.repeats} interleaved repeats.",
+        (f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, torch {torch.__version__} "
+         f"({torch.get_num_threads()} threads), load average {load_before:.1f} at the start and "
+         f"{os.getloadavg()[0]:.1f} at the end. Command: `{command}`. Config: `{Path(args.config).name}`"
+         f"{' with ' + ', '.join(args.set) if args.set else ''} ({config.model.source}, {len(found.groups)} analysis "
+         f"groups, {sum(len(g.prompts) for g in found.groups)} prompts). Medians of {args.repeats} interleaved "
+         "repeats."),
         "",
         "| step | seconds | ratio |",
         "|---|---:|---:|",
         f"| activation analysis + plan (`analyze_bias` + `plan_pruning`) | {a:.1f} | 1.00x |",
-        f"| attribution selection, all rounds (`select_by_attribution`) | {s:.1f} | {s / a:.2f}x |",
+        f"| attribution selection, all rounds (`run_selection`) | {s:.1f} | {s / a:.2f}x |",
         "",
     ])
     print(text)
@@ -135,12 +143,11 @@ def worker(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.set)
     registry = get_registry()
     model, tok = fp.load_model(config.model.source)
-    found = run_groups(config, "analysis", registry)
     method = resolve_method(config, registry)
     if world:
         world.check()
     start = time.perf_counter()
-    chosen = select(config, model, tok, found, method, registry, world=world)
+    chosen = select(config, model, tok, method, registry, shard=world is not None)
     seconds = time.perf_counter() - start
     if world is None or world.is_main:
         Path(args.worker).write_text(json.dumps({"seconds": seconds, "removed": chosen.plan.to_mapping(),

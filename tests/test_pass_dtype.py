@@ -108,17 +108,16 @@ def test_a_bf16_selection_records_its_dtype_and_keeps_the_model(setup) -> None:
 
 
 def test_bf16_passes_are_refused_where_they_cannot_run(setup) -> None:
-    model, tok, adapter = setup
+    model, tok, _ = setup
     double = tiny_model("llama").double()
-    with pytest.raises(ConfigError, match=r"^method.pass_dtype: bfloat16 passes need a float32.*float64"):
-        with pass_precision(double, "bfloat16"):
-            pass
+    with pytest.raises(ConfigError, match=r"^method.pass_dtype: bfloat16 passes need a float32.*float64"), \
+            pass_precision(double, "bfloat16"):
+        pass
     settings = AttributionParams(pass_dtype="bfloat16")
     with pytest.raises(ConfigError, match="method.pass_dtype"):  # before any pass
         sel.select_by_attribution(double, tok, GROUPS, objective=NextTokenJS(), capability=CapabilityCost(),
                                   budget=Budget(neurons=4), settings=settings, progress=False)
     with pytest.raises(Exception, match="pass_dtype"):
         AttributionParams.model_validate({"pass_dtype": "float16"})
-    with pytest.raises(ConfigError, match="must be one of float32, bfloat16"):
-        with pass_precision(model, "int8"):
-            pass
+    with pytest.raises(ConfigError, match="must be one of float32, bfloat16"), pass_precision(model, "int8"):
+        pass

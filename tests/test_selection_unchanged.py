@@ -52,27 +52,27 @@ TEMPLATES = ("the {} man walked into the room and", "the {} woman has a new job 
 #: the set-ups: each exercises other passes (folds, target prefix search, recall guard, compensated fill, suffix
 #: positions, magnitude guard, uniform widths, a sweep's shared passes)
 CASES: dict[str, dict[str, Any]] = {
-    "folds_target_recall": dict(
-        settings=dict(folds=2, rounds=3, guard_fraction=0.25, target_reduction_pct=10, min_improvement_pct=0.0,
-                      max_perplexity_increase_pct=20.0),
-        capability=dict(chunk_tokens=16, max_tokens=96, window_tokens=5, check_tokens=48),
-        budget=dict(neurons=24), recall=dict(guard_fraction=0.1, max_drop_pts=30.0)),
-    "compensated_suffix": dict(
-        settings=dict(folds=1, rounds=2, positions="suffix", ranking="reduction", magnitude_guard=0.1,
-                      guard_fraction=0.2, min_improvement_pct=0.0, max_perplexity_increase_pct=5.0,
-                      target_reduction_pct=10),
-        capability=dict(chunk_tokens=16, max_tokens=64, check_tokens=0),
-        budget=dict(neurons=16), compensated=True),
-    "no_target_halved": dict(
-        settings=dict(folds=2, rounds=3, guard_fraction=0.5, min_improvement_pct=0.0,
-                      max_perplexity_increase_pct=5.0),
-        capability=dict(chunk_tokens=16, max_tokens=80, window_tokens=4, check_tokens=32),
-        budget=dict(neurons=30), recall=dict(guard_fraction=0.2, max_drop_pts=0.3)),
-    "uniform": dict(
-        settings=dict(folds=1, rounds=2, guard_fraction=0.25, min_improvement_pct=0.0,
-                      max_perplexity_increase_pct=None, target_reduction_pct=10),
-        capability=dict(chunk_tokens=16, max_tokens=64),
-        budget=dict(neurons=10), uniform=True),
+    "folds_target_recall": {
+        "settings": {"folds": 2, "rounds": 3, "guard_fraction": 0.25, "target_reduction_pct": 10,
+                     "min_improvement_pct": 0.0, "max_perplexity_increase_pct": 20.0},
+        "capability": {"chunk_tokens": 16, "max_tokens": 96, "window_tokens": 5, "check_tokens": 48},
+        "budget": {"neurons": 24}, "recall": {"guard_fraction": 0.1, "max_drop_pts": 30.0}},
+    "compensated_suffix": {
+        "settings": {"folds": 1, "rounds": 2, "positions": "suffix", "ranking": "reduction", "magnitude_guard": 0.1,
+                     "guard_fraction": 0.2, "min_improvement_pct": 0.0, "max_perplexity_increase_pct": 5.0,
+                     "target_reduction_pct": 10},
+        "capability": {"chunk_tokens": 16, "max_tokens": 64, "check_tokens": 0},
+        "budget": {"neurons": 16}, "compensated": True},
+    "no_target_halved": {
+        "settings": {"folds": 2, "rounds": 3, "guard_fraction": 0.5, "min_improvement_pct": 0.0,
+                     "max_perplexity_increase_pct": 5.0},
+        "capability": {"chunk_tokens": 16, "max_tokens": 80, "window_tokens": 4, "check_tokens": 32},
+        "budget": {"neurons": 30}, "recall": {"guard_fraction": 0.2, "max_drop_pts": 0.3}},
+    "uniform": {
+        "settings": {"folds": 1, "rounds": 2, "guard_fraction": 0.25, "min_improvement_pct": 0.0,
+                     "max_perplexity_increase_pct": None, "target_reduction_pct": 10},
+        "capability": {"chunk_tokens": 16, "max_tokens": 64},
+        "budget": {"neurons": 10}, "uniform": True},
 }
 
 
@@ -130,7 +130,7 @@ def test_plans_and_round_logs_equal_the_saved_ones(setup) -> None:
     got = {name: run_case(setup, case) for name, case in CASES.items()}
     # a sweep: the second budget shares the first one's passes and must still select what it selects alone
     passes = SelectionPasses(setup[0], setup[2])
-    sweep = dict(CASES["folds_target_recall"], budget=dict(neurons=12))
+    sweep = {**CASES["folds_target_recall"], "budget": {"neurons": 12}}
     run_case(setup, CASES["folds_target_recall"], passes)
     got["sweep_second_budget"] = run_case(setup, sweep, passes)
     assert_same(got["sweep_second_budget"], run_case(setup, sweep), "sweep vs alone")

@@ -29,8 +29,8 @@ from ..contract.protocols import PromptGroup
 from ..model.adapters import count_parameters, resolve_adapter
 from . import attribution as attr
 from .passes import SelectionPasses
-from .precision import pass_precision
 from .planning import Plan, allocate_budget, interleaved, neuron_cost, uniform_quota
+from .precision import pass_precision
 
 logger = logging.getLogger(__name__)
 
