@@ -58,6 +58,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--write", action="store_true", help="write the result to benchmarks/RESULTS.md")
+    parser.add_argument("--save-plan", metavar="JSON", help="save the last repeat's removed neurons and round log "
+                                                             "(to compare the plans of two versions)")
     parser.add_argument("--torchrun", action="store_true",
                         help="also time the selection in 2 processes (torchrun) against 1 process")
     parser.add_argument("--worker", metavar="OUT", help=argparse.SUPPRESS)
@@ -103,7 +105,11 @@ def in_process(args: argparse.Namespace) -> None:
     def selection() -> tuple[float, int, str]:
         start = time.perf_counter()
         chosen = select(config, model, tok, method, registry)
-        return time.perf_counter() - start, chosen.plan.n_neurons, chosen.plan.settings["stop_reason"]
+        seconds = time.perf_counter() - start
+        if args.save_plan:
+            Path(args.save_plan).write_text(json.dumps({"removed": chosen.plan.to_mapping(),
+                                                        "round_log": chosen.plan.settings["round_log"]}, indent=1))
+        return seconds, chosen.plan.n_neurons, chosen.plan.settings["stop_reason"]
 
     analysis_s, selection_s = [], []
     load_before = os.getloadavg()[0]
