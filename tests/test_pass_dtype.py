@@ -32,15 +32,17 @@ def setup():
 
 
 class DownInputs:
-    """Records the dtype of every down_proj input of the forwards it watches."""
+    """Records the dtype of every down_proj input of the forwards it watches, and the attention in use."""
 
     def __init__(self, model, adapter) -> None:
+        self.model, self.attention = model, set()
         self.dtypes: set[torch.dtype] = set()
         self.handles = [adapter.site(model, layer, "neuron").module.register_forward_pre_hook(self.hook)
                         for layer in range(len(adapter.layers(model)))]
 
     def hook(self, module, args):
         self.dtypes.add(args[0].dtype)
+        self.attention.add(self.model.config._attn_implementation)
 
     def close(self) -> None:
         for h in self.handles:
@@ -55,6 +57,7 @@ def test_bf16_attribution_estimates_follow_float32_and_sum_in_float32(setup) -> 
     model, tok, adapter = setup
     batches = attr.group_batches(model, tok, GROUPS, 6)
     objective = NextTokenJS()
+    attention = model.config._attn_implementation
     wide = attr.attribute_objective(model, batches, objective, adapter)
     watch = DownInputs(model, adapter)
     try:
@@ -63,7 +66,9 @@ def test_bf16_attribution_estimates_follow_float32_and_sum_in_float32(setup) -> 
     finally:
         watch.close()
     assert watch.dtypes == {torch.bfloat16}  # the pass really ran in bf16
+    assert watch.attention == {"eager"}  # with eager attention (bf16 fused attention's backward is slow)
     assert next(model.parameters()).dtype == torch.float32  # and the model was left as it was
+    assert model.config._attn_implementation == attention
     for table in (low.sums.grad, low.sums.grad_act, low.sums.act, low.sums.abs_act):
         assert all(t.dtype == torch.float32 for t in table.values())
     assert all(isinstance(v, float) for v in low.values)

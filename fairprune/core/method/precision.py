@@ -5,7 +5,8 @@ capability passes, and the measured checks: objective, calibration loss,
 recall) runs under ``torch.autocast(dtype=torch.bfloat16)`` on each device type
 the model computes on, so the matrix products take bf16 inputs (on CPUs with AMX
 and on GPUs, much faster) while what autocast keeps wide stays float32 (norms,
-softmax). Everything read from a pass is widened before it is used: per-neuron
+softmax); attention runs in transformers' eager implementation meanwhile (bf16
+fused attention has a slow backward on the CPU). Everything read from a pass is widened before it is used: per-neuron
 sums are accumulated in float32 (``attribution.flat_sums``), and objectives and
 losses are computed in float32 from widened logits, outside autocast, so an
 objective's own products never run in bf16. Backward passes replay the dtypes
@@ -19,7 +20,7 @@ The setting is a context (``pass_precision``) that the model calls of
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any
 
@@ -77,9 +78,29 @@ def pass_precision(model: nn.Module, name: str = "float32") -> Iterator[None]:
     check_pass_dtype(model, name)
     token = _AUTOCAST.set(PASS_DTYPES[name])
     try:
-        yield
+        with _eager_attention(model) if PASS_DTYPES[name] is not None else nullcontext():
+            yield
     finally:
         _AUTOCAST.reset(token)
+
+
+@contextmanager
+def _eager_attention(model: nn.Module) -> Iterator[None]:
+    """The model's attention switched to transformers' eager implementation for the block, then back: in
+    bf16 on the CPU, torch's fused attention kernel runs its backward about ten times slower than in float32,
+    while eager attention is matrix products that autocast runs in bf16 (SmolLM2, 1 thread: a bf16
+    forward+backward took about half the time with eager attention). Models that cannot switch keep theirs."""
+    config = getattr(model, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    switch = getattr(model, "set_attn_implementation", None)
+    if not callable(switch) or before in (None, "eager"):
+        yield
+        return
+    switch("eager")
+    try:
+        yield
+    finally:
+        switch(before)
 
 
 def forward(model: nn.Module, **inputs: Any) -> Any:
