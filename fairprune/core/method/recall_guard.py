@@ -169,10 +169,12 @@ class RecallGuard:
 
 
 def _key(model: torch.nn.Module, removed: attr.Removed | None, fill: Any) -> tuple[Any, ...]:
-    """What a recall measurement reads besides the prompts: the model, the removed set and the fill (by identity)."""
+    """What a recall measurement reads besides the prompts: the model, the removed set, the fill (by identity)
+    and the pass precision."""
+    from . import precision
     from .passes import removed_key
 
-    return (id(model), removed_key(removed), id(fill))
+    return (id(model), removed_key(removed), id(fill), precision.current())
 
 
 def recall_guard(model: torch.nn.Module, tokenizer: Any, *, prompts: str | Path, guard_fraction: float,
