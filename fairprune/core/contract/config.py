@@ -121,7 +121,8 @@ class AttributionParams(Strict):
     pass_dtype: Literal["float32", "bfloat16"] = Field(
         default="float32", description="the precision of selection's passes: float32; or bfloat16, the model's "
                                        "forwards in bf16 autocast (per-neuron sums, objectives and losses still "
-                                       "float32), faster on CPUs with AMX and on GPUs; refused for float64 models "
+                                       "float32, the checks measured in bf16 too), faster on CPUs with AMX and on "
+                                       "GPUs, a different plan (core.method.precision); refused for float64 models "
                                        "and devices without bf16 autocast")
 
 

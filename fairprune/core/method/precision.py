@@ -12,6 +12,17 @@ losses are computed in float32 from widened logits, outside autocast, so an
 objective's own products never run in bf16. Backward passes replay the dtypes
 of their forward. The default, ``float32``, changes nothing.
 
+What changes: the measured checks run in bf16 too, so the objective, the
+calibration loss and the recall a selection measures are those of the model in
+bf16 autocast, not of the float32 model that is pruned and evaluated. Rounding
+adds divergence between members' next-token distributions: on SmolLM2 with the
+demo config (one run each, a loaded 2-core machine) the bf16 selection measured
+the objective 13-16% above the float32 one after each round, did not reach the
+60% target within the budget, and removed 155 neurons against float32's 131
+(114 of them the same), in 6.9x the bias analysis' time against 9.3-11.8x.
+Use it where speed matters more than the exact plan; the float32 default is the
+reference.
+
 The setting is a context (``pass_precision``) that the model calls of
 ``attribution`` and ``capability`` read through ``forward``; it is one
 ``ContextVar``, so threads and nested selections do not see each other's.
