@@ -19,7 +19,8 @@ adds divergence between members' next-token distributions: on SmolLM2 with the
 demo config (one run each, a loaded 2-core machine) the bf16 selection measured
 the objective 13-16% above the float32 one after each round, did not reach the
 60% target within the budget, and removed 155 neurons against float32's 131
-(114 of them the same), in 6.9x the bias analysis' time against 9.3-11.8x.
+(114 of them the same), in 6.9x the bias analysis' time in the same process,
+against 7.8-11.8x (median 8.0x, 6 runs) for float32.
 Use it where speed matters more than the exact plan; the float32 default is the
 reference.
 
