@@ -66,6 +66,7 @@ def test_bf16_attribution_estimates_follow_float32_and_sum_in_float32(setup) -> 
     finally:
         watch.close()
     assert watch.dtypes == {torch.bfloat16}  # the pass really ran in bf16
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the bf16 weight copies were put back
     assert watch.attention == {"eager"}  # with eager attention (bf16 fused attention's backward is slow)
     assert next(model.parameters()).dtype == torch.float32  # and the model was left as it was
     assert model.config._attn_implementation == attention
@@ -109,7 +110,26 @@ def test_a_bf16_selection_records_its_dtype_and_keeps_the_model(setup) -> None:
     chosen = [{(layer, n) for layer, v in p.removed.items() for n in v} for p in plans.values()]
     assert len(chosen[0] & chosen[1]) >= len(chosen[0]) // 2  # mostly the same neurons
     for key, value in model.state_dict().items():
-        assert torch.equal(value, before[key])
+        assert value.dtype == before[key].dtype and torch.equal(value, before[key])
+
+
+def test_bf16_blocks_swap_linear_weights_for_copies_and_put_the_same_tensors_back(setup) -> None:
+    from fairprune.core.method.precision import original
+
+    model, _, adapter = setup
+    down = adapter.down(model, 0)
+    data, head = down.data_ptr(), model.get_output_embeddings().weight.data_ptr()
+    with pass_precision(model, "bfloat16"):
+        assert down.dtype == torch.bfloat16
+        # code that reads weights inside the block sees the float32 ones
+        assert original(down).dtype == torch.float32 and original(down).data_ptr() == data
+    assert down.data_ptr() == data and down.dtype == torch.float32  # the same storage back
+    assert model.get_output_embeddings().weight.data_ptr() == head
+    tied = tiny_model("gemma3")  # tied embeddings: the shared head weight is left alone
+    embedding = tied.get_input_embeddings().weight
+    with pass_precision(tied, "bfloat16"):
+        assert embedding.dtype == torch.float32
+        assert tied.get_output_embeddings().weight is embedding
 
 
 def test_bf16_passes_are_refused_where_they_cannot_run(setup) -> None:

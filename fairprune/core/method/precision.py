@@ -6,7 +6,9 @@ recall) runs under ``torch.autocast(dtype=torch.bfloat16)`` on each device type
 the model computes on, so the matrix products take bf16 inputs (on CPUs with AMX
 and on GPUs, much faster) while what autocast keeps wide stays float32 (norms,
 softmax); attention runs in transformers' eager implementation meanwhile (bf16
-fused attention has a slow backward on the CPU). Everything read from a pass is widened before it is used: per-neuron
+fused attention has a slow backward on the CPU), and float32 linear weights are
+swapped for bf16 copies for the block (``_low_weights``: half their bytes again
+while selection runs) so that autocast does not cast them at every call. Everything read from a pass is widened before it is used: per-neuron
 sums are accumulated in float32 (``attribution.flat_sums``), and objectives and
 losses are computed in float32 from widened logits, outside autocast, so an
 objective's own products never run in bf16. Backward passes replay the dtypes
@@ -88,12 +90,53 @@ def pass_precision(model: nn.Module, name: str = "float32") -> Iterator[None]:
     """Run the block's selection passes on ``model`` in ``name`` (``PASS_DTYPES``); checked first
     (``check_pass_dtype``)."""
     check_pass_dtype(model, name)
-    token = _AUTOCAST.set(PASS_DTYPES[name])
+    dtype = PASS_DTYPES[name]
+    token = _AUTOCAST.set(dtype)
     try:
-        with _eager_attention(model) if PASS_DTYPES[name] is not None else nullcontext():
+        with _eager_attention(model) if dtype is not None else nullcontext(), \
+                _low_weights(model, dtype) if dtype is not None else nullcontext():
             yield
     finally:
         _AUTOCAST.reset(token)
+
+
+_ORIGINALS: ContextVar[dict[int, torch.Tensor] | None] = ContextVar("fairprune_pass_originals", default=None)
+
+
+def original(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` as the model holds it outside ``pass_precision``: the float32 values of a linear weight that a
+    bf16 block swapped for its bf16 copy (for code inside the block that reads weights, not passes)."""
+    return (_ORIGINALS.get() or {}).get(id(weight), weight)
+
+
+@contextmanager
+def _low_weights(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
+    """Every float32 ``nn.Linear`` weight of ``model`` replaced by a ``dtype`` copy for the block and put back
+    (the same tensors) in ``finally``: autocast would otherwise cast each weight at every call (on SmolLM2 about
+    as long as the bf16 product itself). Left alone: weights another module shares (tied embeddings), weights
+    on the meta device or under an accelerate hook (offloaded), and non-float32 ones. Costs a copy of the
+    swapped weights in ``dtype`` (half their float32 bytes) while the block runs."""
+    shared: dict[int, int] = {}
+    for _, param in model.named_parameters(remove_duplicate=False):
+        shared[id(param)] = shared.get(id(param), 0) + 1
+    swapped: list[tuple[nn.Parameter, torch.Tensor]] = []
+    originals: dict[int, torch.Tensor] = {}
+    token = _ORIGINALS.set(originals)
+    try:
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if (not isinstance(module, nn.Linear) or not isinstance(weight, nn.Parameter)
+                    or weight.dtype != torch.float32 or weight.device.type == "meta" or shared[id(weight)] > 1
+                    or getattr(module, "_hf_hook", None) is not None):
+                continue
+            swapped.append((weight, weight.data))
+            originals[id(weight)] = weight.data
+            weight.data = weight.data.to(dtype)
+        yield
+    finally:
+        for weight, data in swapped:
+            weight.data = data
+        _ORIGINALS.reset(token)
 
 
 @contextmanager

@@ -30,7 +30,7 @@ from ..model.adapters import count_parameters, resolve_adapter
 from . import attribution as attr
 from .passes import SelectionPasses
 from .planning import Plan, allocate_budget, interleaved, neuron_cost, uniform_quota
-from .precision import pass_precision
+from .precision import original, pass_precision
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,8 @@ def _guard(model: Any, adapter: Any, cost: Mapping[int, torch.Tensor], magnitude
     guarded = _guarded(cost, settings.guard_fraction)
     if not settings.magnitude_guard:
         return guarded
-    write = {layer: magnitude[layer] * adapter.down(model, layer).detach().float().norm(dim=0).cpu() for layer in cost}
+    write = {layer: magnitude[layer] * original(adapter.down(model, layer)).detach().float().norm(dim=0).cpu()
+             for layer in cost}
     by_write = _guarded(write, settings.magnitude_guard)
     return {layer: mask | by_write[layer] for layer, mask in guarded.items()}
 
