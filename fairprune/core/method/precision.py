@@ -5,26 +5,28 @@ capability passes, and the measured checks: objective, calibration loss,
 recall) runs under ``torch.autocast(dtype=torch.bfloat16)`` on each device type
 the model computes on, so the matrix products take bf16 inputs (on CPUs with AMX
 and on GPUs, much faster) while what autocast keeps wide stays float32 (norms,
-softmax); attention runs in transformers' eager implementation meanwhile (bf16
-fused attention has a slow backward on the CPU), and float32 linear weights are
-swapped for bf16 copies for the block (``_low_weights``: half their bytes again
-while selection runs) so that autocast does not cast them at every call. Everything read from a pass is widened before it is used: per-neuron
-sums are accumulated in float32 (``attribution.flat_sums``), and objectives and
-losses are computed in float32 from widened logits, outside autocast, so an
-objective's own products never run in bf16. Backward passes replay the dtypes
-of their forward. The default, ``float32``, changes nothing.
+softmax, the residual stream of a float32 model). Two things make that pay on
+the CPU: attention runs in transformers' eager implementation for the block
+(torch's fused CPU attention has a slow bf16 backward), and float32 linear
+weights are swapped for bf16 copies for the block (``_low_weights``; half their
+bytes again while selection runs), so autocast does not cast them at every call.
+Everything read from a pass is widened before it is used: per-neuron sums are
+accumulated in float32 (``attribution.flat_sums``), and objectives and losses
+are computed in float32 from widened logits, outside autocast, so an objective's
+own products never run in bf16. Backward passes replay the dtypes of their
+forward. The default, ``float32``, changes nothing.
 
 What changes: the measured checks run in bf16 too, so the objective, the
 calibration loss and the recall a selection measures are those of the model in
 bf16 autocast, not of the float32 model that is pruned and evaluated. Rounding
-adds divergence between members' next-token distributions: on SmolLM2 with the
-demo config (one run each, a loaded 2-core machine) the bf16 selection measured
-the objective 13-16% above the float32 one after each round, did not reach the
-60% target within the budget, and removed 155 neurons against float32's 131
-(114 of them the same), in 6.9x the bias analysis' time in the same process,
-against 7.8-11.8x (median 8.0x, 6 runs) for float32.
-Use it where speed matters more than the exact plan; the float32 default is the
-reference.
+adds divergence between members' next-token distributions. On SmolLM2 with the
+demo config (``benchmarks/selection_time.py``, a 2-core machine loaded by other
+work, load average 5-7) the bf16 selection measured the objective 8% above the
+float32 one before any removal and 13-16% above after each round, did not reach
+the 60% target within the budget, and removed 155 neurons against float32's 131
+(114 of them the same); it took 4.6x the bias analysis' time in its process (one
+run) against 7.8-11.8x for float32 (6 runs, median 8.0x). Use it where speed
+matters more than the exact plan; the float32 default is the reference.
 
 The setting is a context (``pass_precision``) that the model calls of
 ``attribution`` and ``capability`` read through ``forward``; it is one
