@@ -24,9 +24,10 @@ demo config (``benchmarks/selection_time.py``, a 2-core machine loaded by other
 work, load average 5-7) the bf16 selection measured the objective 8% above the
 float32 one before any removal and 13-16% above after each round, did not reach
 the 60% target within the budget, and removed 155 neurons against float32's 131
-(114 of them the same); it took 4.6x the bias analysis' time in its process (one
-run) against 7.8-11.8x for float32 (6 runs, median 8.0x). Use it where speed
-matters more than the exact plan; the float32 default is the reference.
+(114 of them the same); it took 4.6-8.6x the bias analysis' time in its process
+(4 runs, median 5.4x) against 7.8-11.8x for float32 (9 runs, median 8.3x). Use
+it where speed matters more than the exact plan; the float32 default is the
+reference.
 
 The setting is a context (``pass_precision``) that the model calls of
 ``attribution`` and ``capability`` read through ``forward``; it is one
