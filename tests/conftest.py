@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
 import torch
 
 # the real bundled model is dequantized once per machine and reused by every session
@@ -18,12 +17,3 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(int(os.environ.get("FAIRPRUNE_TEST_THREADS", "1")))
 
 pytest_plugins = ["fairprune.testing.fixtures"]
-
-
-@pytest.fixture(scope="session")
-def crows_pairs_520(tmp_path_factory) -> Path:
-    """One CrowS-Pairs file of the published format for the session's real-model tests: 520 rows of 4 to ~90
-    words, long and short sentences mixed (``fairprune.testing.benchmarks.write_crows_pairs``)."""
-    from fairprune.testing.benchmarks import write_crows_pairs
-
-    return write_crows_pairs(tmp_path_factory.mktemp("crows") / "crows_pairs_anonymized.csv", n=520, seed=2)

@@ -43,11 +43,12 @@ def test_benchmarks_compare_the_real_model_with_itself(smollm2):
         assert 0.0 <= metrics[f"{figure}_base"] <= 100.0 and metrics[f"{figure}_change"] == 0.0
 
 
-def test_crows_pairs_on_a_file_of_real_size_matches_whole_sentence_scoring(smollm2, crows_pairs_520):
-    from fairprune.testing.benchmarks import whole_sentence_logprob
+def test_crows_pairs_on_a_file_of_real_size_matches_whole_sentence_scoring(smollm2, tmp_path):
+    from fairprune.testing.benchmarks import whole_sentence_logprob, write_crows_pairs
 
     model, tok = smollm2
-    params = {"crows_pairs": {"path": str(crows_pairs_520), "n_boot": 50}}
+    path = write_crows_pairs(tmp_path / "crows_pairs_anonymized.csv", n=520, seed=2)
+    params = {"crows_pairs": {"path": str(path), "n_boot": 50}}
     results = fp.evaluate(model, model, tok, evaluators=["crows_pairs"], params=params, batch_size=16,
                           progress=False)
     metrics = results["crows_pairs"].metrics

@@ -53,8 +53,15 @@ def _sentence(rng: random.Random, group: str, words: int) -> str:
     return text + "."
 
 
-def crows_pairs_rows(n: int = 600, seed: int = 0) -> list[tuple[str, str, str, str]]:
-    """``n`` rows ``(sent_more, sent_less, stereo_antistereo, bias_type)`` of mixed lengths (4 to ~90 words).
+#: the target word counts a generated CrowS-Pairs sentence is drawn from (a sentence of more than 4 words ends
+#: with its first clause past the target, so it can run ~15 words over it)
+CROWS_LENGTHS = (4, 4, 6, 10, 14, 20, 40, 90)
+
+
+def crows_pairs_rows(n: int = 600, seed: int = 0,
+                     lengths: tuple[int, ...] = CROWS_LENGTHS) -> list[tuple[str, str, str, str]]:
+    """``n`` rows ``(sent_more, sent_less, stereo_antistereo, bias_type)`` of mixed lengths, drawn from
+    ``lengths`` (target word counts; the default gives 4 to ~90 words).
 
     Each pair differs only in the group word, as CrowS-Pairs' pairs do; about
     15% are ``antistereo`` (the published share is 15.1%).
@@ -63,7 +70,7 @@ def crows_pairs_rows(n: int = 600, seed: int = 0) -> list[tuple[str, str, str, s
     rows = []
     for _ in range(n):
         more, less = rng.choice(_GROUPS)
-        words = rng.choice((4, 4, 6, 10, 14, 20, 40, 90))
+        words = rng.choice(lengths)
         template_seed = rng.random()
         first, second = (_sentence(random.Random(template_seed), g, words) for g in (more, less))
         direction = "antistereo" if rng.random() < 0.15 else "stereo"
@@ -72,9 +79,10 @@ def crows_pairs_rows(n: int = 600, seed: int = 0) -> list[tuple[str, str, str, s
 
 
 def write_crows_pairs(path: Path, rows: list[tuple[str, str, str, str]] | None = None, n: int = 600,
-                      seed: int = 0) -> Path:
-    """A CSV with the published CrowS-Pairs header and quoting; ``rows`` default to ``crows_pairs_rows(n, seed)``."""
-    rows = crows_pairs_rows(n, seed) if rows is None else rows
+                      seed: int = 0, lengths: tuple[int, ...] = CROWS_LENGTHS) -> Path:
+    """A CSV with the published CrowS-Pairs header and quoting; ``rows`` default to
+    ``crows_pairs_rows(n, seed, lengths)``."""
+    rows = crows_pairs_rows(n, seed, lengths) if rows is None else rows
     with Path(path).open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(CROWS_HEADER)
