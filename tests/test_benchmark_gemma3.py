@@ -19,7 +19,7 @@ import fairprune as fp
 from fairprune.core.model import lm_scoring
 from fairprune.core.model.benchmark_scoring import sentence_prefix
 from fairprune.plugins.evaluators.crows_pairs import CrowsPairsEvaluator
-from fairprune.testing.benchmarks import whole_sentence_logprob, write_crows_pairs
+from fairprune.testing.benchmarks import whole_sentence_logprobs, write_crows_pairs
 
 pytestmark = pytest.mark.integration
 #: ~128 positions of Gemma's logits fill ``lm_scoring.LOGITS_BUDGET``: a batch of 8 holds eight short
@@ -65,8 +65,8 @@ def test_crows_pairs_on_a_file_of_real_size_matches_whole_sentence_scoring(gemma
     pairs = CrowsPairsEvaluator().configure(params["crows_pairs"]).examples
     words = [len(p.sent_more.split()) for p in pairs]
     assert min(words) <= 6 and max(words) >= 30  # long and short sentences in one file
-    more = np.array([whole_sentence_logprob(model, tok, p.sent_more) for p in pairs])
-    less = np.array([whole_sentence_logprob(model, tok, p.sent_less) for p in pairs])
+    more = np.array(whole_sentence_logprobs(model, tok, [p.sent_more for p in pairs]))
+    less = np.array(whole_sentence_logprobs(model, tok, [p.sent_less for p in pairs]))
     assert metrics["n_pairs"] == 520
     assert abs(metrics["pct_stereotype_base"] - 100.0 * float(np.mean(more > less))) <= 1.0
     observed = observations[id(model)]
