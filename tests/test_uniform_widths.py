@@ -118,16 +118,14 @@ def test_demo_config_with_uniform_widths_loads_with_plain_transformers(tmp_path)
     ``AutoModelForCausalLM`` gives the logits of SmolLM2 pruned in memory. Only what this test reads is run:
     the analysis and selection as shipped (capability cost's text shortened), and of the evaluators only
     ``parameters`` (the shipped ones, ~6 minutes on one core, are run by the report test of test_html_report)."""
-    from demo_helpers import capability_trim, demo_overrides, shipped_demo
+    from demo_helpers import demo_overrides, shipped_demo, trimmed
 
     from fairprune.commands.demo import DEMO_CONFIG
     from fairprune.core.contract.config import load_config
 
     result = fp.run(DEMO_CONFIG, demo_overrides(tmp_path / "demo", "pruning.uniform_widths=true",
                                                 "evaluation.evaluators=[parameters]"), progress=False)
-    shipped, ran = shipped_demo(), load_config(result.output_dir / "config.yaml").model_dump(mode="json")
-    if trims := capability_trim(shipped):
-        shipped["method"]["params"]["capability"]["params"].update(trims)
+    shipped, ran = trimmed(shipped_demo()), load_config(result.output_dir / "config.yaml").model_dump(mode="json")
     assert ran["method"] == shipped["method"] and ran["bias"] == shipped["bias"]  # the shipped recipe
     widths = result.metrics["pruning"]["widths_after"]
     assert len(set(widths)) == 1 and widths[0] < 1536
