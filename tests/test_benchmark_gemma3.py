@@ -3,9 +3,11 @@
 in parts, and a SentencePiece tokenizer with a BOS token.
 
 The GGUF is dequantized once per machine and cached as safetensors under ``FAIRPRUNE_CACHE`` (conftest:
-~70 s the first time, ~4 s after). Every token costs a 262k-wide output layer (~90 tokens/s on one busy
+~70 s the first time, ~4 s after). Every token costs a 262k-wide output layer (~90 tokens/s on one shared
 core), so the file is CrowS-Pairs' size class with shorter sentences than the SmolLM2 test's (~15k tokens
-instead of ~35k; 5 to 43 tokens each) and the model, compared with itself, is observed once.
+instead of ~35k; 5 to 43 tokens each), the model, compared with itself, is observed once, and the reference
+stacks sentences of equal length (``whole_sentence_logprobs``). Measured: 304 s with one torch thread on two
+cores shared with three other jobs (observation 162 s, reference ~140 s).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def test_crows_pairs_on_a_file_of_real_size_matches_whole_sentence_scoring(gemma
     less = np.array(whole_sentence_logprobs(model, tok, [p.sent_less for p in pairs]))
     assert metrics["n_pairs"] == 520
     assert abs(metrics["pct_stereotype_base"] - 100.0 * float(np.mean(more > less))) <= 1.0
+    assert len(observations) == 1
     observed = observations[id(model)]
     assert np.abs(np.asarray(observed["sent_more"]) - more).max() < 2e-3
     assert np.abs(np.asarray(observed["sent_less"]) - less).max() < 2e-3
