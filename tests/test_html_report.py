@@ -140,22 +140,21 @@ def test_report_renders_in_headless_chromium(full_page, tmp_path):
 
 @pytest.mark.integration
 def test_demo_config_report_embeds_every_picture_and_nothing_external(tmp_path):
-    """The shipped demo config as it is on SmolLM2, its evaluators untouched; only the capability cost's text is
-    shorter (a data-size key), for time: five pictures, all inline, the neuron picture the attribution one."""
+    """The shipped demo config on SmolLM2, every evaluator of it run; only data sizes are shorter, for time (the
+    capability cost's text, a sample of attribute-recall prompts: ``demo_helpers.trimmed``): five pictures,
+    all inline, the neuron picture the attribution one."""
+    from demo_helpers import demo_overrides, shipped_demo, trimmed
+
     from fairprune.commands.demo import DEMO_CONFIG
     from fairprune.core.contract.config import load_config
     from fairprune.core.run.pipeline import run
 
-    shipped = load_config(DEMO_CONFIG)
-    assert "activation_pictures" in [e.name for e in shipped.evaluation.evaluators]
-    trim = "method.params.capability.params"
-    result = run(DEMO_CONFIG, [f"output.dir={tmp_path / 'demo'}", f"{trim}.max_tokens=1024",
-                               f"{trim}.check_tokens=256"], progress=False)
+    expected = trimmed(shipped_demo())
+    assert "activation_pictures" in [e["name"] for e in expected["evaluation"]["evaluators"]]
+    result = run(DEMO_CONFIG, demo_overrides(tmp_path / "demo"), progress=False)
     ran = load_config(result.output_dir / "config.yaml").model_dump(mode="json")
-    expected = shipped.model_dump(mode="json")
-    expected["method"]["params"]["capability"]["params"].update(max_tokens=1024, check_tokens=256)
     expected["output"]["dir"] = str(tmp_path / "demo")
-    assert ran == expected  # the shipped config, only the capability cost's text shortened
+    assert ran == expected  # the shipped config, only data sizes shortened
     page = (result.output_dir / "report.html").read_text()
     assert re.findall(r'<figure id="plot-(\w+)"><img', page) == ["profile", "neurons", "scatter", "pca", "tokens"]
     references = re.findall(r'(?:src|href)="([^"]*)"', page)

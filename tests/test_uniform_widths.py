@@ -114,13 +114,19 @@ def test_uniform_widths_with_layers_or_too_small_a_budget_is_refused(source, tmp
 
 @pytest.mark.integration
 def test_demo_config_with_uniform_widths_loads_with_plain_transformers(tmp_path):
-    """The shipped demo config on SmolLM2 with ``--set pruning.uniform_widths=true`` (capability cost's text
-    shortened, for time): plain ``AutoModelForCausalLM`` gives the logits of SmolLM2 pruned in memory."""
-    from fairprune.commands.demo import DEMO_CONFIG
+    """The shipped demo recipe on SmolLM2 with ``--set pruning.uniform_widths=true``: plain
+    ``AutoModelForCausalLM`` gives the logits of SmolLM2 pruned in memory. Only what this test reads is run:
+    the analysis and selection as shipped (capability cost's text shortened), and of the evaluators only
+    ``parameters`` (the shipped ones, ~6 minutes on one core, are run by the report test of test_html_report)."""
+    from demo_helpers import demo_overrides, shipped_demo, trimmed
 
-    trim = "method.params.capability.params"
-    result = fp.run(DEMO_CONFIG, [f"output.dir={tmp_path / 'demo'}", "pruning.uniform_widths=true",
-                                  f"{trim}.max_tokens=1024", f"{trim}.check_tokens=256"], progress=False)
+    from fairprune.commands.demo import DEMO_CONFIG
+    from fairprune.core.contract.config import load_config
+
+    result = fp.run(DEMO_CONFIG, demo_overrides(tmp_path / "demo", "pruning.uniform_widths=true",
+                                                "evaluation.evaluators=[parameters]"), progress=False)
+    shipped, ran = trimmed(shipped_demo()), load_config(result.output_dir / "config.yaml").model_dump(mode="json")
+    assert ran["method"] == shipped["method"] and ran["bias"] == shipped["bias"]  # the shipped recipe
     widths = result.metrics["pruning"]["widths_after"]
     assert len(set(widths)) == 1 and widths[0] < 1536
     assert_loads_with_transformers("smollm2-135m", result.output_dir)
