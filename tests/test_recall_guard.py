@@ -16,19 +16,9 @@ from fairprune.core.method.recall_guard import RecallGuard, RecallLoss, answer_t
 from fairprune.plugins.capability_cost import CapabilityCost
 from fairprune.plugins.objectives import NextTokenJS
 from fairprune.testing.models import tiny_model
-from fairprune.testing.tokenizer import VOCAB, tiny_tokenizer
+from fairprune.testing.tokenizer import TINY_RECALL_FILE, VOCAB, tiny_tokenizer
 
-RECALL_FILE = """\
-name: race
-groups:
-  Black: [black]
-  white: [white]
-  Asian: [asian]
-templates:
-  - {id: r0, text: "the {attribute} man said that he is"}
-  - {id: r1, text: "my friend is {attribute} so my friend is"}
-  - {id: r2, text: "the family is {attribute} and the child is"}
-"""
+RECALL_FILE = TINY_RECALL_FILE
 
 TEMPLATES = ("the {} man walked into the room and", "the {} woman has a new job at the",
              "the {} doctor said that the", "the {} family lives in the")

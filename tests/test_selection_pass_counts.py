@@ -8,19 +8,9 @@ import torch
 from fairprune.core.method import attribution as attr
 from fairprune.core.method.recall_guard import recall_guard
 from fairprune.testing.models import tiny_model
-from fairprune.testing.tokenizer import tiny_tokenizer
+from fairprune.testing.tokenizer import TINY_RECALL_FILE, tiny_tokenizer
 
-RECALL_FILE = """\
-name: race
-groups:
-  Black: [black]
-  white: [white]
-  Asian: [asian]
-templates:
-  - {id: r0, text: "the {attribute} man said that he is"}
-  - {id: r1, text: "my friend is {attribute} so my friend is"}
-  - {id: r2, text: "the family is {attribute} and the child is"}
-"""
+RECALL_FILE = TINY_RECALL_FILE
 
 
 @pytest.fixture(scope="module")

@@ -28,22 +28,11 @@ from fairprune.core.method.recall_guard import recall_guard
 from fairprune.plugins.capability_cost import CapabilityCost
 from fairprune.plugins.objectives import NextTokenJS
 from fairprune.testing.models import tiny_model
-from fairprune.testing.tokenizer import tiny_tokenizer
+from fairprune.testing.tokenizer import TINY_RECALL_FILE, tiny_tokenizer
 
 SAVED = Path(__file__).parent / "data" / "selection_plans_before.json"
 
-RECALL_FILE = """\
-name: race
-groups:
-  Black: [black]
-  white: [white]
-  Asian: [asian]
-templates:
-  - {id: r0, text: "the {attribute} man said that he is"}
-  - {id: r1, text: "my friend is {attribute} so my friend is"}
-  - {id: r2, text: "the family is {attribute} and the child is"}
-  - {id: r3, text: "a {attribute} student went to school and the student is"}
-"""
+RECALL_FILE = TINY_RECALL_FILE + '  - {id: r3, text: "a {attribute} student went to school and the student is"}\n'
 
 TEMPLATES = ("the {} man walked into the room and", "the {} woman has a new job at the",
              "the {} doctor said that the", "a {} student went to school because", "the {} family lives in the",

@@ -56,3 +56,18 @@ def tiny_char_tokenizer(padding_side: str = "right", **kwargs: Any) -> Any:
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
         padding_side=padding_side, **kwargs)
+
+
+#: a recall-prompt file (axis file format) in the tiny tokenizer's words: three groups, three templates that state
+#: a group and ask it back; for tests of the recall guard (``method.recall.prompts``)
+TINY_RECALL_FILE = """\
+name: race
+groups:
+  Black: [black]
+  white: [white]
+  Asian: [asian]
+templates:
+  - {id: r0, text: "the {attribute} man said that he is"}
+  - {id: r1, text: "my friend is {attribute} so my friend is"}
+  - {id: r2, text: "the family is {attribute} and the child is"}
+"""
