@@ -160,3 +160,28 @@ def test_capability_cost_as_activation_importance_is_refused_before_the_model_lo
     config = load_config({**MINIMAL, "method": {"importance": "capability_cost"}})
     with pytest.raises(ConfigError, match=r"^method\.importance: 'capability_cost' is the attribution method"):
         resolve_method(config, Registry(load_entrypoints=False))
+
+
+def test_an_override_inside_a_methods_component_keeps_the_components_other_fields():
+    """`--set method.capability.params.x=...` reaches the method's capability component (after validation a
+    component's keys live under ``params``) instead of replacing it with a nameless one."""
+    from fairprune.core.contract.config import load_config
+
+    config = load_config({"model": {"source": "smollm2-135m"}, "method": {"name": "attribution", "capability": {
+        "name": "capability_cost", "params": {"window_tokens": 8, "check_tokens": 512}}, "folds": 2}},
+        ["method.capability.params.window_tokens=4", "method.folds=3"])
+    assert config.method.params["capability"] == {"name": "capability_cost",
+                                                  "params": {"window_tokens": 4, "check_tokens": 512}}
+    assert config.method.params["folds"] == 3
+    assert config.method.name == "attribution"
+
+
+def test_an_unknown_key_set_on_a_method_is_still_refused_before_the_model_loads(tmp_path):
+    from fairprune.core.contract.registry import get_registry
+    from fairprune.core.run.pipeline import prepare
+
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=r"method\.bogus: Extra inputs are not permitted"):
+        prepare({"model": {"source": "smollm2-135m"}, "method": {"name": "attribution"}, "output": {"dir": str(out)}},
+                ["method.bogus=1"], registry=get_registry(), progress=False)
+    assert not out.exists()

@@ -357,15 +357,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. scoring.bias_weight=0.6")
         node = data
         parts = key.strip().split(".")
-        for part in parts[:-1]:
+        for index, part in enumerate(parts[:-1]):
+            if _is_component(node) and part not in ("name", "params") and index > 0:
+                # a component's own keys live under its params once validated: `method.capability.params.x=1`
+                # must reach method.params.capability, not start an inline `capability` that replaces it
+                node = node["params"]
             child = node.setdefault(part, {})
             if isinstance(child, str):  # a component given as a bare name
                 child = node[part] = {"name": child}
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {item!r}: {part!r} is not a section")
             node = child
+        if _is_component(node) and parts[-1] not in ("name", "params") and len(parts) > 1:
+            node = node["params"]
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
     return data
+
+
+def _is_component(node: dict[str, Any]) -> bool:
+    """A validated component section (``{name, params}``), whose other keys belong in ``params``."""
+    return isinstance(node.get("name"), str) and isinstance(node.get("params"), dict)
 
 
 def load_config(source: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | None = None) -> RunConfig:
