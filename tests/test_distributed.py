@@ -19,6 +19,7 @@ from fairprune.core.contract.errors import PromptError
 from fairprune.core.method.bias import BiasReport
 from fairprune.core.model.distributed import World, shard_range
 from fairprune.testing import tiny_char_tokenizer, tiny_model
+from fairprune.testing.faults import save_model_with_inf_token
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [["The Black man walked into the room and", "The white man walked into the room and"],
@@ -76,11 +77,7 @@ def test_two_processes_equal_one_on_a_tiny_model(tiny_dir, tmp_path):
 
 def test_a_failure_in_one_process_stops_both_with_its_message(tmp_path):
     """A broken embedding row (inf) poisons only the last group, which process 1 runs."""
-    model = tiny_model("llama", max_position_embeddings=512)
-    tok = tiny_char_tokenizer()
-    with torch.no_grad():
-        model.model.embed_tokens.weight[tok.convert_tokens_to_ids("~")] = float("inf")
-    fp.save_pretrained(model, tok, tmp_path / "broken")
+    save_model_with_inf_token(tmp_path / "broken")
     prompts = tmp_path / "pairs.json"
     prompts.write_text(json.dumps({"pairs": PAIRS[:3] + [["a ~ b", "a ~ c"]]}))
     done = torchrun("analyze", "--model", str(tmp_path / "broken"), "--prompts", str(prompts),

@@ -12,9 +12,8 @@ import pytest
 import torch
 import yaml
 
-import fairprune as fp
 from fairprune.core.method.bias import BiasReport
-from fairprune.testing import tiny_char_tokenizer, tiny_model
+from fairprune.testing.faults import save_model_with_inf_token
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [["The Black man walked into the room and", "The white man walked into the room and"],
@@ -89,11 +88,7 @@ def test_two_processes_select_what_one_selects(tiny_dir, tmp_path):
 
 def test_a_failure_in_one_process_stops_selection_in_both(tmp_path):
     """A broken embedding row (inf) poisons only the last group, whose batch process 1 attributes."""
-    model = tiny_model("llama", max_position_embeddings=512)
-    tok = tiny_char_tokenizer()
-    with torch.no_grad():
-        model.model.embed_tokens.weight[tok.convert_tokens_to_ids("~")] = float("inf")
-    fp.save_pretrained(model, tok, tmp_path / "broken")
+    save_model_with_inf_token(tmp_path / "broken")
     prompts = tmp_path / "pairs.json"
     prompts.write_text(json.dumps({"axis": "race", "pairs": PAIRS[:3] + [["a ~ b c", "a ~ c d"]]}))
     config = write_config(tmp_path, tmp_path / "broken", prompts)

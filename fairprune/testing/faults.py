@@ -123,3 +123,21 @@ def check_disk_full_save(args: Sequence[str], output: str | Path, limit_bytes: i
     again = run_fairprune(args, env=env, cwd=cwd)
     assert again.returncode == 0, f"the next run failed: {again.stderr[-2000:]}"
     return lines[0]
+
+
+def save_model_with_inf_token(directory: Path, token: str = "~") -> Path:
+    """Save a tiny Llama with a character tokenizer whose ``token`` embeds to ``inf``: any prompt holding it
+    poisons its batch (NaN logits), the others run clean; for tests of failures in one process of several."""
+    import torch
+
+    import fairprune as fp
+
+    from .models import tiny_model
+    from .tokenizer import tiny_char_tokenizer
+
+    model = tiny_model("llama", max_position_embeddings=512)
+    tok = tiny_char_tokenizer()
+    with torch.no_grad():
+        model.model.embed_tokens.weight[tok.convert_tokens_to_ids(token)] = float("inf")
+    fp.save_pretrained(model, tok, directory)
+    return directory
