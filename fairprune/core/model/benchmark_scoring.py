@@ -120,20 +120,40 @@ def _takes_cache(model) -> bool:
 
 def _shared_prompt_scores(model, contexts: list[list[int]], targets: list[list[list[int]]], batch_size: int,
                           pad: int, progress: bool, desc: str) -> list[list[Scored]]:
-    """Choice scores with each prompt run once: BBQ's three short answers then cost one prompt, not three."""
-    out: list[list[Scored]] = [[] for _ in contexts]
+    """Choice scores with each prompt run once: BBQ's three short answers then cost one prompt, not three.
+
+    Under ``distributed.sharing`` each process runs a contiguous share of the batches; every process gets
+    every prompt's scores. ``_NoCache`` (in every process) when the model returned no cache in any of them.
+    """
+    from .distributed import map_shared, shows_progress
+
     vocab = _vocab_size(model)
     batches = list(length_batches([len(c) for c in contexts], batch_size))
-    for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        # the choices' logits ([prompts x choices, longest choice, vocab]) stay within the scoring budget
-        cells = max(len(options) * max(len(t) for t in options) for options in (targets[i] for i in batch))
-        rows = max(1, LOGITS_BUDGET // (cells * vocab)) if vocab else len(batch)
-        for start in range(0, len(batch), rows):
-            part = batch[start:start + rows]
-            for i, scores in zip(part, _score_batch(model, [contexts[i] for i in part], [targets[i] for i in part],
-                                                    pad)):
-                out[i] = scores
-    return out
+    show = shows_progress(progress)
+
+    def score_share(mine: range) -> list[tuple[int, list[Scored]] | None]:
+        out: list[tuple[int, list[Scored]] | None] = []
+        try:
+            for k in tqdm(mine, desc=desc, disable=not show, leave=False):
+                batch = batches[k]
+                # the choices' logits ([prompts x choices, longest choice, vocab]) stay within the scoring budget
+                cells = max(len(options) * max(len(t) for t in options) for options in (targets[i] for i in batch))
+                rows = max(1, LOGITS_BUDGET // (cells * vocab)) if vocab else len(batch)
+                for start in range(0, len(batch), rows):
+                    part = batch[start:start + rows]
+                    out.extend(zip(part, _score_batch(model, [contexts[i] for i in part],
+                                                      [targets[i] for i in part], pad)))
+        except _NoCache:
+            return [None]  # told to every process, which then all score each sequence whole
+        return out
+
+    scored = map_shared(len(batches), score_share)
+    if any(item is None for item in scored):
+        raise _NoCache
+    result: list[list[Scored]] = [[] for _ in contexts]
+    for i, scores in scored:  # type: ignore[misc]
+        result[i] = scores
+    return result
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""Sharded analysis over torch.distributed: split prompt groups among processes, gather rows in order.
+"""Sharded analysis, selection and evaluation over torch.distributed: split the work among processes, gather
+rows in order.
 
 ``torchrun --nproc_per_node=N -m fairprune analyze|run ...`` starts N
 processes; each holds a replica of the model, runs a contiguous share of the
@@ -7,6 +8,14 @@ process. Totals are then summed in that fixed order, so the report equals a
 one-process run. gloo serves CPUs, NCCL serves GPUs (one per process). Only
 the main process (rank 0) writes files. An error on one process is announced to
 all at the next synchronisation point, and every process stops with its message.
+
+Evaluation is shared the same way: within ``sharing(world)`` (a run's observe
+passes), the scoring helpers of ``lm_scoring`` and ``benchmark_scoring`` and the
+evaluators that call ``map_shared`` split their batches (or items) into one
+contiguous share per process and gather the results in batch order on every
+process, so each process holds the whole observation a single process would
+have computed. Without a world (one process) they run every batch themselves and
+call no collective.
 """
 
 from __future__ import annotations
@@ -14,17 +23,18 @@ from __future__ import annotations
 import logging
 import os
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from ..contract.errors import DistributedError, PromptError
 
 logger = logging.getLogger(__name__)
 
-#: seconds a process waits for the others at a synchronisation point (evaluation on rank 0 can be long)
+#: seconds a process waits for the others at a synchronisation point (rank 0 writing the run can be long)
 TIMEOUT_ENV = "FAIRPRUNE_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 4 * 3600
 
@@ -176,6 +186,90 @@ def share(n_items: int, world: World | None) -> range:
     if world is None:
         return range(n_items)
     return range(world.rank * n_items // world.size, (world.rank + 1) * n_items // world.size)
+
+
+#: the world the observe passes of a run share their batches with (``sharing``); None: every batch here
+_SHARING: ContextVar[World | None] = ContextVar("fairprune_sharing", default=None)
+
+T = TypeVar("T")
+
+
+@contextmanager
+def sharing(world: World | None) -> Iterator[None]:
+    """Within the block, ``map_shared`` and ``map_shared_rows`` (and the scoring helpers built on them) split
+    their units among the processes of ``world``; ``None`` (one process) changes nothing.
+
+    Every process must then make the same calls with the same inputs in the same order: a run enters this
+    around the evaluators' observe passes, which all processes run on the same model and prompts.
+    """
+    token = _SHARING.set(world)
+    try:
+        yield
+    finally:
+        _SHARING.reset(token)
+
+
+def sharing_world() -> World | None:
+    """The world of the enclosing ``sharing`` block, or None (not sharing, or inside a share already)."""
+    return _SHARING.get()
+
+
+def shows_progress(progress: bool) -> bool:
+    """Whether this process draws a progress bar: ``progress``, and, while sharing, only on rank 0."""
+    world = _SHARING.get()
+    return progress and (world is None or world.is_main)
+
+
+@contextmanager
+def _alone() -> Iterator[None]:
+    """Within a share, helpers run whole in this process: no collective that the others would not call."""
+    token = _SHARING.set(None)
+    try:
+        yield
+    finally:
+        _SHARING.reset(token)
+
+
+def map_shared(n_units: int, run: Callable[[range], list[T]]) -> list[T]:
+    """``run(units)`` over ``range(n_units)``, shared: the results of every unit, in unit order.
+
+    ``run`` gets a range of unit indices and returns a list (any length, picklable items) for them in order.
+    Not sharing (one process), this is ``run(range(n_units))``, with no collective. Under ``sharing(world)``
+    each process runs its contiguous share (``share``; possibly empty) and the lists are concatenated in rank
+    order on every process (``World.gather_objects``). A failure in any process's share stops all with that
+    process's message (``World.failures_stop_all``); the failing one raises its own error.
+    """
+    world = _SHARING.get()
+    if world is None or n_units == 0:
+        return run(range(n_units))
+    with world.failures_stop_all(), _alone():
+        mine = run(share(n_units, world))
+    return world.gather_objects(mine)
+
+
+def map_shared_rows(n_units: int, run: Callable[[range], Any]) -> Any:
+    """Like ``map_shared`` for tensors: ``run(units)`` returns ``Tensor[rows of those units, width]`` (or None
+    for no rows); the result is every unit's rows in unit order.
+
+    Not sharing, ``run(range(n_units))`` itself. Under ``sharing(world)``: float32 ``Tensor[total rows, width]``
+    on the CPU, gathered with ``World.gather_rows`` (the width must agree across processes; None when no
+    process had a row). Failures stop all, as in ``map_shared``.
+    """
+    import torch
+
+    world = _SHARING.get()
+    if world is None or n_units == 0:
+        return run(range(n_units))
+    with world.failures_stop_all(), _alone():
+        mine = run(share(n_units, world))
+    widths = {w for w in world.gather_objects([None if mine is None else int(mine.shape[-1])]) if w is not None}
+    if not widths:
+        return None
+    if len(widths) > 1:
+        raise DistributedError(f"processes scored rows of different widths {sorted(widths)}; all must load the "
+                               "same model")
+    rows = mine if mine is not None else torch.zeros(0, widths.pop())
+    return world.gather_rows({"rows": rows}, int(rows.shape[0]))["rows"]
 
 
 def env_world_size() -> int:

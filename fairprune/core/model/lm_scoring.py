@@ -123,20 +123,43 @@ def forward_left_padded(model: nn.Module, sequences: Sequence[Sequence[int]], ke
 @torch.no_grad()
 def last_token_logprobs(model: nn.Module, tokenizer, prompts: Sequence[str], batch_size: int = 16,
                         progress: bool = False, desc: str = "next-token") -> torch.Tensor:
-    """Log-softmax of the next-token distribution after each prompt: ``[n_prompts, vocab]``."""
+    """Log-softmax of the next-token distribution after each prompt: float32 ``[n_prompts, vocab]`` on the CPU.
+
+    Under ``distributed.sharing`` each process scores a contiguous share of the batches and every process
+    gets the whole table (the same values: each batch is the one a single process would run).
+    """
+    from .distributed import map_shared_rows, sharing_world, shows_progress
+
     encoded = [encode(tokenizer, p) for p in prompts]
     if any(len(e) == 0 for e in encoded):
         raise ValueError("cannot score an empty prompt")
-    out: torch.Tensor | None = None  # filled in place: no second [n_prompts, vocab] copy from stacking rows
     pad = pad_id(tokenizer)
     batches = list(length_batches([len(e) for e in encoded], batch_size))
-    for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+    show = shows_progress(progress)
+
+    def batch_logprobs(batch: list[int]) -> torch.Tensor:
         logits = forward_left_padded(model, [encoded[i] for i in batch], 1, pad, widen=False)[:, -1, :]
-        logprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32).cpu()
-        if out is None:
-            out = torch.empty(len(encoded), logprobs.shape[-1], dtype=torch.float32)
-        out[torch.as_tensor(batch)] = logprobs
-    return out  # type: ignore[return-value]
+        return torch.log_softmax(logits, dim=-1, dtype=torch.float32).cpu()
+
+    if sharing_world() is None:  # one process: fill the table in place, no second [n_prompts, vocab] copy
+        out: torch.Tensor | None = None
+        for batch in tqdm(batches, desc=desc, disable=not show, leave=False):
+            logprobs = batch_logprobs(batch)
+            if out is None:
+                out = torch.empty(len(encoded), logprobs.shape[-1], dtype=torch.float32)
+            out[torch.as_tensor(batch)] = logprobs
+        return out  # type: ignore[return-value]
+
+    def share_rows(mine: range) -> torch.Tensor | None:
+        rows = [batch_logprobs(batches[k]) for k in tqdm(mine, desc=desc, disable=not show, leave=False)]
+        return torch.cat(rows) if rows else None
+
+    gathered = map_shared_rows(len(batches), share_rows)  # rows in batch order
+    if gathered is None:
+        return None  # type: ignore[return-value]  # no prompt, as in one process
+    out = torch.empty_like(gathered)
+    out[torch.as_tensor([i for batch in batches for i in batch], dtype=torch.long)] = gathered
+    return out
 
 
 @torch.no_grad()
@@ -146,7 +169,11 @@ def score_continuations(model: nn.Module, requests: Sequence[tuple[Sequence[int]
     """NLL of each ``(context_ids, target_ids)`` request's target given its context.
 
     Sequences longer than ``max_length`` lose tokens from the left of the context.
+    Under ``distributed.sharing`` each process scores a contiguous share of the
+    batches and every process gets every request's score, in request order.
     """
+    from .distributed import map_shared, shows_progress
+
     seqs: list[list[int]] = []
     for context, target in requests:
         if not target:
@@ -159,10 +186,11 @@ def score_continuations(model: nn.Module, requests: Sequence[tuple[Sequence[int]
                 raise ValueError(f"a continuation of {len(target)} tokens does not fit max_length={max_length}")
             seq = seq[-max_length:]
         seqs.append(seq)
-    results: list[ContinuationScore | None] = [None] * len(seqs)
     batches = list(length_batches([len(s) for s in seqs], batch_size))
     vocab = _vocab_size(model)
-    for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+    show = shows_progress(progress)
+
+    def score_batch(batch: list[int]) -> Iterator[tuple[int, ContinuationScore]]:
         most = max(len(requests[i][1]) for i in batch) + 1
         rows = max(1, LOGITS_BUDGET // (most * vocab)) if vocab else len(batch)
         for start in range(0, len(batch), rows):  # a large vocabulary scores fewer sequences per forward
@@ -177,8 +205,15 @@ def score_continuations(model: nn.Module, requests: Sequence[tuple[Sequence[int]
                 target = torch.as_tensor(list(requests[i][1]), dtype=torch.long, device=logits.device)
                 n = target.numel()
                 logprob, hit = target_logprobs(logits[row, keep - 1 - n:keep - 1, :], target)
-                results[i] = ContinuationScore(nll=float(-logprob.sum().item()), n_tokens=int(n),
-                                               greedy=bool(hit.all().item()))
+                yield i, ContinuationScore(nll=float(-logprob.sum().item()), n_tokens=int(n),
+                                           greedy=bool(hit.all().item()))
+
+    def score_share(mine: range) -> list[tuple[int, ContinuationScore]]:
+        return [pair for k in tqdm(mine, desc=desc, disable=not show, leave=False) for pair in score_batch(batches[k])]
+
+    results: list[ContinuationScore | None] = [None] * len(seqs)
+    for i, score in map_shared(len(batches), score_share):
+        results[i] = score
     return results  # type: ignore[return-value]
 
 

@@ -51,22 +51,33 @@ def needs_groups(evaluators: Sequence[tuple[str, Any]]) -> bool:
 
 
 def observe_all(evaluators: Sequence[tuple[str, Any]], model: Any, context: EvalContext, label: str,
-                adapter: Any) -> dict[str, Any]:
-    """``{name: observation}`` of one model (``label`` is ``"base"`` or ``"pruned"``)."""
+                adapter: Any, world: Any = None) -> dict[str, Any]:
+    """``{name: observation}`` of one model (``label`` is ``"base"`` or ``"pruned"``).
+
+    With ``world`` (a ``distributed.World`` of several processes, every one of which must call this with the
+    same evaluators, model and context), the evaluators' scoring passes are shared among the processes
+    (``distributed.sharing``) and every process returns the observations one process would.
+    """
+    from ..model.distributed import sharing
+
     ctx = context.observing(label, adapter)
     out: dict[str, Any] = {}
-    for name, evaluator in evaluators:
-        start = time.perf_counter()
-        try:
-            out[name] = evaluator.observe(model, ctx)
-        except NonFiniteError as exc:  # say which evaluator and which model met the NaN/inf
-            if getattr(exc, "label", "") is not None:
-                raise
-            from ..model.devices import non_finite_error
+    with sharing(world):
+        for name, evaluator in evaluators:
+            start = time.perf_counter()
+            try:
+                out[name] = evaluator.observe(model, ctx)
+            except NonFiniteError as exc:  # say which evaluator and which model met the NaN/inf
+                if getattr(exc, "label", "") is not None:
+                    raise
+                from ..model.devices import non_finite_error
 
-            raise non_finite_error(f"evaluator {name!r}: {exc.where}", label, exc.layer, exc.dtype) from exc
-        release_memory()  # each evaluator's batches and logits, freed in the heap, before the next one
-        logger.info("evaluator %s observed the %s model in %.1f s", name, label, time.perf_counter() - start)
+                error = non_finite_error(f"evaluator {name!r}: {exc.where}", label, exc.layer, exc.dtype)
+                if getattr(exc, "announced", False):  # the other processes already know: not told twice
+                    error.announced = True  # type: ignore[attr-defined]
+                raise error from exc
+            release_memory()  # each evaluator's batches and logits, freed in the heap, before the next one
+            logger.info("evaluator %s observed the %s model in %.1f s", name, label, time.perf_counter() - start)
     return out
 
 

@@ -259,12 +259,13 @@ def eval_context(run: Run, prune_result: Any = None) -> Any:
                        plan=run.plan, guarded=guarded)
 
 
-def observe_base(run: Run, evaluators: list[tuple[str, Any]] | None = None) -> None:
-    """Every evaluator observes the model before it is pruned."""
+def observe_base(run: Run, evaluators: list[tuple[str, Any]] | None = None, world: Any = None) -> None:
+    """Every evaluator observes the model before it is pruned; with ``world`` (every process calls this) the
+    scoring passes are shared among its processes (``evaluation.observe_all``)."""
     from .evaluation import observe_all
 
     run.base_observations = observe_all(evaluators or run.plugins.evaluators, run.model, eval_context(run), "base",
-                                        run.adapter)
+                                        run.adapter, world)
 
 
 def make_plan(run: Run, *, budget: Any = None, variant: dict[str, Any] | None = None) -> Any:
@@ -287,13 +288,15 @@ def apply_plan(run: Run, plan: Any) -> Any:
     return result
 
 
-def evaluate_pruned(run: Run, prune_result: Any, evaluators: list[tuple[str, Any]] | None = None) -> dict[str, Any]:
-    """Step 5: observe the pruned model and compare with the base observations; ``{name: EvalResult}``."""
+def evaluate_pruned(run: Run, prune_result: Any, evaluators: list[tuple[str, Any]] | None = None,
+                    world: Any = None) -> dict[str, Any]:
+    """Step 5: observe the pruned model and compare with the base observations; ``{name: EvalResult}``. With
+    ``world`` the observe passes are shared, as in ``observe_base``."""
     from .evaluation import compare_all, observe_all
 
     evaluators = evaluators or run.plugins.evaluators
     context = eval_context(run, prune_result)
-    pruned = observe_all(evaluators, run.model, context, "pruned", run.adapter)
+    pruned = observe_all(evaluators, run.model, context, "pruned", run.adapter, world)
     return compare_all(evaluators, run.base_observations, pruned, context)
 
 
@@ -333,11 +336,17 @@ def run(config: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | 
         registry: Any = None, progress: bool = True) -> RunResult:
     """Run the whole pipeline from a config (path, dict or ``RunConfig``) and write the output directory.
 
-    Under torchrun (``WORLD_SIZE`` > 1) every process loads the model and takes a
-    share of the bias analysis; then rank 0 alone observes, prunes, evaluates and
-    writes, and the other processes return a ``RunResult`` without an output directory.
+    Under torchrun (``WORLD_SIZE`` > 1) every process loads the model, takes a share
+    of the method's analysis (and of the attribution method's selection), plans (the
+    plans must be equal: ``DistributedError`` otherwise), observes the base model,
+    prunes its replica and observes the pruned one; each observe pass is shared
+    among the processes (``distributed.sharing``), whose results are gathered in a
+    fixed order, so every process compares the observations one process would
+    make. Rank 0 alone writes; the other processes return the same metrics in a
+    ``RunResult`` without an output directory. A failure in one process stops all
+    with its message.
     """
-    from ..model.distributed import is_main_process
+    from ..model.distributed import current, is_main_process
     from .preflight import check_budget, check_plan_removes_neurons
 
     state = prepare(config, overrides, registry, progress)
@@ -346,26 +355,51 @@ def run(config: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | 
     with timer.stage("load"):
         load(state)
         check_budget(state.config, state.model, state.adapter)
+    world = current()  # None in one process
     with timer.stage("analyze"):
         analyze(state)  # shared among the processes of a torchrun world
-    if not is_main_process():  # the other processes' share of the work is done; rank 0 goes on alone
-        return RunResult(None, {}, None, None, timer.timings)
     with timer.stage("plan"):  # before the base is observed, so that a random control can draw the plan's counts
-        state.plan = make_plan(state)
-        check_plan_removes_neurons(state.plan, state.config)
+        with stop_together(world):
+            state.plan = make_plan(state)
+            check_plan_removes_neurons(state.plan, state.config)
+        check_same_plan(state.plan, world)
     with timer.stage("observe_base"):
-        observe_base(state)
-    with timer.stage("prune"):
+        observe_base(state, world=world)
+    with timer.stage("prune"), stop_together(world):
         state.prune_result = apply_plan(state, state.plan)
     with timer.stage("evaluate"):
-        state.evaluations = evaluate_pruned(state, state.prune_result)
+        state.evaluations = evaluate_pruned(state, state.prune_result, world=world)
     state.metrics = collect_metrics(state)
+    if not is_main_process():  # every process holds the same results; rank 0 alone writes them
+        return RunResult(None, state.metrics, state.plan, state.prune_result, timer.timings, state.evaluations)
     save_run(state)
     state.registry.hook.fairprune_run_finished(config=state.config, output_dir=state.output_dir,
                                                metrics=state.metrics)
     logger.info("run written to %s", state.output_dir)
     return RunResult(state.output_dir, state.metrics, state.plan, state.prune_result, timer.timings,
                      state.evaluations)
+
+
+def stop_together(world: Any) -> Any:
+    """``world.failures_stop_all()`` (a failure in one process stops all with its message), or nothing."""
+    from contextlib import nullcontext
+
+    return nullcontext() if world is None else world.failures_stop_all()
+
+
+def check_same_plan(plan: Any, world: Any) -> None:
+    """Under a torchrun ``world``, ``DistributedError`` in every process unless all planned the same neurons;
+    nothing (no collective) in one process."""
+    from ..contract.errors import DistributedError
+
+    if world is None:
+        return
+    mine = {int(layer): [int(n) for n in neurons] for layer, neurons in plan.removed.items()}
+    plans = world.gather_objects([mine])
+    differ = [rank for rank, other in enumerate(plans) if other != plans[0]]
+    if differ:
+        raise DistributedError(f"process {differ[0]} of {world.size} planned other neurons than process 0; every "
+                               "process must load the same model, config and prompts")
 
 
 def save_run(run: Run, extra: Any = None) -> None:

@@ -91,8 +91,13 @@ class ActivationBiasEvaluator(Plugin):
         return result
 
     def _distances(self, context: EvalContext, model, adapter) -> dict[str, np.ndarray]:
-        """Per site, ``[n_groups, n_layers]`` member distances; all sites in one pass per group size."""
+        """Per site, ``[n_groups, n_layers]`` member distances; all sites in one pass per group size. Under
+        ``distributed.sharing``, the groups of a size are shared among the processes when there are at least as
+        many groups as processes (else every process collects them all)."""
         from ...core.method.collect import collect_prompts
+        from ...core.model.distributed import sharing_world
+
+        world = sharing_world()
 
         by_size: dict[int, list[int]] = {}
         for k, group in enumerate(context.groups):
@@ -102,7 +107,8 @@ class ActivationBiasEvaluator(Plugin):
             subset = [context.groups[k] for k in indices]
             collected = collect_prompts(model, context.tokenizer, subset, sites=tuple(self.params.sites),
                                         pooling=self.params.pooling, adapter=adapter, batch_size=context.batch_size,
-                                        progress=context.progress, registry=context.registry)
+                                        progress=context.progress, registry=context.registry,
+                                        world=world if world is not None and len(subset) >= world.size else None)
             for site, activations in collected.items():
                 pooled = activations.grouped(subset).pooled
                 dist = np.stack([pairwise_distance(pooled[layer]) for layer in sorted(pooled)], 1)

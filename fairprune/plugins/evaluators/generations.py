@@ -46,8 +46,13 @@ class GenerationsEvaluator(Plugin):
     headlines = ()
 
     def observe(self, model, context: EvalContext) -> list[str]:
-        """One model's greedy completion of each prompt (the new text only)."""
-        return [self._complete(model, context.tokenizer, prompt) for prompt in self.params.prompts]
+        """One model's greedy completion of each prompt (the new text only); under ``distributed.sharing`` each
+        process completes a contiguous share of the prompts and every process gets them all, in order."""
+        from ...core.model.distributed import map_shared
+
+        prompts = self.params.prompts
+        return map_shared(len(prompts), lambda mine: [self._complete(model, context.tokenizer, prompts[i])
+                                                       for i in mine])
 
     def compare(self, base: list[str], pruned: list[str], context: EvalContext) -> EvalResult:
         rows = [{"prompt": prompt, "base": b, "pruned": q} for prompt, b, q in zip(self.params.prompts, base, pruned)]
