@@ -19,6 +19,6 @@ def main(args: argparse.Namespace) -> int:
     from ..core.run.pipeline import run
 
     result = run(args.config, args.overrides, progress=not args.quiet)
-    if result.output_dir is not None:  # under torchrun, only rank 0 has the run's results
+    if result.output_dir is not None:  # under torchrun every process has the results; rank 0 alone prints
         print(summary_text(result.metrics, result.output_dir))
     return 0

@@ -126,7 +126,8 @@ def last_token_logprobs(model: nn.Module, tokenizer, prompts: Sequence[str], bat
     """Log-softmax of the next-token distribution after each prompt: float32 ``[n_prompts, vocab]`` on the CPU.
 
     Under ``distributed.sharing`` each process scores a contiguous share of the batches and every process
-    gets the whole table (the same values: each batch is the one a single process would run).
+    gets the whole table (the same values: each batch is the one a single process would run); the gather then
+    holds up to about three tables at once, against one in a single process.
     """
     from .distributed import map_shared_rows, sharing_world, shows_progress
 
