@@ -346,6 +346,7 @@ def run(config: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | 
     ``RunResult`` without an output directory. A failure in one process stops all
     with its message.
     """
+    from ..method.attribution import stop_together
     from ..model.distributed import current, is_main_process
     from .preflight import check_budget, check_plan_removes_neurons
 
@@ -378,13 +379,6 @@ def run(config: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | 
     logger.info("run written to %s", state.output_dir)
     return RunResult(state.output_dir, state.metrics, state.plan, state.prune_result, timer.timings,
                      state.evaluations)
-
-
-def stop_together(world: Any) -> Any:
-    """``world.failures_stop_all()`` (a failure in one process stops all with its message), or nothing."""
-    from contextlib import nullcontext
-
-    return nullcontext() if world is None else world.failures_stop_all()
 
 
 def check_same_plan(plan: Any, world: Any) -> None:
