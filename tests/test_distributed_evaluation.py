@@ -59,6 +59,26 @@ def assert_same(got: Any, want: Any, where: str = "") -> None:
         assert got == want, where
 
 
+def test_one_process_runs_every_unit_itself_with_no_world():
+    from fairprune.core.model.distributed import World, map_shared, map_shared_rows, sharing, sharing_world
+
+    calls: list[range] = []
+
+    def run(units: range) -> list[int]:
+        calls.append(units)
+        return [10 * i for i in units]
+
+    assert map_shared(5, run) == [0, 10, 20, 30, 40] and calls == [range(5)]
+    with sharing(None):
+        assert sharing_world() is None
+        assert map_shared_rows(3, lambda units: torch.ones(len(units), 2)).shape == (3, 2)
+        assert map_shared(0, run) == []
+    with sharing(World(0, 2, torch.device("cpu"))):
+        assert sharing_world() is not None
+        assert map_shared(0, run) == [], "no unit: no collective, even while sharing"
+    assert sharing_world() is None, "the block restores what it found"
+
+
 def test_each_process_scores_a_share_and_gets_every_score(tiny_llama_dir, tmp_path):
     """Every shared helper: two processes run fewer forwards each, together as many as one process, and both
     return what one process returns; a poisoned batch in process 1's share stops both with its message."""
