@@ -18,7 +18,9 @@ Each plan (``plan.json`` of a run, or a run directory holding one) is applied to
 every plan and the random control: ``--random K`` seeded draws of the first plan's per-layer neuron counts among
 neurons that are not massive-activation neurons (max |h| on the bundled calibration text above ``--massive``
 times the layer's median max |h|). Intervals are 95% paired bootstraps over templates (JS), prompts (recall)
-and passages (LAMBADA). Results go to ``--out`` as JSON; a table is printed.
+and passages (LAMBADA). ``--pruned DIR`` measures a whole saved model instead (a pruned model whose kept
+weights were then changed, e.g. by recovery), against the same base. Results go to ``--out`` as JSON; a table
+is printed.
 
     python benchmarks/transfer_eval.py --swap /path/between.json --swap /path/names.json \
         --recall /path/recall.json --plan runs/fair-smollm2 --random 3 --lambada-limit 400 --out eval.json
@@ -269,6 +271,8 @@ def main() -> int:
     parser.add_argument("--swap", type=Path, action="append", default=[], help="a swap set (JSON), repeatable")
     parser.add_argument("--recall", type=Path, default=None, help="a recall set (JSON)")
     parser.add_argument("--plan", type=Path, action="append", default=[], help="plan.json or a run dir, repeatable")
+    parser.add_argument("--pruned", type=Path, action="append", default=[],
+                        help="a saved pruned model directory (fairprune's save_pretrained), repeatable")
     parser.add_argument("--random", type=int, default=0, help="random draws of the first plan's per-layer counts")
     parser.add_argument("--massive", type=float, default=10.0, help="massive neuron: max |h| > this x layer median")
     parser.add_argument("--lambada", type=Path, default=LAMBADA)
@@ -319,6 +323,13 @@ def main() -> int:
         n = sum(map(len, removed.values()))
         summary["plans"][label] = {"neurons": n, "compare": c}
         print(row(label, n, c), flush=True)
+    for path in args.pruned:  # a whole model of its own (e.g. pruned and then recovered), not an ablation
+        other, _ = fp.load_pretrained(path)
+        after = measure_all(other, tok, sets, recall, requests, args.batch_size)
+        n = n_params - sum(p.numel() for p in other.parameters())
+        summary["plans"][str(path)] = {"neurons": None, "params_removed": n, "compare": compare(base, after)}
+        print(row(str(path), n, summary["plans"][str(path)]["compare"]), flush=True)
+        del other
     summary["seconds"] = time.perf_counter() - start
     if args.out:
         args.out.write_text(json.dumps(summary, indent=1))
