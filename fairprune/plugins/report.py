@@ -93,7 +93,8 @@ def model_card(config: Any, metrics: dict[str, Any], base_model: str, license: s
         f"of the axes {', '.join(config.bias.axes)}.", "",
         *_at_a_glance(metrics),
         "## Method", "", *method,
-        f"3. Budget {config.pruning.budget.describe()}; pruner `{config.pruning.pruner.name}`.", "",
+        f"3. Budget {config.pruning.budget.describe()}; pruner `{config.pruning.pruner.name}`.",
+        *_recovery_lines(pr), "",
         "## Loading", "", how_to_load, "",
         *attribution_section(metrics),
         "## Measured figures", "",
@@ -128,6 +129,20 @@ def _params_text(config: Any) -> str:
     text = ", ".join(f"{key} {getattr(value, 'name', None) or (value.get('name') if isinstance(value, dict) else value)}"
                      for key, value in params.items() if value is not None)
     return text or "default params"
+
+
+def _recovery_lines(pruning: dict[str, Any]) -> list[str]:
+    """The card's line on recovery distillation (``pruning.recovery``), or none when it did not run."""
+    rec = pruning.get("recovery")
+    if rec is None:
+        return []
+    if not rec["kept"]:
+        return [("4. Recovery distillation ran but did not lower the KL divergence to the unpruned model on held-out "
+                 "text, so its weight changes were undone: the weights are the pruned model's.")]
+    return [(f"4. Recovery distillation: the kept MLP weights were then trained for {rec['steps']} steps towards the "
+            "unpruned model's next-token distributions on general text (KL divergence on held-out text "
+            f"{rec['held_out_kl_before']:.4f} → {rec['held_out_kl_after']:.4f} nats per token). Every figure below "
+            "is of the model after recovery; the random-neuron control is not recovered.")]
 
 
 def _method_text(config: Any) -> tuple[str, list[str]]:

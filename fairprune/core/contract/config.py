@@ -198,6 +198,21 @@ class Budget(Strict):
         return f"{self.layer_percent}% of each layer's width"
 
 
+class RecoverySection(Strict):
+    """Recovery distillation after pruning (``core.method.recovery``): the kept MLP weights are trained towards the
+    unpruned model's next-token distributions on a general text. Off unless this section is given."""
+
+    text: str | None = Field(default=None, description="path of the recovery text; None: the bundled general English")
+    tokens: int = Field(default=4096, ge=8, description="text tokens trained on")
+    held_out_tokens: int = Field(default=512, ge=8, description="the next tokens, only measured: a recovery that "
+                                                               "does not lower the KL there is undone")
+    chunk_tokens: int = Field(default=128, ge=8, description="tokens per chunk")
+    top_k: int = Field(default=64, ge=1, description="the base's most likely next tokens kept per position")
+    epochs: int = Field(default=2, ge=1)
+    lr: float = Field(default=2e-5, gt=0.0, description="AdamW learning rate (no weight decay)")
+    batch_size: int = Field(default=4, ge=1, description="chunks per step")
+
+
 class PruningSection(Strict):
     pruner: Component = Field(default_factory=lambda: Component(name="structural"))
     budget: Budget = Field(default_factory=lambda: Budget(param_fraction=0.002))
@@ -205,6 +220,9 @@ class PruningSection(Strict):
                                      description="only these layers may lose neurons (None: all; never empty)")
     min_width: int = Field(default=1, ge=1)
     round_to: int | None = Field(default=None, ge=1, description="round each pruned layer's width to a multiple")
+    recovery: RecoverySection | None = Field(
+        default=None, description="train the kept MLP weights back towards the unpruned model on general text "
+                                  "after pruning (recovery distillation); None: off")
     uniform_widths: bool = Field(
         default=False,
         description="every layer loses the same number of neurons (its share of the budget; with round_to, the "

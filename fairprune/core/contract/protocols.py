@@ -201,6 +201,8 @@ class PruneResult:
     widths_before: list[int]
     widths_after: list[int]
     removed: dict[int, list[int]] = field(default_factory=dict)
+    #: what recovery distillation did after the pruner (``core.method.recovery.recover``'s record), or None
+    recovery: dict[str, Any] | None = None
 
     @property
     def params_removed(self) -> int:

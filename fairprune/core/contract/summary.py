@@ -41,6 +41,11 @@ def headline_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("Parameters removed", f"{pr['params_removed']:,} of {pr['params_before']:,} "
                                    f"({pr['params_removed_pct']:.3f}%), {pr['neurons_removed']} neurons "
                                    f"in {pr['layers_touched']} layers")]
+    rec = pr.get("recovery")
+    if rec is not None:
+        rows.append(("Recovery distillation", f"held-out KL to the unpruned model {rec['held_out_kl_before']:.4f} -> "
+                                              f"{rec['held_out_kl_after']:.4f} nats in {rec['steps']} steps"
+                                              + ("" if rec["kept"] else " (undone: it did not lower the KL)")))
     for evaluator, h in headlines(metrics):
         value = metric(metrics, evaluator, h["key"])
         if value is None:

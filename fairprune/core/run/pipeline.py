@@ -276,15 +276,29 @@ def make_plan(run: Run, *, budget: Any = None, variant: dict[str, Any] | None = 
 
 
 def apply_plan(run: Run, plan: Any) -> Any:
-    """Step 4b: remove the planned neurons with the configured pruner (in place; all or nothing)."""
+    """Step 4b: remove the planned neurons with the configured pruner (in place; all or nothing), then, with
+    ``pruning.recovery``, train the kept MLP weights back towards the unpruned model (``method.recovery``)."""
     from ..method.surgery import prune
     from ..model.memory import release_memory
 
     pruner = run.plugins.pruner
     calibration = run.bias_report.mean if pruner.needs_calibration else None
+    recovery = run.config.pruning.recovery
+    targets = None
+    if recovery is not None:  # the unpruned model's side of the distillation, read before it changes
+        from ..method.recovery import distillation_targets
+
+        targets = distillation_targets(run.model, run.tokenizer, text=recovery.text, tokens=recovery.tokens,
+                                       held_out_tokens=recovery.held_out_tokens, chunk_tokens=recovery.chunk_tokens,
+                                       top_k=recovery.top_k, batch_size=recovery.batch_size)
     result = prune(run.model, plan, pruner=pruner, adapter=run.adapter, calibration=calibration,
                    registry=run.registry)
     release_memory()  # the replaced weights
+    if recovery is not None:
+        from ..method.recovery import recover
+
+        result.recovery = recover(run.model, run.adapter, targets, epochs=recovery.epochs, lr=recovery.lr,
+                                  batch_size=recovery.batch_size, seed=run.config.seed)
     return result
 
 
@@ -315,6 +329,7 @@ def collect_metrics(run: Run) -> dict[str, Any]:
             "params_removed": result.params_removed,
             "params_removed_pct": 100.0 * result.fraction_removed,
             "widths_after": result.widths_after,
+            **({"recovery": result.recovery} if result.recovery is not None else {}),
             **_verification_metrics(plan),
         },
         "evaluation": {name: r.to_dict() for name, r in run.evaluations.items()},

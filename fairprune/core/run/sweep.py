@@ -93,6 +93,10 @@ def sweep(config: Any, overrides: list[str] | None = None, *, max_perplexity_inc
 
     run = pipeline.prepare(config, overrides, registry, progress)
     config = run.config
+    if config.pruning.recovery is not None:
+        raise ConfigError("pruning.recovery: a sweep restores only the planned layers between its points, and "
+                          "recovery trains every layer's MLP; sweep without it, then `fairprune run` the chosen point "
+                          "with pruning.recovery")
     limit = max_perplexity_increase if max_perplexity_increase is not None else config.sweep.max_perplexity_increase
     bias_keys = metric_choice(run, config.sweep.bias_metric, "bias")
     cap_keys = metric_choice(run, config.sweep.capability_metric, "capability")
