@@ -134,3 +134,10 @@ def test_sweep_refuses_recovery_before_loading_the_model(model_dir, tmp_path):
 def test_recovery_options_are_checked_by_name(model_dir, tmp_path):
     with pytest.raises(ConfigError, match="pruning.recovery.lr"):
         fp.load_config(_config(model_dir, tmp_path / "x", {"lr": 0}))
+
+
+def test_setting_a_recovery_key_turns_recovery_on_from_a_config_without_it(model_dir, tmp_path):
+    off = fp.load_config(_config(model_dir, tmp_path / "x", None))
+    assert off.pruning.recovery is None
+    on = fp.load_config(off, overrides=["pruning.recovery.epochs=3"])
+    assert on.pruning.recovery is not None and on.pruning.recovery.epochs == 3 and on.pruning.recovery.lr == 2e-5

@@ -381,6 +381,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 # must reach method.params.capability, not start an inline `capability` that replaces it
                 node = node["params"]
             child = node.setdefault(part, {})
+            if child is None:  # an optional section that is off (e.g. pruning.recovery): setting a key turns it on
+                child = node[part] = {}
             if isinstance(child, str):  # a component given as a bare name
                 child = node[part] = {"name": child}
             if not isinstance(child, dict):
