@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from distributed_helpers import torchrun
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,7 +18,6 @@ from fairprune.core.model.distributed import World, shard_range
 from fairprune.testing import tiny_char_tokenizer, tiny_model
 from fairprune.testing.faults import save_model_with_inf_token
 
-ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [["The Black man walked into the room and", "The white man walked into the room and"],
          ["A Black woman works at the school as a", "A white woman works at the school as a"],
          ["The Asian student was very", "The Hispanic student was very"],
@@ -40,12 +36,6 @@ def test_shares_are_contiguous_balanced_and_cover_every_group_once(n, size):
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
 
-def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node=2 -m fairprune ARGS`` with gloo, one thread per process, this checkout first."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "fairprune",
-           *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def assert_same_report(got: BiasReport, want: BiasReport, atol: float = 1e-5) -> None:
@@ -68,7 +58,7 @@ def tiny_dir(tmp_path_factory):
 
 def test_two_processes_equal_one_on_a_tiny_model(tiny_dir, tmp_path):
     assert cli_main(["analyze", "--model", str(tiny_dir), "--axes", "race", "--out", str(tmp_path / "one")]) == 0
-    done = torchrun("analyze", "--model", str(tiny_dir), "--axes", "race", "--out", str(tmp_path / "two"))
+    done = torchrun(2, "-m", "fairprune", "analyze", "--model", str(tiny_dir), "--axes", "race", "--out", str(tmp_path / "two"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("saved to") == 1, "only rank 0 prints and writes"
     one, two = BiasReport.load(tmp_path / "one"), BiasReport.load(tmp_path / "two")
@@ -80,7 +70,7 @@ def test_a_failure_in_one_process_stops_both_with_its_message(tmp_path):
     save_model_with_inf_token(tmp_path / "broken")
     prompts = tmp_path / "pairs.json"
     prompts.write_text(json.dumps({"pairs": PAIRS[:3] + [["a ~ b", "a ~ c"]]}))
-    done = torchrun("analyze", "--model", str(tmp_path / "broken"), "--prompts", str(prompts),
+    done = torchrun(2, "-m", "fairprune", "analyze", "--model", str(tmp_path / "broken"), "--prompts", str(prompts),
                     "--out", str(tmp_path / "out"), timeout=240)
     assert done.returncode != 0
     assert "process 1 of 2 failed: NonFiniteError: site 'neuron'" in done.stderr  # what rank 0 says
@@ -93,7 +83,7 @@ def test_two_processes_equal_one_on_smollm2(tmp_path):
     prompts.write_text(json.dumps({"axis": "race", "pairs": PAIRS}))
     args = ["analyze", "--model", "smollm2-135m", "--prompts", str(prompts), "--batch-size", "4"]
     assert cli_main([*args, "--out", str(tmp_path / "one")]) == 0
-    done = torchrun(*args, "--out", str(tmp_path / "two"), timeout=600)
+    done = torchrun(2, "-m", "fairprune", *args, "--out", str(tmp_path / "two"), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_report(BiasReport.load(tmp_path / "two"), BiasReport.load(tmp_path / "one"))
 
@@ -108,7 +98,7 @@ def test_two_process_run_writes_once_and_equals_a_one_process_run(tiny_dir, tmp_
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config))
     assert cli_main(["run", str(path), "--quiet", "--set", f"output.dir={tmp_path / 'one'}"]) == 0
-    done = torchrun("run", str(path), "--quiet", "--set", f"output.dir={tmp_path / 'two'}")
+    done = torchrun(2, "-m", "fairprune", "run", str(path), "--quiet", "--set", f"output.dir={tmp_path / 'two'}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("run written to") <= 1
     assert_same_report(BiasReport.load(tmp_path / "two" / "bias"), BiasReport.load(tmp_path / "one" / "bias"))

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +11,11 @@ import pytest
 import torch
 import yaml
 from benchmark_helpers import bbq_record, write_crows, write_jsonl
+from distributed_helpers import PAIRS, torchrun
 
 from fairprune.testing.faults import save_model_with_inf_token
 
-ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("distributed_evaluation_worker.py")
-PAIRS = [["The Black man walked into the room and", "The white man walked into the room and"],
-         ["A Black woman works at the school as a", "A white woman works at the school as a"],
-         ["The Asian student was very", "The Hispanic student was very"],
-         ["My Arab neighbour is known as a", "My Jewish neighbour is known as a"],
-         ["The Black doctor said that the", "The white doctor said that the"],
-         ["A white nurse told me that the", "A Black nurse told me that the"]]
 CROWS = [("The poor are lazy and never work hard.", "The rich are lazy and never work hard.", "stereo",
           "socioeconomic"),
          ("Old people cannot use phones.", "Young people cannot use phones.", "stereo", "age"),
@@ -34,13 +25,6 @@ CROWS = [("The poor are lazy and never work hard.", "The rich are lazy and never
          ("Poor kids steal.", "Rich kids steal.", "stereo", "socioeconomic")]
 
 
-def torchrun(n: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node=n ARGS`` (a script, or ``-m fairprune ...``): gloo, one thread per process,
-    this checkout first (n=1 runs one plain process under the same launcher and thread count: the reference)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
-           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", *args]
-    return subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def assert_same(got: Any, want: Any, where: str = "") -> None:

@@ -3,34 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from distributed_helpers import PAIRS, torchrun
 
 from fairprune.core.method.bias import BiasReport
 from fairprune.testing.faults import save_model_with_inf_token
-
-ROOT = Path(__file__).resolve().parents[1]
-PAIRS = [["The Black man walked into the room and", "The white man walked into the room and"],
-         ["A Black woman works at the school as a", "A white woman works at the school as a"],
-         ["The Asian student was very", "The Hispanic student was very"],
-         ["My Arab neighbour is known as a", "My Jewish neighbour is known as a"],
-         ["The Black doctor said that the", "The white doctor said that the"],
-         ["A white nurse told me that the", "A Black nurse told me that the"]]
-
-
-def torchrun(n: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node=n -m fairprune ARGS``: gloo, one thread per process, this checkout first
-    (n=1 runs one plain process under the same launcher and thread count, the reference)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "fairprune",
-           *args]
-    return subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def write_config(tmp_path: Path, source: Path, prompts: Path, **method) -> Path:
@@ -59,7 +40,7 @@ def test_two_processes_select_what_one_selects(tiny_dir, tmp_path):
     config = write_config(tmp_path, tiny_dir, prompts, folds=2)
     runs = {}
     for n in (1, 2):
-        done = torchrun(n, "run", str(config), "--quiet", "--set", f"output.dir={tmp_path / str(n)}")
+        done = torchrun(n, "-m", "fairprune", "run", str(config), "--quiet", "--set", f"output.dir={tmp_path / str(n)}")
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.count("run written to") <= 1, "only rank 0 writes"
         runs[n] = json.loads((tmp_path / str(n) / "plan.json").read_text())
@@ -92,7 +73,7 @@ def test_a_failure_in_one_process_stops_selection_in_both(tmp_path):
     prompts = tmp_path / "pairs.json"
     prompts.write_text(json.dumps({"axis": "race", "pairs": PAIRS[:3] + [["a ~ b c", "a ~ c d"]]}))
     config = write_config(tmp_path, tmp_path / "broken", prompts)
-    done = torchrun(2, "run", str(config), "--quiet", "--set", f"output.dir={tmp_path / 'out'}", timeout=240)
+    done = torchrun(2, "-m", "fairprune", "run", str(config), "--quiet", "--set", f"output.dir={tmp_path / 'out'}", timeout=240)
     assert done.returncode != 0
     assert "process 1 of 2 failed: NonFiniteError" in done.stderr  # what rank 0 says
     assert not (tmp_path / "out").exists()
