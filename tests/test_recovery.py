@@ -141,3 +141,9 @@ def test_setting_a_recovery_key_turns_recovery_on_from_a_config_without_it(model
     assert off.pruning.recovery is None
     on = fp.load_config(off, overrides=["pruning.recovery.epochs=3"])
     assert on.pruning.recovery is not None and on.pruning.recovery.epochs == 3 and on.pruning.recovery.lr == 2e-5
+
+
+def test_a_missing_recovery_text_is_refused_before_the_model_loads(tmp_path):
+    config = _config(tmp_path / "no-model-here", tmp_path / "out", {"text": str(tmp_path / "missing.txt")})
+    with pytest.raises(ConfigError, match=r"pruning.recovery.text: file not found"):
+        fp.run(config, progress=False)

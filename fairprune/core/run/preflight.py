@@ -55,6 +55,9 @@ def input_files(config: Any) -> list[tuple[str, str, str]]:
     components += [(f"evaluation.evaluators.{i}", c) for i, c in enumerate(config.evaluation.evaluators)]
     for field, component in components:
         found.extend((f, path, "data") for f, path in param_files(component.params, f"{field}.params"))
+    recovery = getattr(config.pruning, "recovery", None)
+    if recovery is not None and recovery.text:
+        found.append(("pruning.recovery.text", recovery.text, "data"))
     return found
 
 
