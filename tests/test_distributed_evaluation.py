@@ -146,3 +146,23 @@ def test_a_failure_in_one_process_stops_evaluation_in_both(tmp_path):
     assert "process 1 of 2 failed: NonFiniteError" in done.stderr, done.stderr[-3000:]  # what rank 0 says
     assert "evaluator 'crows_pairs'" in done.stderr  # what rank 1 says
     assert not (tmp_path / "out").exists()
+
+
+def test_recovery_under_two_processes_gives_the_one_process_model(tiny_llama_dir, tmp_path):
+    config = write_config(tmp_path, tiny_llama_dir, ["parameters"])
+    data = yaml.safe_load(config.read_text())
+    data["pruning"]["recovery"] = {"tokens": 512, "held_out_tokens": 256, "chunk_tokens": 64, "top_k": 16,
+                                   "epochs": 1, "lr": 1e-3}
+    data["output"]["save_model"] = True
+    config.write_text(yaml.safe_dump(data))
+    for n in (1, 2):
+        done = torchrun(n, "-m", "fairprune", "run", str(config), "--quiet", "--set", f"output.dir={tmp_path / str(n)}")
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / str(n) / "metrics.json").read_text())["pruning"] for n in (1, 2))
+    assert one["recovery"]["steps"] == 2 and one["recovery"]["kept"] is True
+    assert_same(two["recovery"], one["recovery"], "recovery")
+    from safetensors.torch import load_file
+
+    w1, w2 = (load_file(tmp_path / str(n) / "model.safetensors") for n in (1, 2))
+    assert sorted(w1) == sorted(w2)
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)

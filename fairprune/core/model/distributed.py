@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -119,6 +119,23 @@ class World:
         parts: list[Any] = [None] * self.size
         dist.all_gather_object(parts, list(items))
         return [item for part in parts for item in part]
+
+    def broadcast_from_main(self, tensors: Sequence[Any], record: Any = None) -> Any:
+        """Overwrite ``tensors`` (in place, every process the same list) with rank 0's values and return rank 0's
+        ``record`` (picklable): what makes replicas equal after each process changed them alike, whatever the
+        device's arithmetic did differently."""
+        import torch
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for tensor in tensors:
+                moved = tensor.detach().to(self.device)
+                dist.broadcast(moved, src=0)
+                if moved is not tensor:
+                    tensor.copy_(moved)
+        box = [record]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def ordered_sum(self, rows: Any, width: int) -> Any:
         """The sum, in rank then row order, of every process's ``rows`` (``Tensor[n_rows, width]``, float32;
