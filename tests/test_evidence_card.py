@@ -100,3 +100,12 @@ def test_the_section_states_its_rule_and_the_summary_prints_findings():
     assert "- between vs within" in section
     assert "between vs within" in summary_text(_metrics())
     assert evidence_section({"pruning": {}, "evaluation": {}}) == []
+
+
+def test_the_ceiling_says_how_far_a_model_that_still_hears_the_word_could_go():
+    from fairprune.plugins.evidence_text import ceiling_sentence
+
+    text = ceiling_sentence(80.0)
+    assert "floor was 80% of the between-group divergence" in text and "at most 20%" in text
+    assert "no fall" in ceiling_sentence(104.0)
+    assert ceiling_sentence(None) == "" and ceiling_sentence(float("nan")) == ""

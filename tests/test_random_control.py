@@ -128,6 +128,9 @@ def test_between_minus_within_is_the_difference_of_the_reductions(control):
     assert m["between_minus_within_pts"] == pytest.approx(between - within)
     findings = [row["text"] for row in result.tables["findings"]]
     assert "between two words for the same group" in findings[0]
+    share = 100 * np.mean(b["within"]) / np.mean(b["floor_between"])
+    assert m["floor_share_pct"] == pytest.approx(share)
+    assert f"floor was {share:.0f}% of the between-group divergence" in findings[0]
     assert "3 draws" in findings[1]
     json.dumps(result.to_dict(), allow_nan=False)
 

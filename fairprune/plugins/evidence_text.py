@@ -58,6 +58,22 @@ def figure(metrics: dict[str, Any], intervals: dict[str, Any], key: str) -> Figu
     return Figure(*(math.nan if v is None else float(v) for v in (value, lo, hi)))
 
 
+def ceiling_sentence(floor_share_pct: float | None) -> str:
+    """How far the between-group divergence could fall without the model hearing the words less: down to the
+    word-swap floor. ``floor_share_pct`` is the unpruned model's within-group JS as a % of its between-group JS
+    on the same templates; "" when unknown."""
+    if floor_share_pct is None or math.isnan(floor_share_pct) or floor_share_pct <= 0:
+        return ""
+    if floor_share_pct >= 100.0:
+        return (f"Before pruning two words for the same group were as far apart as two groups ({floor_share_pct:.0f}% "
+                "of the between-group divergence): no fall of the between-group divergence on these prompts can "
+                "come from treating groups more alike alone.")
+    return (f"Before pruning the word-swap floor was {floor_share_pct:.0f}% of the between-group divergence on the "
+            "same templates: a model that treated groups exactly alike while hearing every word as before would "
+            f"lower it by at most {100.0 - floor_share_pct:.0f}%; a larger fall must come partly from hearing the "
+            "words less.")
+
+
 def between_within_sentence(between_reduction: Figure, within_reduction: Figure, margin: Figure) -> str:
     """The between-group change next to the within-group change, and what they mean together.
 

@@ -20,6 +20,9 @@ Measured on the held-out groups, as ``output_bias`` measures them:
   between them (the word-swap floor); ``within_reduction_pct``;
 - ``between_minus_within_pts``: between − within reduction on the templates that
   have both (positive = groups treated more alike beyond the floor's fall);
+- ``floor_share_pct``: the base model's within-group JS as a % of its between-group
+  JS on those templates: 100 minus it is the most the between-group JS could fall
+  while the model hears every word as before (the findings say so);
 - ``control_between_reduction_pct_<k>`` per draw, their mean, min and max,
   ``between_vs_control_pts`` = method − control mean (positive = the method reduced
   more than chance), and ``between_beyond_control`` (1.0 when the method's
@@ -46,7 +49,7 @@ from ...core.contract.errors import ConfigError
 from ...core.contract.plugin import Plugin
 from ...core.contract.protocols import Headline
 from ...core.contract.results import EvalContext, EvalResult, add_paired, bootstrap_ci, fmt_ci, reduction_pct
-from ..evidence_text import between_within_sentence, control_sentence, figure
+from ..evidence_text import between_within_sentence, ceiling_sentence, control_sentence, figure
 
 
 class RandomControlParams(BaseModel):
@@ -178,8 +181,12 @@ class RandomControlEvaluator(Plugin):
             rows = np.stack([b["floor_between"], p["floor_between"], b["within"], p["within"]], axis=1)
             result.add("between_minus_within_pts", _between_minus_within(rows),
                        bootstrap_ci(rows, _between_minus_within, n_boot, seed))
+            floor_between = float(np.mean(b["floor_between"]))
+            result.add("floor_share_pct", 100.0 * float(np.mean(b["within"])) / floor_between
+                       if floor_between > 0 else math.nan)
         else:
-            for key in ("within_base", "within_pruned", "within_reduction_pct", "between_minus_within_pts"):
+            for key in ("within_base", "within_pruned", "within_reduction_pct", "between_minus_within_pts",
+                        "floor_share_pct"):
                 result.add(key, math.nan)
         for measure in ("between", "within"):
             self._add_control(result, measure, b[measure], p[measure], [d[measure] for d in draws], seed)
@@ -222,8 +229,10 @@ class RandomControlEvaluator(Plugin):
 
 def between_within_text(result: EvalResult) -> str:
     m, i = result.metrics, result.intervals
-    return between_within_sentence(figure(m, i, "between_reduction_pct"), figure(m, i, "within_reduction_pct"),
+    text = between_within_sentence(figure(m, i, "between_reduction_pct"), figure(m, i, "within_reduction_pct"),
                                    figure(m, i, "between_minus_within_pts"))
+    ceiling = ceiling_sentence(m.get("floor_share_pct"))
+    return f"{text} {ceiling}" if ceiling else text
 
 
 def control_text(result: EvalResult) -> str:
