@@ -60,3 +60,19 @@ def test_offloaded_model_selects_the_neurons_of_the_model_on_one_device(plain_di
         assert (b["neurons"], b["accepted"]) == (a["neurons"], a["accepted"])
         assert b["objective_after"] == pytest.approx(a["objective_after"], abs=1e-6)
         assert b["calibration_loss"] == pytest.approx(a["calibration_loss"], abs=1e-6)
+
+
+def test_a_run_with_recovery_refuses_an_offloaded_model_before_the_analysis(plain_dir, tmp_path):
+    import fairprune as fp
+    from fairprune.core.contract.errors import ConfigError
+
+    base, _ = load_model(str(plain_dir), registry=REG)
+    budget = sum(p.numel() * p.element_size() for p in base.parameters()) // 2
+    config = {"model": {"source": str(plain_dir), "device_map": "auto", "max_memory": {"cpu": budget},
+                        "offload_folder": str(tmp_path / "offload")},
+              "bias": {"axes": ["race"], "batch_size": 8},
+              "pruning": {"budget": {"neurons": 8}, "recovery": {"epochs": 1}},
+              "evaluation": {"evaluators": ["parameters"]}, "output": {"dir": str(tmp_path / "out")}}
+    with pytest.raises(ConfigError, match="pruning.recovery: some MLP weights are offloaded"):
+        fp.run(config, progress=False)
+    assert not (tmp_path / "out").exists()

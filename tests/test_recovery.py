@@ -147,3 +147,15 @@ def test_a_missing_recovery_text_is_refused_before_the_model_loads(tmp_path):
     config = _config(tmp_path / "no-model-here", tmp_path / "out", {"text": str(tmp_path / "missing.txt")})
     with pytest.raises(ConfigError, match=r"pruning.recovery.text: file not found"):
         fp.run(config, progress=False)
+
+
+def test_offloaded_mlp_weights_are_refused_and_nothing_changes():
+    tok = tiny_char_tokenizer()
+    model, adapter = _pruned(seed=3)
+    targets = distillation_targets(model, tok, **SMALL)
+    before = _other_state(model)
+    mlp = adapter.mlp(model, 1)
+    mlp.down_proj.weight = torch.nn.Parameter(torch.empty_like(mlp.down_proj.weight, device="meta"))
+    with pytest.raises(ConfigError, match="offloaded"):
+        recover(model, adapter, targets, epochs=1, lr=1e-3)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

@@ -120,10 +120,18 @@ def _held_kl(model: nn.Module, targets: DistillationTargets, batch_size: int) ->
     return total / max(n, 1)
 
 
-def _mlp_parameters(model: nn.Module, adapter: Any) -> list[nn.Parameter]:
+def trainable_mlp_parameters(model: nn.Module, adapter: Any) -> list[nn.Parameter]:
+    """The floating-point parameters of every layer's MLP, which recovery trains; ``ConfigError`` when there are
+    none or some are offloaded (accelerate leaves them on the meta device and keeps the values elsewhere)."""
     params: list[nn.Parameter] = []
     for layer in range(len(adapter.layers(model))):
         params.extend(p for p in adapter.mlp(model, layer).parameters() if p.is_floating_point())
+    if not params:
+        raise ConfigError("pruning.recovery: the model has no MLP weights to train")
+    if any(p.device.type == "meta" for p in params):
+        raise ConfigError("pruning.recovery: some MLP weights are offloaded (model.device_map / max_memory put them "
+                          "on disk or in CPU memory outside the model); recovery trains weights in place, so load "
+                          "the model without offloading or drop pruning.recovery")
     return params
 
 
@@ -136,9 +144,7 @@ def recover(model: nn.Module, adapter: Any, targets: DistillationTargets, *, epo
     out chunks), ``steps``, ``kept`` (False when the held-out KL did not fall and the weights were
     put back). Raises ``NonFiniteError`` (weights put back first) when a step's loss is not finite.
     """
-    params = _mlp_parameters(model, adapter)
-    if not params:
-        raise ConfigError("pruning.recovery: the model has no MLP weights to train")
+    params = trainable_mlp_parameters(model, adapter)
     saved = [p.detach().clone() for p in params]
     start_time = time.perf_counter()
     before = _held_kl(model, targets, batch_size)

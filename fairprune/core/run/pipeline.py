@@ -371,6 +371,10 @@ def run(config: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | 
     with timer.stage("load"):
         load(state)
         check_budget(state.config, state.model, state.adapter)
+        if state.config.pruning.recovery is not None:  # an offloaded model is refused before the analysis
+            from ..method.recovery import trainable_mlp_parameters
+
+            trainable_mlp_parameters(state.model, state.adapter)
     world = current()  # None in one process
     with timer.stage("analyze"):
         analyze(state)  # shared among the processes of a torchrun world
