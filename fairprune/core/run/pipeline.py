@@ -390,8 +390,11 @@ def run(config: str | Path | dict[str, Any] | RunConfig, overrides: list[str] | 
     if world is not None and state.prune_result.recovery is not None:
         # every process trained its replica alike (after stop_together: all succeeded); rank 0's weights and
         # record make the replicas equal whatever each device's arithmetic did, before they share evaluation
-        state.prune_result.recovery = world.broadcast_from_main(list(state.model.parameters()),
-                                                                state.prune_result.recovery)
+        from ..method.recovery import trainable_mlp_parameters
+
+        # only the MLP weights were trained: the rest of each replica is already the same
+        state.prune_result.recovery = world.broadcast_from_main(
+            trainable_mlp_parameters(state.model, state.adapter), state.prune_result.recovery)
     with timer.stage("evaluate"):
         state.evaluations = evaluate_pruned(state, state.prune_result, world=world)
     state.metrics = collect_metrics(state)
