@@ -10,7 +10,6 @@ differ only in their first token then score the same (``sentence_prefix``).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -22,6 +21,7 @@ from .lm_scoring import (
     LOGITS_BUDGET,
     _accepts_logits_to_keep,
     _vocab_size,
+    cache_argument,
     contiguous_head,
     encode,
     length_batches,
@@ -100,22 +100,12 @@ def choice_logprobs(model, tokenizer, prompts: Sequence[str], choices: Sequence[
     return [[Scored(s.logprob, s.n_tokens) for s in islice(scores, len(options))] for options in targets]
 
 
-def _cache_argument(model) -> str | None:
-    """The name under which ``model.forward`` takes a key/value cache (``cache`` in transformers 5,
-    ``past_key_values`` before), or None."""
-    try:
-        parameters = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return None
-    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
-
-
 class _NoCache(Exception):
     """A model's forward returned no key/value cache to continue from."""
 
 
 def _takes_cache(model) -> bool:
-    return _cache_argument(model) is not None
+    return cache_argument(model) is not None
 
 
 def _shared_prompt_scores(model, contexts: list[list[int]], targets: list[list[list[int]]], batch_size: int,
@@ -174,7 +164,7 @@ def _score_batch(model, contexts: list[list[int]], targets: list[list[list[int]]
     first_lp = torch.log_softmax(first.logits[:, -1, :], dim=-1, dtype=torch.float32)
     owner = torch.as_tensor([row for row, options in enumerate(targets) for _ in options])
     flat = [target for options in targets for target in options]
-    argument = _cache_argument(model)
+    argument = cache_argument(model)
     cache = first.get(argument) if hasattr(first, "get") else None
     if not hasattr(cache, "batch_select_indices"):
         raise _NoCache
