@@ -39,6 +39,11 @@ class ContinuationScore:
 #: vocabulary about 260 positions
 LOGITS_BUDGET = 2**25
 
+#: rows one forward may continue from a shared context's cache, in multiples of the batch size: the copies of the
+#: context rows then hold at most this many times the key/value positions of the context pass (a forward of a few
+#: rows is as slow as one of many on a CPU, where reading the weights costs more than the arithmetic)
+CONTINUATION_ROWS = 4
+
 #: positions whose float32 log-probabilities exist at once while a continuation is scored (4 MiB at a 128k
 #: vocabulary; the log-softmax's temporaries are ~3x that): the logits stay in the model's dtype, one chunk of
 #: positions is widened at a time
@@ -171,8 +176,8 @@ def score_continuations(model: nn.Module, requests: Sequence[tuple[Sequence[int]
 
     Requests whose context others share run that context once (``shared_context_groups``): a forward over
     the contexts, ``batch_size`` at a time, returns their key/value cache, and each request then runs only its
-    own target tokens on a copy of its context's rows (at most ``batch_size`` rows per forward). Every other
-    request is scored as one sequence ``context + target``, ``batch_size`` sequences per forward. Both give the
+    own target tokens on a copy of its context's rows (``CONTINUATION_ROWS * batch_size`` rows per forward).
+    Every other request is scored as one sequence ``context + target``, ``batch_size`` sequences per forward. Both give the
     same figures up to float rounding (tested within 1e-4 nats). A model whose forward takes no cache argument
     or returns no cache scores every request whole.
 
@@ -204,8 +209,9 @@ def score_continuations(model: nn.Module, requests: Sequence[tuple[Sequence[int]
     units: list[tuple[str, list]] = [("whole", [alone[j] for j in batch])
                                      for batch in length_batches([len(seqs[i]) for i in alone], batch_size)]
     by_length = sorted(groups, key=lambda group: -len(requests[group[0]][0]))
-    units += [("cached", by_length[k:k + batch_size]) for k in range(0, len(by_length), batch_size)]
     vocab = _vocab_size(model)
+    contexts_per_pass = min(batch_size, max(1, LOGITS_BUDGET // vocab)) if vocab else batch_size  # one logit row each
+    units += [("cached", by_length[k:k + contexts_per_pass]) for k in range(0, len(by_length), contexts_per_pass)]
     show = shows_progress(progress)
     targets = [list(target) for _, target in requests]
 
@@ -292,8 +298,8 @@ def _score_from_context_cache(model: nn.Module, seqs: Sequence[Sequence[int]], t
     The contexts run once, left-padded, returning their key/value cache and the logits of their last position
     (which predict each target's first token). The targets' other tokens then run after a copy of their
     context's cache rows, right-padded: the attention mask covers the padded context and the target, the
-    position ids go on from each context's length; ``batch_size`` rows per forward, fewer when their logits
-    would pass ``LOGITS_BUDGET``. None when the model returned no cache (nothing is scored then).
+    position ids go on from each context's length; ``CONTINUATION_ROWS * batch_size`` rows per forward, fewer
+    when their logits would pass ``LOGITS_BUDGET``. None when the model returned no cache (nothing is scored then).
     Raises ``NonFiniteError`` naming the first layer whose output is NaN/inf (a non-finite continuation is
     scored whole, which names it).
     """
@@ -320,7 +326,8 @@ def _score_from_context_cache(model: nn.Module, seqs: Sequence[Sequence[int]], t
     start = 0
     while start < len(longer):
         width = len(targets[longer[start]]) - 1  # the part's longest: sorted longest first
-        rows = min(batch_size, max(1, LOGITS_BUDGET // (width * vocab))) if vocab else batch_size
+        rows = CONTINUATION_ROWS * batch_size
+        rows = min(rows, max(1, LOGITS_BUDGET // (width * vocab))) if vocab else rows
         part = longer[start:start + rows]
         start += len(part)
         index = torch.as_tensor([owner[i] for i in part], dtype=torch.long)

@@ -187,28 +187,32 @@ def continuation_logprobs(model: Any, tokenizer: Any, prompts: list[str], words:
                           progress: bool, desc: str) -> np.ndarray:
     """``[n_prompts, n_words]``: log p(" " + word | prompt) in nats, each word scored whole.
 
-    One-token words are read from one next-token pass over the prompts; longer
-    words are scored as continuations. Raises ``ConfigError`` for a word that encodes to no token.
+    A model that takes a key/value cache (every Hugging Face causal LM) runs each prompt once and reads
+    every word from it (``lm_scoring.score_continuations``: one-token words from the prompt's last position,
+    longer ones continued from its cache). Any other model gets one next-token pass for the one-token words
+    and each longer word scored as a whole ``prompt + word`` sequence. Raises ``ConfigError`` for a word that
+    encodes to no token.
     """
-    from ...core.model.lm_scoring import encode, last_token_logprobs, pad_id, score_continuations
+    from ...core.model.lm_scoring import cache_argument, encode, last_token_logprobs, pad_id, score_continuations
 
     ids = [encode(tokenizer, " " + w, special=False) for w in words]
     empty = [w for w, i in zip(words, ids) if not i]
     if empty:
         raise ConfigError(f"attribute_recall: the words {empty} encode to no tokens")
     out = np.zeros((len(prompts), len(words)))
-    single = [k for k, i in enumerate(ids) if len(i) == 1]
+    cached = cache_argument(model) is not None
+    single = [] if cached else [k for k, i in enumerate(ids) if len(i) == 1]
     if single:
         next_token = last_token_logprobs(model, tokenizer, prompts, batch_size, progress, desc)
         for k in single:
             out[:, k] = next_token[:, ids[k][0]].double().numpy()
-    multi = [k for k, i in enumerate(ids) if len(i) > 1]
-    if multi:
+    scored = [k for k in range(len(words)) if k not in set(single)]
+    if scored:
         encoded = [encode(tokenizer, p) for p in prompts]
-        requests = [(encoded[n], ids[k]) for n in range(len(prompts)) for k in multi]
+        requests = [(encoded[n], ids[k]) for n in range(len(prompts)) for k in scored]
         scores = score_continuations(model, requests, batch_size, pad_id(tokenizer), progress=progress,
-                                     desc=desc + ", words of several tokens")
-        out[:, multi] = np.asarray([s.logprob for s in scores]).reshape(len(prompts), len(multi))
+                                     desc=desc if cached else desc + ", words of several tokens")
+        out[:, scored] = np.asarray([s.logprob for s in scores]).reshape(len(prompts), len(scored))
     return out
 
 
