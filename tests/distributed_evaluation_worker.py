@@ -37,11 +37,16 @@ def main(model_dir: str, broken_dir: str, out: str) -> None:
     forwards = [0]
     model.register_forward_pre_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
     requests = [(encode(tok, p), encode(tok, " and then", special=False)) for p in SCORED]
+    # every prompt followed by each of its choices: the prompts are run once, the choices continued from the cache
+    shared = [(encode(tok, p), encode(tok, " " + c, special=False)) for p, options in zip(SCORED, CHOICES)
+              for c in options]
     with sharing(world):
         got = {
             "next_token": last_token_logprobs(model, tok, SCORED, batch_size=2),
             "continuations": [(s.nll, s.n_tokens, s.greedy) for s in score_continuations(model, requests, 2,
                                                                                          pad_id(tok))],
+            "shared_context": [(s.nll, s.n_tokens, s.greedy) for s in score_continuations(model, shared, 2,
+                                                                                          pad_id(tok))],
             "choices": [[(s.logprob, s.n_tokens) for s in row] for row in choice_logprobs(model, tok, SCORED,
                                                                                            CHOICES, 2)],
             "sentences": [(s.logprob, s.n_tokens) for s in sentence_logprobs(model, tok, SCORED, 3)],

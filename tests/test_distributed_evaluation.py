@@ -79,7 +79,7 @@ def test_each_process_scores_a_share_and_gets_every_score(tiny_llama_dir, tmp_pa
     assert first["forwards"] + second["forwards"] == one["forwards"], "every batch scored once, by one process"
     for got in (first, second):
         torch.testing.assert_close(got["next_token"], one["next_token"], atol=1e-5, rtol=0)
-        for key in ("continuations", "choices", "sentences", "mapped"):
+        for key in ("continuations", "shared_context", "choices", "sentences", "mapped"):
             assert_same(got[key], one[key], key)
     assert one["error"].startswith("NonFiniteError")
     assert second["error"].startswith("NonFiniteError")
