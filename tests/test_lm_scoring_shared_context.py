@@ -207,3 +207,22 @@ def test_continuation_logprobs_one_token_words_come_from_the_prompt_pass(monkeyp
     want = whole(monkeypatch, continuation_logprobs, model, tok, prompts, words, 2, False, "recall")
     assert got.shape == (3, 4)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_a_model_with_an_offloaded_layer_continues_from_its_cache(tmp_path, monkeypatch):
+    """accelerate's hooks (a layer offloaded to disk) keep the cache path equal to scoring the sequences whole."""
+    import fairprune as fp
+    from fairprune.core.contract.registry import Registry
+    from fairprune.core.io.sources import load_model
+
+    fp.save_pretrained(tiny_model("llama"), tiny_char_tokenizer(), tmp_path / "tiny")
+    disk_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
+                "model.layers.1": "disk", "model.norm": "cpu", "lm_head": "cpu"}
+    placed, _ = load_model(str(tmp_path / "tiny"), registry=Registry(load_entrypoints=False), dtype="float32",
+                           device_map=disk_map, offload_folder=tmp_path / "offload")
+    assert any(p.device.type == "meta" for p in placed.parameters())
+    requests = mixed_requests(seed=4)
+    forwards = Forwards(placed)
+    got = lm_scoring.score_continuations(placed, requests, 4, pad=0)
+    assert forwards.continued()
+    assert_same_scores(got, whole(monkeypatch, lm_scoring.score_continuations, placed, requests, 4, pad=0))
