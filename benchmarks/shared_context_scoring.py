@@ -7,8 +7,10 @@ bundled frames; 180 race prompts), loads the model, and times
 ``prompt + word`` sequence, as a model whose forward returns no cache is scored
 (``lm_scoring.cache_argument`` answers None), and (b) "cached": the default,
 each prompt run once and every word continued from its cache. Prints the
-medians, the ratio of every repeat, the load average before and after, and the
-largest difference between the two tables of log-probabilities (nats).
+medians, the ratio of every repeat, the load average before and after, the
+token positions each way runs through the model (padding included; these do not
+depend on the machine's load), and the largest difference between the two
+tables of log-probabilities (nats).
 
     OMP_NUM_THREADS=1 python benchmarks/shared_context_scoring.py --repeats 3
     OMP_NUM_THREADS=1 python benchmarks/shared_context_scoring.py --model gemma3-270m --repeats 2
@@ -62,17 +64,27 @@ def main() -> int:
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, {platform.machine()}, {os.cpu_count()} cores")
     load_before = os.getloadavg()
 
-    def run() -> tuple[float, np.ndarray]:
+    positions = [0]
+
+    def count(_module: torch.nn.Module, args_: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args_[0] if args_ else None)
+        positions[0] += int(ids.numel())
+
+    def run() -> tuple[float, np.ndarray, int]:
+        positions[0] = 0
+        handle = model.register_forward_pre_hook(count, with_kwargs=True)
         start = time.perf_counter()
         table = continuation_logprobs(model, tokenizer, prompts, words, args.batch_size, False, "recall")
-        return time.perf_counter() - start, table
+        seconds = time.perf_counter() - start
+        handle.remove()
+        return seconds, table, positions[0]
 
     times: dict[str, list[float]] = {"whole": [], "cached": []}
     largest = 0.0
     for repeat in range(args.repeats):
         with mock.patch.object(lm_scoring, "cache_argument", lambda _model: None):
-            whole_s, whole = run()
-        cached_s, cached = run()
+            whole_s, whole, whole_positions = run()
+        cached_s, cached, cached_positions = run()
         times["whole"].append(whole_s)
         times["cached"].append(cached_s)
         largest = max(largest, float(np.abs(whole - cached).max()))
@@ -82,6 +94,8 @@ def main() -> int:
     ratios = [w / c for w, c in zip(times["whole"], times["cached"])]
     print(f"median: whole {whole_med:.2f} s, cached {cached_med:.2f} s, ratio of medians {whole_med / cached_med:.2f}x "
           f"(per repeat {min(ratios):.2f}-{max(ratios):.2f}x)")
+    print(f"positions run through the model: whole {whole_positions}, cached {cached_positions} "
+          f"({whole_positions / cached_positions:.2f}x)")
     print(f"largest |difference| of the log-probabilities: {largest:.2e} nats")
     print(f"load average (1, 5, 15 min): before {tuple(round(x, 2) for x in load_before)}, "
           f"after {tuple(round(x, 2) for x in load_after)}")

@@ -3,6 +3,8 @@
 Batches are left-padded with explicit position ids, so every sequence ends at the
 last column and the LM head only runs on the few positions that are scored
 (``logits_to_keep``). Requests are sorted by length to keep padding small.
+Continuations that share a context (answer words after one prompt) run the
+context once and continue from its key/value cache (``score_continuations``).
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ class ContinuationScore:
 LOGITS_BUDGET = 2**25
 
 #: rows one forward may continue from a shared context's cache, in multiples of the batch size: the copies of the
-#: context rows then hold at most this many times the key/value positions of the context pass (a forward of a few
-#: rows is as slow as one of many on a CPU, where reading the weights costs more than the arithmetic)
+#: context rows then hold at most this many times the key/value positions of a pass over ``batch_size`` contexts
+#: (on a CPU a forward of a few rows costs about as much as one of many: reading the weights dominates)
 CONTINUATION_ROWS = 4
 
 #: positions whose float32 log-probabilities exist at once while a continuation is scored (4 MiB at a 128k
@@ -177,9 +179,10 @@ def score_continuations(model: nn.Module, requests: Sequence[tuple[Sequence[int]
     Requests whose context others share run that context once (``shared_context_groups``): a forward over
     the contexts, ``batch_size`` at a time, returns their key/value cache, and each request then runs only its
     own target tokens on a copy of its context's rows (``CONTINUATION_ROWS * batch_size`` rows per forward).
-    Every other request is scored as one sequence ``context + target``, ``batch_size`` sequences per forward. Both give the
-    same figures up to float rounding (tested within 1e-4 nats). A model whose forward takes no cache argument
-    or returns no cache scores every request whole.
+    Every other request is scored as one sequence ``context + target``, ``batch_size`` sequences per forward.
+    Both give the same figures up to float rounding (tested within 1e-4 nats). A model whose forward takes no
+    cache argument (``cache_argument``), or returns no cache with a ``batch_select_indices`` method (a
+    transformers ``DynamicCache``), scores every request whole.
 
     Sequences longer than ``max_length`` lose tokens from the left of the context (and are scored whole).
     Under ``distributed.sharing`` each process scores a contiguous share of the batches and every process gets
@@ -200,9 +203,9 @@ def score_continuations(model: nn.Module, requests: Sequence[tuple[Sequence[int]
                 raise ValueError(f"a continuation of {len(target)} tokens does not fit max_length={max_length}")
             seq = seq[-max_length:]
         seqs.append(seq)
-    whole_size = [len(s) == len(c) + len(t) for s, (c, t) in zip(seqs, requests)]
+    untruncated = [i for i, (s, (c, t)) in enumerate(zip(seqs, requests)) if len(s) == len(c) + len(t)]
     argument = cache_argument(model)
-    groups = shared_context_groups(requests, [i for i, kept in enumerate(whole_size) if kept]) if argument else []
+    groups = shared_context_groups(requests, untruncated) if argument else []
     cached = {i for group in groups for i in group}
     alone = [i for i in range(len(seqs)) if i not in cached]
     # a work unit: ("whole", request indices) or ("cached", one list of request indices per context)

@@ -189,9 +189,9 @@ def continuation_logprobs(model: Any, tokenizer: Any, prompts: list[str], words:
 
     A model that takes a key/value cache (every Hugging Face causal LM) runs each prompt once and reads
     every word from it (``lm_scoring.score_continuations``: one-token words from the prompt's last position,
-    longer ones continued from its cache). Any other model gets one next-token pass for the one-token words
-    and each longer word scored as a whole ``prompt + word`` sequence. Raises ``ConfigError`` for a word that
-    encodes to no token.
+    longer ones continued from its cache; one that takes a cache argument but returns no cache has every word
+    scored whole). Any other model gets one next-token pass for the one-token words and each longer word scored
+    as a whole ``prompt + word`` sequence. Raises ``ConfigError`` for a word that encodes to no token.
     """
     from ...core.model.lm_scoring import cache_argument, encode, last_token_logprobs, pad_id, score_continuations
 
@@ -206,7 +206,7 @@ def continuation_logprobs(model: Any, tokenizer: Any, prompts: list[str], words:
         next_token = last_token_logprobs(model, tokenizer, prompts, batch_size, progress, desc)
         for k in single:
             out[:, k] = next_token[:, ids[k][0]].double().numpy()
-    scored = [k for k in range(len(words)) if k not in set(single)]
+    scored = [k for k, i in enumerate(ids) if cached or len(i) > 1]
     if scored:
         encoded = [encode(tokenizer, p) for p in prompts]
         requests = [(encoded[n], ids[k]) for n in range(len(prompts)) for k in scored]
