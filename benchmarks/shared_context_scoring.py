@@ -55,6 +55,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16, help="the evaluators' default batch size")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
 
     model, tokenizer = fp.load_model(args.model)
     prompts, words = recall_inputs(args.axis)
