@@ -86,7 +86,7 @@ def large_blocks_mapped() -> Iterator[bool]:
     setting the threshold to ``ADAPTIVE_CEILING_BYTES`` (32 MiB), the value glibc's adaptive threshold climbs
     to at most, since glibc cannot return to adapting. Numbers computed inside are unchanged: only where freed
     memory goes changes. The cost is CPU time: every large block is page-faulted in afresh (at the
-    Llama-3.2-1B shape, a run's minor page faults went from 2.3 to 5.3-5.4 million and it took 6-9% more CPU
+    Llama-3.2-1B shape, a run's minor page faults went from 2.3 to 5.3-5.4 million and it took 7-10% more CPU
     time; ``benchmarks/RESULTS.md``).
     """
     global _mapped_depth, _mapped_ok
