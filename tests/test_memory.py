@@ -241,6 +241,7 @@ def test_selection_passes_run_with_large_blocks_mapped(monkeypatch):
             return func(*args, **kwargs)
         return inner
 
+    monkeypatch.setattr(memory, "MAPPED_MIN_MODEL_BYTES", 0)  # the tiny model counts as large here
     monkeypatch.setattr(attr, "attribute_objective", recording(attr.attribute_objective))
     monkeypatch.setattr(attr, "text_loss", recording(attr.text_loss))
     monkeypatch.setattr(cap, "_chunk_losses", recording(cap._chunk_losses))
@@ -252,9 +253,40 @@ def test_selection_passes_run_with_large_blocks_mapped(monkeypatch):
     def unmapped():
         yield False
 
-    monkeypatch.setattr(sel, "large_blocks_mapped", unmapped)
+    monkeypatch.setattr(memory, "large_blocks_mapped", lambda enabled=True: unmapped())
     seen.clear()
     plain = select()
     assert set(seen) == {None}
     assert plain.removed == mapped.removed and plain.removed
     assert plain.settings["round_log"] == mapped.settings["round_log"]
+
+
+@GLIBC
+def test_selection_on_a_small_model_leaves_the_heap_alone(monkeypatch):
+    """Below ``MAPPED_MIN_MODEL_BYTES`` of weights, selection's passes run with glibc's own threshold."""
+    from fairprune.core.contract.config import AttributionParams, Budget
+    from fairprune.core.contract.protocols import PromptGroup
+    from fairprune.core.method import attribution as attr
+    from fairprune.core.method import selection as sel
+    from fairprune.plugins.capability_cost import CapabilityCost
+    from fairprune.plugins.objectives import NextTokenJS
+    from fairprune.testing import tiny_tokenizer
+
+    groups = [PromptGroup("race", str(i), ("black", "white"), tuple(t.format(a) for a in ("black", "white")))
+              for i, t in enumerate(("the {} man walked into the room and", "the {} doctor said that the"))]
+    torch.manual_seed(0)
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    assert memory.weight_bytes(model) < memory.MAPPED_MIN_MODEL_BYTES
+    seen = []
+    original = attr.attribute_objective
+
+    def recording(*args, **kwargs):
+        seen.append(memory.mapped_threshold())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(attr, "attribute_objective", recording)
+    capability = CapabilityCost().configure({"chunk_tokens": 16, "max_tokens": 64, "check_tokens": 32})
+    sel.select_by_attribution(model, tok, groups, objective=NextTokenJS(), capability=capability,
+                              budget=Budget(neurons=4), settings=AttributionParams(rounds=1), batch_size=4,
+                              progress=False)
+    assert seen and set(seen) == {None}

@@ -56,6 +56,9 @@ MAPPED_BLOCK_BYTES = 1 << 20
 #: the threshold ``large_blocks_mapped`` leaves: the ceiling of glibc's adaptive threshold on 64-bit systems
 #: (``DEFAULT_MMAP_THRESHOLD_MAX``); glibc has no way back to adapting once the threshold was set
 ADAPTIVE_CEILING_BYTES = 32 << 20
+#: selection maps large blocks only for models whose weights take at least this many bytes: below it the peak is
+#: far from any machine's memory, and the 7-10% of CPU time the mapped blocks cost is not worth paying
+MAPPED_MIN_MODEL_BYTES = 1 << 30
 
 _mapped_depth = 0  # nesting of large_blocks_mapped blocks: only the outermost sets and leaves the threshold
 _mapped_ok = False  # whether the outermost block's mallopt took effect
@@ -77,7 +80,7 @@ def mapped_threshold() -> int | None:
 
 
 @contextmanager
-def large_blocks_mapped() -> Iterator[bool]:
+def large_blocks_mapped(enabled: bool = True) -> Iterator[bool]:
     """For the block, glibc serves every allocation of at least ``MAPPED_BLOCK_BYTES`` (1 MiB) from a mapping
     of its own, unmapped when freed, so freed activations leave the resident set at once instead of fragmenting
     the heap. Yields True where it took effect (glibc), False elsewhere (a no-op).
@@ -87,10 +90,10 @@ def large_blocks_mapped() -> Iterator[bool]:
     to at most, since glibc cannot return to adapting. Numbers computed inside are unchanged: only where freed
     memory goes changes. The cost is CPU time: every large block is page-faulted in afresh (at the
     Llama-3.2-1B shape, a run's minor page faults went from 2.3 to 5.3-5.4 million and it took 7-10% more CPU
-    time; ``benchmarks/RESULTS.md``).
+    time; ``benchmarks/RESULTS.md``). ``enabled=False`` makes the block a no-op (yields False).
     """
     global _mapped_depth, _mapped_ok
-    set_option = _mallopt()
+    set_option = _mallopt() if enabled else None
     if set_option is None:
         yield False
         return
