@@ -4,6 +4,7 @@ run's own model instead of reloading it."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import platform
 
@@ -135,3 +136,157 @@ def test_chunk_losses_by_row_equal_the_whole_batch_cross_entropy(dtype):
     logits = wide(model(input_ids=ids).logits[:, :-1])
     loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")[:, 1:].mean(1)
     torch.testing.assert_close(by_row, torch.autograd.grad(loss.sum(), weight)[0], rtol=0, atol=1e-6)
+
+
+GLIBC = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+
+
+def _resident() -> int:
+    """This process's resident set, bytes (Linux)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+def _in_heap(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor``'s data lies in the process heap (glibc's main arena, ``[heap]`` in /proc/self/maps)."""
+    with open("/proc/self/maps") as maps:
+        spans = [line.split()[0].split("-") for line in maps if line.rstrip().endswith("[heap]")]
+    return any(int(lo, 16) <= tensor.data_ptr() < int(hi, 16) for lo, hi in spans)
+
+
+def _freed_from_resident() -> int:
+    """Bytes the resident set falls by when 32 touched blocks of 2 MiB, each followed by a live block of
+    256 KiB, are freed."""
+    blocks, live = [], []
+    for _ in range(32):
+        blocks.append(torch.ones(1 << 19))  # 2 MiB of float32, every page written
+        live.append(torch.ones(1 << 16))  # 256 KiB: under MAPPED_BLOCK_BYTES, in the heap either way
+    before = _resident()
+    del blocks
+    freed = before - _resident()
+    del live
+    return freed
+
+
+@GLIBC
+def test_large_blocks_mapped_hands_freed_activations_back_at_once():
+    """Inside the block a 2 MiB tensor gets a mapping of its own, and freeing 64 MiB of them shrinks the
+    resident set by about that much; after it (glibc's threshold at its adaptive ceiling, 32 MiB) such a
+    tensor comes from the heap again, where freed blocks stay resident until the heap is trimmed."""
+    with memory.large_blocks_mapped() as mapped:
+        assert mapped and memory.mapped_threshold() == memory.MAPPED_BLOCK_BYTES
+        assert not _in_heap(torch.ones(1 << 19))
+        assert _freed_from_resident() >= 56 * 2**20
+    assert memory.mapped_threshold() is None
+    assert _in_heap(torch.ones(1 << 19))
+
+
+@GLIBC
+def test_large_blocks_mapped_nests():
+    with memory.large_blocks_mapped():
+        with memory.large_blocks_mapped() as inner:
+            assert inner
+        assert memory.mapped_threshold() == memory.MAPPED_BLOCK_BYTES  # the outer block still holds
+    assert memory.mapped_threshold() is None
+
+
+def test_large_blocks_mapped_is_a_no_op_without_glibc(monkeypatch):
+    def no_libc(name, *args, **kwargs):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    memory._mallopt.cache_clear()
+    memory._malloc_trim.cache_clear()
+    try:
+        with memory.large_blocks_mapped() as mapped:
+            assert mapped is False and memory.mapped_threshold() is None
+    finally:
+        memory._mallopt.cache_clear()
+        memory._malloc_trim.cache_clear()
+
+
+@GLIBC
+def test_selection_passes_run_with_large_blocks_mapped(monkeypatch):
+    """Every attribution and capability pass of a selection runs inside ``large_blocks_mapped``; the plan is
+    the same as the plan of a selection whose passes ran without it."""
+    from fairprune.core.contract.config import AttributionParams, Budget
+    from fairprune.core.contract.protocols import PromptGroup
+    from fairprune.core.method import attribution as attr
+    from fairprune.core.method import capability as cap
+    from fairprune.core.method import selection as sel
+    from fairprune.plugins.capability_cost import CapabilityCost
+    from fairprune.plugins.objectives import NextTokenJS
+    from fairprune.testing import tiny_tokenizer
+
+    templates = ("the {} man walked into the room and", "the {} woman has a new job at the",
+                 "the {} doctor said that the", "a {} student went to school because")
+    groups = [PromptGroup("race", str(i), ("black", "white"), tuple(t.format(a) for a in ("black", "white")))
+              for i, t in enumerate(templates)]
+    torch.manual_seed(0)
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+
+    def select():
+        settings = AttributionParams(guard_fraction=0.25, rounds=2, min_improvement_pct=0.0)
+        capability = CapabilityCost().configure({"chunk_tokens": 16, "max_tokens": 64, "check_tokens": 32})
+        return sel.select_by_attribution(model, tok, groups, objective=NextTokenJS(), capability=capability,
+                                         budget=Budget(neurons=8), settings=settings, batch_size=4,
+                                         progress=False).plan
+
+    seen = []
+
+    def recording(func):
+        def inner(*args, **kwargs):
+            seen.append(memory.mapped_threshold())
+            return func(*args, **kwargs)
+        return inner
+
+    monkeypatch.setattr(memory, "MAPPED_MIN_MODEL_BYTES", 0)  # the tiny model counts as large here
+    monkeypatch.setattr(attr, "attribute_objective", recording(attr.attribute_objective))
+    monkeypatch.setattr(attr, "text_loss", recording(attr.text_loss))
+    monkeypatch.setattr(cap, "_chunk_losses", recording(cap._chunk_losses))
+    mapped = select()
+    assert len(seen) >= 4 and set(seen) == {memory.MAPPED_BLOCK_BYTES}
+    assert memory.mapped_threshold() is None
+
+    @contextlib.contextmanager
+    def unmapped():
+        yield False
+
+    monkeypatch.setattr(memory, "large_blocks_mapped", lambda enabled=True: unmapped())
+    seen.clear()
+    plain = select()
+    assert set(seen) == {None}
+    assert plain.removed == mapped.removed and plain.removed
+    assert plain.settings["round_log"] == mapped.settings["round_log"]
+
+
+@GLIBC
+def test_selection_on_a_small_model_leaves_the_heap_alone(monkeypatch):
+    """Below ``MAPPED_MIN_MODEL_BYTES`` of weights, selection's passes run with glibc's own threshold."""
+    from fairprune.core.contract.config import AttributionParams, Budget
+    from fairprune.core.contract.protocols import PromptGroup
+    from fairprune.core.method import attribution as attr
+    from fairprune.core.method import selection as sel
+    from fairprune.plugins.capability_cost import CapabilityCost
+    from fairprune.plugins.objectives import NextTokenJS
+    from fairprune.testing import tiny_tokenizer
+
+    groups = [PromptGroup("race", str(i), ("black", "white"), tuple(t.format(a) for a in ("black", "white")))
+              for i, t in enumerate(("the {} man walked into the room and", "the {} doctor said that the"))]
+    torch.manual_seed(0)
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    assert memory.weight_bytes(model) < memory.MAPPED_MIN_MODEL_BYTES
+    seen = []
+    original = attr.attribute_objective
+
+    def recording(*args, **kwargs):
+        seen.append(memory.mapped_threshold())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(attr, "attribute_objective", recording)
+    capability = CapabilityCost().configure({"chunk_tokens": 16, "max_tokens": 64, "check_tokens": 32})
+    sel.select_by_attribution(model, tok, groups, objective=NextTokenJS(), capability=capability,
+                              budget=Budget(neurons=4), settings=AttributionParams(rounds=1), batch_size=4,
+                              progress=False)
+    assert seen and set(seen) == {None}

@@ -26,6 +26,7 @@ import torch
 
 from ..contract.config import AttributionParams, Budget
 from ..contract.protocols import PromptGroup
+from ..model import memory
 from ..model.adapters import count_parameters, resolve_adapter
 from . import attribution as attr
 from .passes import SelectionPasses
@@ -266,7 +267,11 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
     settings = settings or AttributionParams()
     start = time.perf_counter()
     adapter = adapter or resolve_adapter(model, registry=registry)
-    with pass_precision(model, settings.pass_dtype):  # ConfigError before any pass when it cannot run
+    # ConfigError before any pass when the precision cannot run; each pass's freed activations leave the
+    # resident set at once (the heap fragmented by the passes set the peak at the Llama-3.2-1B shape); on models
+    # smaller than memory.MAPPED_MIN_MODEL_BYTES the extra page faults cost time for no memory that matters
+    large = memory.weight_bytes(model) >= memory.MAPPED_MIN_MODEL_BYTES
+    with pass_precision(model, settings.pass_dtype), memory.large_blocks_mapped(enabled=large):
         return _select(model, tokenizer, groups, objective, capability, budget, compensated, settings, min_width,
                        layers, batch_size, adapter, registry, progress, forms, recall, world, passes,
                        uniform_widths, round_to, start)
