@@ -10,20 +10,13 @@ import numpy as np
 import pytest
 import torch
 from benchmark_helpers import context
+from test_attribute_recall import FRAMES  # the same two-frame recall file
 from torch import nn
 
 from fairprune.core.model import lm_scoring
 from fairprune.plugins.evaluators.attribute_recall import AttributeRecallEvaluator, continuation_logprobs
 from fairprune.testing import tiny_model
 from fairprune.testing.tokenizer import tiny_char_tokenizer
-
-FRAMES = """
-people: [nurse, pilot]
-axes:
-  race:
-    statements: ["My neighbor is {a} {word} {person}.", "Form. Race: {word}."]
-    questions: ["Q: What race is the {person}? A:"]
-"""
 
 
 def mixed_requests(seed: int = 0) -> list[tuple[list[int], list[int]]]:

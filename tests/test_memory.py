@@ -83,16 +83,22 @@ def test_release_memory_trims_the_glibc_heap():
     assert memory.release_memory() is True
 
 
-def test_release_memory_is_a_no_op_without_glibc(monkeypatch):
+@pytest.fixture
+def without_glibc(monkeypatch):
+    """``ctypes.CDLL`` fails as it does where there is no glibc; the cached C functions are looked up again."""
     def no_libc(name, *args, **kwargs):
         raise OSError(f"{name}: cannot open shared object file")
 
     monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    memory._mallopt.cache_clear()
     memory._malloc_trim.cache_clear()
-    try:
-        assert memory.release_memory() is False
-    finally:
-        memory._malloc_trim.cache_clear()
+    yield
+    memory._mallopt.cache_clear()
+    memory._malloc_trim.cache_clear()
+
+
+def test_release_memory_is_a_no_op_without_glibc(without_glibc):
+    assert memory.release_memory() is False
 
 
 def test_run_report_reads_the_runs_model_instead_of_reloading_it(tmp_path, monkeypatch):
@@ -191,19 +197,9 @@ def test_large_blocks_mapped_nests():
     assert memory.mapped_threshold() is None
 
 
-def test_large_blocks_mapped_is_a_no_op_without_glibc(monkeypatch):
-    def no_libc(name, *args, **kwargs):
-        raise OSError(f"{name}: cannot open shared object file")
-
-    monkeypatch.setattr(ctypes, "CDLL", no_libc)
-    memory._mallopt.cache_clear()
-    memory._malloc_trim.cache_clear()
-    try:
-        with memory.large_blocks_mapped() as mapped:
-            assert mapped is False and memory.mapped_threshold() is None
-    finally:
-        memory._mallopt.cache_clear()
-        memory._malloc_trim.cache_clear()
+def test_large_blocks_mapped_is_a_no_op_without_glibc(without_glibc):
+    with memory.large_blocks_mapped() as mapped:
+        assert mapped is False and memory.mapped_threshold() is None
 
 
 @GLIBC
