@@ -118,6 +118,10 @@ class AttributionParams(Strict):
     recall: RecallSection | None = Field(
         default=None, description="the recall guard: protect and check the model's recall of the stated group; "
                                   "None: off")
+    floor_guard: bool = Field(
+        default=False, description="never remove a neuron whose removal is estimated to lower the word-swap floor "
+                                   "(the JS between two forms of one group) by as large a share as the between-group "
+                                   "JS: keeps selection from buying fairness with deafness (core.method.floor_guard)")
     pass_dtype: Literal["float32", "bfloat16"] = Field(
         default="float32", description="the precision of selection's passes: float32; or bfloat16, the model's "
                                        "forwards in bf16 autocast (per-neuron sums, objectives and losses still "

@@ -165,6 +165,7 @@ class _Selector:
     recall_base: float | None = None  # its measured recall before any removal (percent)
     recall_after: float | None = None  # the recall the last proposed round leaves
     uniform: bool = False  # pruning.uniform_widths: candidates by rank within their layer, one quota per layer
+    floor: Any = None  # a floor_guard.FloorGuard, or None
 
     def attribute(self, removed: Mapping[int, Sequence[int]] | None = None) -> attr.FoldedAttribution:
         """Forward and backward passes over every fold with ``removed`` ablated (``SelectionPasses``: shared
@@ -344,6 +345,8 @@ def _select(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objective
             stop += f"; {-evened['neurons']} neuron(s) put back so that every layer loses the same number"
     plan = _plan(state, records, log, stop, objective_before, sel, objective, capability, compensated, budget,
                  time.perf_counter() - start, layers)
+    if sel.floor is not None:
+        plan.settings["floor_guard"] = sel.floor.record()
     if recall is not None:
         plan.settings["recall"] = {"guard_fraction": recall.guard_fraction, "max_drop_pts": recall.max_drop_pts,
                                    "recall_base_pct": sel.recall_base}
@@ -384,6 +387,12 @@ def _selector(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objecti
         by_recall = recall.protected(recall.cost(model, adapter, fill=fill))
         sel.guarded = {layer: mask | by_recall[layer] for layer, mask in sel.guarded.items()}
         sel.recall_base = recall.measure(model, adapter, fill=fill)  # read from the cost pass's forwards
+    if settings.floor_guard:  # protect the neurons whose removal would mostly make the model deaf to the word
+        from .floor_guard import floor_guard
+
+        sel.floor = floor_guard(model, tokenizer, groups, forms or {}, adapter, batch_size=batch_size, fill=fill,
+                                world=passes.world, progress=progress)
+        sel.guarded = {layer: mask | sel.floor.guarded[layer] for layer, mask in sel.guarded.items()}
     return sel, cap
 
 

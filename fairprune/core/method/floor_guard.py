@@ -1,0 +1,103 @@
+"""The floor guard of the attribution method: never remove a neuron whose removal would mostly make the model deaf.
+
+A neuron can lower the between-group next-token divergence in two ways: by making
+the model treat the groups alike, or by making it hear the swapped word less. The
+second lowers the divergence between two words for the *same* group (the
+word-swap floor, "Black" vs "African American") by as large a share. The guard
+reads both from one first-order estimate on the unpruned model, on the analysis
+templates with every surface form of every group:
+
+- ``B``: mean JS (nats) between the next-token distributions of members of
+  different groups; ``W``: the same between two forms of one group;
+- per neuron, ΔB_i and ΔW_i ≈ Σ (r_i − h_i)·∂/∂h_i, the estimated changes when it
+  is removed (``r`` the fill: zero, or its mean for the compensated pruner);
+- the relative change it is allowed: ``ΔB_i / B − min(ΔW_i, 0) / W < 0``, i.e. the
+  between-group divergence falls by a larger share than the floor does (a removal
+  that raises the floor earns nothing for it: an objective rewarding a higher
+  floor finds neurons that pull synonyms apart). Every other neuron is guarded.
+
+Selection then runs as before (its own objective, rounds, checks and target) on
+the neurons the guard leaves. Measured on prompts written outside the repository:
+``benchmarks/RESULTS.md`` ("The floor guard").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from ..contract.errors import ConfigError
+from ..contract.protocols import ObjectiveInputs, PromptGroup
+from ..model.divergence import pair_js, widened
+from . import attribution as attr
+
+logger = logging.getLogger(__name__)
+
+
+class _PairJS:
+    """Mean JS over the member pairs of one kind, per group: between groups (``same=False``) or within one."""
+
+    uses: ClassVar[tuple[str, ...]] = ("logprobs", "labels")
+
+    def __init__(self, same: bool) -> None:
+        self.same = same
+        self.name = "within_group_js" if same else "between_group_js"
+
+    def value(self, inputs: ObjectiveInputs) -> torch.Tensor:
+        out, start = [], 0
+        for size, labels in zip(inputs.sizes, inputs.labels or ()):
+            js, rows, cols = pair_js(inputs.logprobs[start:start + size])
+            start += size
+            kind = torch.tensor([(labels[i] == labels[j]) == self.same for i, j in zip(rows.tolist(), cols.tolist())],
+                                dtype=torch.bool)
+            out.append(js[kind].mean() if bool(kind.any()) else js.sum() * 0)
+        return widened(torch.stack(out))
+
+
+@dataclass
+class FloorGuard:
+    """What the guard read: the base divergences (nats) and, per layer, ``[width]`` masks of guarded neurons."""
+
+    between: float
+    within: float
+    guarded: dict[int, torch.Tensor]
+
+    def record(self) -> dict[str, Any]:
+        """The plan's ``settings["floor_guard"]``: the base figures and how many neurons were guarded."""
+        total = sum(int(m.numel()) for m in self.guarded.values())
+        n = sum(int(m.sum()) for m in self.guarded.values())
+        return {"between_js": self.between, "within_js": self.within, "floor_share_pct": 100 * self.within / self.between,
+                "guarded": n, "of": total}
+
+
+def floor_guard(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], forms: Mapping[str, str], adapter: Any, *,
+                batch_size: int, fill: Mapping[int, torch.Tensor] | None = None, world: Any = None,
+                progress: bool = False) -> FloorGuard:
+    """Two attribution passes (between- and within-group JS at the prompts' last position) over ``groups`` merged
+    by template; the guard as the module says. ``forms`` maps surface forms to attribute groups
+    (``GroupSet.form_to_group``). ``ConfigError`` when no template has two forms of one group (no floor to
+    read). Under torchrun (``world``) the passes are shared and every process gets the same guard."""
+    batches = attr.group_batches(model, tokenizer, groups, batch_size, positions="last", labels=forms)
+    if not any(len(set(labels)) < len(labels) for labels in batches.labels or ()):
+        raise ConfigError("method.floor_guard: no analysis template has two surface forms of one group, so there is "
+                          "no word-swap floor to read; give the axis groups several forms (Black: [Black, African "
+                          "American])")
+    between = attr.attribute_objective(model, batches, _PairJS(same=False), adapter, fill=fill, world=world,
+                                       progress=progress)
+    within = attr.attribute_objective(model, batches, _PairJS(same=True), adapter, fill=fill, world=world,
+                                      progress=progress)
+    b0, w0 = between.objective, within.objective
+    if not (b0 > 0 and w0 > 0):
+        raise ConfigError(f"method.floor_guard: the unpruned model's between-group JS ({b0:.3g}) and word-swap floor "
+                          f"({w0:.3g}) must both be positive")
+    d_between, d_within = between.sums.delta(fill), within.sums.delta(fill)
+    guarded = {layer: (d_between[layer] / b0 - d_within[layer].clamp(max=0) / w0) >= 0 for layer in d_between}
+    guard = FloorGuard(b0, w0, guarded)
+    record = guard.record()
+    logger.info("floor guard: between-group JS %.4g, word-swap floor %.4g (%.0f%%); %d of %d neurons guarded",
+                b0, w0, record["floor_share_pct"], record["guarded"], record["of"])
+    return guard

@@ -1,0 +1,98 @@
+"""The floor guard: neurons whose removal would lower the word-swap floor by as large a share as the between-group
+divergence are never removed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from fairprune.core.contract.config import AttributionParams, Budget
+from fairprune.core.contract.errors import ConfigError
+from fairprune.core.contract.protocols import PromptGroup
+from fairprune.core.data.groups import SEP
+from fairprune.core.method import attribution as attr
+from fairprune.core.method import selection as sel
+from fairprune.core.method.floor_guard import floor_guard
+from fairprune.plugins.capability_cost import CapabilityCost
+from fairprune.plugins.objectives import JSAboveFloor, NextTokenJS
+from fairprune.testing.models import tiny_model
+from fairprune.testing.tokenizer import tiny_tokenizer
+
+TEMPLATES = ("the {} man walked into the room and", "the {} woman has a new job at the",
+             "the {} doctor said that the", "a {} student went to school because", "the {} family lives in the")
+#: two surface forms for each of two groups: "black"/"old" name group A, "white"/"young" group B
+FORMS = {f"race{SEP}{form}": name for form, name in
+         (("black", "A"), ("old", "A"), ("white", "B"), ("young", "B"))}
+
+
+def form_groups(sets=(("black", "white"), ("old", "young"))) -> list[PromptGroup]:
+    return [PromptGroup("race", str(i), attrs, tuple(t.format(a) for a in attrs))
+            for i, t in enumerate(TEMPLATES) for attrs in sets]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = tiny_model("llama").double()
+    return model, tiny_tokenizer(), attr.resolve_adapter(model)
+
+
+def test_the_guard_keeps_exactly_the_neurons_that_narrow_groups_more_than_the_floor(setup) -> None:
+    """The guard's base figures and masks, recomputed from the ``js_above_floor`` plugin (between − w·within)."""
+    model, tok, adapter = setup
+    guard = floor_guard(model, tok, form_groups(), FORMS, adapter, batch_size=8)
+    batches = attr.group_batches(model, tok, form_groups(), 8, labels=FORMS)
+    between = attr.attribute_objective(model, batches, JSAboveFloor().configure({"floor_weight": 0.0}), adapter)
+    gap = attr.attribute_objective(model, batches, JSAboveFloor(), adapter)  # between − within
+    b0, w0 = between.objective, between.objective - gap.objective
+    assert guard.between == pytest.approx(b0, rel=1e-6) and guard.within == pytest.approx(w0, rel=1e-6)
+    assert w0 > 0 and b0 > 0
+    d_b = between.sums.delta(None)
+    d_gap = gap.sums.delta(None)
+    allowed_total = 0
+    for layer, mask in guard.guarded.items():
+        d_w = d_b[layer] - d_gap[layer]
+        allowed = d_b[layer] / b0 < d_w.clamp(max=0) / w0
+        assert torch.equal(~mask, allowed)
+        allowed_total += int(allowed.sum())
+    # the rule leaves some neurons and guards others, and it guards every neuron that would raise the divergence
+    assert 0 < allowed_total < sum(m.numel() for m in guard.guarded.values())
+    assert all(bool(mask[d_b[layer] >= 0].all()) for layer, mask in guard.guarded.items())
+    record = guard.record()
+    assert record["guarded"] + allowed_total == record["of"]
+    assert record["floor_share_pct"] == pytest.approx(100 * w0 / b0)
+
+
+def test_without_two_forms_of_one_group_there_is_no_floor_to_read(setup) -> None:
+    model, tok, adapter = setup
+    with pytest.raises(ConfigError, match="method.floor_guard: no analysis template has two surface forms"):
+        floor_guard(model, tok, form_groups(sets=(("black", "white"),)), FORMS, adapter, batch_size=8)
+
+
+def test_selection_with_the_floor_guard_removes_only_neurons_it_leaves(setup) -> None:
+    model, tok, adapter = setup
+
+    def select(floor: bool):
+        settings = AttributionParams(guard_fraction=0.0, max_perplexity_increase_pct=None, rounds=1,
+                                     floor_guard=floor)
+        return sel.select_by_attribution(model, tok, form_groups(), objective=NextTokenJS(),
+                                         capability=CapabilityCost().configure({"chunk_tokens": 16, "max_tokens": 64}),
+                                         budget=Budget(neurons=40), settings=settings, batch_size=8, adapter=adapter,
+                                         progress=False, forms=FORMS).plan
+
+    guard = floor_guard(model, tok, form_groups(), FORMS, adapter, batch_size=8)
+    guarded = select(True)
+    assert guarded.n_neurons > 0
+    assert not any(bool(guard.guarded[layer][n]) for layer, ns in guarded.removed.items() for n in ns)
+    assert guarded.settings["floor_guard"] == guard.record()
+    plain = select(False)  # without the guard, selection takes neurons the guard would have kept out
+    assert "floor_guard" not in plain.settings
+    assert any(bool(guard.guarded[layer][n]) for layer, ns in plain.removed.items() for n in ns)
+
+
+def test_the_method_params_take_the_guard_and_refuse_a_bad_value() -> None:
+    assert AttributionParams.model_validate({"floor_guard": True}).floor_guard is True
+    assert AttributionParams().floor_guard is False
+    with pytest.raises(ValidationError, match="floor_guard"):
+        AttributionParams.model_validate({"floor_guard": "maybe"})
