@@ -96,3 +96,20 @@ def test_the_method_params_take_the_guard_and_refuse_a_bad_value() -> None:
     assert AttributionParams().floor_guard is False
     with pytest.raises(ValidationError, match="floor_guard"):
         AttributionParams.model_validate({"floor_guard": "maybe"})
+
+
+def test_the_card_names_the_guards_against_deafness_that_were_on() -> None:
+    from fairprune.core.contract.config import RunConfig
+    from fairprune.plugins.report import _method_text
+
+    def lines(**params):
+        config = RunConfig.model_validate({"model": {"source": "smollm2-135m"},
+                                           "method": {"name": "attribution", **params}})
+        return _method_text(config)[1]
+
+    assert not any("Guards against deafness" in line for line in lines())
+    floor = [line for line in lines(floor_guard=True) if line.startswith("3. Guards against deafness")]
+    assert len(floor) == 1 and "floor guard" in floor[0] and "recall" not in floor[0]
+    both = [line for line in lines(floor_guard=True, recall={"guard_fraction": 0.1, "max_drop_pts": 1.0})
+            if line.startswith("3. Guards against deafness")]
+    assert len(both) == 1 and "10% of each layer" in both[0] and "1.0 points" in both[0] and "floor guard" in both[0]

@@ -165,7 +165,8 @@ def _method_text(config: Any) -> tuple[str, list[str]]:
             f"so far; a round is kept only if the measured calibration perplexity rises by at most "
             f"{a.max_perplexity_increase_pct}% and the measured objective falls"
             + (f"; selection stops once the measured objective is {a.target_reduction_pct}% below its start."
-               if a.target_reduction_pct is not None else ".")]
+               if a.target_reduction_pct is not None else "."),
+            *_deafness_guards(a)]
     return ("the neurons whose activation moved most with the demographic word, weighed against their "
             "importance"), [
         f"1. Prompt groups differing only in a demographic attribute ran through the base model; the "
@@ -173,6 +174,19 @@ def _method_text(config: Any) -> tuple[str, list[str]]:
         f"`{a.metric.name}`.",
         f"2. Importance `{a.importance.name}`; scorer `{a.scorer.name}` with bias weight "
         f"{a.bias_weight}; {a.selection} selection."]
+
+
+def _deafness_guards(params: Any) -> list[str]:
+    """The method list's line for the attribution guards against deafness that are on (none: no line)."""
+    parts = []
+    if params.recall is not None:
+        parts.append(f"the {params.recall.guard_fraction:.0%} of each layer whose removal is estimated to cost most "
+                     "recall of the stated group are protected, and a round that lowers measured recall by more "
+                     f"than {params.recall.max_drop_pts} points is halved or rejected")
+    if params.floor_guard:
+        parts.append("a neuron is removed only if its removal is estimated to lower the between-group divergence "
+                     "by a larger share than the divergence between two words for one group (the floor guard)")
+    return [f"3. Guards against deafness: {'; '.join(parts)}."] if parts else []
 
 
 def write_html_report(directory: str | Path, model: Any = None) -> Path | None:
