@@ -83,7 +83,8 @@ def mapped_threshold() -> int | None:
 def large_blocks_mapped(enabled: bool = True) -> Iterator[bool]:
     """For the block, glibc serves every allocation of at least ``MAPPED_BLOCK_BYTES`` (1 MiB) from a mapping
     of its own, unmapped when freed, so freed activations leave the resident set at once instead of fragmenting
-    the heap. Yields True where it took effect (glibc), False elsewhere (a no-op).
+    the heap. A request that a free chunk already in the heap can hold is still served from it (glibc
+    looks in its bins before it maps), so a long-lived, fragmented heap keeps part of its margin. Yields True where it took effect (glibc), False elsewhere (a no-op).
 
     The heap is trimmed (``release_memory``) on entry and on exit. Blocks nest; the outermost one ends by
     setting the threshold to ``ADAPTIVE_CEILING_BYTES`` (32 MiB), the value glibc's adaptive threshold climbs
