@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import platform
-
 from pathlib import Path
 
 import pytest
@@ -187,8 +186,9 @@ def test_large_blocks_mapped_hands_freed_activations_back_at_once():
     import subprocess
     import sys
 
+    here = str(Path(__file__).resolve().parent)
     check = (
-        "import sys; sys.path[:0] = [%r]\n"
+        f"import sys; sys.path[:0] = [{here!r}]\n"
         "from test_memory import _freed_from_resident, _in_heap\n"
         "import torch\n"
         "from fairprune.core.model import memory\n"
@@ -199,8 +199,8 @@ def test_large_blocks_mapped_hands_freed_activations_back_at_once():
         "    assert freed >= 56 * 2**20, freed\n"
         "assert memory.mapped_threshold() is None\n"
         "assert _in_heap(torch.ones(1 << 19)), 'a 2 MiB block was mapped after the block'\n"
-    ) % str(Path(__file__).resolve().parent)
-    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
 
 
