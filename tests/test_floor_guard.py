@@ -113,3 +113,19 @@ def test_the_card_names_the_guards_against_deafness_that_were_on() -> None:
     both = [line for line in lines(floor_guard=True, recall={"guard_fraction": 0.1, "max_drop_pts": 1.0})
             if line.startswith("3. Guards against deafness")]
     assert len(both) == 1 and "10% of each layer" in both[0] and "1.0 points" in both[0] and "floor guard" in both[0]
+
+
+def test_between_within_js_averages_each_kind_of_pair():
+    from fairprune.core.model.divergence import between_within_js, js_divergence
+
+    torch.manual_seed(1)
+    lp = torch.log_softmax(torch.randn(4, 7, dtype=torch.float64), -1)
+    between, within = between_within_js(lp, ["A", "A", "B", "B"])
+    pairs = {(i, j): float(js_divergence(lp[i], lp[j])) for i in range(4) for j in range(i + 1, 4)}
+    assert float(within) == pytest.approx((pairs[0, 1] + pairs[2, 3]) / 2)
+    assert float(between) == pytest.approx((pairs[0, 2] + pairs[0, 3] + pairs[1, 2] + pairs[1, 3]) / 4)
+    # one form per group: no within pair, so the floor reads 0 and still takes a gradient
+    lp3 = lp[[0, 2]].clone().requires_grad_(True)
+    _, none = between_within_js(lp3, ["A", "B"])
+    none.backward()
+    assert float(none) == 0.0 and lp3.grad is not None

@@ -122,12 +122,8 @@ class JSAboveFloor(Plugin):
             raise ConfigError("js_above_floor needs each member's attribute group (inputs.labels)")
         out, start = [], 0
         for size, labels in zip(inputs.sizes, inputs.labels):
-            js, rows, cols = pair_js(inputs.logprobs[start:start + size])
+            between, within = divergence.between_within_js(inputs.logprobs[start:start + size], labels)
             start += size
-            same = torch.tensor([labels[i] == labels[j] for i, j in zip(rows.tolist(), cols.tolist())],
-                                dtype=torch.bool)
-            between = js[~same].mean() if bool((~same).any()) else js.sum() * 0
-            within = js[same].mean() if bool(same.any()) else js.sum() * 0
             out.append(between - self.params.floor_weight * within)
         return _wide(torch.stack(out))
 

@@ -32,7 +32,7 @@ import torch
 
 from ..contract.errors import ConfigError
 from ..contract.protocols import ObjectiveInputs, PromptGroup
-from ..model.divergence import pair_js, widened
+from ..model.divergence import between_within_js, widened
 from . import attribution as attr
 
 logger = logging.getLogger(__name__)
@@ -50,11 +50,9 @@ class _PairJS:
     def value(self, inputs: ObjectiveInputs) -> torch.Tensor:
         out, start = [], 0
         for size, labels in zip(inputs.sizes, inputs.labels or ()):
-            js, rows, cols = pair_js(inputs.logprobs[start:start + size])
+            between, within = between_within_js(inputs.logprobs[start:start + size], labels)
             start += size
-            kind = torch.tensor([(labels[i] == labels[j]) == self.same for i, j in zip(rows.tolist(), cols.tolist())],
-                                dtype=torch.bool)
-            out.append(js[kind].mean() if bool(kind.any()) else js.sum() * 0)
+            out.append(within if self.same else between)
         return widened(torch.stack(out))
 
 

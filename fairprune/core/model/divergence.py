@@ -12,6 +12,8 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import torch
 
 #: log-probabilities below this are treated as this (exp(-80) ~ 1.8e-35: zero at float32 precision)
@@ -55,3 +57,19 @@ def pair_js(logprobs: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor", "
 def mean_pair_js(logprobs: "torch.Tensor") -> "torch.Tensor":
     """Mean JS over member pairs: ``logprobs`` ``[n_members, vocab]`` -> scalar (the group's divergence)."""
     return pair_js(logprobs)[0].mean()
+
+
+def between_within_js(logprobs: "torch.Tensor", labels: "Sequence[str]") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Mean JS over the pairs of members of different attribute groups and over the pairs of one group's forms:
+    ``logprobs`` ``[n_members, vocab]`` and one ``labels`` entry per member -> (between, within), scalars in nats
+    (the second is the word-swap floor). A kind with no pair reads 0, still connected to the graph so that a
+    backward pass through it is defined."""
+    import torch
+
+    js, rows, cols = pair_js(logprobs)
+    same = torch.tensor([labels[i] == labels[j] for i, j in zip(rows.tolist(), cols.tolist())], dtype=torch.bool)
+
+    def mean(mask: "torch.Tensor") -> "torch.Tensor":
+        return js[mask].mean() if bool(mask.any()) else js.sum() * 0
+
+    return mean(~same), mean(same)
