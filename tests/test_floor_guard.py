@@ -13,7 +13,7 @@ from fairprune.core.contract.protocols import PromptGroup
 from fairprune.core.data.groups import SEP
 from fairprune.core.method import attribution as attr
 from fairprune.core.method import selection as sel
-from fairprune.core.method.floor_guard import floor_guard
+from fairprune.core.method.floor_guard import FloorGuard, floor_guard, narrows
 from fairprune.plugins.capability_cost import CapabilityCost
 from fairprune.plugins.objectives import JSAboveFloor, NextTokenJS
 from fairprune.testing.models import tiny_model
@@ -85,7 +85,17 @@ def test_selection_with_the_floor_guard_removes_only_neurons_it_leaves(setup) ->
     guarded = select(True)
     assert guarded.n_neurons > 0
     assert not any(bool(guard.guarded[layer][n]) for layer, ns in guarded.removed.items() for n in ns)
-    assert guarded.settings["floor_guard"] == guard.record()
+    record = dict(guarded.settings["floor_guard"])
+    checks = record.pop("checks")
+    assert record == {k: v for k, v in guard.record().items() if k != "checks"}
+    # every round was measured, and the accepted one narrows the groups by a larger share than the floor
+    assert checks and checks[-1]["passed"]
+    entry = guarded.settings["round_log"][0]
+    after = (checks[-1]["between_after"], checks[-1]["within_after"])
+    assert (entry["between_js"], entry["within_js"]) == after
+    assert narrows((checks[-1]["between_before"], checks[-1]["within_before"]), after)
+    assert checks[-1]["between_before"] == pytest.approx(guard.between, rel=1e-6)
+    assert checks[-1]["within_before"] == pytest.approx(guard.within, rel=1e-6)
     plain = select(False)  # without the guard, selection takes neurons the guard would have kept out
     assert "floor_guard" not in plain.settings
     assert any(bool(guard.guarded[layer][n]) for layer, ns in plain.removed.items() for n in ns)
@@ -129,3 +139,34 @@ def test_between_within_js_averages_each_kind_of_pair():
     _, none = between_within_js(lp3, ["A", "B"])
     none.backward()
     assert float(none) == 0.0 and lp3.grad is not None
+
+
+class _ScriptedPasses:
+    """Measurements that depend only on how many neurons are removed: 4 or more lower the floor by a larger share
+    than the between-group JS (deafness); fewer narrow the groups."""
+
+    def measure(self, folds, objective, removed, fill) -> float:
+        k = sum(len(v) for v in removed.values())
+        if objective == "between":
+            return 1.0 - 0.05 * k
+        return 1.0 - (0.1 * k if k >= 4 else 0.01 * k)
+
+
+def test_a_round_that_lowers_the_floor_by_a_larger_share_is_halved_until_it_narrows() -> None:
+    guard = FloorGuard(1.0, 1.0, {}, objectives=("between", "within"))
+    add = [(0, n) for n in range(8)]
+    kept, after = guard.fit(_ScriptedPasses(), {}, add, None)
+    assert kept == add[:2]  # 8 and 4 neurons deafen; 2 narrow
+    assert after == pytest.approx((0.9, 0.98))
+    assert [c["neurons"] for c in guard.checks] == [8, 4, 2]
+    assert [c["passed"] for c in guard.checks] == [False, False, True]
+    # with neurons already removed the check compares against the figures they leave
+    guard.checks.clear()
+    assert guard.fit(_ScriptedPasses(), {0: [10]}, [(1, 0)], None)[0] == [(1, 0)]
+    assert guard.checks[0]["between_before"] == pytest.approx(0.95)
+
+
+def test_narrows_gives_no_credit_for_a_higher_floor() -> None:
+    assert narrows((1.0, 1.0), (0.9, 1.2))      # the groups narrow; the floor rising does not count against it
+    assert not narrows((1.0, 1.0), (1.0, 1.5))  # a higher floor alone is not a narrower gap
+    assert not narrows((1.0, 1.0), (0.9, 0.85))  # the floor fell by a larger share: deafness

@@ -17,7 +17,12 @@ templates with every surface form of every group:
   floor finds neurons that pull synonyms apart). Every other neuron is guarded.
 
 Selection then runs as before (its own objective, rounds, checks and target) on
-the neurons the guard leaves. Measured on prompts written outside the repository:
+the neurons the guard leaves, and the guard measures what the estimates
+predicted: every round, after the perplexity and recall checks, both figures are
+measured with the round's neurons removed (forward passes), and a round that
+lowers the floor by as large a share as the between-group JS is halved, lowest
+ranked first, until it does not (``FloorGuard.fit``; every check is kept in the
+plan). Measured on prompts written outside the repository:
 ``benchmarks/RESULTS.md`` ("The floor guard").
 """
 
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -56,20 +61,59 @@ class _PairJS:
         return widened(torch.stack(out))
 
 
+def narrows(before: tuple[float, float], after: tuple[float, float]) -> bool:
+    """Whether going from ``before`` to ``after`` (between-group JS, word-swap floor; nats) lowers the between-group
+    JS by a larger share than the floor: ``ΔB/B − min(ΔW, 0)/W < 0`` (a higher floor earns nothing)."""
+    (b0, w0), (b1, w1) = before, after
+    return (b1 - b0) / b0 - min(w1 - w0, 0.0) / w0 < 0
+
+
 @dataclass
 class FloorGuard:
-    """What the guard read: the base divergences (nats) and, per layer, ``[width]`` masks of guarded neurons."""
+    """What the guard read: the base divergences (nats), per layer ``[width]`` masks of guarded neurons, and what
+    it measures each round with (the analysis groups merged by template, the two pair objectives)."""
 
     between: float
     within: float
     guarded: dict[int, torch.Tensor]
+    batches: Any = None
+    objectives: tuple[Any, ...] = ()
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+    def measured(self, passes: Any, removed: Mapping[int, Sequence[int]],
+                 fill: Mapping[int, torch.Tensor] | None) -> tuple[float, float]:
+        """(between-group JS, word-swap floor) in nats, measured with ``removed`` ablated (forward passes of
+        ``passes``, a ``SelectionPasses``: shared under torchrun, never run twice for one removed set)."""
+        between, within = (passes.measure([self.batches], o, removed, fill) for o in self.objectives)
+        return between, within
+
+    def fit(self, passes: Any, removed: Mapping[int, Sequence[int]], add: list[tuple[int, int]],
+            fill: Mapping[int, torch.Tensor] | None) -> tuple[list[tuple[int, int]], tuple[float, float] | None]:
+        """Halve ``add`` (a round's ranked additions; the lowest ranked go first) until, measured, the round lowers
+        the between-group JS by a larger share than the word-swap floor (``narrows``); the additions kept
+        ([] = the round is rejected) and the two figures they leave."""
+        before = self.measured(passes, removed, fill)
+        while add:
+            merged = {layer: sorted(set(v)) for layer, v in removed.items()}
+            for layer, n in add:
+                merged[layer] = sorted(set(merged.get(layer, [])) | {n})
+            after = self.measured(passes, merged, fill)
+            self.checks.append({"neurons": len(add), "between_before": before[0], "within_before": before[1],
+                                "between_after": after[0], "within_after": after[1], "passed": narrows(before, after)})
+            if narrows(before, after):
+                return add, after
+            logger.info("floor guard: %d neurons take the between-group JS %.4g -> %.4g and the floor %.4g -> %.4g "
+                        "(a larger share); halving", len(add), before[0], after[0], before[1], after[1])
+            add = add[:len(add) // 2]
+        return [], None
 
     def record(self) -> dict[str, Any]:
-        """The plan's ``settings["floor_guard"]``: the base figures and how many neurons were guarded."""
+        """The plan's ``settings["floor_guard"]``: the base figures, how many neurons were guarded and every
+        measured round check."""
         total = sum(int(m.numel()) for m in self.guarded.values())
         n = sum(int(m.sum()) for m in self.guarded.values())
         return {"between_js": self.between, "within_js": self.within, "floor_share_pct": 100 * self.within / self.between,
-                "guarded": n, "of": total}
+                "guarded": n, "of": total, "checks": list(self.checks)}
 
 
 def floor_guard(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], forms: Mapping[str, str], adapter: Any, *,
@@ -84,17 +128,16 @@ def floor_guard(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], forms
         raise ConfigError("method.floor_guard: no analysis template has two surface forms of one group, so there is "
                           "no word-swap floor to read; give the axis groups several forms (Black: [Black, African "
                           "American])")
-    between = attr.attribute_objective(model, batches, _PairJS(same=False), adapter, fill=fill, world=world,
-                                       progress=progress)
-    within = attr.attribute_objective(model, batches, _PairJS(same=True), adapter, fill=fill, world=world,
-                                      progress=progress)
+    pair_objectives = (_PairJS(same=False), _PairJS(same=True))
+    between, within = (attr.attribute_objective(model, batches, o, adapter, fill=fill, world=world, progress=progress)
+                       for o in pair_objectives)
     b0, w0 = between.objective, within.objective
     if not (b0 > 0 and w0 > 0):
         raise ConfigError(f"method.floor_guard: the unpruned model's between-group JS ({b0:.3g}) and word-swap floor "
                           f"({w0:.3g}) must both be positive")
     d_between, d_within = between.sums.delta(fill), within.sums.delta(fill)
     guarded = {layer: (d_between[layer] / b0 - d_within[layer].clamp(max=0) / w0) >= 0 for layer in d_between}
-    guard = FloorGuard(b0, w0, guarded)
+    guard = FloorGuard(b0, w0, guarded, batches, pair_objectives)
     record = guard.record()
     logger.info("floor guard: between-group JS %.4g, word-swap floor %.4g (%.0f%%); %d of %d neurons guarded",
                 b0, w0, record["floor_share_pct"], record["guarded"], record["of"])

@@ -166,6 +166,7 @@ class _Selector:
     recall_after: float | None = None  # the recall the last proposed round leaves
     uniform: bool = False  # pruning.uniform_widths: candidates by rank within their layer, one quota per layer
     floor: Any = None  # a floor_guard.FloorGuard, or None
+    floor_after: tuple[float, float] | None = None  # (between-group JS, floor) the last proposed round leaves
 
     def attribute(self, removed: Mapping[int, Sequence[int]] | None = None) -> attr.FoldedAttribution:
         """Forward and backward passes over every fold with ``removed`` ablated (``SelectionPasses``: shared
@@ -204,6 +205,11 @@ class _Selector:
             if not add:
                 return [], delta, None, (f"recall of the stated group would fall more than "
                                          f"{self.recall.max_drop_pts} points")
+        if self.floor is not None:
+            add, self.floor_after = self.floor.fit(self.passes, state.removed, add, self.fill)
+            if not add:
+                return [], delta, None, ("the round would lower the word-swap floor by as large a share as the "
+                                         "between-group JS")
         return add, delta, loss, ""
 
     def measure_round(self, state: _State, add: list[tuple[int, int]], estimates: Sequence[float], last: bool,
@@ -319,6 +325,8 @@ def _select(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objective
                  "accepted": measured < state.objective}
         if sel.recall is not None:
             entry["recall_pct"] = sel.recall_after
+        if sel.floor_after is not None:
+            entry["between_js"], entry["within_js"] = sel.floor_after
         log.append(entry)
         logger.info("attribution round %d: %d neurons, objective %.6g -> %.6g (predicted %+.3g)", round_index + 1,
                     len(add), state.objective, measured, predicted)
