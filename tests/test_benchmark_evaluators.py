@@ -395,47 +395,36 @@ def test_bbq_bias_scores_stay_within_the_papers_range(rows):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
 def test_choices_continued_from_the_prompt_cache_score_as_whole_sequences(arch, monkeypatch):
-    from fairprune.core.model import benchmark_scoring
+    from fairprune.core.model import benchmark_scoring, lm_scoring
     from fairprune.testing import tiny_char_tokenizer, tiny_model
 
     model, tok = tiny_model(arch), tiny_char_tokenizer()
     prompts = ["Context: two men.\nQuestion: who?\nAnswer:", "A longer context, with more words in it.\nAnswer:",
                "Hi:"]
     choices = [["The old man", "The young man", "Unknown"], ["a", "bb", "Can't be determined"], ["x", "yz"]]
-    assert benchmark_scoring._takes_cache(model), "the cached path must be the one under test"
+    runs = []
+    real = lm_scoring._score_from_context_cache
+    monkeypatch.setattr(lm_scoring, "_score_from_context_cache",
+                        lambda model, seqs, targets, groups, *a: runs.append(len(groups)) or real(model, seqs, targets,
+                                                                                             groups, *a))
     cached = benchmark_scoring.choice_logprobs(model, tok, prompts, choices, batch_size=2)
-    monkeypatch.setattr(benchmark_scoring, "_takes_cache", lambda model: False)
+    assert runs, "the cached path must be the one under test"
+    monkeypatch.setattr(lm_scoring, "cache_argument", lambda model: None)
     whole = benchmark_scoring.choice_logprobs(model, tok, prompts, choices, batch_size=2)
     assert [[s.n_tokens for s in row] for row in cached] == [[s.n_tokens for s in row] for row in whole]
     for row_cached, row_whole in zip(cached, whole):
         assert [s.logprob for s in row_cached] == pytest.approx([s.logprob for s in row_whole], abs=1e-4)
 
 
-def test_cached_choice_scoring_splits_batches_to_stay_within_the_logits_budget(monkeypatch):
-    from fairprune.core.model import benchmark_scoring
-    from fairprune.testing import tiny_char_tokenizer, tiny_model
-
-    model, tok = tiny_model("llama"), tiny_char_tokenizer()
-    prompts, choices = ["Q one:", "Q two:", "Q three:"], [["ab", "c"], ["d", "efg"], ["h", "i"]]
-    whole = benchmark_scoring.choice_logprobs(model, tok, prompts, choices, batch_size=3)
-    sizes = []
-    real = benchmark_scoring._score_batch
-    monkeypatch.setattr(benchmark_scoring, "_score_batch", lambda m, c, t, p: sizes.append(len(c)) or real(m, c, t, p))
-    monkeypatch.setattr(benchmark_scoring, "LOGITS_BUDGET", 1)  # room for one prompt's choices per forward
-    split = benchmark_scoring.choice_logprobs(model, tok, prompts, choices, batch_size=3)
-    assert sizes == [1, 1, 1]
-    flat = [s.logprob for row in split for s in row]
-    assert flat == pytest.approx([s.logprob for row in whole for s in row], abs=1e-4)
-
-
 def test_a_model_that_returns_no_cache_is_scored_whole():
     from benchmark_helpers import UnigramLMTakingCache
 
-    from fairprune.core.model.benchmark_scoring import _takes_cache, choice_logprobs
+    from fairprune.core.model.benchmark_scoring import choice_logprobs
+    from fairprune.core.model.lm_scoring import cache_argument
     from fairprune.testing import tiny_char_tokenizer
 
     model = UnigramLMTakingCache({"a": 1.0})
-    assert _takes_cache(model)
+    assert cache_argument(model) is not None
     [[a, b]] = choice_logprobs(model, tiny_char_tokenizer(), ["Q:"], [["a", "bb"]])
     assert a.logprob == pytest.approx(model.logprob(" ") + model.logprob("a"))
     assert b.logprob == pytest.approx(model.logprob(" ") + 2 * model.logprob("b"))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fairprune as fp
-from fairprune.core.model import benchmark_scoring
+from fairprune.core.model import benchmark_scoring, lm_scoring
 from fairprune.plugins.evaluators.bbq import BBQEvaluator
 from fairprune.plugins.evaluators.crows_pairs import CrowsPairsEvaluator
 
@@ -25,9 +25,9 @@ def test_answers_continued_from_the_cache_match_whole_sequences_on_the_real_mode
     model, tok = smollm2
     examples = BBQEvaluator().configure({"path": str(DATA / "bbq")}).examples
     prompts, choices = [e.prompt for e in examples], [list(e.answers) for e in examples]
-    assert benchmark_scoring._takes_cache(model)
+    assert lm_scoring.cache_argument(model) is not None
     cached = benchmark_scoring.choice_logprobs(model, tok, prompts, choices, batch_size=4)
-    monkeypatch.setattr(benchmark_scoring, "_takes_cache", lambda m: False)
+    monkeypatch.setattr(lm_scoring, "cache_argument", lambda m: None)
     whole = benchmark_scoring.choice_logprobs(model, tok, prompts, choices, batch_size=4)
     assert [s.logprob for row in cached for s in row] == pytest.approx(
         [s.logprob for row in whole for s in row], abs=1e-3)
