@@ -170,17 +170,3 @@ def test_narrows_gives_no_credit_for_a_higher_floor() -> None:
     assert narrows((1.0, 1.0), (0.9, 1.2))      # the groups narrow; the floor rising does not count against it
     assert not narrows((1.0, 1.0), (1.0, 1.5))  # a higher floor alone is not a narrower gap
     assert not narrows((1.0, 1.0), (0.9, 0.85))  # the floor fell by a larger share: deafness
-
-
-def test_with_folds_a_neuron_is_guarded_when_the_rule_fails_in_any_fold(setup) -> None:
-    model, tok, adapter = setup
-    groups = form_groups()
-    folded = floor_guard(model, tok, groups, FORMS, adapter, batch_size=8, folds=2)
-    per_fold = [floor_guard(model, tok, part, FORMS, adapter, batch_size=8) for part in attr.template_folds(groups, 2)]
-    for layer, mask in folded.guarded.items():
-        assert torch.equal(mask, per_fold[0].guarded[layer] | per_fold[1].guarded[layer])
-    one = floor_guard(model, tok, groups, FORMS, adapter, batch_size=8)
-    assert sum(int(m.sum()) for m in folded.guarded.values()) > sum(int(m.sum()) for m in one.guarded.values())
-    # the base figures are those of all groups whatever the folds
-    assert folded.between == pytest.approx(one.between, rel=1e-6)
-    assert folded.within == pytest.approx(one.within, rel=1e-6)

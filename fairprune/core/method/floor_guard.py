@@ -117,41 +117,28 @@ class FloorGuard:
 
 
 def floor_guard(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], forms: Mapping[str, str], adapter: Any, *,
-                batch_size: int, fill: Mapping[int, torch.Tensor] | None = None, folds: int = 1,
-                fold_by: str = "template", world: Any = None, progress: bool = False) -> FloorGuard:
+                batch_size: int, fill: Mapping[int, torch.Tensor] | None = None, world: Any = None,
+                progress: bool = False) -> FloorGuard:
     """Two attribution passes (between- and within-group JS at the prompts' last position) over ``groups`` merged
     by template; the guard as the module says. ``forms`` maps surface forms to attribute groups
-    (``GroupSet.form_to_group``). With ``folds`` > 1 the groups are split as selection splits them
-    (``attribution.template_folds``) and a neuron is left to selection only when the rule holds in every fold,
-    as its objective must fall in every fold: a removal that narrows the groups on some templates and deafens on
-    others is not one that transfers. ``ConfigError`` when a fold has no template with two forms of one group
-    (no floor to read). Under torchrun (``world``) the passes are shared and every process gets the same guard."""
-    def batched(part: Sequence[PromptGroup]) -> attr.GroupBatches:
-        b = attr.group_batches(model, tokenizer, part, batch_size, positions="last", labels=forms)
-        if not any(len(set(labels)) < len(labels) for labels in b.labels or ()):
-            raise ConfigError("method.floor_guard: no analysis template" + (" of a fold" if folds > 1 else "") +
-                              " has two surface forms of one group, so there is no word-swap floor to read; give the "
-                              "axis groups several forms (Black: [Black, African American])" +
-                              (" or use fewer method.folds" if folds > 1 else ""))
-        return b
-
-    parts = [batched(part) for part in attr.template_folds(groups, folds, fold_by)] if folds > 1 else []
-    batches = batched(groups)
+    (``GroupSet.form_to_group``). ``ConfigError`` when no template has two forms of one group (no floor to
+    read). Under torchrun (``world``) the passes are shared and every process gets the same guard."""
+    batches = attr.group_batches(model, tokenizer, groups, batch_size, positions="last", labels=forms)
+    if not any(len(set(labels)) < len(labels) for labels in batches.labels or ()):
+        raise ConfigError("method.floor_guard: no analysis template has two surface forms of one group, so there is "
+                          "no word-swap floor to read; give the axis groups several forms (Black: [Black, African "
+                          "American])")
     pair_objectives = (_PairJS(same=False), _PairJS(same=True))
-    between, within = (attr.attribute_folds(model, parts or [batches], o, adapter, fill=fill, world=world,
-                                            progress=progress) for o in pair_objectives)
+    between, within = (attr.attribute_objective(model, batches, o, adapter, fill=fill, world=world, progress=progress)
+                       for o in pair_objectives)
     b0, w0 = between.objective, within.objective
-    if not all(b.objective > 0 and w.objective > 0 for b, w in zip(between.folds, within.folds)):
+    if not (b0 > 0 and w0 > 0):
         raise ConfigError(f"method.floor_guard: the unpruned model's between-group JS ({b0:.3g}) and word-swap floor "
-                          f"({w0:.3g}) must both be positive in every fold")
-    d_between, d_within = between.fold_delta(fill), within.fold_delta(fill)
-    base_b = torch.tensor([f.objective for f in between.folds])[:, None]
-    base_w = torch.tensor([f.objective for f in within.folds])[:, None]
-    # [n_folds, width] per layer: guarded when the rule fails in any fold
-    guarded = {layer: ((d_between[layer] / base_b - d_within[layer].clamp(max=0) / base_w) >= 0).any(0)
-               for layer in d_between}
+                          f"({w0:.3g}) must both be positive")
+    d_between, d_within = between.sums.delta(fill), within.sums.delta(fill)
+    guarded = {layer: (d_between[layer] / b0 - d_within[layer].clamp(max=0) / w0) >= 0 for layer in d_between}
     guard = FloorGuard(b0, w0, guarded, batches, pair_objectives)
     record = guard.record()
-    logger.info("floor guard: between-group JS %.4g, word-swap floor %.4g (%.0f%%); %d of %d neurons guarded "
-                "(%d fold(s))", b0, w0, record["floor_share_pct"], record["guarded"], record["of"], len(between.folds))
+    logger.info("floor guard: between-group JS %.4g, word-swap floor %.4g (%.0f%%); %d of %d neurons guarded",
+                b0, w0, record["floor_share_pct"], record["guarded"], record["of"])
     return guard

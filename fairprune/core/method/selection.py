@@ -399,7 +399,7 @@ def _selector(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objecti
         from .floor_guard import floor_guard
 
         sel.floor = floor_guard(model, tokenizer, groups, forms or {}, adapter, batch_size=batch_size, fill=fill,
-                                folds=settings.folds, fold_by=settings.fold_by, world=passes.world, progress=progress)
+                                world=passes.world, progress=progress)
         sel.guarded = {layer: mask | sel.floor.guarded[layer] for layer, mask in sel.guarded.items()}
     return sel, cap
 
