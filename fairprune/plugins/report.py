@@ -185,7 +185,8 @@ def _deafness_guards(params: Any) -> list[str]:
                      f"than {params.recall.max_drop_pts} points is halved or rejected")
     if params.floor_guard:
         parts.append("a neuron is removed only if its removal is estimated to lower the between-group divergence "
-                     "by a larger share than the divergence between two words for one group (the floor guard)")
+                     "by a larger share than the divergence between two words for one group, and a round whose "
+                     "measured divergences do not show that is halved (the floor guard)")
     return [f"3. Guards against deafness: {'; '.join(parts)}."] if parts else []
 
 
