@@ -170,3 +170,21 @@ def test_narrows_gives_no_credit_for_a_higher_floor() -> None:
     assert narrows((1.0, 1.0), (0.9, 1.2))      # the groups narrow; the floor rising does not count against it
     assert not narrows((1.0, 1.0), (1.0, 1.5))  # a higher floor alone is not a narrower gap
     assert not narrows((1.0, 1.0), (0.9, 0.85))  # the floor fell by a larger share: deafness
+
+
+def test_the_round_log_gives_the_figures_of_the_neurons_the_target_kept(setup) -> None:
+    from fairprune.core.method.passes import SelectionPasses
+
+    model, tok, adapter = setup
+    settings = AttributionParams(guard_fraction=0.0, max_perplexity_increase_pct=None, rounds=1, floor_guard=True,
+                                 target_reduction_pct=3.0)
+    plan = sel.select_by_attribution(model, tok, form_groups(), objective=NextTokenJS(),
+                                     capability=CapabilityCost().configure({"chunk_tokens": 16, "max_tokens": 64}),
+                                     budget=Budget(neurons=40), settings=settings, batch_size=8, adapter=adapter,
+                                     progress=False, forms=FORMS).plan
+    checks = plan.settings["floor_guard"]["checks"]
+    entry = plan.settings["round_log"][0]
+    assert 0 < entry["neurons"] < checks[-1]["neurons"], "the target must have kept a prefix of the checked round"
+    guard = floor_guard(model, tok, form_groups(), FORMS, adapter, batch_size=8)
+    between, within = guard.measured(SelectionPasses(model, adapter), plan.removed, None)
+    assert (entry["between_js"], entry["within_js"]) == pytest.approx((between, within), rel=1e-6)

@@ -166,7 +166,7 @@ class _Selector:
     recall_after: float | None = None  # the recall the last proposed round leaves
     uniform: bool = False  # pruning.uniform_widths: candidates by rank within their layer, one quota per layer
     floor: Any = None  # a floor_guard.FloorGuard, or None
-    floor_after: tuple[float, float] | None = None  # (between-group JS, floor) the last proposed round leaves
+    floor_after: tuple[float, float] | None = None  # (between-group JS, floor) with the last round removed
 
     def attribute(self, removed: Mapping[int, Sequence[int]] | None = None) -> attr.FoldedAttribution:
         """Forward and backward passes over every fold with ``removed`` ablated (``SelectionPasses``: shared
@@ -317,7 +317,10 @@ def _select(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objective
             stop = why_none
             break
         estimates = [float(delta[layer][n]) for layer, n in add]
+        proposed = len(add)
         add, measured, nxt = sel.measure_round(state, add, estimates, round_index == settings.rounds - 1, scale)
+        if sel.floor_after is not None and len(add) != proposed:  # the target kept a prefix: log what it leaves
+            sel.floor_after = sel.floor.measured(sel.passes, _merged(state.removed, add), sel.fill)
         predicted = float(sum(delta[layer][n] for layer, n in add))
         entry = {"round": round_index + 1, "neurons": len(add), "objective_before": state.objective,
                  "objective_after": measured, "predicted_change": predicted,
