@@ -77,3 +77,31 @@ def test_a_failure_in_one_process_stops_selection_in_both(tmp_path):
     assert done.returncode != 0
     assert "process 1 of 2 failed: NonFiniteError" in done.stderr  # what rank 0 says
     assert not (tmp_path / "out").exists()
+
+
+def test_two_processes_reach_the_floor_guard_of_one(tiny_dir, tmp_path):
+    # the bundled race axis: its groups have several surface forms, so there is a word-swap floor to read
+    config = {"model": {"source": str(tiny_dir)}, "bias": {"axes": ["race"], "batch_size": 8},
+              "method": {"name": "attribution", "rounds": 2, "guard_fraction": 0.25, "min_improvement_pct": 0.0,
+                         "max_perplexity_increase_pct": 50.0, "floor_guard": True,
+                         "capability": {"name": "capability_cost",
+                                        "params": {"chunk_tokens": 16, "max_tokens": 160, "check_tokens": 80}}},
+              "pruning": {"budget": {"neurons": 16}}, "evaluation": {"evaluators": ["parameters"]},
+              "output": {"save_model": False}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    runs = {}
+    for n in (1, 2):
+        done = torchrun(n, "-m", "fairprune", "run", str(path), "--quiet", "--set", f"output.dir={tmp_path / str(n)}")
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[n] = json.loads((tmp_path / str(n) / "plan.json").read_text())
+    one, two = runs[1]["settings"]["floor_guard"], runs[2]["settings"]["floor_guard"]
+    assert one["checks"], "the rounds must have been checked"
+    assert runs[2]["removed"] == runs[1]["removed"]
+    assert (two["guarded"], two["of"], len(two["checks"])) == (one["guarded"], one["of"], len(one["checks"]))
+    for key in ("between_js", "within_js"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-9), key
+    for a, b in zip(one["checks"], two["checks"]):
+        assert (b["neurons"], b["passed"]) == (a["neurons"], a["passed"])
+        for key in ("between_before", "within_before", "between_after", "within_after"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-9), key

@@ -188,3 +188,21 @@ def test_the_round_log_gives_the_figures_of_the_neurons_the_target_kept(setup) -
     guard = floor_guard(model, tok, form_groups(), FORMS, adapter, batch_size=8)
     between, within = guard.measured(SelectionPasses(model, adapter), plan.removed, None)
     assert (entry["between_js"], entry["within_js"]) == pytest.approx((between, within), rel=1e-6)
+
+
+def test_two_objectives_from_one_forward_equal_two_passes(setup) -> None:
+    from fairprune.core.method.floor_guard import _PairJS
+
+    model, tok, adapter = setup
+    batches = attr.group_batches(model, tok, form_groups(), 8, positions="last", labels=FORMS)
+    objectives = (_PairJS(same=False), _PairJS(same=True))
+    recall_like = JSAboveFloor()  # read without gradients from the same forwards
+    together = attr.attribute_objectives(model, batches, objectives, adapter, also=recall_like)
+    for k, objective in enumerate(objectives):
+        alone = attr.attribute_objective(model, batches, objective, adapter, also=recall_like if k == 0 else None)
+        assert together[k].values == pytest.approx(alone.values, rel=1e-12)
+        for table in ("grad", "grad_act", "act", "abs_act"):
+            for layer, value in getattr(alone.sums, table).items():
+                assert torch.allclose(getattr(together[k].sums, table)[layer], value, rtol=1e-6, atol=1e-12)
+        assert together[k].also == (alone.also if k == 0 else None)
+    assert together[0].also is not None

@@ -409,14 +409,14 @@ def _group_values(model: nn.Module, objective: Any, groups: BatchGroups, batch: 
 
 
 def _groups_values(model: nn.Module, objectives: Sequence[Any], groups: BatchGroups,
-                   batch: Any) -> list[torch.Tensor]:
+                   batch: Any, graphs: int = 1) -> list[torch.Tensor]:
     """Each objective per group of the batch from one forward (``Tensor[n_groups]`` each, the mean over the
-    positions it reads); the first keeps its graph, the others are computed without one."""
+    positions it reads); the first ``graphs`` keep their graph, the others are computed without one."""
     uses = tuple(dict.fromkeys(u for objective in objectives for u in objective.uses))
     inputs, owner = _objective_inputs(model, groups, batch, uses)
     out = []
     for k, objective in enumerate(objectives):
-        with torch.no_grad() if k else nullcontext():
+        with torch.no_grad() if k >= graphs else nullcontext():
             out.append(_per_group(_checked_value(objective, inputs), owner, groups))
     return out
 
@@ -458,28 +458,44 @@ def attribute_objective(model: nn.Module, batches: GroupBatches, objective: Any,
     stops all with its message. ``also`` (another bound objective, optional) is evaluated on the same forwards,
     without gradients: its per-group values are what ``objective_values`` gives for it, at no extra forward.
     """
+    return attribute_objectives(model, batches, (objective,), adapter, removed=removed, fill=fill,
+                                progress=progress, world=world, also=also)[0]
+
+
+def attribute_objectives(model: nn.Module, batches: GroupBatches, objectives: Sequence[Any], adapter: Any, *,
+                         removed: Removed | None = None, fill: Mapping[int, torch.Tensor] | None = None,
+                         progress: bool = False, world: Any = None, also: Any = None) -> list[ObjectiveAttribution]:
+    """``attribute_objective`` for several objectives from one forward per batch and one backward per objective:
+    one ``ObjectiveAttribution`` per objective, each equal to its own ``attribute_objective`` (the same values
+    and sums); ``also``'s values go with the first."""
     widths = layer_widths(model, adapter)
-    acc, values, extra = OrderedSum(1 + 4 * sum(w for _, w in widths), world), [], []
-    n_groups = len(batches.groups)
+    size = 1 + 4 * sum(w for _, w in widths)
+    accs = [OrderedSum(size, world) for _ in objectives]
+    values: list[list[float]] = [[] for _ in objectives]
+    extra: list[float] = []
+    n_groups, n = len(batches.groups), len(objectives)
     every = list(batches)
     mine = [every[i] for i in share(len(every), world)]
+    desc = "attributing " + " + ".join(o.name for o in objectives)
     with stop_together(world), frozen(model), neuron_hooks(model, adapter, removed, fill) as hooks:
         hooks.track = True
-        for groups, batch in tqdm(mine, desc=f"attributing {objective.name}", disable=not progress, leave=False):
+        for groups, batch in tqdm(mine, desc=desc, disable=not progress, leave=False):
             hooks.kept = {}
             with torch.enable_grad():
-                per_group, *others = _groups_values(model, (objective,) if also is None else (objective, also),
-                                                    groups, batch)
+                got = _groups_values(model, tuple(objectives) + (() if also is None else (also,)), groups, batch,
+                                     graphs=n)
                 layers = sorted(hooks.kept)
-                grads = torch.autograd.grad(per_group.sum() / n_groups, [hooks.kept[i] for i in layers],
-                                            allow_unused=True)
-            acc.add(flat_sums(widths, hooks.kept, dict(zip(layers, grads)), batch.mask))
-            values.extend(per_group.detach().cpu().tolist())
-            for other in others:
-                extra.extend(other.cpu().tolist())
+                grads = [torch.autograd.grad(got[k].sum() / n_groups, [hooks.kept[i] for i in layers],
+                                             allow_unused=True, retain_graph=k < n - 1) for k in range(n)]
+            for k in range(n):
+                accs[k].add(flat_sums(widths, hooks.kept, dict(zip(layers, grads[k])), batch.mask))
+                values[k].extend(got[k].detach().cpu().tolist())
+            if also is not None:
+                extra.extend(got[n].cpu().tolist())
             hooks.kept = {}
-    return ObjectiveAttribution(gathered(values, world), NeuronSums.from_flat(acc.total(), widths),
-                                None if also is None else gathered(extra, world))
+    # collectives in the same order on every process: values, sums, then also's values (with the first)
+    return [ObjectiveAttribution(gathered(values[k], world), NeuronSums.from_flat(accs[k].total(), widths),
+                                 None if also is None or k else gathered(extra, world)) for k in range(n)]
 
 
 @dataclass

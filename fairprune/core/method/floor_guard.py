@@ -119,8 +119,8 @@ class FloorGuard:
 def floor_guard(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], forms: Mapping[str, str], adapter: Any, *,
                 batch_size: int, fill: Mapping[int, torch.Tensor] | None = None, world: Any = None,
                 progress: bool = False) -> FloorGuard:
-    """Two attribution passes (between- and within-group JS at the prompts' last position) over ``groups`` merged
-    by template; the guard as the module says. ``forms`` maps surface forms to attribute groups
+    """One attribution pass of two figures (between- and within-group JS at the prompts' last position: one
+    forward per batch, a backward each) over ``groups`` merged by template; the guard as the module says. ``forms`` maps surface forms to attribute groups
     (``GroupSet.form_to_group``). ``ConfigError`` when no template has two forms of one group (no floor to
     read). Under torchrun (``world``) the passes are shared and every process gets the same guard."""
     batches = attr.group_batches(model, tokenizer, groups, batch_size, positions="last", labels=forms)
@@ -129,8 +129,9 @@ def floor_guard(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], forms
                           "no word-swap floor to read; give the axis groups several forms (Black: [Black, African "
                           "American])")
     pair_objectives = (_PairJS(same=False), _PairJS(same=True))
-    between, within = (attr.attribute_objective(model, batches, o, adapter, fill=fill, world=world, progress=progress)
-                       for o in pair_objectives)
+    # one forward per batch, one backward per figure
+    between, within = attr.attribute_objectives(model, batches, pair_objectives, adapter, fill=fill, world=world,
+                                                progress=progress)
     b0, w0 = between.objective, within.objective
     if not (b0 > 0 and w0 > 0):
         raise ConfigError(f"method.floor_guard: the unpruned model's between-group JS ({b0:.3g}) and word-swap floor "
