@@ -57,6 +57,15 @@ DEFAULT_TEXT = Path(__file__).resolve().parents[2] / "data" / "text" / "general_
 Removed = Mapping[int, Sequence[int]]
 
 
+def merged_removed(removed: Removed, add: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
+    """``removed`` with the ``(layer, neuron)`` pairs of ``add``: sorted neuron lists, no layer left empty (the
+    removed set a round's check or pass reads)."""
+    out = {layer: set(v) for layer, v in removed.items()}
+    for layer, n in add:
+        out.setdefault(layer, set()).add(n)
+    return {layer: sorted(v) for layer, v in out.items() if v}
+
+
 @dataclass
 class NeuronSums:
     """Per-layer running sums of one attribution pass (float32 ``Tensor[width]`` each).

@@ -83,7 +83,10 @@ class FloorGuard:
     def measured(self, passes: Any, removed: Mapping[int, Sequence[int]],
                  fill: Mapping[int, torch.Tensor] | None) -> tuple[float, float]:
         """(between-group JS, word-swap floor) in nats, measured with ``removed`` ablated (forward passes of
-        ``passes``, a ``SelectionPasses``: shared under torchrun, never run twice for one removed set)."""
+        ``passes``, a ``SelectionPasses``: shared under torchrun, never run twice for one removed set); with
+        nothing removed, the figures the guard's attribution pass read from the same groups."""
+        if not any(len(v) for v in removed.values()):
+            return self.between, self.within
         between, within = (passes.measure([self.batches], o, removed, fill) for o in self.objectives)
         return between, within
 
@@ -94,10 +97,7 @@ class FloorGuard:
         ([] = the round is rejected) and the two figures they leave."""
         before = self.measured(passes, removed, fill)
         while add:
-            merged = {layer: sorted(set(v)) for layer, v in removed.items()}
-            for layer, n in add:
-                merged[layer] = sorted(set(merged.get(layer, [])) | {n})
-            after = self.measured(passes, merged, fill)
+            after = self.measured(passes, attr.merged_removed(removed, add), fill)
             self.checks.append({"neurons": len(add), "between_before": before[0], "within_before": before[1],
                                 "between_after": after[0], "within_after": after[1], "passed": narrows(before, after)})
             if narrows(before, after):

@@ -143,10 +143,7 @@ class RecallGuard:
         if self.max_drop_pts is None:
             return add, None
         while add:
-            merged = {layer: sorted(set(v)) for layer, v in removed.items()}
-            for layer, n in add:
-                merged[layer] = sorted(set(merged.get(layer, [])) | {n})
-            value = self.measure(model, adapter, removed=merged, fill=fill)
+            value = self.measure(model, adapter, removed=attr.merged_removed(removed, add), fill=fill)
             if base - value <= self.max_drop_pts:
                 return add, value
             logger.info("recall guard: %d neurons lower recall %.2f -> %.2f%% (limit %.2f points); halving",

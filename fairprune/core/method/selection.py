@@ -126,13 +126,6 @@ def _take(entries: list[tuple[float, int, int]], state: _State, quota_params: fl
     return chosen
 
 
-def _merged(removed: Mapping[int, list[int]], add: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
-    out = {layer: list(v) for layer, v in removed.items()}
-    for layer, n in add:
-        out.setdefault(layer, []).append(n)
-    return {layer: sorted(v) for layer, v in out.items() if v}
-
-
 @dataclass
 class _Selector:
     """What every round of one selection reads: the model and its groups, the budget's limits, the guard and the
@@ -222,14 +215,14 @@ class _Selector:
             add, measured = _shortest_reaching(add, state.removed, target, state.objective, estimates, self.measure,
                                                scale=scale)
         else:
-            removed = _merged(state.removed, add)
+            removed = attr.merged_removed(state.removed, add)
             nxt = None if last else self.attribute(removed)
             measured = nxt.objective if nxt is not None else self.measure(removed)
             if target is not None and measured <= target:
                 add, measured = _shortest_reaching(add, state.removed, target, state.objective, estimates,
                                                    self.measure, value=measured)
         if target is not None and measured > target and nxt is None and not last and measured < state.objective:
-            nxt = self.attribute(_merged(state.removed, add))
+            nxt = self.attribute(attr.merged_removed(state.removed, add))
         return add, measured, nxt
 
     def stop_after(self, before: float, measured: float) -> str:
@@ -320,7 +313,7 @@ def _select(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objective
         proposed = len(add)
         add, measured, nxt = sel.measure_round(state, add, estimates, round_index == settings.rounds - 1, scale)
         if sel.floor_after is not None and len(add) != proposed:  # the target kept a prefix: log what it leaves
-            sel.floor_after = sel.floor.measured(sel.passes, _merged(state.removed, add), sel.fill)
+            sel.floor_after = sel.floor.measured(sel.passes, attr.merged_removed(state.removed, add), sel.fill)
         predicted = float(sum(delta[layer][n] for layer, n in add))
         entry = {"round": round_index + 1, "neurons": len(add), "objective_before": state.objective,
                  "objective_after": measured, "predicted_change": predicted,
@@ -341,7 +334,7 @@ def _select(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objective
         if predicted < 0:
             scale = min(max((measured - state.objective) / predicted, 0.0), 1.0)
         before = state.objective
-        state = _State(_merged(state.removed, add), state.params + sum(sel.costs[layer] for layer, _ in add),
+        state = _State(attr.merged_removed(state.removed, add), state.params + sum(sel.costs[layer] for layer, _ in add),
                        measured)
         stop = sel.stop_after(before, measured) or stop
         if stop != "budget reached":
@@ -417,7 +410,7 @@ def _evened(state: _State, records: list[dict[str, Any]], widths: Mapping[int, i
         return state, records, None
     kept = [r for layer in widths for r in sorted((r for r in records if r["layer"] == layer),
                                                   key=lambda r: (r["round"], r["attribution"]))[:keep]]
-    removed = _merged({}, [(r["layer"], r["neuron"]) for r in kept])
+    removed = attr.merged_removed({}, [(r["layer"], r["neuron"]) for r in kept])
     measured = measure(removed)
     dropped = [r for r in records if r not in kept]
     entry = {"round": "evened", "neurons": -len(dropped), "objective_before": state.objective,
@@ -449,7 +442,7 @@ def _shortest_reaching(add: list[tuple[int, int]], removed: Mapping[int, list[in
 
     def at(k: int) -> float:
         if k not in seen:
-            seen[k] = measure(_merged(removed, add[:k]))
+            seen[k] = measure(attr.merged_removed(removed, add[:k]))
         return seen[k]
 
     def guess(ratio: float) -> int:
@@ -491,8 +484,8 @@ def _capability_check(model: Any, text: Any, adapter: Any, state: _State, add: l
     if limit is None:
         return add, None
     while add:
-        loss = passes.text_loss(text, _merged(state.removed, add), fill) if passes is not None else \
-            attr.text_loss(model, text, adapter, removed=_merged(state.removed, add), fill=fill)
+        loss = passes.text_loss(text, attr.merged_removed(state.removed, add), fill) if passes is not None else \
+            attr.text_loss(model, text, adapter, removed=attr.merged_removed(state.removed, add), fill=fill)
         if 100.0 * (math.exp(loss - base_loss) - 1.0) <= limit:
             return add, loss
         add = add[:len(add) // 2]
