@@ -160,3 +160,42 @@ def test_a_run_plans_before_it_observes_and_the_control_uses_the_plan(tmp_path):
         drawn = {row["layer"]: row["neurons"] for row in tables["drawn_neurons"] if row["draw"] == draw}
         assert {layer: len(v) for layer, v in drawn.items()} == {layer: len(v) for layer, v in
                                                                  result.plan.removed.items() if v}
+
+
+def test_output_bias_and_the_control_read_one_held_out_pass_per_model(monkeypatch):
+    """The held-out next-token pass is shared through the observing context's memo: run once per observed
+    model (not once per evaluator), never carried from the base model to the pruned one, and the observations
+    equal those of each evaluator observing alone."""
+    from fairprune.core.model import lm_scoring
+    from fairprune.core.run.evaluation import observe_all
+    from fairprune.plugins.evaluators.output_bias import OutputBiasEvaluator
+
+    base = tiny_model("llama")
+    plan = {0: [0, 1, 2, 3], 1: [10, 11]}
+    pruned = copy.deepcopy(base)
+    fp.prune(pruned, plan)
+    pair = model_pair(base, pruned, tiny_tokenizer(), _groups(), batch_size=4, seed=3, progress=False,
+                      registry=Registry(), plan=plan, guarded={})
+    control = RandomControlEvaluator().configure({"draws": 2, "n_boot": 50})
+    bias = OutputBiasEvaluator().configure({"n_boot": 50, "transfer": False, "continuations": [" the"]})
+    both = [(bias.name, bias), (control.name, control)]
+
+    calls: list[str] = []
+    real = lm_scoring.last_token_logprobs
+
+    def counted(model, tokenizer, prompts, *args, **kwargs):
+        calls.append("pruned" if model is pruned else "base")
+        return real(model, tokenizer, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(lm_scoring, "last_token_logprobs", counted)
+    together = {label: observe_all(both, model, pair.context, label, resolve_adapter(model))
+                for label, model in (("base", base), ("pruned", pruned))}
+    # base: the shared held-out pass and one per random draw; pruned: the shared pass alone
+    assert calls == ["base"] * 3 + ["pruned"]
+
+    for label, model in (("base", base), ("pruned", pruned)):
+        alone = {name: observe_all([(name, ev)], model, pair.context, label, resolve_adapter(model))[name]
+                 for name, ev in both}
+        assert alone[bias.name]["js"] == together[label][bias.name]["js"]
+        assert alone[control.name]["measures"] == together[label][control.name]["measures"]
+    assert together["base"][bias.name]["js"] != together["pruned"][bias.name]["js"]

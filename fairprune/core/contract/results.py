@@ -32,6 +32,9 @@ class EvalContext:
     massive-activation guard protects (mean |h| above the method's ``guard_magnitude_ratio``,
     or the activation method's default for a method without one, times the layer median;
     empty tensors when the guard is off). A random control reads both.
+    ``memo`` holds what one evaluator computed from the observed model as it stands, for another observing
+    the same model (``output_bias.held_out_next_token``); each ``observing`` copy starts with an empty one, so
+    the base and the pruned model never share an entry, and nothing computed with hooks applied belongs in it.
     """
 
     tokenizer: Any
@@ -46,10 +49,11 @@ class EvalContext:
     prune_result: PruneResult | None = None
     plan: Any = None
     guarded: dict[int, Any] | None = None
+    memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def observing(self, label: str, adapter: Any) -> "EvalContext":
-        """A copy of this context for observing the ``label`` model through ``adapter``."""
-        return dataclasses.replace(self, label=label, adapter=adapter)
+        """A copy of this context for observing the ``label`` model through ``adapter``, with an empty ``memo``."""
+        return dataclasses.replace(self, label=label, adapter=adapter, memo={})
 
 
 @dataclass

@@ -78,6 +78,7 @@ def observe_all(evaluators: Sequence[tuple[str, Any]], model: Any, context: Eval
                 raise error from exc
             release_memory()  # each evaluator's batches and logits, freed in the heap, before the next one
             logger.info("evaluator %s observed the %s model in %.1f s", name, label, time.perf_counter() - start)
+    ctx.memo.clear()
     return out
 
 

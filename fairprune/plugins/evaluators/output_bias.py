@@ -102,7 +102,8 @@ class OutputBiasEvaluator(Plugin):
             raise ConfigError(f"output_bias: prompt groups with fewer than 2 members: {small[:5]}")
         if not self.params.continuations:
             raise ConfigError("output_bias.continuations must name at least one continuation")
-        observed: dict = self._measure(context, model, context.label, context.groups, _form_groups(context))
+        observed: dict = self._measure(context, model, context.label, context.groups, _form_groups(context),
+                                       held_out=True)
         splits = self._transfer_splits(context)
         if splits:
             observed["splits"] = {split: self._measure(context, model, f"{context.label}, {split}", found,
@@ -155,14 +156,16 @@ class OutputBiasEvaluator(Plugin):
                      self.params.n_boot)
 
     def _measure(self, context: EvalContext, model, label: str, groups: list[PromptGroup],
-                 form_groups: dict[tuple[str, str], str]) -> dict[str, list[float]]:
-        """Per group: mean pairwise JS divergence and mean pairwise log-prob gap; the floor per template."""
+                 form_groups: dict[tuple[str, str], str], held_out: bool = False) -> dict[str, list[float]]:
+        """Per group: mean pairwise JS divergence and mean pairwise log-prob gap; the floor per template
+        (``held_out``: ``groups`` are the context's held-out groups, whose distributions are shared)."""
         from ...core.model.lm_scoring import encode, last_token_logprobs, pad_id, score_continuations
 
         tok = context.tokenizer
         prompts = [p for g in groups for p in g.prompts]
-        logprobs = last_token_logprobs(model, tok, prompts, context.batch_size, context.progress,
-                                       f"next-token distributions ({label})")
+        desc = f"next-token distributions ({label})"
+        logprobs = held_out_next_token(model, context, desc) if held_out else \
+            last_token_logprobs(model, tok, prompts, context.batch_size, context.progress, desc)
         cont_lp = np.zeros((len(prompts), len(self.params.continuations)))
         for c, text in enumerate(self.params.continuations):
             ids = encode(tok, text, special=False)
@@ -183,6 +186,20 @@ class OutputBiasEvaluator(Plugin):
             start += len(group.prompts)
         between, within = noise_floor(groups, logprobs, form_groups)
         return {"js": js, "logprob_gap": gap, "js_between_floor": between, "js_within": within}
+
+
+def held_out_next_token(model, context: EvalContext, desc: str) -> torch.Tensor:
+    """Next-token log-probs after every prompt of the context's held-out groups, in group order: float32
+    ``[n_prompts, vocab]``. Computed once per observed model and kept in ``context.memo``, so ``output_bias``
+    and ``random_control`` read one forward pass; call it only on the model as it stands (no hooks applied)."""
+    from ...core.model.lm_scoring import last_token_logprobs
+
+    key = f"output_bias.held_out_next_token:{id(model)}"
+    if key not in context.memo:
+        prompts = [p for g in context.groups for p in g.prompts]
+        context.memo[key] = last_token_logprobs(model, context.tokenizer, prompts, context.batch_size,
+                                                context.progress, desc)
+    return context.memo[key]
 
 
 def _group_rows(groups: list[PromptGroup], base: dict, pruned: dict) -> list[dict]:

@@ -94,15 +94,20 @@ def _guard_mask(guarded: Mapping[int, Any] | None, layer: int, width: int) -> np
     return mask
 
 
-def bias_measures(model: Any, context: EvalContext, desc: str) -> dict[str, list[float]]:
+def bias_measures(model: Any, context: EvalContext, desc: str, shared: bool = False) -> dict[str, list[float]]:
     """Per held-out group the mean pairwise next-token JS (``between``), and per template with a word swap
-    (``floor_between``, ``within``), in nats, as ``output_bias`` computes them."""
+    (``floor_between``, ``within``), in nats, as ``output_bias`` computes them. With ``shared`` (only for the
+    observed model as it stands, no hooks applied) the distributions come from ``output_bias``'s shared pass."""
     from ...core.model.divergence import js_divergence
     from ...core.model.lm_scoring import last_token_logprobs
-    from .output_bias import _form_groups, noise_floor
+    from .output_bias import _form_groups, held_out_next_token, noise_floor
 
-    prompts = [p for g in context.groups for p in g.prompts]
-    logprobs = last_token_logprobs(model, context.tokenizer, prompts, context.batch_size, context.progress, desc)
+    if shared:
+        logprobs = held_out_next_token(model, context, desc)
+    else:
+        prompts = [p for g in context.groups for p in g.prompts]
+        logprobs = last_token_logprobs(model, context.tokenizer, prompts, context.batch_size, context.progress,
+                                       desc)
     between, start = [], 0
     for group in context.groups:
         rows = range(start, start + len(group.prompts))
@@ -152,7 +157,7 @@ class RandomControlEvaluator(Plugin):
         if small:
             raise ConfigError(f"random_control: prompt groups with fewer than 2 members: {small[:5]}")
         label = context.label or "model"
-        out: dict[str, Any] = {"measures": bias_measures(model, context, f"random control ({label})")}
+        out: dict[str, Any] = {"measures": bias_measures(model, context, f"random control ({label})", shared=True)}
         if context.label != "base" or context.plan is None:
             return out
         from ...core.method.attribution import neuron_hooks
