@@ -453,8 +453,8 @@ class Scripted:
             sums.abs_act[layer] = torch.zeros(64)
         return attr.ObjectiveAttribution([value] * 4, sums)
 
-    def values_only(self, model, batches, objective, adapter, removed=None, fill=None):
-        return [self.attribute(model, batches, objective, adapter).objective] * 4
+    def values_only(self, model, batches, objectives, adapter, removed=None, fill=None):
+        return [[self.attribute(model, batches, objectives[0], adapter).objective] * 4 for _ in objectives]
 
 
 @pytest.mark.parametrize("script,rounds_kept,reason", [
@@ -465,7 +465,7 @@ class Scripted:
 def test_early_stopping(setup, monkeypatch, script, rounds_kept, reason) -> None:
     fake = Scripted(script)
     monkeypatch.setattr(sel.attr, "attribute_objective", fake.attribute)
-    monkeypatch.setattr(sel.attr, "objective_values", fake.values_only)
+    monkeypatch.setattr(sel.attr, "objectives_values", fake.values_only)
     plan = run_selection(setup, rounds=4, min_improvement_pct=2.0).plan
     log = plan.settings["round_log"]
     assert sum(r["accepted"] for r in log) == rounds_kept

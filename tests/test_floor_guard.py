@@ -151,6 +151,9 @@ class _ScriptedPasses:
             return 1.0 - 0.05 * k
         return 1.0 - (0.1 * k if k >= 4 else 0.01 * k)
 
+    def measure_all(self, folds, objectives, removed, fill) -> list[float]:
+        return [self.measure(folds, o, removed, fill) for o in objectives]
+
 
 def test_a_round_that_lowers_the_floor_by_a_larger_share_is_halved_until_it_narrows() -> None:
     guard = FloorGuard(1.0, 1.0, {}, objectives=("between", "within"))

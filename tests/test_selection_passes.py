@@ -70,7 +70,7 @@ def select(setup, budget, passes=None):
 
 def test_budgets_sharing_passes_select_what_each_selects_alone_with_fewer_passes(setup, monkeypatch) -> None:
     model, _, adapter = setup
-    names = ("attribute_folds", "text_loss", "objective_values")
+    names = ("attribute_folds", "text_loss", "objectives_values")  # every measured objective goes through it
     counters = {name: Counting(getattr(attr, name)) for name in names}
     module = sel.SelectionPasses.capability.__globals__
     counters["capability_estimate"] = Counting(module["capability_estimate"])
@@ -94,7 +94,7 @@ def test_budgets_sharing_passes_select_what_each_selects_alone_with_fewer_passes
     again = select(setup, budgets[0], passes)  # a budget seen before: its checks and measurements are known
     assert again.removed == alone[0].removed
     assert counters["text_loss"].calls == before["text_loss"]
-    assert counters["objective_values"].calls == before["objective_values"]
+    assert counters["objectives_values"].calls == before["objectives_values"]
     assert counters["capability_estimate"].calls == before["capability_estimate"]
 
 
@@ -118,3 +118,24 @@ def test_the_cpu_batch_keeps_the_pass_within_a_share_of_the_weights(setup, monke
     assert capability.chunk_batch(model, text, adapter) == capability.CPU_CHUNKS
     monkeypatch.setattr(capability, "CPU_SHARE_OF_WEIGHTS", 1e-6)  # none: one chunk at a time
     assert capability.chunk_batch(model, text, adapter) == 1
+
+
+def test_several_objectives_are_measured_from_one_forward_and_equal_each_measured_alone(setup, monkeypatch) -> None:
+    from fairprune.plugins.objectives import ContinuationGap
+
+    model, tok, adapter = setup
+    batches = attr.group_batches(model, tok, GROUPS, batch_size=4)
+    objectives = (OBJECTIVE, ContinuationGap().configure({"top_k": 3}))
+    removed = {0: [1, 5, 9], 1: [2]}
+    alone = [SelectionPasses(model, adapter).measure([batches], o, removed) for o in objectives]
+    assert alone[0] != pytest.approx(alone[1])
+
+    forwards = Counting(attr._groups_values)
+    monkeypatch.setattr(attr, "_groups_values", forwards)
+    passes = SelectionPasses(model, adapter)
+    both = passes.measure_all([batches], objectives, removed)
+    assert both == pytest.approx(alone, rel=1e-6)
+    assert forwards.calls == len(list(batches))  # one forward per batch for both objectives
+    assert passes.measure([batches], objectives[1], removed) == both[1]  # known: no forward
+    assert forwards.calls == len(list(batches))
+    assert passes.measure_all([batches], objectives, {0: [1]}) != pytest.approx(both)  # another removed set

@@ -579,13 +579,23 @@ def objective_values(model: nn.Module, batches: GroupBatches, objective: Any, ad
                      world: Any = None) -> list[float]:
     """The objective per group, forward only, with ``removed`` neurons ablated (the measured value); with
     ``world``, each process runs a share of the batches and all get every group's value, in group order."""
-    values: list[float] = []
+    return objectives_values(model, batches, (objective,), adapter, removed=removed, fill=fill, world=world)[0]
+
+
+def objectives_values(model: nn.Module, batches: GroupBatches, objectives: Sequence[Any], adapter: Any, *,
+                      removed: Removed | None = None, fill: Mapping[int, torch.Tensor] | None = None,
+                      world: Any = None) -> list[list[float]]:
+    """Each objective per group (``[n_objectives][n_groups]``), all read from one forward per batch with
+    ``removed`` ablated; ``objective_values`` for several objectives at the cost of one."""
+    rows: list[tuple[float, ...]] = []
     every = list(batches)
-    with stop_together(world), frozen(model), neuron_hooks(model, adapter, removed, fill):
+    with stop_together(world), frozen(model), neuron_hooks(model, adapter, removed, fill), torch.no_grad():
         for i in share(len(every), world):
             groups, batch = every[i]
-            values.extend(_group_values(model, objective, groups, batch).tolist())
-    return gathered(values, world)
+            values = _groups_values(model, objectives, groups, batch, graphs=0)
+            rows.extend(zip(*(v.tolist() for v in values)))
+    rows = gathered(rows, world)
+    return [[row[k] for row in rows] for k in range(len(objectives))]
 
 
 # -- capability cost --------------------------------------------------------------------------------

@@ -124,12 +124,21 @@ class SelectionPasses:
     def measure(self, folds: Sequence[attr.GroupBatches], objective: Any, removed: attr.Removed | None = None,
                 fill: Mapping[int, Any] | None = None) -> float:
         """The objective's mean over every group of ``folds`` with ``removed`` ablated (forward passes only)."""
-        key = ("measure", folds_key(folds, objective), removed_key(removed), self._fill_key(fill),
-               precision.current())
-        if key not in self.memo:
-            self._remember(objective)
-            values = [v for b in folds for v in attr.objective_values(self.model, b, objective, self.adapter,
-                                                                      removed=removed, fill=fill,
-                                                                      **self._sharded())]
-            self.memo[key] = float(sum(values) / len(values))
-        return self.memo[key]
+        return self.measure_all(folds, (objective,), removed, fill)[0]
+
+    def measure_all(self, folds: Sequence[attr.GroupBatches], objectives: Sequence[Any],
+                    removed: attr.Removed | None = None, fill: Mapping[int, Any] | None = None) -> list[float]:
+        """``measure`` of each objective; those not yet measured for this removed set share one forward per batch."""
+        keys = [("measure", folds_key(folds, o), removed_key(removed), self._fill_key(fill), precision.current())
+                for o in objectives]
+        missing = [k for k, key in enumerate(keys) if key not in self.memo]
+        if missing:
+            wanted = [objectives[k] for k in missing]
+            for objective in wanted:
+                self._remember(objective)
+            per_fold = [attr.objectives_values(self.model, b, wanted, self.adapter, removed=removed, fill=fill,
+                                               **self._sharded()) for b in folds]
+            for j, k in enumerate(missing):
+                values = [v for fold in per_fold for v in fold[j]]
+                self.memo[keys[k]] = float(sum(values) / len(values))
+        return [self.memo[key] for key in keys]
