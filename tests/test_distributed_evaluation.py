@@ -105,6 +105,7 @@ def test_a_two_process_run_evaluates_as_one_process_and_rank_0_alone_writes(tiny
                                            ("disambig", "nonneg", 1), ("ambig", "neg", 2)]])
     evaluators = [
         {"name": "activation_bias", "params": {"n_boot": 50}},
+        {"name": "activation_pictures", "params": {"n_boot": 50}},
         {"name": "output_bias", "params": {"n_boot": 50}},
         {"name": "random_control", "params": {"draws": 2, "n_boot": 50}},
         {"name": "capability", "params": {"tasks": ["text", "cloze"], "text_max_tokens": 160, "window": 32,

@@ -314,11 +314,13 @@ def _collect_rows(model: nn.Module, tokenizer: Any, ids: list[list[int]], diverg
 
 def collect_pooled(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGroup], *, site: str = "neuron",
                    pooling: str = "suffix", layers: Sequence[int] | None = None, adapter: Any = None,
-                   batch_size: int = 16, progress: bool = True, registry: Any = None) -> PooledActivations:
+                   batch_size: int = 16, progress: bool = True, registry: Any = None,
+                   world: Any = None) -> PooledActivations:
     """Pooled activations ``[n_groups, n_members, width]`` per layer at ``site``, with magnitude and mean.
 
     All groups must have the same number of members (member j carries the same
-    attribute group in every group).
+    attribute group in every group). With ``world`` the batches are shared among
+    its processes, as in ``collect_prompts``, and every process gets every group.
     """
     if not groups:
         raise PromptError("no prompt groups to collect")
@@ -327,7 +329,7 @@ def collect_pooled(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGrou
         raise PromptError(f"groups have different numbers of members ({sorted(sizes)}); "
                           "collect_pooled needs groups of one size")
     result = collect_prompts(model, tokenizer, groups, sites=(site,), pooling=pooling, layers=layers,
-                             adapter=adapter, batch_size=batch_size, progress=progress, registry=registry)
+                             adapter=adapter, batch_size=batch_size, progress=progress, registry=registry, world=world)
     return result[site].grouped(groups)
 
 

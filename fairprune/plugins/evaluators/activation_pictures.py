@@ -46,16 +46,19 @@ class ActivationPicturesEvaluator(Plugin):
     def observe(self, model: Any, context: EvalContext) -> dict[str, Any]:
         """``{"layer", "pooled": [n_groups, n_members, hidden], "tokens": TokenDistances as a dict, "attributes"}``."""
         from ...core.method.collect import collect_pooled
+        from ...core.model.distributed import sharing_world
         from ...viz.activations import aligned_states
 
         groups = self._pca_groups(context)
+        world = sharing_world()  # under torchrun the groups' batches are shared when there is one per process
         n_layers = len(context.adapter.layers(model))
         layer = n_layers // 2 if self.params.layer is None else self.params.layer
         if layer >= n_layers:
             raise ConfigError(f"activation_pictures.layer {layer} is out of range: the model has {n_layers} layers")
         pooled = collect_pooled(model, context.tokenizer, groups, site="residual", pooling=self.params.pooling,
                                 layers=[layer], adapter=context.adapter, batch_size=context.batch_size,
-                                progress=False, registry=context.registry).pooled[layer]
+                                progress=False, registry=context.registry,
+                                world=world if world is not None and len(groups) >= world.size else None).pooled[layer]
         pair = context.groups[0].prompts[:2]
         tokens = {"prompts": list(pair), **aligned_states(model, context.tokenizer, *pair).distances().to_dict()}
         return {"layer": layer, "pooled": pooled.float().numpy(), "tokens": tokens,
