@@ -167,3 +167,29 @@ def test_recovery_under_two_processes_gives_the_one_process_model(tiny_llama_dir
     w1, w2 = (load_file(tmp_path / str(n) / "model.safetensors") for n in (1, 2))
     assert sorted(w1) == sorted(w2)
     assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
+
+
+@pytest.mark.integration  # two sweeps under torchrun on the tiny model
+def test_a_two_process_sweep_gives_the_points_of_one_and_rank_0_alone_writes(tiny_llama_dir, tmp_path):
+    """Every process runs the grid with its observe passes shared, so the points (and the chosen point's run)
+    are those of one process; before, ranks other than 0 stopped after the analysis and rank 0 ran it alone."""
+    config = write_config(tmp_path, tiny_llama_dir, [{"name": "output_bias", "params": {"n_boot": 50}},
+                                                     {"name": "capability", "params": {"tasks": ["text"],
+                                                      "text_max_tokens": 160, "window": 32, "stride": 32,
+                                                      "n_boot": 50}}])
+    data = yaml.safe_load(config.read_text())
+    data["sweep"] = {"bias_weights": [0.5, 1.0], "budgets": [{"neurons": 4}, {"neurons": 12}],
+                     "max_perplexity_increase": 1000.0}
+    config.write_text(yaml.safe_dump(data))
+    saved = {}
+    for n in (1, 2):
+        done = torchrun(n, "-m", "fairprune", "sweep", str(config), "--set", f"output.dir={tmp_path / str(n)}")
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("| settings |") == 1, "only rank 0 prints the table"
+        assert done.stderr.count("sweep: 4 points") == n, "every process ran the grid"
+        saved[n] = json.loads((tmp_path / str(n) / "sweep.json").read_text())
+    assert len(saved[1]["points"]) == 4
+    assert_same(saved[2]["points"], saved[1]["points"], "points")
+    plans = [json.loads((tmp_path / str(n) / "plan.json").read_text())["removed"] for n in (1, 2)]
+    assert plans[0] == plans[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "2", "run.yaml"], "no second copy left"

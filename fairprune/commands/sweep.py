@@ -21,7 +21,7 @@ def main(args: argparse.Namespace) -> int:
 
     result = sweep(args.config, args.overrides, max_perplexity_increase=args.max_perplexity_increase,
                    progress=not args.quiet)
-    if result.output_dir is None:  # a torchrun process other than rank 0: its share of the analysis is done
+    if result.output_dir is None:  # a torchrun process other than rank 0: its share of the grid is done
         return 0
     print((result.output_dir / "sweep.md").read_text())
     if result.chosen is None and args.max_perplexity_increase is not None:

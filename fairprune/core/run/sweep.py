@@ -87,8 +87,14 @@ def choose(points: list[dict[str, Any]], max_increase: float | None) -> dict[str
 def sweep(config: Any, overrides: list[str] | None = None, *, max_perplexity_increase: float | None = None,
           registry: Any = None, progress: bool = True) -> SweepResult:
     """Run the grid in ``config.sweep`` on one model: the base is observed once, each point is pruned in place,
-    observed and restored; the chosen point (under the capability constraint) is saved as a full run."""
-    from ..model.distributed import is_main_process
+    observed and restored; the chosen point (under the capability constraint) is saved as a full run.
+
+    Under torchrun every process runs the grid: each point's plan is checked to be the same in every process
+    and its observe passes are shared among them (as in a run), so the points are those of one process; rank
+    0 alone writes, and the other processes return the points without an output directory.
+    """
+    from ..method.attribution import stop_together
+    from ..model.distributed import current, is_main_process
     from . import pipeline
 
     run = pipeline.prepare(config, overrides, registry, progress)
@@ -106,17 +112,16 @@ def sweep(config: Any, overrides: list[str] | None = None, *, max_perplexity_inc
     point_evaluators = [(n, e) for n, e in run.plugins.evaluators if n in needed]
     with run.timer.stage("load"):
         pipeline.load(run)
+    world = current()  # None in one process
     with run.timer.stage("analyze"):
         pipeline.analyze(run)
-    if not is_main_process():  # under torchrun the analysis was shared; rank 0 runs the grid alone
-        return SweepResult([], None, None, None, run.timer.timings)
     with run.timer.stage("observe_base"):
-        pipeline.observe_base(run)
+        pipeline.observe_base(run, world=world)
     points, plans = [], []
     with run.timer.stage("grid"):
         for budget in config.sweep.budgets:
             for variant in run.plugins.method.sweep_variants(config.sweep):
-                point, plan = _run_point(run, variant, budget, point_evaluators, bias_keys, cap_keys)
+                point, plan = _run_point(run, variant, budget, point_evaluators, bias_keys, cap_keys, world)
                 points.append(point)
                 plans.append(plan)
     for i in pareto_front(points):
@@ -127,14 +132,19 @@ def sweep(config: Any, overrides: list[str] | None = None, *, max_perplexity_inc
     logger.info("sweep: %d points, %d on the Pareto front, chosen: %s", len(points),
                 sum(p["pareto"] for p in points), chosen)
     if chosen is None:
+        if not is_main_process():
+            return SweepResult(points, None, None, None, run.timer.timings)
         _save_points_only(run, points, limit)
         return SweepResult(points, None, run.output_dir, None, run.timer.timings)
     run.config = load_config(config, [f"method.{key}={json.dumps(value)}" for key, value in chosen["variant"].items()]
                              + [f"pruning.budget={json.dumps(chosen['budget'])}"])
     run.plan = plans[points.index(chosen)]  # the plan the chosen point was measured with
-    run.prune_result = pipeline.apply_plan(run, run.plan)
-    run.evaluations = pipeline.evaluate_pruned(run, run.prune_result)
+    with stop_together(world):
+        run.prune_result = pipeline.apply_plan(run, run.plan)
+    run.evaluations = pipeline.evaluate_pruned(run, run.prune_result, world=world)
     run.metrics = pipeline.collect_metrics(run)
+    if not is_main_process():  # every process holds the same points and metrics; rank 0 alone writes them
+        return SweepResult(points, chosen, None, run.metrics, run.timer.timings)
     pipeline.save_run(run, extra=lambda staging: write_sweep_files(staging, points, chosen, limit))
     return SweepResult(points, chosen, run.output_dir, run.metrics, run.timer.timings)
 
@@ -149,18 +159,23 @@ def _save_points_only(run: Any, points: list[dict[str, Any]], chosen_limit: floa
 
 
 def _run_point(run: Any, variant: dict[str, Any], budget: Any, evaluators: list[tuple[str, Any]],
-               bias_keys: list[tuple[str, str]], cap_keys: list[tuple[str, str]]) -> tuple[dict[str, Any], Any]:
+               bias_keys: list[tuple[str, str]], cap_keys: list[tuple[str, str]],
+               world: Any = None) -> tuple[dict[str, Any], Any]:
     """Prune the run's model in place for one grid point, observe and compare, then restore it exactly; the
-    point's figures and its plan."""
+    point's figures and its plan. With ``world`` every process runs the point and its observe passes are shared."""
+    from ..method.attribution import stop_together
     from ..method.surgery import snapshot_layers
     from . import pipeline
 
-    plan = pipeline.make_plan(run, budget=budget, variant=variant)
+    with stop_together(world):
+        plan = pipeline.make_plan(run, budget=budget, variant=variant)
+    pipeline.check_same_plan(plan, world)
     snapshot = snapshot_layers(run.model, run.adapter, plan.to_mapping(),
                                only_planned=bool(getattr(run.plugins.pruner, "changes_only_planned", False)))
     try:
-        result = pipeline.apply_plan(run, plan)
-        evaluations = pipeline.evaluate_pruned(run, result, evaluators)
+        with stop_together(world):
+            result = pipeline.apply_plan(run, plan)
+        evaluations = pipeline.evaluate_pruned(run, result, evaluators, world=world)
     finally:
         snapshot.restore()
     bias_key, bias = point_figure(evaluations, bias_keys, "bias")
