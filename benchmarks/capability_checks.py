@@ -9,7 +9,8 @@ measures, against the same unpruned model, the perplexity change (%) on:
   stride 128), what the check reads;
 - ``narrative``: ``benchmarks/data/narrative_fiction.txt`` (about 1,500 words of fiction with dialogue and
   recurring names, written for this test), the same windows;
-- ``cloze``: the last word of each sentence of the bundled cloze set (``fairprune/data/cloze``), per token;
+- ``cloze``: the last word of each text of ``--cloze`` (default: the bundled cloze set, ``fairprune/data/cloze``),
+  per token;
 - ``lambada``: the last word of LAMBADA's first ``--lambada-limit`` passages (``../shared/data``), per token,
   with its 95% paired bootstrap interval over passages.
 
@@ -80,6 +81,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("plans", nargs="+", type=Path, help="plan.json files or run directories holding one")
     parser.add_argument("--model", default="smollm2-135m", help="the base model the plans were made for")
+    parser.add_argument("--cloze", type=Path, default=CLOZE, help="a JSONL of texts whose last word is scored "
+                                                                     "(default: the bundled cloze set)")
     parser.add_argument("--lambada", type=Path, default=LAMBADA)
     parser.add_argument("--lambada-limit", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -101,7 +104,7 @@ def main() -> int:
     requests = {
         "text": window_requests(encode(tok, TEXT.read_text(), special=False), 256, 128),
         "narrative": window_requests(encode(tok, NARRATIVE.read_text(), special=False), 256, 128),
-        "cloze": word_requests(tok, read_jsonl_texts(str(CLOZE), what="cloze")),
+        "cloze": word_requests(tok, read_jsonl_texts(str(args.cloze), what="cloze")),
         "lambada": word_requests(tok, read_jsonl_texts(str(args.lambada), limit=args.lambada_limit, what="lambada")),
     }
 
