@@ -121,8 +121,9 @@ def floor_guard(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], forms
                 progress: bool = False) -> FloorGuard:
     """One attribution pass of two figures (between- and within-group JS at the prompts' last position: one
     forward per batch, a backward each) over ``groups`` merged by template; the guard as the module says.
-    ``forms`` maps surface forms to attribute groups (``GroupSet.form_to_group``). ``ConfigError`` when no template has two forms of one group (no floor to
-    read). Under torchrun (``world``) the passes are shared and every process gets the same guard."""
+    ``forms`` maps surface forms to attribute groups (``GroupSet.form_to_group``). ``ConfigError`` when no
+    template has two forms of one group (no floor to read). Under torchrun (``world``) the passes are shared
+    and every process gets the same guard."""
     batches = attr.group_batches(model, tokenizer, groups, batch_size, positions="last", labels=forms)
     if not any(len(set(labels)) < len(labels) for labels in batches.labels or ()):
         raise ConfigError("method.floor_guard: no analysis template has two surface forms of one group, so there is "

@@ -177,15 +177,25 @@ class OutputBiasEvaluator(Plugin):
                 scores = score_continuations(model, [(encode(tok, p), ids) for p in prompts], context.batch_size,
                                              pad_id(tok), progress=context.progress, desc=f"{text!r} ({label})")
                 cont_lp[:, c] = [s.logprob for s in scores]
-        js, gap, start = [], [], 0
+        gap, start = [], 0
         for group in groups:
-            members = range(start, start + len(group.prompts))
-            pairs = list(combinations(members, 2))
-            js.append(float(np.mean([js_divergence(logprobs[i], logprobs[j]).item() for i, j in pairs])))
-            gap.append(float(np.mean([mean_pairwise(cont_lp[list(members), c]) for c in range(cont_lp.shape[1])])))
+            members = list(range(start, start + len(group.prompts)))
+            gap.append(float(np.mean([mean_pairwise(cont_lp[members, c]) for c in range(cont_lp.shape[1])])))
             start += len(group.prompts)
         between, within = noise_floor(groups, logprobs, form_groups)
-        return {"js": js, "logprob_gap": gap, "js_between_floor": between, "js_within": within}
+        return {"js": group_js(groups, logprobs), "logprob_gap": gap, "js_between_floor": between,
+                "js_within": within}
+
+
+def group_js(groups: list[PromptGroup], logprobs: torch.Tensor) -> list[float]:
+    """Per group, the mean next-token JS divergence (nats) over its member pairs; ``logprobs`` is
+    ``[n_prompts, vocab]`` in the order of the groups' prompts."""
+    out, start = [], 0
+    for group in groups:
+        pairs = combinations(range(start, start + len(group.prompts)), 2)
+        out.append(float(np.mean([js_divergence(logprobs[i], logprobs[j]).item() for i, j in pairs])))
+        start += len(group.prompts)
+    return out
 
 
 def held_out_next_token(model, context: EvalContext, desc: str) -> torch.Tensor:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -98,9 +97,8 @@ def bias_measures(model: Any, context: EvalContext, desc: str, shared: bool = Fa
     """Per held-out group the mean pairwise next-token JS (``between``), and per template with a word swap
     (``floor_between``, ``within``), in nats, as ``output_bias`` computes them. With ``shared`` (only for the
     observed model as it stands, no hooks applied) the distributions come from ``output_bias``'s shared pass."""
-    from ...core.model.divergence import js_divergence
     from ...core.model.lm_scoring import last_token_logprobs
-    from .output_bias import _form_groups, held_out_next_token, noise_floor
+    from .output_bias import _form_groups, group_js, held_out_next_token, noise_floor
 
     if shared:
         logprobs = held_out_next_token(model, context, desc)
@@ -108,14 +106,8 @@ def bias_measures(model: Any, context: EvalContext, desc: str, shared: bool = Fa
         prompts = [p for g in context.groups for p in g.prompts]
         logprobs = last_token_logprobs(model, context.tokenizer, prompts, context.batch_size, context.progress,
                                        desc)
-    between, start = [], 0
-    for group in context.groups:
-        rows = range(start, start + len(group.prompts))
-        between.append(float(np.mean([js_divergence(logprobs[i], logprobs[j]).item()
-                                      for i, j in combinations(rows, 2)])))
-        start += len(group.prompts)
     floor_between, within = noise_floor(context.groups, logprobs, _form_groups(context))
-    return {"between": between, "floor_between": floor_between, "within": within}
+    return {"between": group_js(context.groups, logprobs), "floor_between": floor_between, "within": within}
 
 
 def _reduction_minus_control(rows: np.ndarray) -> float:
