@@ -571,3 +571,57 @@ def test_suffix_positions_refuse_residual_stream_objectives(setup, suffix_batche
     model, _, adapter, _ = setup
     with pytest.raises(ConfigError, match="positions: last"):
         attr.objective_values(model, suffix_batches, ActivationDistance(), adapter)
+
+
+@pytest.fixture(scope="module")
+def continuation_batches(setup):
+    model, tok, _, _ = setup
+    return attr.group_batches(model, tok, groups(), 6, positions="continuation", continuation_tokens=3)
+
+
+def test_continuation_is_the_greedy_choice_of_the_members_mean_probability(setup, continuation_batches) -> None:
+    model, tok, _, _ = setup
+    assert continuation_batches.positions == [4] * len(TEMPLATES)
+    start = 0
+    for group in groups():
+        rows = continuation_batches.ids[start:start + len(group.prompts)]
+        start += len(group.prompts)
+        prompts = [tok(p)["input_ids"] for p in group.prompts]
+        appended = [row[len(p):] for row, p in zip(rows, prompts)]
+        assert all(row[:len(p)] == p for row, p in zip(rows, prompts))
+        assert len(appended[0]) == 3 and all(a == appended[0] for a in appended)
+        # the same choice by hand: each member alone, unpadded, step by step
+        chosen: list[int] = []
+        for _ in range(3):
+            with torch.no_grad():
+                probs = [torch.softmax(model(torch.tensor([p + chosen])).logits[0, -1], -1) for p in prompts]
+            chosen.append(int(torch.stack(probs).mean(0).argmax()))
+        assert appended[0] == chosen
+
+
+def test_continuation_objective_reads_the_last_prompt_position_and_every_appended_token(
+        setup, continuation_batches) -> None:
+    model, _, adapter, _ = setup
+    values = attr.objective_values(model, continuation_batches, NextTokenJS(), adapter)
+    start = 0
+    for group, value in zip(groups(), values):
+        rows = continuation_batches.ids[start:start + len(group.prompts)]
+        start += len(group.prompts)
+        with torch.no_grad():
+            stacked = torch.stack([torch.log_softmax(model(torch.tensor([r])).logits[0, -4:], -1) for r in rows], 1)
+        assert value == pytest.approx(mean([float(pairwise_js(stacked[p])) for p in range(4)]), rel=1e-6)
+    result = attr.attribute_objective(model, continuation_batches, NextTokenJS(), adapter)
+    delta, eps = result.sums.delta(None), 1e-2
+    neuron = int(torch.argmax(delta[1].abs()))
+    moved = []
+    for sign in (1, -1):
+        with nudged(model, adapter, 1, neuron, sign * eps, 0.0):
+            moved.append(mean(attr.objective_values(model, continuation_batches, NextTokenJS(), adapter)))
+    assert (moved[0] - moved[1]) / (2 * eps) == pytest.approx(float(delta[1][neuron]), rel=1e-2)
+
+
+def test_continuation_tokens_without_continuation_positions_are_refused() -> None:
+    assert AttributionParams(positions="continuation").continuation_tokens is None
+    assert AttributionParams(positions="continuation", continuation_tokens=2).continuation_tokens == 2
+    with pytest.raises(ValueError, match="continuation_tokens does nothing with positions: last"):
+        AttributionParams(continuation_tokens=2)

@@ -84,10 +84,15 @@ class AttributionParams(Strict):
         default_factory=lambda: Component(name="capability_cost"),
         description="importance metric giving the capability cost and its calibration text (params: text, "
                     "chunk_tokens, max_tokens)")
-    positions: Literal["last", "suffix"] = Field(
+    positions: Literal["last", "suffix", "continuation"] = Field(
         default="last", description="where the objective reads next-token distributions: last, the prompt's last "
                                     "position; suffix, every position of the tokens after the attribute that all "
-                                    "members share (each position weighs equally within its group)")
+                                    "members share (each position weighs equally within its group); continuation, "
+                                    "the last position and the first continuation_tokens of the greedy "
+                                    "continuation the members share, chosen once on the unpruned model")
+    continuation_tokens: int | None = Field(
+        default=None, ge=1, le=32, description="with positions: continuation, how many tokens of the shared "
+                                              "continuation are appended and read (default 4)")
     folds: int = Field(
         default=1, ge=1, description="split the analysis groups by template into this many folds; a neuron is a "
                                      "candidate only if its removal lowers the objective in every fold, and its "
@@ -128,6 +133,14 @@ class AttributionParams(Strict):
                                        "float32, the checks measured in bf16 too), faster on CPUs with AMX and on "
                                        "GPUs, a different plan (core.method.precision); refused for float64 models "
                                        "and devices without bf16 autocast")
+
+
+    @model_validator(mode="after")
+    def _continuation_tokens_need_continuation(self) -> AttributionParams:
+        if self.continuation_tokens is not None and self.positions != "continuation":
+            raise ValueError(f"continuation_tokens does nothing with positions: {self.positions}; set positions: "
+                             "continuation or remove continuation_tokens")
+        return self
 
 
 class ActivationParams(Strict):

@@ -252,9 +252,10 @@ def frozen(model: nn.Module) -> Iterator[None]:
 
 # -- bias objective passes ---------------------------------------------------------------------------
 
-#: where the objective reads next-token distributions: the prompt's last position, or every position of the
-#: suffix its members share (the tokens after the attribute), each position a group of its own
-POSITIONS = ("last", "suffix")
+#: where the objective reads next-token distributions: the prompt's last position; every position of the
+#: suffix its members share (the tokens after the attribute), each position a group of its own; or the prompt's
+#: last position and the first tokens of the continuation the members share (``consensus_continuation``)
+POSITIONS = ("last", "suffix", "continuation")
 
 
 @dataclass
@@ -263,7 +264,8 @@ class GroupBatches:
 
     ``positions[g]`` is how many trailing positions of group g the objective reads
     (1 for ``last``; for ``suffix`` the length of the token suffix all members
-    share, at most ``max_positions``, at least 1). ``labels[g]`` names each
+    share, at most ``max_positions``, at least 1; for ``continuation`` one more
+    than the continuation tokens appended to every member). ``labels[g]`` names each
     member's attribute group when the batches were made for an objective that
     uses labels (see ``group_batches``), else ``labels`` is None.
     """
@@ -300,11 +302,15 @@ class BatchGroups:
 
 
 def group_batches(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGroup], batch_size: int, *,
-                  positions: str = "last", max_positions: int = 16,
+                  positions: str = "last", max_positions: int = 16, continuation_tokens: int = 4,
                   labels: Mapping[str, str] | None = None) -> GroupBatches:
     """Validate and tokenize ``groups``; batches hold whole groups, about ``batch_size`` prompts each.
 
-    ``positions`` is ``"last"`` or ``"suffix"`` (see ``POSITIONS``); ``ConfigError`` otherwise.
+    ``positions`` is one of ``POSITIONS``; ``ConfigError`` otherwise. For
+    ``"continuation"`` every group's members get the same ``continuation_tokens``
+    greedy tokens appended, chosen once on ``model`` as it is now
+    (``consensus_continuation``), and the objective reads the prompt's last
+    position and each appended one.
     With ``labels`` (``GroupSet.form_to_group``: surface form -> attribute group)
     the groups of each template are first merged into one (``merge_by_template``)
     and every member carries its attribute group, for objectives that use labels.
@@ -317,16 +323,53 @@ def group_batches(model: nn.Module, tokenizer: Any, groups: Sequence[PromptGroup
     validate_groups(groups)
     if labels is not None:
         groups = merge_by_template(groups)
+    if positions == "continuation" and continuation_tokens < 1:
+        raise ConfigError(f"method.continuation_tokens must be at least 1, got {continuation_tokens}")
     ids, diverge = tokenize_groups(tokenizer, groups, max_length=_max_positions(model))
+    pad = pad_id(tokenizer)
     per_group = max(len(g.prompts) for g in groups)
+    if positions == "continuation":
+        ids = consensus_continuation(model, ids, [len(g.prompts) for g in groups], continuation_tokens, pad,
+                                     batch_size)
     counts, start = [], 0
     for g in groups:
         members = ids[start:start + len(g.prompts)]
         start += len(g.prompts)
-        counts.append(1 if positions == "last" else max(1, min(_shared_suffix(members), max_positions)))
+        counts.append(1 if positions == "last" else continuation_tokens + 1 if positions == "continuation"
+                      else max(1, min(_shared_suffix(members), max_positions)))
     member_labels = None if labels is None else [attribute_key(g, labels) for g in groups]
-    return GroupBatches(groups, ids, diverge, max(1, batch_size // per_group), pad_id(tokenizer), counts,
-                        member_labels)
+    return GroupBatches(groups, ids, diverge, max(1, batch_size // per_group), pad, counts, member_labels)
+
+
+def consensus_continuation(model: nn.Module, ids: Sequence[Sequence[int]], sizes: Sequence[int], tokens: int,
+                           pad: int, batch_size: int) -> list[list[int]]:
+    """Every prompt's ids (flattened groups of ``sizes`` members) with its group's greedy continuation appended.
+
+    At each of ``tokens`` steps a group's next token is the argmax of its members'
+    mean next-token probability, so the continuation is the one the members share
+    most rather than any one group's; it is chosen once, without gradients, on
+    ``model`` as it is, and every member reads the same tokens after it. Why: a
+    difference in how groups are treated often shows a few tokens into the reply
+    ("thought he was ..."), which the prompt's last position alone does not see.
+    """
+    out = [list(x) for x in ids]
+    owner = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(list(sizes)))
+    device = input_device(model)
+    for _ in range(tokens):
+        rows_probs: list[torch.Tensor | None] = [None] * len(out)
+        with torch.no_grad():
+            for batch in _batches(out, [0] * len(out), batch_size, pad, "left"):
+                logits = forward(model, input_ids=batch.input_ids.to(device), attention_mask=batch.mask.to(device).long(),
+                                 position_ids=batch.content_pos.to(device), use_cache=False, logits_to_keep=1).logits
+                p = torch.softmax(wide(logits[:, -1]), dim=-1).cpu()
+                for r, i in enumerate(batch.rows):
+                    rows_probs[i] = p[r]
+        probs = torch.stack([p for p in rows_probs if p is not None])
+        mean = torch.zeros(len(sizes), probs.shape[-1], dtype=probs.dtype).index_add_(0, owner, probs)
+        chosen = mean.argmax(-1)
+        for i, row in enumerate(out):
+            row.append(int(chosen[owner[i]]))
+    return out
 
 
 def merge_by_template(groups: Sequence[PromptGroup]) -> list[PromptGroup]:
@@ -369,8 +412,8 @@ def _objective_inputs(model: nn.Module, groups: BatchGroups, batch: Any,
     mask = batch.mask.to(device)
     want_hidden = "hidden" in uses
     if want_hidden and max(positions) > 1:
-        raise ConfigError("method.positions: suffix reads next-token distributions; an objective on the "
-                          "residual stream (hidden) takes positions: last")
+        raise ConfigError("method.positions: suffix and continuation read several positions' next-token "
+                          "distributions; an objective on the residual stream (hidden) takes positions: last")
     keep = max(positions)
     out = forward(model, input_ids=batch.input_ids.to(device), attention_mask=mask.long(),
                   position_ids=batch.content_pos.to(device), use_cache=False, logits_to_keep=keep,

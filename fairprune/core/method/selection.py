@@ -372,7 +372,8 @@ def _selector(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objecti
     total_params = count_parameters(model)
     max_params, max_neurons, caps = _budget_ceiling(budget, widths, total_params)
     labels = (forms or {}) if "labels" in getattr(objective, "uses", ()) else None
-    folds = [attr.group_batches(model, tokenizer, part, batch_size, positions=settings.positions, labels=labels)
+    folds = [attr.group_batches(model, tokenizer, part, batch_size, positions=settings.positions,
+                                continuation_tokens=settings.continuation_tokens or 4, labels=labels)
              for part in attr.template_folds(groups, settings.folds, settings.fold_by)]
     text = capability.chunks(tokenizer)
     check_text = capability.check_chunks(tokenizer) if callable(getattr(capability, "check_chunks", None)) else text
@@ -509,7 +510,9 @@ def _plan(state: _State, records: list[dict[str, Any]], log: list[dict[str, Any]
     settings_out = {
         "method": "attribution", "objective": objective.name, "objective_params": _params(objective),
         "capability": capability.name, "capability_params": _params(capability),
-        "fill": "mean" if compensated else "zero", "positions": settings.positions, "folds": settings.folds,
+        "fill": "mean" if compensated else "zero", "positions": settings.positions,
+        **({"continuation_tokens": settings.continuation_tokens or 4} if settings.positions == "continuation" else {}),
+        "folds": settings.folds,
         "fold_by": settings.fold_by,
         "target_reduction_pct": settings.target_reduction_pct,
         "rounds": settings.rounds, "rounds_run": len(log),
