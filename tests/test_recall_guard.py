@@ -9,25 +9,17 @@ import torch
 
 from fairprune.core.contract.config import AttributionParams, Budget
 from fairprune.core.contract.errors import ConfigError
-from fairprune.core.contract.protocols import ObjectiveInputs, PromptGroup
+from fairprune.core.contract.protocols import ObjectiveInputs
 from fairprune.core.method import attribution as attr
 from fairprune.core.method import selection as sel
 from fairprune.core.method.recall_guard import RecallGuard, RecallLoss, answer_tokens, bundled_recall_file, recall_guard
 from fairprune.plugins.capability_cost import CapabilityCost
 from fairprune.plugins.objectives import NextTokenJS
 from fairprune.testing.models import tiny_model
+from fairprune.testing.prompts import tiny_race_groups
 from fairprune.testing.tokenizer import TINY_RECALL_FILE, VOCAB, tiny_tokenizer
 
 RECALL_FILE = TINY_RECALL_FILE
-
-TEMPLATES = ("the {} man walked into the room and", "the {} woman has a new job at the",
-             "the {} doctor said that the", "the {} family lives in the")
-
-
-def bias_groups() -> list[PromptGroup]:
-    attrs = ("black", "white", "asian")
-    return [PromptGroup("race", str(i), attrs, tuple(t.format(a) for a in attrs)) for i, t in enumerate(TEMPLATES)]
-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
@@ -81,7 +73,7 @@ def select(setup, guard, rounds: int = 1):
     model, tok, adapter, _ = setup
     settings = AttributionParams(rounds=rounds, guard_fraction=0.0, max_perplexity_increase_pct=None,
                                  min_improvement_pct=0.0)
-    return sel.select_by_attribution(model, tok, bias_groups(), objective=NextTokenJS(),
+    return sel.select_by_attribution(model, tok, tiny_race_groups(), objective=NextTokenJS(),
                                      capability=CapabilityCost().configure({"chunk_tokens": 16, "max_tokens": 64}),
                                      budget=Budget(neurons=12), settings=settings, batch_size=6, adapter=adapter,
                                      progress=False, recall=guard)
@@ -145,17 +137,11 @@ def test_a_run_with_the_recall_guard_records_it_in_the_plan(tmp_path) -> None:
 
     import fairprune as fp
     from fairprune.testing import tiny_char_tokenizer
+    from fairprune.testing.runs import tiny_attribution_config
 
     source = tmp_path / "tiny-llama"
     fp.save_pretrained(tiny_model("llama", max_position_embeddings=512), tiny_char_tokenizer(), source)
-    config = {"model": {"source": str(source)},
-              "bias": {"axes": ["race"], "batch_size": 12},
-              "method": {"name": "attribution", "rounds": 1, "guard_fraction": 0.25,
-                         "max_perplexity_increase_pct": None,
-                         "capability": {"name": "capability_cost", "params": {"chunk_tokens": 64, "max_tokens": 256}},
-                         "recall": {"guard_fraction": 0.2, "max_drop_pts": 100.0}},
-              "pruning": {"budget": {"neurons": 4}}, "evaluation": {"evaluators": ["parameters"]},
-              "output": {"dir": str(tmp_path / "run"), "save_model": False}}
+    config = tiny_attribution_config(tmp_path / "run", source, recall={"guard_fraction": 0.2, "max_drop_pts": 100.0})
     result = fp.run(config, progress=False)
     plan = json.loads((result.output_dir / "plan.json").read_text())
     recall = plan["settings"]["recall"]

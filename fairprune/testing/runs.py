@@ -83,3 +83,16 @@ def sample_run(directory: str | Path, bias_weight: float = 0.8, neurons: int = 1
                                             "parameters"]},
               "output": {"dir": str(directory / "run")}, "seed": seed}
     return run(config, progress=False).output_dir
+
+
+def tiny_attribution_config(directory: str | Path, source: str | Path, **method: Any) -> dict[str, Any]:
+    """A one-round attribution run config on the race axis for a saved tiny model at ``source`` (char
+    tokenizer), 4 neurons, no perplexity check, ``method`` merged into the method section; writes nothing."""
+    return {"model": {"source": str(source)},
+            "bias": {"axes": ["race"], "batch_size": 12},
+            "method": {"name": "attribution", "rounds": 1, "guard_fraction": 0.25,
+                       "max_perplexity_increase_pct": None,
+                       "capability": {"name": "capability_cost", "params": {"chunk_tokens": 64, "max_tokens": 256}},
+                       **method},
+            "pruning": {"budget": {"neurons": 4}}, "evaluation": {"evaluators": ["parameters"]},
+            "output": {"dir": str(directory), "save_model": False}}

@@ -66,6 +66,18 @@ class RecallSection(Strict):
                                          "None: no check")
 
 
+class ClozeCheckSection(Strict):
+    """``method.cloze_check``: every round's last-word perplexity on passages in LAMBADA's form
+    (``core.method.cloze_check``)."""
+
+    passages: str | None = Field(
+        default=None, description="a JSONL file of {\"text\": ...} passages whose last word is scored; None: the "
+                                  "bundled ones (data/cloze/long_range_passages.jsonl, written for fairprune)")
+    max_increase_pct: float = Field(
+        default=3.0, gt=0.0, description="a round is halved until the passages' last-word perplexity, measured with "
+                                         "its neurons removed, rises by at most this percent over the unpruned model's")
+
+
 class AttributionParams(Strict):
     """The params of the signed attribution method (``method: {name: attribution, ...}``).
 
@@ -123,6 +135,10 @@ class AttributionParams(Strict):
     recall: RecallSection | None = Field(
         default=None, description="the recall guard: protect and check the model's recall of the stated group; "
                                   "None: off")
+    cloze_check: ClozeCheckSection | None = Field(
+        default=None, description="the long-range cloze check: halve a round that raises the last-word perplexity "
+                                  "of passages in LAMBADA's form beyond its limit, a cost the calibration text does "
+                                  "not see; None: off")
     floor_guard: bool = Field(
         default=False, description="never remove a neuron whose removal is estimated to lower the word-swap floor "
                                    "(the JS between two forms of one group) by as large a share as the between-group "

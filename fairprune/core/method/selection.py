@@ -159,6 +159,8 @@ class _Selector:
     recall_after: float | None = None  # the recall the last proposed round leaves
     uniform: bool = False  # pruning.uniform_widths: candidates by rank within their layer, one quota per layer
     floor: Any = None  # a floor_guard.FloorGuard, or None
+    cloze: Any = None  # a cloze_check.ClozeCheck, or None
+    cloze_after: float | None = None  # its last-word perplexity rise (%) for the round as last proposed
     floor_after: tuple[float, float] | None = None  # (between-group JS, floor) with the last round removed
 
     def attribute(self, removed: Mapping[int, Sequence[int]] | None = None) -> attr.FoldedAttribution:
@@ -192,6 +194,11 @@ class _Selector:
         if not add:
             return [], delta, None, (f"perplexity on the calibration text would rise more than "
                                      f"{self.settings.max_perplexity_increase_pct}%")
+        if self.cloze is not None:
+            add, self.cloze_after = self.cloze.fit(self.model, self.adapter, state.removed, add, self.fill)
+            if not add:
+                return [], delta, None, (f"last-word perplexity on the cloze passages would rise more than "
+                                         f"{self.cloze.max_increase_pct}%")
         if self.recall is not None:
             add, self.recall_after = self.recall.fit(self.model, self.adapter, state.removed, add, self.fill,
                                                      self.recall_base)
@@ -243,7 +250,7 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
                           registry: Any = None, progress: bool = True,
                           forms: Mapping[str, str] | None = None, recall: Any = None, world: Any = None,
                           passes: SelectionPasses | None = None, uniform_widths: bool = False,
-                          round_to: int | None = None) -> Selection:
+                          round_to: int | None = None, cloze: Any = None) -> Selection:
     """Choose neurons to remove so that ``objective`` (a bound ``bias_objectives`` plugin) falls on ``groups``.
 
     ``capability`` is the configured ``capability_cost`` importance metric (its
@@ -258,6 +265,8 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
     group for objectives that use labels; their groups are merged by template.
     ``recall`` (a ``recall_guard.RecallGuard``, optional) protects the neurons whose removal is estimated
     to raise the recall loss most and halves or rejects a round that lowers measured recall beyond its limit.
+    ``cloze`` (a ``cloze_check.ClozeCheck``, optional) halves or rejects a round that raises the last-word
+    perplexity of its passages beyond its limit.
     With ``world`` (a ``distributed.World`` of several processes, every one calling this) each pass and each
     measured check is shared among the processes and reduced in a fixed order, so all reach the plan of one
     process; a failure on one process stops all with its message. ``passes`` (a ``passes.SelectionPasses`` of
@@ -274,19 +283,19 @@ def select_by_attribution(model: torch.nn.Module, tokenizer: Any, groups: Sequen
     with pass_precision(model, settings.pass_dtype), memory.large_blocks_mapped(enabled=large):
         return _select(model, tokenizer, groups, objective, capability, budget, compensated, settings, min_width,
                        layers, batch_size, adapter, registry, progress, forms, recall, world, passes,
-                       uniform_widths, round_to, start)
+                       uniform_widths, round_to, start, cloze)
 
 
 def _select(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objective: Any, capability: Any,
             budget: Budget, compensated: bool, settings: AttributionParams, min_width: int,
             layers: Sequence[int] | None, batch_size: int, adapter: Any, registry: Any, progress: bool,
             forms: Mapping[str, str] | None, recall: Any, world: Any, passes: SelectionPasses | None,
-            uniform_widths: bool, round_to: int | None, start: float) -> Selection:
+            uniform_widths: bool, round_to: int | None, start: float, cloze: Any = None) -> Selection:
     """``select_by_attribution``'s rounds, in the pass precision it set."""
     progress = progress and (world is None or world.is_main)
     passes = (passes or SelectionPasses(model, adapter)).bind(world, progress)
     sel, cap = _selector(model, tokenizer, groups, objective, capability, budget, compensated, settings, min_width,
-                         layers, batch_size, adapter, progress, forms, passes, recall)
+                         layers, batch_size, adapter, progress, forms, passes, recall, cloze)
     if uniform_widths:  # one quota for every layer (planning.uniform_quota); candidates by rank within their layer
         total, per_layer = allocate_budget(budget, sel.widths, sel.costs, sel.total_params)
         sel.caps = uniform_quota(sel.widths, total if per_layer is None else sum(per_layer.values()),
@@ -321,6 +330,8 @@ def _select(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objective
                  "accepted": measured < state.objective}
         if sel.recall is not None:
             entry["recall_pct"] = sel.recall_after
+        if sel.cloze is not None:  # measured on the round as proposed; a target's prefix removes fewer
+            entry["cloze_increase_pct_proposed"] = sel.cloze_after
         if sel.floor_after is not None:
             entry["between_js"], entry["within_js"] = sel.floor_after
         log.append(entry)
@@ -351,6 +362,8 @@ def _select(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objective
                  time.perf_counter() - start, layers)
     if sel.floor is not None:
         plan.settings["floor_guard"] = sel.floor.record()
+    if sel.cloze is not None:
+        plan.settings["cloze_check"] = sel.cloze.record()
     if recall is not None:
         plan.settings["recall"] = {"guard_fraction": recall.guard_fraction, "max_drop_pts": recall.max_drop_pts,
                                    "recall_base_pct": sel.recall_base}
@@ -363,9 +376,10 @@ def _selector(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objecti
               budget: Budget, compensated: bool, settings: AttributionParams, min_width: int,
               layers: Sequence[int] | None, batch_size: int, adapter: Any, progress: bool,
               forms: Mapping[str, str] | None, passes: SelectionPasses,
-              recall: Any = None) -> tuple[_Selector, Any]:
+              recall: Any = None, cloze: Any = None) -> tuple[_Selector, Any]:
     """Everything the rounds share, from one capability pass (streamed: ``passes.capability``) and the group
-    batches of every fold; with ``recall``, its guard and the recall before any removal."""
+    batches of every fold; with ``recall``, its guard and the recall before any removal; with ``cloze``, its
+    last-word perplexity before any removal."""
     n_layers = len(adapter.layers(model))
     widths = {layer: adapter.width(model, layer) for layer in range(n_layers)}
     costs = {layer: neuron_cost(model, adapter, layer) for layer in range(n_layers)}
@@ -387,7 +401,9 @@ def _selector(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objecti
                     costs=costs, caps=caps, total_params=total_params, max_params=max_params, max_neurons=max_neurons, min_width=min_width,
                     check_text=check_text, check_loss=check_loss, fill=fill, cost=cost,
                     guarded=_guard(model, adapter, cost, cap.magnitude, settings), progress=progress, passes=passes,
-                    recall=recall)
+                    recall=recall, cloze=cloze)
+    if cloze is not None and cloze.base_nll is None:
+        cloze.measure_base(model, adapter)
     if recall is not None:  # the recall guard: protect group identity, and measure it every round
         by_recall = recall.protected(recall.cost(model, adapter, fill=fill))
         sel.guarded = {layer: mask | by_recall[layer] for layer, mask in sel.guarded.items()}
@@ -559,7 +575,8 @@ def run_selection(model: Any, context: Any, params: AttributionParams, *, object
         min_width=config.pruning.min_width, layers=config.pruning.layers, batch_size=config.bias.batch_size,
         adapter=context.adapter, registry=context.registry, progress=context.progress, forms=found.form_to_group,
         recall=_recall_guard(model, context, params), world=current() if shard else None, passes=passes,
-        uniform_widths=config.pruning.uniform_widths, round_to=config.pruning.round_to)
+        uniform_widths=config.pruning.uniform_widths, round_to=config.pruning.round_to,
+        cloze=_cloze_check(context, params))
     return selection, selection_report(selection, groups, model, context.adapter)
 
 
@@ -582,6 +599,17 @@ def _recall_guard(model: Any, context: Any, params: AttributionParams) -> Any:
         prompts = section.prompts
     return recall_guard(model, context.tokenizer, prompts=prompts, guard_fraction=section.guard_fraction,
                         max_drop_pts=section.max_drop_pts, batch_size=config.bias.batch_size)
+
+
+def _cloze_check(context: Any, params: AttributionParams) -> Any:
+    """The configured cloze check (``method.cloze_check``), read and tokenized before any pass, or None."""
+    section = params.cloze_check
+    if section is None:
+        return None
+    from .cloze_check import cloze_check
+
+    return cloze_check(context.tokenizer, passages=section.passages, max_increase_pct=section.max_increase_pct,
+                       batch_size=context.config.bias.batch_size)
 
 
 def selection_report(selection: Selection, groups: Sequence[PromptGroup], model: Any, adapter: Any) -> Any:

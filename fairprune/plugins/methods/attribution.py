@@ -22,7 +22,8 @@ class AttributionMethod(Plugin):
     shared_keys: frozenset[str] = frozenset()
 
     def prepare(self, config: Any, registry: Any) -> None:
-        """Resolve the objective and the capability metric; ``ConfigError`` naming the field otherwise."""
+        """Resolve the objective and the capability metric and read the cloze check's passages; ``ConfigError``
+        naming the field otherwise."""
         if config.bias.site != "neuron":
             raise ConfigError("bias.site: the attribution method scores neurons (the input of down_proj); set "
                               f"bias.site=neuron, got {config.bias.site!r}")
@@ -32,6 +33,10 @@ class AttributionMethod(Plugin):
         if not callable(getattr(self.capability, "chunks", None)):
             raise ConfigError(f"method.capability: {self.capability.name!r} gives no calibration text; use "
                               "capability_cost (or a metric with chunks(tokenizer))")
+        if self.params.cloze_check is not None and self.params.cloze_check.passages is not None:
+            from fairprune.core.method.cloze_check import read_passages
+
+            read_passages(self.params.cloze_check.passages)  # a missing or malformed file fails before the model loads
 
     def sweep_variants(self, sweep: Any) -> list[dict[str, Any]]:
         return [{}]  # a sweep varies the budget only

@@ -1,0 +1,155 @@
+"""The long-range cloze check: its measurement against a pruned copy, rounds it halves or rejects, its files."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from fairprune.core.contract.config import AttributionParams, Budget
+from fairprune.core.contract.errors import ConfigError
+from fairprune.core.method import attribution as attr
+from fairprune.core.method import selection as sel
+from fairprune.core.method.cloze_check import BUNDLED_PASSAGES, ClozeCheck, cloze_check, read_passages
+from fairprune.plugins.capability_cost import CapabilityCost
+from fairprune.plugins.objectives import NextTokenJS
+from fairprune.testing.models import tiny_model
+from fairprune.testing.prompts import tiny_race_groups
+from fairprune.testing.tokenizer import tiny_tokenizer
+
+PASSAGES = ("the old doctor walked into the room and the nurse said that the doctor",
+            "my friend has a new job at the school because the teacher is very often at the school",
+            "the family went home and the child said that the family",
+            "the young worker lives in the city and he works in the city",
+            "the girl said that her friend is kind and that her friend")
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.manual_seed(0)
+    model = tiny_model("llama").double()
+    tok = tiny_tokenizer()
+    path = tmp_path_factory.mktemp("cloze") / "passages.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in PASSAGES))
+    return model, tok, attr.resolve_adapter(model), path
+
+
+def last_word_nll(model, tok, removed) -> float:
+    """The last words' mean NLL per token on a copy whose removed neurons' down_proj columns are zeroed."""
+    pruned = copy.deepcopy(model)
+    for layer, neurons in removed.items():
+        pruned.model.layers[layer].mlp.down_proj.weight.data[:, neurons] = 0
+    total, count = 0.0, 0
+    for text in PASSAGES:
+        context, _, word = text.rpartition(" ")
+        ids, target = tok(context)["input_ids"], tok(" " + word, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logprobs = torch.log_softmax(pruned(torch.tensor([ids + target])).logits[0], -1)
+        for k, t in enumerate(target):
+            total -= float(logprobs[len(ids) - 1 + k, t])
+            count += 1
+    return total / count
+
+
+def test_the_last_word_nll_with_neurons_removed_equals_a_pruned_copy(setup) -> None:
+    model, tok, adapter, path = setup
+    check = cloze_check(tok, passages=path, max_increase_pct=1.0, batch_size=2)
+    removed = {0: [1, 4], 1: [2]}
+    assert check.nll(model, adapter) == pytest.approx(last_word_nll(model, tok, {}), rel=1e-6)
+    assert check.nll(model, adapter, removed) == pytest.approx(last_word_nll(model, tok, removed), rel=1e-6)
+    assert check.nll(model, adapter, removed) != pytest.approx(check.nll(model, adapter), rel=1e-9)
+    check.measure_base(model, adapter)
+    rise = check.increase_pct(check.nll(model, adapter, removed))
+    assert rise == pytest.approx(100 * (math.exp(last_word_nll(model, tok, removed) - check.base_nll) - 1), rel=1e-5)
+
+
+class Counting(ClozeCheck):
+    """A check whose measured last-word NLL rises 0.01 nats (about 1%) per removed neuron."""
+
+    def nll(self, model, adapter, removed=None, fill=None) -> float:
+        return 2.0 + 0.01 * sum(len(v) for v in (removed or {}).values())
+
+
+def select(setup, check):
+    model, tok, adapter, _ = setup
+    settings = AttributionParams(rounds=1, guard_fraction=0.0, max_perplexity_increase_pct=None,
+                                 min_improvement_pct=0.0)
+    return sel.select_by_attribution(model, tok, tiny_race_groups(), objective=NextTokenJS(),
+                                     capability=CapabilityCost().configure({"chunk_tokens": 16, "max_tokens": 64}),
+                                     budget=Budget(neurons=12), settings=settings, batch_size=6, adapter=adapter,
+                                     progress=False, cloze=check)
+
+
+def test_a_round_is_halved_until_its_last_word_perplexity_rise_fits(setup) -> None:
+    _, tok, _, path = setup
+    real = cloze_check(tok, passages=path, max_increase_pct=2.5)
+    check = Counting(real.requests, 2.5, real.pad)
+    selection = select(setup, check)
+    # 12 ranked additions halved to 6, 3 and 1 until the rise is at most 2.5% (1 neuron: +1.0%; 3: +3.0%)
+    assert [c["neurons"] for c in check.checks][:2] == [12, 6]
+    assert selection.plan.n_neurons <= 2 and check.checks[-1]["kept"]
+    assert all(not c["kept"] for c in check.checks[:-1])
+    assert selection.rounds[0]["cloze_increase_pct_proposed"] == pytest.approx(check.checks[-1]["increase_pct"])
+    record = selection.plan.settings["cloze_check"]
+    assert record["base_nll"] == 2.0 and record["n_passages"] == len(PASSAGES) and record["checks"] == check.checks
+
+
+def test_a_round_that_costs_beyond_the_limit_even_at_one_neuron_is_rejected(setup) -> None:
+    _, tok, _, path = setup
+    real = cloze_check(tok, passages=path, max_increase_pct=0.5)
+    rejected = select(setup, Counting(real.requests, 0.5, real.pad))
+    assert rejected.plan.n_neurons == 0
+    assert "last-word perplexity on the cloze passages would rise more than 0.5%" in \
+        rejected.plan.settings["stop_reason"]
+
+
+def test_passage_files_are_checked_before_any_work(tmp_path) -> None:
+    texts = read_passages(BUNDLED_PASSAGES)
+    assert len(texts) >= 120 and all(t[-1].isalpha() for t in texts)
+    with pytest.raises(ConfigError, match="cloze_check.passages: no such JSONL file"):
+        cloze_check(None, passages=tmp_path / "missing.jsonl", max_increase_pct=1.0)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine text here"}\n{"words": "no text key"}\n')
+    with pytest.raises(ConfigError, match="line 2 of .*bad.jsonl' is not a JSON object with a 'text'"):
+        read_passages(bad)
+    bad.write_text('{"text": "oneword"}\n')
+    with pytest.raises(ConfigError, match="has no last word to predict"):
+        read_passages(bad)
+    bad.write_text("\n")
+    with pytest.raises(ConfigError, match="holds no examples"):
+        read_passages(bad)
+    assert AttributionParams().cloze_check is None
+    params = AttributionParams.model_validate({"cloze_check": {"max_increase_pct": 4.0}})
+    assert params.cloze_check.max_increase_pct == 4.0 and params.cloze_check.passages is None
+    with pytest.raises(Exception, match="max_increase_pct"):
+        AttributionParams.model_validate({"cloze_check": {"max_increase_pct": 0}})
+
+
+def test_a_run_with_the_cloze_check_records_it_in_the_plan(tmp_path, setup) -> None:
+    import fairprune as fp
+    from fairprune.testing import tiny_char_tokenizer
+    from fairprune.testing.runs import tiny_attribution_config
+
+    source = tmp_path / "tiny-llama"
+    fp.save_pretrained(tiny_model("llama", max_position_embeddings=512), tiny_char_tokenizer(), source)
+    config = tiny_attribution_config(tmp_path / "run", source,
+                                     cloze_check={"passages": str(setup[3]), "max_increase_pct": 50.0})
+    result = fp.run(config, progress=False)
+    plan = json.loads((result.output_dir / "plan.json").read_text())
+    record = plan["settings"]["cloze_check"]
+    assert record["passages"] == str(setup[3]) and record["n_passages"] == len(PASSAGES) and record["base_nll"] > 0
+    assert record["checks"] and all(c["increase_pct"] <= 50.0 for c in record["checks"] if c["kept"])
+    assert all("cloze_increase_pct_proposed" in r for r in plan["settings"]["round_log"])
+
+
+def test_a_missing_passages_file_fails_before_the_model_loads(tmp_path) -> None:
+    import fairprune as fp
+
+    config = {"model": {"source": str(tmp_path / "no-such-model")}, "bias": {"axes": ["race"]},
+              "method": {"name": "attribution", "cloze_check": {"passages": str(tmp_path / "none.jsonl")}},
+              "pruning": {"budget": {"neurons": 4}}, "output": {"dir": str(tmp_path / "run")}}
+    with pytest.raises(ConfigError, match="cloze_check.passages: no such JSONL file"):
+        fp.run(config, progress=False)
+    assert not (tmp_path / "run").exists()
