@@ -11,6 +11,11 @@ measures, against the same unpruned model, the perplexity change (%) on:
   recurring names, written for this test), the same windows;
 - ``cloze``: the last word of each text of ``--cloze`` (default: the bundled cloze set, ``fairprune/data/cloze``),
   per token;
+- ``passages``: the last word of 400 passages in LAMBADA's form written for this test
+  (``benchmarks/data/long_range_passages.jsonl``: a few sentences of fiction whose last word the passage makes
+  guessable), per token;
+- ``name_passages``: the same for passages whose last word is a character's name met earlier in the passage
+  (``fairprune/data/cloze/name_passages.jsonl``, what ``method.cloze_check`` reads by default);
 - ``lambada``: the last word of LAMBADA's first ``--lambada-limit`` passages (``../shared/data``), per token,
   with its 95% paired bootstrap interval over passages.
 
@@ -37,7 +42,9 @@ LAMBADA = ROOT.parent / "shared" / "data" / "lambada_test.jsonl"
 TEXT = ROOT / "fairprune" / "data" / "text" / "general_english.txt"
 NARRATIVE = HERE / "data" / "narrative_fiction.txt"
 CLOZE = ROOT / "fairprune" / "data" / "cloze" / "general_knowledge.jsonl"
-CHECKS = ("text", "narrative", "cloze", "lambada")
+PASSAGES = HERE / "data" / "long_range_passages.jsonl"
+NAME_PASSAGES = ROOT / "fairprune" / "data" / "cloze" / "name_passages.jsonl"
+CHECKS = ("text", "narrative", "cloze", "passages", "name_passages", "lambada")
 
 
 def removed_sets(path: Path, by_round: bool) -> dict[str, dict[int, list[int]]]:
@@ -105,6 +112,8 @@ def main() -> int:
         "text": window_requests(encode(tok, TEXT.read_text(), special=False), 256, 128),
         "narrative": window_requests(encode(tok, NARRATIVE.read_text(), special=False), 256, 128),
         "cloze": word_requests(tok, read_jsonl_texts(str(args.cloze), what="cloze")),
+        "passages": word_requests(tok, read_jsonl_texts(str(PASSAGES), what="passages")),
+        "name_passages": word_requests(tok, read_jsonl_texts(str(NAME_PASSAGES), what="name_passages")),
         "lambada": word_requests(tok, read_jsonl_texts(str(args.lambada), limit=args.lambada_limit, what="lambada")),
     }
 
@@ -135,12 +144,12 @@ def main() -> int:
             print(json.dumps(row), flush=True)
     whole = [r for r in rows if "round" not in r["plan"]]
     rho = {check: spearman([r[check] for r in whole], [r["lambada"] for r in whole]) for check in CHECKS[:-1]}
-    print(f"\n| plan | neurons | text | narrative | cloze | LAMBADA-{args.lambada_limit} |")
-    print("|---|---:|---:|---:|---:|---|")
+    print(f"\n| plan | neurons | {' | '.join(CHECKS[:-1])} | LAMBADA-{args.lambada_limit} |")
+    print("|---|---:|" + "---:|" * (len(CHECKS) - 1) + "---|")
     for r in rows:
         lo, hi = r["lambada_ci"]
-        print(f"| {r['plan']} | {r['neurons']} | {r['text']:+.2f}% | {r['narrative']:+.2f}% | {r['cloze']:+.2f}% | "
-              f"{r['lambada']:+.1f}% [{lo:+.1f}, {hi:+.1f}] |")
+        cells = " | ".join(f"{r[check]:+.2f}%" for check in CHECKS[:-1])
+        print(f"| {r['plan']} | {r['neurons']} | {cells} | {r['lambada']:+.1f}% [{lo:+.1f}, {hi:+.1f}] |")
     print("\nSpearman rho with LAMBADA over the whole plans: "
           + ", ".join(f"{check} {value:+.2f}" for check, value in rho.items()))
     if args.out:

@@ -65,6 +65,35 @@ def test_the_last_word_nll_with_neurons_removed_equals_a_pruned_copy(setup) -> N
     assert rise == pytest.approx(100 * (math.exp(last_word_nll(model, tok, removed) - check.base_nll) - 1), rel=1e-5)
 
 
+def test_the_cost_is_the_derivative_of_the_last_word_loss_along_removal(setup) -> None:
+    model, tok, adapter, path = setup
+    check = cloze_check(tok, passages=path, max_increase_pct=None, guard_fraction=0.1, batch_size=2)
+    cost = check.cost(model, adapter)
+    assert all(torch.allclose(cost[k], v, rtol=1e-5, atol=1e-9)
+               for k, v in cloze_check(tok, passages=path, max_increase_pct=None, batch_size=5)
+               .cost(model, adapter).items())  # batching does not change it
+    eps, layer = 1e-3, 1
+    neuron = int(cost[layer].abs().argmax())
+    site = adapter.site(model, layer, "neuron").module
+    moved = []
+    for sign in (1, -1):
+        def pre_hook(module, args, scale=sign * eps):
+            h = args[0].clone()
+            h[..., neuron] = h[..., neuron] * (1 - scale)  # h -> h + scale * (0 - h)
+            return (h, *args[1:])
+        handle = site.register_forward_pre_hook(pre_hook)
+        try:
+            moved.append(check.nll(model, adapter))
+        finally:
+            handle.remove()
+    assert (moved[0] - moved[1]) / (2 * eps) == pytest.approx(float(cost[layer][neuron]), rel=1e-3)
+    # a real removal moves the loss the way the estimate says
+    real = check.nll(model, adapter, {layer: [neuron]}) - check.nll(model, adapter)
+    assert real * float(cost[layer][neuron]) > 0
+    mask = check.protected(cost)
+    assert int(mask[layer].sum()) <= round(0.1 * cost[layer].numel()) and bool((cost[layer][mask[layer]] > 0).all())
+
+
 class Counting(ClozeCheck):
     """A check whose measured last-word NLL rises 0.01 nats (about 1%) per removed neuron."""
 
@@ -107,7 +136,9 @@ def test_a_round_that_costs_beyond_the_limit_even_at_one_neuron_is_rejected(setu
 
 def test_passage_files_are_checked_before_any_work(tmp_path) -> None:
     texts = read_passages(BUNDLED_PASSAGES)
-    assert len(texts) >= 120 and all(t[-1].isalpha() for t in texts)
+    for text in texts:  # every bundled passage ends with a name the passage has already used
+        context, _, name = text.rpartition(" ")
+        assert name.isalpha() and name[0].isupper() and name in context, text
     with pytest.raises(ConfigError, match="cloze_check.passages: no such JSONL file"):
         cloze_check(None, passages=tmp_path / "missing.jsonl", max_increase_pct=1.0)
     bad = tmp_path / "bad.jsonl"
@@ -125,6 +156,8 @@ def test_passage_files_are_checked_before_any_work(tmp_path) -> None:
     assert params.cloze_check.max_increase_pct == 4.0 and params.cloze_check.passages is None
     with pytest.raises(Exception, match="max_increase_pct"):
         AttributionParams.model_validate({"cloze_check": {"max_increase_pct": 0}})
+    with pytest.raises(Exception, match="does nothing"):
+        AttributionParams.model_validate({"cloze_check": {"max_increase_pct": None}})
 
 
 def test_a_run_with_the_cloze_check_records_it_in_the_plan(tmp_path, setup) -> None:

@@ -67,15 +67,27 @@ class RecallSection(Strict):
 
 
 class ClozeCheckSection(Strict):
-    """``method.cloze_check``: every round's last-word perplexity on passages in LAMBADA's form
-    (``core.method.cloze_check``)."""
+    """``method.cloze_check``: every round's last-word perplexity on passages in LAMBADA's form whose last word
+    is a name, and an optional guard of the neurons it needs most (``core.method.cloze_check``)."""
 
     passages: str | None = Field(
         default=None, description="a JSONL file of {\"text\": ...} passages whose last word is scored; None: the "
-                                  "bundled ones (data/cloze/long_range_passages.jsonl, written for fairprune)")
-    max_increase_pct: float = Field(
+                                  "bundled ones (data/cloze/name_passages.jsonl: each ends with a name it used "
+                                  "before; written for fairprune)")
+    guard_fraction: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="the top fraction of each layer by estimated increase of the "
+                                                 "passages' last-word loss is never removed; 0: no such guard")
+    max_increase_pct: float | None = Field(
         default=3.0, gt=0.0, description="a round is halved until the passages' last-word perplexity, measured with "
-                                         "its neurons removed, rises by at most this percent over the unpruned model's")
+                                         "its neurons removed, rises by at most this percent over the unpruned "
+                                         "model's; None: no check")
+
+    @model_validator(mode="after")
+    def _does_something(self) -> ClozeCheckSection:
+        if self.guard_fraction == 0.0 and self.max_increase_pct is None:
+            raise ValueError("cloze_check with guard_fraction 0 and max_increase_pct None does nothing; set one or "
+                             "remove cloze_check")
+        return self
 
 
 class AttributionParams(Strict):
@@ -136,9 +148,9 @@ class AttributionParams(Strict):
         default=None, description="the recall guard: protect and check the model's recall of the stated group; "
                                   "None: off")
     cloze_check: ClozeCheckSection | None = Field(
-        default=None, description="the long-range cloze check: halve a round that raises the last-word perplexity "
-                                  "of passages in LAMBADA's form beyond its limit, a cost the calibration text does "
-                                  "not see; None: off")
+        default=None, description="the name cloze check: halve a round that raises the last-word perplexity of "
+                                  "passages ending in a name they used before beyond its limit (a LAMBADA cost the "
+                                  "calibration text does not see), optionally guarding the neurons it needs; None: off")
     floor_guard: bool = Field(
         default=False, description="never remove a neuron whose removal is estimated to lower the word-swap floor "
                                    "(the JS between two forms of one group) by as large a share as the between-group "

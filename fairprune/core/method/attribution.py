@@ -127,6 +127,20 @@ class NeuronSums:
         return {layer: s / max(self.n_tokens, 1) for layer, s in self.abs_act.items()}
 
 
+def top_positive(estimate: Mapping[int, torch.Tensor], fraction: float) -> dict[int, torch.Tensor]:
+    """Per layer ``Bool[width]``: the top ``fraction`` of the layer's neurons by ``estimate``, keeping only those
+    whose estimate is positive (what a guard protects: removal raises its loss)."""
+    out = {}
+    for layer, value in estimate.items():
+        k = int(round(fraction * value.numel()))
+        mask = torch.zeros(value.numel(), dtype=torch.bool)
+        if k:
+            top = torch.topk(value, k).indices
+            mask[top[value[top] > 0]] = True
+        out[layer] = mask
+    return out
+
+
 def layer_widths(model: nn.Module, adapter: Any) -> list[tuple[int, int]]:
     """``(layer, width)`` of every layer's neurons, in layer order: the layout of the flat per-batch sums."""
     return [(layer, adapter.width(model, layer)) for layer in range(len(adapter.layers(model)))]

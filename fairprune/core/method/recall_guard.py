@@ -154,15 +154,7 @@ class RecallGuard:
     def protected(self, cost: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """Per layer ``Bool[width]``: the ``guard_fraction`` of neurons whose removal raises the recall loss
         most (only neurons with a positive estimate)."""
-        out = {}
-        for layer, c in cost.items():
-            k = int(round(self.guard_fraction * c.numel()))
-            mask = torch.zeros(c.numel(), dtype=torch.bool)
-            if k:
-                top = torch.topk(c, k).indices
-                mask[top[c[top] > 0]] = True
-            out[layer] = mask
-        return out
+        return attr.top_positive(cost, self.guard_fraction)
 
 
 def _key(model: torch.nn.Module, removed: attr.Removed | None, fill: Any) -> tuple[Any, ...]:

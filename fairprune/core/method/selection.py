@@ -402,8 +402,12 @@ def _selector(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objecti
                     check_text=check_text, check_loss=check_loss, fill=fill, cost=cost,
                     guarded=_guard(model, adapter, cost, cap.magnitude, settings), progress=progress, passes=passes,
                     recall=recall, cloze=cloze)
-    if cloze is not None and cloze.base_nll is None:
-        cloze.measure_base(model, adapter)
+    if cloze is not None:  # long-range prediction: protect what it needs most, and measure it every round
+        if cloze.base_nll is None:
+            cloze.measure_base(model, adapter)
+        if cloze.guard_fraction > 0:
+            by_cloze = cloze.protected(cloze.cost(model, adapter, fill=fill))
+            sel.guarded = {layer: mask | by_cloze[layer] for layer, mask in sel.guarded.items()}
     if recall is not None:  # the recall guard: protect group identity, and measure it every round
         by_recall = recall.protected(recall.cost(model, adapter, fill=fill))
         sel.guarded = {layer: mask | by_recall[layer] for layer, mask in sel.guarded.items()}
@@ -609,7 +613,7 @@ def _cloze_check(context: Any, params: AttributionParams) -> Any:
     from .cloze_check import cloze_check
 
     return cloze_check(context.tokenizer, passages=section.passages, max_increase_pct=section.max_increase_pct,
-                       batch_size=context.config.bias.batch_size)
+                       guard_fraction=section.guard_fraction, batch_size=context.config.bias.batch_size)
 
 
 def selection_report(selection: Selection, groups: Sequence[PromptGroup], model: Any, adapter: Any) -> Any:
