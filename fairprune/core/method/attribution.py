@@ -132,7 +132,7 @@ def top_positive(estimate: Mapping[int, torch.Tensor], fraction: float) -> dict[
     whose estimate is positive (what a guard protects: removal raises its loss)."""
     out = {}
     for layer, value in estimate.items():
-        k = int(round(fraction * value.numel()))
+        k = round(fraction * value.numel())
         mask = torch.zeros(value.numel(), dtype=torch.bool)
         if k:
             top = torch.topk(value, k).indices
