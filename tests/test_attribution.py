@@ -625,3 +625,16 @@ def test_continuation_tokens_without_continuation_positions_are_refused() -> Non
     assert AttributionParams(positions="continuation", continuation_tokens=2).continuation_tokens == 2
     with pytest.raises(ValueError, match="continuation_tokens does nothing with positions: last"):
         AttributionParams(continuation_tokens=2)
+
+
+def test_rounds_that_end_below_the_budget_say_so(setup, monkeypatch) -> None:
+    fake = Scripted([1.0, 0.9, 0.8, 0.7, 0.6])
+    monkeypatch.setattr(sel.attr, "attribute_objective", fake.attribute)
+    monkeypatch.setattr(sel.attr, "objectives_values", fake.values_only)
+    # every round is halved by a check to half its share: 4 rounds end with room left in the budget
+    original = sel._capability_check
+    monkeypatch.setattr(sel, "_capability_check", lambda model, text, adapter, state, add, *a, **k:
+                        original(model, text, adapter, state, add[:max(1, len(add) // 2)], *a, **k))
+    plan = run_selection(setup, rounds=4, min_improvement_pct=2.0).plan
+    assert plan.n_neurons < 12
+    assert plan.settings["stop_reason"] == f"all 4 rounds ran ({plan.n_neurons} neurons, less than the budget allows)"

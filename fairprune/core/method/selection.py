@@ -312,7 +312,7 @@ def _select(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objective
     scale = None  # measured / predicted change of the last accepted round: how far to trust the estimates
     log: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
-    stop = "budget reached"
+    stop = ""  # a reason to stop early; none after the last round means the rounds or the budget ran out
     for round_index in range(settings.rounds):
         add, delta, loss_after, why_none = sel.propose(state, current, round_index)
         if not add:
@@ -347,11 +347,12 @@ def _select(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objective
         before = state.objective
         state = _State(attr.merged_removed(state.removed, add), state.params + sum(sel.costs[layer] for layer, _ in add),
                        measured)
-        stop = sel.stop_after(before, measured) or stop
-        if stop != "budget reached":
+        stop = sel.stop_after(before, measured)
+        if stop:
             break
         if nxt is not None:
             current = nxt
+    stop = stop or _ran_out(sel, state, settings.rounds)
 
     if uniform_widths:
         state, records, evened = _evened(state, records, sel.widths, sel.costs, sel.measure)
@@ -419,6 +420,17 @@ def _selector(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objecti
                                 world=passes.world, progress=progress)
         sel.guarded = {layer: mask | sel.floor.guarded[layer] for layer, mask in sel.guarded.items()}
     return sel, cap
+
+
+def _ran_out(sel: _Selector, state: _State, rounds: int) -> str:
+    """Why selection ended with no other reason: the budget has no room for another neuron, or every round ran
+    (with room left: the checks halved rounds, or candidates ran short)."""
+    fewest = min(sel.costs.values()) if sel.costs else 0
+    removed = sum(map(len, state.removed.values()))
+    caps_full = all(len(state.removed.get(layer, ())) >= sel.caps[layer] for layer in sel.layers)
+    if state.params + fewest > sel.max_params or removed + 1 > sel.max_neurons or caps_full:
+        return "budget reached"
+    return f"all {rounds} rounds ran ({removed} neurons, less than the budget allows)"
 
 
 def _evened(state: _State, records: list[dict[str, Any]], widths: Mapping[int, int], costs: Mapping[int, int],
