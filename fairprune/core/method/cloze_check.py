@@ -15,6 +15,8 @@ Every round, with its neurons ablated, the per-token perplexity of the passages'
 round is halved (its lowest-ranked half dropped) until the rise over the unpruned model is at most
 ``max_increase_pct``, or rejected. With ``guard_fraction`` the neurons whose removal is estimated (first
 order, ``cost``) to raise that loss most are never removed. Every measurement is recorded for ``plan.json``.
+Under torchrun every process runs the guard and the check whole (one forward and backward over the passages,
+then one forward per halving), so all reach the same figures without sharing them.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class ClozeCheck:
         return sum(s.nll for s in scores) / sum(s.n_tokens for s in scores)
 
     def measure_base(self, model: torch.nn.Module, adapter: Any) -> float:
+        """Set and return ``base_nll``, the unpruned model's mean NLL per last-word token (nats)."""
         self.base_nll = self.nll(model, adapter)
         return self.base_nll
 
