@@ -163,6 +163,10 @@ class _Selector:
     cloze_after: float | None = None  # its last-word perplexity rise (%) for the round as last proposed
     floor_after: tuple[float, float] | None = None  # (between-group JS, floor) with the last round removed
 
+    def protect(self, masks: Mapping[int, torch.Tensor]) -> None:
+        """Add a guard's per-layer ``Bool[width]`` masks to the neurons never removed."""
+        self.guarded = {layer: mask | masks[layer] for layer, mask in self.guarded.items()}
+
     def attribute(self, removed: Mapping[int, Sequence[int]] | None = None) -> attr.FoldedAttribution:
         """Forward and backward passes over every fold with ``removed`` ablated (``SelectionPasses``: shared
         under torchrun; the first round's kept for later budgets)."""
@@ -408,17 +412,17 @@ def _selector(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objecti
             cloze.measure_base(model, adapter)
         if cloze.guard_fraction > 0:
             by_cloze = cloze.protected(cloze.cost(model, adapter, fill=fill))
-            sel.guarded = {layer: mask | by_cloze[layer] for layer, mask in sel.guarded.items()}
+            sel.protect(by_cloze)
     if recall is not None:  # the recall guard: protect group identity, and measure it every round
         by_recall = recall.protected(recall.cost(model, adapter, fill=fill))
-        sel.guarded = {layer: mask | by_recall[layer] for layer, mask in sel.guarded.items()}
+        sel.protect(by_recall)
         sel.recall_base = recall.measure(model, adapter, fill=fill)  # read from the cost pass's forwards
     if settings.floor_guard:  # protect the neurons whose removal would mostly make the model deaf to the word
         from .floor_guard import floor_guard
 
         sel.floor = floor_guard(model, tokenizer, groups, forms or {}, adapter, batch_size=batch_size, fill=fill,
                                 world=passes.world, progress=progress)
-        sel.guarded = {layer: mask | sel.floor.guarded[layer] for layer, mask in sel.guarded.items()}
+        sel.protect(sel.floor.guarded)
     return sel, cap
 
 
