@@ -53,6 +53,15 @@ class _State:
     params: int
     objective: float
 
+    @property
+    def n_removed(self) -> int:
+        return sum(map(len, self.removed.values()))
+
+
+def _layer_limit(layer: int, caps: Mapping[int, int], widths: Mapping[int, int], min_width: int) -> int:
+    """How many neurons ``layer`` may lose in all: its budget cap, keeping at least ``min_width``."""
+    return min(caps[layer], widths[layer] - min_width)
+
 
 def _budget_ceiling(budget: Budget, widths: Mapping[int, int], total_params: int) -> tuple[float, float, dict[int, int]]:
     """(max parameters, max neurons, per-layer caps) of a budget; the unused limits are infinite."""
@@ -117,7 +126,7 @@ def _take(entries: list[tuple[float, int, int]], state: _State, quota_params: fl
     for _, layer, n in entries:
         if params + costs[layer] > quota_params or count + 1 > quota_neurons:
             continue
-        if per_layer.get(layer, 0) + 1 > min(caps[layer], widths[layer] - min_width):
+        if per_layer.get(layer, 0) + 1 > _layer_limit(layer, caps, widths, min_width):
             continue
         chosen.append((layer, n))
         per_layer[layer] = per_layer.get(layer, 0) + 1
@@ -182,8 +191,7 @@ class _Selector:
         blended estimates, the calibration loss measured with them, and why there are none (or "")."""
         left = self.settings.rounds - round_index
         quota_params = (self.max_params - state.params) / left if math.isfinite(self.max_params) else math.inf
-        removed_count = sum(map(len, state.removed.values()))
-        quota_neurons = (self.max_neurons - removed_count) / left if math.isfinite(self.max_neurons) else math.inf
+        quota_neurons = (self.max_neurons - state.n_removed) / left if math.isfinite(self.max_neurons) else math.inf
         per_fold = current.fold_delta(self.fill)
         delta = current.blend(per_fold)
         entries = _ranked(per_fold, self.cost, self.guarded, state.removed, self.settings.ranking, self.layers)
@@ -430,11 +438,11 @@ def _ran_out(sel: _Selector, state: _State, rounds: int) -> str:
     """Why selection ended with no other reason: the budget has no room for another neuron, or every round ran
     (with room left: the checks halved rounds, or candidates ran short)."""
     fewest = min(sel.costs.values()) if sel.costs else 0
-    removed = sum(map(len, state.removed.values()))
-    caps_full = all(len(state.removed.get(layer, ())) >= sel.caps[layer] for layer in sel.layers)
-    if state.params + fewest > sel.max_params or removed + 1 > sel.max_neurons or caps_full:
+    caps_full = all(len(state.removed.get(layer, ())) >= _layer_limit(layer, sel.caps, sel.widths, sel.min_width)
+                    for layer in sel.layers)
+    if state.params + fewest > sel.max_params or state.n_removed + 1 > sel.max_neurons or caps_full:
         return "budget reached"
-    return f"all {rounds} rounds ran ({removed} neurons, less than the budget allows)"
+    return f"all {rounds} rounds ran ({state.n_removed} neurons, less than the budget allows)"
 
 
 def _evened(state: _State, records: list[dict[str, Any]], widths: Mapping[int, int], costs: Mapping[int, int],
