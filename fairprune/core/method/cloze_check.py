@@ -108,15 +108,18 @@ class ClozeCheck:
             hooks.track = True
             for batch in _batches(ids, [0] * len(ids), self.batch_size, self.pad, "left"):
                 hooks.kept = {}
+                # left-padded, so every row's last word sits in the last positions: the output head runs on
+                # those only (with Gemma's 262k-token vocabulary it costs more than the layers at every position)
+                keep = 1 + max(len(self.requests[i][1]) for i in batch.rows)
                 with torch.enable_grad():
                     logits = forward(model, input_ids=batch.input_ids.to(device),
                                      attention_mask=batch.mask.to(device).long(),
-                                     position_ids=batch.content_pos.to(device), use_cache=False).logits
-                    width = logits.shape[1]
+                                     position_ids=batch.content_pos.to(device), use_cache=False,
+                                     logits_to_keep=keep).logits[:, -keep:]
                     loss = logits.new_zeros((), dtype=torch.float32)
                     for r, i in enumerate(batch.rows):
                         target = self.requests[i][1]
-                        at = torch.arange(width - len(target) - 1, width - 1, device=logits.device)
+                        at = torch.arange(keep - len(target) - 1, keep - 1, device=logits.device)
                         logprobs = torch.log_softmax(attr.wide(logits[r, at]), dim=-1)
                         loss = loss - logprobs[torch.arange(len(target)), torch.tensor(target)].sum()
                     layers = sorted(hooks.kept)
