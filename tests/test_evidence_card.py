@@ -90,6 +90,8 @@ def test_the_first_table_leads_with_between_within_recall_control_transfer_stere
     assert rows[0][3] == "−21.0% [−30.0, −12.0]"
     control = rows[labels.index(next(x for x in labels if "random control" in x))]
     assert "−11.0%, −5.0%, +6.0%" in control[0] and control[3] == "−17.7 pts [−25.0, −8.0]"
+    transfer = next(r for r in rows if r[0].startswith("Transfer"))  # a reduction, shown as the signed change
+    assert transfer == ("Transfer: first names, between-group JS", "", "", "−35.0% [−50.0, −20.0]")
     lambada = next(r for r in rows if r[0] == "LAMBADA last-word accuracy")
     assert lambada[1:] == ("29.7%", "28.7%", "−1.0 pts [−2.0, +0.0]")
 

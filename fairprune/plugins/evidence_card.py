@@ -106,10 +106,15 @@ def _transfer_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         if not any(word in text for word in TRANSFER_WORDS):
             continue
         value = _figure(metrics, evaluator, h["key"])
-        if value.known:
-            unit = h.get("unit", "")
-            rows.append((h["label"], "", "", value.text(unit) if h.get("kind", "change") == "change"
-                         else _level(value.value, unit)))
+        if not value.known:
+            continue
+        unit, label = h.get("unit", ""), h["label"]
+        if h.get("kind", "change") != "change":
+            rows.append((label, "", "", _level(value.value, unit)))
+            continue
+        if "reduction" in h["key"]:  # the column holds signed changes, as the divergence rows above it
+            value, label = value.negated(), label.replace(" reduction", "")
+        rows.append((label, "", "", value.text(unit)))
     return rows
 
 
