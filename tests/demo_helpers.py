@@ -15,6 +15,9 @@ from typing import Any
 CAPABILITY_TRIM = {"max_tokens": 1024, "check_tokens": 256}
 #: a seeded sample of attribute-recall prompts per axis instead of all (180 on race): ~78 s less per model
 RECALL_TRIM = {"limit": 40}
+#: a seeded sample of the cloze check's passages (336 bundled): its guard's backward pass and every round's
+#: check run over long passages and were most of the guarded selection's time
+CLOZE_TRIM = {"limit": 48}
 
 
 def shipped_demo() -> dict[str, Any]:
@@ -26,12 +29,16 @@ def shipped_demo() -> dict[str, Any]:
 
 
 def trimmed(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with ``CAPABILITY_TRIM`` where its method estimates a ``capability_cost`` and ``RECALL_TRIM``
-    on an ``attribute_recall`` evaluator that samples no prompts yet; everything else as it is."""
+    """``config`` with ``CAPABILITY_TRIM`` where its method estimates a ``capability_cost``, ``CLOZE_TRIM`` on a
+    cloze check that samples no passages yet and ``RECALL_TRIM`` on an ``attribute_recall`` evaluator that
+    samples no prompts yet; everything else as it is."""
     config = copy.deepcopy(config)
     capability = (config["method"].get("params") or {}).get("capability")
     if isinstance(capability, dict) and capability.get("name") == "capability_cost":
         capability.setdefault("params", {}).update(CAPABILITY_TRIM)
+    cloze = (config["method"].get("params") or {}).get("cloze_check")
+    if isinstance(cloze, dict) and cloze.get("limit") is None:
+        cloze.update(CLOZE_TRIM)
     for evaluator in config["evaluation"]["evaluators"]:
         if evaluator["name"] == "attribute_recall" and evaluator["params"].get("limit") is None:
             evaluator["params"].update(RECALL_TRIM)
@@ -43,8 +50,11 @@ def demo_overrides(output_dir: Path, *extra: str) -> list[str]:
     shipped = shipped_demo()
     short = trimmed(shipped)
     sets = [f"output.dir={output_dir}"]
-    if short["method"] != shipped["method"]:
+    params, shipped_params = short["method"]["params"], shipped["method"]["params"]
+    if params.get("capability") != shipped_params.get("capability"):
         sets += [f"method.params.capability.params.{k}={v}" for k, v in CAPABILITY_TRIM.items()]
+    if params.get("cloze_check") != shipped_params.get("cloze_check"):
+        sets += [f"method.params.cloze_check.{k}={v}" for k, v in CLOZE_TRIM.items()]
     if short["evaluation"] != shipped["evaluation"]:
         sets.append(f"evaluation.evaluators={json.dumps(short['evaluation']['evaluators'])}")
     return [*sets, *extra]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -92,6 +93,73 @@ def test_the_cost_is_the_derivative_of_the_last_word_loss_along_removal(setup) -
     assert real * float(cost[layer][neuron]) > 0
     mask = check.protected(cost)
     assert int(mask[layer].sum()) <= round(0.1 * cost[layer].numel()) and bool((cost[layer][mask[layer]] > 0).all())
+
+
+def test_the_guard_pass_reads_the_base_nll_a_separate_measurement_would(setup) -> None:
+    model, tok, adapter, path = setup
+    check = cloze_check(tok, passages=path, max_increase_pct=1.0, guard_fraction=0.2, batch_size=2)
+    mask = check.guard(model, adapter)
+    assert check.base_nll == pytest.approx(last_word_nll(model, tok, {}), rel=1e-6)
+    assert all(torch.equal(mask[k], v) for k, v in check.protected(check.cost(model, adapter)).items())
+    measured = cloze_check(tok, passages=path, max_increase_pct=1.0, batch_size=2)
+    assert check.base_nll == pytest.approx(measured.measure_base(model, adapter), rel=1e-6)
+
+
+def test_a_limit_scores_a_seeded_sample_of_the_passages_in_file_order(setup) -> None:
+    _, tok, _, path = setup
+    whole = cloze_check(tok, passages=path, max_increase_pct=1.0)
+    sample = cloze_check(tok, passages=path, max_increase_pct=1.0, limit=3, sample_seed=1)
+    assert len(sample.requests) == 3 and all(r in whole.requests for r in sample.requests)
+    assert [whole.requests.index(r) for r in sample.requests] == sorted(whole.requests.index(r) for r in sample.requests)
+    assert sample.requests == cloze_check(tok, passages=path, max_increase_pct=1.0, limit=3, sample_seed=1).requests
+    assert {tuple(map(tuple, cloze_check(tok, passages=path, max_increase_pct=1.0, limit=3, sample_seed=k).requests[0]))
+            for k in range(8)} != {tuple(map(tuple, sample.requests[0]))}  # the seed picks the sample
+    assert "a sample of 3, seed 1" in sample.record()["passages"] and sample.record()["n_passages"] == 3
+    assert cloze_check(tok, passages=path, max_increase_pct=1.0, limit=99).requests == whole.requests
+
+
+class HalfOfTwo:
+    """Process ``rank`` of two, run one after the other in this process: rank 1 first records what it gathers,
+    then rank 0's k-th gather returns its own items followed by rank 1's k-th (what gloo would return)."""
+
+    def __init__(self, rank: int, pool: dict[int, list[list]]) -> None:
+        self.rank, self.size, self.pool = rank, 2, pool
+        self.is_main = rank == 0
+        self.calls = 0
+
+    @contextlib.contextmanager
+    def failures_stop_all(self):
+        yield
+
+    def gather_objects(self, items: list) -> list:
+        mine = self.pool.setdefault(self.rank, [])
+        mine.append(list(items))
+        if self.rank == 1:
+            return list(items)  # not read: only rank 0's result is checked
+        return list(items) + self.pool[1][len(mine) - 1]
+
+
+def test_two_processes_each_run_half_the_passages_and_reach_the_one_process_figures(setup) -> None:
+    model, tok, adapter, path = setup
+    forwards = []
+    handle = model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        results = {}
+        for who, world in (("one", None), *((r, HalfOfTwo(r, pool)) for pool in [{}] for r in (1, 0))):
+            forwards.clear()
+            check = cloze_check(tok, passages=path, max_increase_pct=1.0, batch_size=1)
+            check.world = world
+            cost, nll = check.cost_and_nll(model, adapter, removed={1: [2]})
+            # rank 1 runs first and so gathers its own scores only: its figures are incomplete and not read
+            with contextlib.suppress(AttributeError) if who == 1 else contextlib.nullcontext():
+                measured = check.nll(model, adapter, {0: [1]})
+            results[who] = (cost, nll, measured, len(forwards))
+    finally:
+        handle.remove()
+    one, first, second = results["one"], results[0], results[1]
+    assert 0 < first[3] < one[3] and 0 < second[3] < one[3] and first[3] + second[3] == one[3]
+    assert all(torch.equal(first[0][k], v) for k, v in one[0].items())  # summed in the same order: bit for bit
+    assert (first[1], first[2]) == (one[1], one[2])
 
 
 class Counting(ClozeCheck):

@@ -29,6 +29,26 @@ def write_config(tmp_path: Path, source: Path, prompts: Path, **method) -> Path:
     return path
 
 
+def race_plans(tiny_dir: Path, tmp_path: Path, **method) -> dict[int, dict]:
+    """``plan.json`` of one and of two processes selecting on the bundled race axis with ``method`` added."""
+    config = {"model": {"source": str(tiny_dir)}, "bias": {"axes": ["race"], "batch_size": 8},
+              "method": {"name": "attribution", "rounds": 2, "guard_fraction": 0.25, "min_improvement_pct": 0.0,
+                         "max_perplexity_increase_pct": 50.0,
+                         "capability": {"name": "capability_cost",
+                                        "params": {"chunk_tokens": 16, "max_tokens": 160, "check_tokens": 80}},
+                         **method},
+              "pruning": {"budget": {"neurons": 16}}, "evaluation": {"evaluators": ["parameters"]},
+              "output": {"save_model": False}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    runs = {}
+    for n in (1, 2):
+        done = torchrun(n, "-m", "fairprune", "run", str(path), "--quiet", "--set", f"output.dir={tmp_path / str(n)}")
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[n] = json.loads((tmp_path / str(n) / "plan.json").read_text())
+    return runs
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tiny_llama_dir):
     return tiny_llama_dir  # the session's saved tiny Llama (fairprune.testing.fixtures)
@@ -81,20 +101,7 @@ def test_a_failure_in_one_process_stops_selection_in_both(tmp_path):
 
 def test_two_processes_reach_the_floor_guard_of_one(tiny_dir, tmp_path):
     # the bundled race axis: its groups have several surface forms, so there is a word-swap floor to read
-    config = {"model": {"source": str(tiny_dir)}, "bias": {"axes": ["race"], "batch_size": 8},
-              "method": {"name": "attribution", "rounds": 2, "guard_fraction": 0.25, "min_improvement_pct": 0.0,
-                         "max_perplexity_increase_pct": 50.0, "floor_guard": True,
-                         "capability": {"name": "capability_cost",
-                                        "params": {"chunk_tokens": 16, "max_tokens": 160, "check_tokens": 80}}},
-              "pruning": {"budget": {"neurons": 16}}, "evaluation": {"evaluators": ["parameters"]},
-              "output": {"save_model": False}}
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(config))
-    runs = {}
-    for n in (1, 2):
-        done = torchrun(n, "-m", "fairprune", "run", str(path), "--quiet", "--set", f"output.dir={tmp_path / str(n)}")
-        assert done.returncode == 0, done.stderr[-3000:]
-        runs[n] = json.loads((tmp_path / str(n) / "plan.json").read_text())
+    runs = race_plans(tiny_dir, tmp_path, floor_guard=True)
     one, two = runs[1]["settings"]["floor_guard"], runs[2]["settings"]["floor_guard"]
     assert one["checks"], "the rounds must have been checked"
     assert runs[2]["removed"] == runs[1]["removed"]
@@ -105,3 +112,21 @@ def test_two_processes_reach_the_floor_guard_of_one(tiny_dir, tmp_path):
         assert (b["neurons"], b["passed"]) == (a["neurons"], a["passed"])
         for key in ("between_before", "within_before", "between_after", "within_after"):
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-9), key
+
+
+def test_two_processes_share_the_cloze_and_recall_checks_and_reach_the_figures_of_one(tiny_dir, tmp_path):
+    # both guards' backward passes and every round's checks are split among the processes; the figures that
+    # decide a round (last-word NLL, recall) must be the one-process figures, and so must the plan
+    runs = race_plans(tiny_dir, tmp_path, cloze_check={"guard_fraction": 0.1, "max_increase_pct": 50.0, "limit": 24},
+                      recall={"guard_fraction": 0.1, "max_drop_pts": 50.0})
+    one, two = runs[1]["settings"], runs[2]["settings"]
+    assert runs[1]["n_neurons"] > 0 and one["cloze_check"]["checks"], "the rounds must have been checked"
+    assert runs[2]["removed"] == runs[1]["removed"]
+    assert two["cloze_check"]["base_nll"] == pytest.approx(one["cloze_check"]["base_nll"], rel=1e-6)
+    assert [(c["neurons"], c["kept"]) for c in two["cloze_check"]["checks"]] == \
+        [(c["neurons"], c["kept"]) for c in one["cloze_check"]["checks"]]
+    for a, b in zip(one["cloze_check"]["checks"], two["cloze_check"]["checks"]):
+        assert b["increase_pct"] == pytest.approx(a["increase_pct"], rel=1e-5, abs=1e-9)
+    assert two["recall"]["recall_base_pct"] == pytest.approx(one["recall"]["recall_base_pct"], abs=1e-6)
+    for a, b in zip(one["round_log"], two["round_log"]):
+        assert b["recall_pct"] == pytest.approx(a["recall_pct"], abs=1e-6)

@@ -82,6 +82,10 @@ class ClozeCheckSection(Strict):
                                           "with its neurons removed, rises by at most this percent over the "
                                           "unpruned model's (plans within LAMBADA's +2% rose up to +9% on the "
                                           "bundled passages); None: no check")
+    limit: int | None = Field(
+        default=None, ge=1, description="a seeded sample of N passages instead of all (fewer: a faster, noisier "
+                                        "check and guard; 336 are bundled); None: all")
+    sample_seed: int = Field(default=0, description="seed of the sample taken when limit is set")
 
     @model_validator(mode="after")
     def _does_something(self) -> ClozeCheckSection:

@@ -14,9 +14,11 @@ finding), so the check is a guard against the large failures, not a LAMBADA esti
 Every round, with its neurons ablated, the per-token perplexity of the passages' last words is measured; a
 round is halved (its lowest-ranked half dropped) until the rise over the unpruned model is at most
 ``max_increase_pct``, or rejected. With ``guard_fraction`` the neurons whose removal is estimated (first
-order, ``cost``) to raise that loss most are never removed. Every measurement is recorded for ``plan.json``.
-Under torchrun every process runs the guard and the check whole (one forward and backward over the passages,
-then one forward per halving), so all reach the same figures without sharing them.
+order, ``cost``) to raise that loss most are never removed; the unpruned model's last-word NLL is then read
+from that pass's forwards. Every measurement is recorded for ``plan.json``.
+With a ``world`` (torchrun; selection sets it) the guard's batches and every check's batches are shared among
+the processes and the per-batch figures gathered and summed in batch order, so every process reaches the
+one-process figures bit for bit at a share of the cost.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..data.jsonl_texts import read_jsonl_texts
+from ..model.distributed import share, sharing
 from ..model.lm_scoring import pad_id, score_continuations, word_requests
 from . import attribution as attr
 from .collect import _batches, input_device
@@ -58,11 +62,13 @@ class ClozeCheck:
     guard_fraction: float = 0.0
     base_nll: float | None = None
     checks: list[dict[str, Any]] = field(default_factory=list)
+    world: Any = None  # a distributed.World whose processes share every pass (all must call), or None
 
     def nll(self, model: torch.nn.Module, adapter: Any, removed: Mapping[int, Sequence[int]] | None = None,
             fill: Any = None) -> float:
         """Mean NLL per last-word token (nats) with ``removed`` ablated to ``fill`` (None: zero)."""
-        with torch.no_grad(), attr.neuron_hooks(model, adapter, removed, fill):
+        # every process gets every request's score, in request order: the sums are the one-process sums
+        with torch.no_grad(), attr.neuron_hooks(model, adapter, removed, fill), sharing(self.world):
             scores = score_continuations(model, self.requests, batch_size=self.batch_size, pad=self.pad)
         return sum(s.nll for s in scores) / sum(s.n_tokens for s in scores)
 
@@ -99,14 +105,32 @@ class ClozeCheck:
         """Per layer ``Tensor[width]``: the first-order change of the mean last-word NLL per token (nats) when
         each neuron is removed (set to ``fill``; None = zero), Σ (r − h)·∂L/∂h over every position, from one
         forward and backward per batch of passages with ``removed`` ablated. Positive: removal raises it."""
+        return self.cost_and_nll(model, adapter, fill, removed)[0]
+
+    def guard(self, model: torch.nn.Module, adapter: Any,
+              fill: Mapping[int, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
+        """``protected(cost(...))`` on the unpruned model; ``base_nll`` is set from the same forwards when unset
+        (the cost pass reads every last-word log-probability, so measuring the base again would repeat it)."""
+        cost, nll = self.cost_and_nll(model, adapter, fill)
+        if self.base_nll is None:
+            self.base_nll = nll
+        return self.protected(cost)
+
+    def cost_and_nll(self, model: torch.nn.Module, adapter: Any, fill: Mapping[int, torch.Tensor] | None = None,
+                     removed: Mapping[int, Sequence[int]] | None = None) -> tuple[dict[int, torch.Tensor], float]:
+        """``cost`` and the mean last-word NLL per token (nats) its forwards measured with ``removed`` ablated."""
         widths = attr.layer_widths(model, adapter)
         total = {layer: torch.zeros(width, dtype=torch.float64) for layer, width in widths}
         n_tokens = sum(len(target) for _, target in self.requests)
         ids = [list(context) + list(target) for context, target in self.requests]
         device = input_device(model)
-        with attr.frozen(model), attr.neuron_hooks(model, adapter, removed, fill) as hooks:
+        batches = list(_batches(ids, [0] * len(ids), self.batch_size, self.pad, "left"))
+        mine: list[tuple[dict[int, torch.Tensor], float]] = []  # per batch of this process's share, in order
+        with attr.stop_together(self.world), attr.frozen(model), \
+                attr.neuron_hooks(model, adapter, removed, fill) as hooks:
             hooks.track = True
-            for batch in _batches(ids, [0] * len(ids), self.batch_size, self.pad, "left"):
+            for k in share(len(batches), self.world):
+                batch = batches[k]
                 hooks.kept = {}
                 # left-padded, so every row's last word sits in the last positions: the output head runs on
                 # those only (with Gemma's 262k-token vocabulary it costs more than the layers at every position)
@@ -123,15 +147,22 @@ class ClozeCheck:
                         logprobs = torch.log_softmax(attr.wide(logits[r, at]), dim=-1)
                         loss = loss - logprobs[torch.arange(len(target)), torch.tensor(target)].sum()
                     layers = sorted(hooks.kept)
-                    grads = torch.autograd.grad(loss / n_tokens, [hooks.kept[k] for k in layers], allow_unused=True)
+                    grads = torch.autograd.grad(loss / n_tokens, [hooks.kept[i] for i in layers], allow_unused=True)
+                sums = {}
                 for layer, grad in zip(layers, grads):
                     if grad is None:
                         continue
                     h = hooks.kept[layer].detach().float()
                     r = fill[layer].float().to(h.device) if fill is not None else torch.zeros(h.shape[-1], device=h.device)
-                    total[layer] += ((r - h) * grad.float()).sum((0, 1)).double().cpu()
+                    sums[layer] = ((r - h) * grad.float()).sum((0, 1)).double().cpu()
+                mine.append((sums, float(loss.detach())))
                 hooks.kept = {}
-        return {layer: value.float() for layer, value in total.items()}
+        nll = 0.0
+        for sums, batch_nll in attr.gathered(mine, self.world):  # batch order, as one process adds them
+            nll += batch_nll
+            for layer, value in sums.items():
+                total[layer] += value
+        return {layer: value.float() for layer, value in total.items()}, nll / n_tokens
 
     def protected(self, cost: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """Per layer ``Bool[width]``: the ``guard_fraction`` of neurons whose removal raises the last-word NLL
@@ -150,10 +181,17 @@ def read_passages(path: str | Path) -> list[str]:
 
 
 def cloze_check(tokenizer: Any, *, passages: str | Path | None, max_increase_pct: float | None,
-                guard_fraction: float = 0.0, batch_size: int = 16) -> ClozeCheck:
-    """A ``ClozeCheck`` on ``passages`` (a JSONL of ``{"text": ...}``; None: the bundled ones);
-    ``ConfigError`` on a missing or malformed file. Call ``measure_base`` on the unpruned model before use."""
+                guard_fraction: float = 0.0, batch_size: int = 16, limit: int | None = None,
+                sample_seed: int = 0) -> ClozeCheck:
+    """A ``ClozeCheck`` on ``passages`` (a JSONL of ``{"text": ...}``; None: the bundled ones), or on a seeded
+    sample of ``limit`` of them (file order kept); ``ConfigError`` on a missing or malformed file. Call
+    ``measure_base`` (or ``guard``) on the unpruned model before use."""
     path = Path(passages) if passages is not None else BUNDLED_PASSAGES
-    requests = word_requests(tokenizer, read_passages(path))
-    return ClozeCheck(requests, max_increase_pct, pad_id(tokenizer), batch_size,
-                      source="bundled" if passages is None else str(path), guard_fraction=guard_fraction)
+    texts = read_passages(path)
+    source = "bundled" if passages is None else str(path)
+    if limit is not None and limit < len(texts):
+        rng = np.random.default_rng(sample_seed)
+        texts = [texts[i] for i in sorted(rng.choice(len(texts), limit, replace=False))]
+        source += f" (a sample of {limit}, seed {sample_seed})"
+    return ClozeCheck(word_requests(tokenizer, texts), max_increase_pct, pad_id(tokenizer), batch_size,
+                      source=source, guard_fraction=guard_fraction)

@@ -112,6 +112,7 @@ class RecallGuard:
     share: RecallLoss
     guard_fraction: float
     max_drop_pts: float | None
+    world: Any = None  # a distributed.World whose processes share every pass (all must call), or None
     _read: tuple[Any, float] | None = field(default=None, repr=False, compare=False)
 
     def cost(self, model: torch.nn.Module, adapter: Any, *, removed: attr.Removed | None = None,
@@ -119,7 +120,7 @@ class RecallGuard:
         """Per layer ``Tensor[width]``: the estimated increase of the mean recall loss (nats) when each neuron
         is removed (to ``fill``; None = zero), with ``removed`` already ablated. Negative: removal helps."""
         result = attr.attribute_objective(model, self.batches, self.loss, adapter, removed=removed, fill=fill,
-                                          also=self.share)
+                                          also=self.share, world=self.world)
         values = result.also or []
         self._read = (_key(model, removed, fill), 100.0 * float(sum(values) / len(values)))
         return result.sums.delta(fill)
@@ -131,7 +132,8 @@ class RecallGuard:
         read, self._read = self._read, None
         if read is not None and read[0] == _key(model, removed, fill):
             return read[1]  # the cost pass just before read it from its own forwards: no forward of its own
-        values = attr.objective_values(model, self.batches, self.share, adapter, removed=removed, fill=fill)
+        values = attr.objective_values(model, self.batches, self.share, adapter, removed=removed, fill=fill,
+                                       world=self.world)
         return 100.0 * float(sum(values) / len(values))
 
     def fit(self, model: torch.nn.Module, adapter: Any, removed: Mapping[int, Sequence[int]],

@@ -416,12 +416,13 @@ def _selector(model: Any, tokenizer: Any, groups: Sequence[PromptGroup], objecti
                     guarded=_guard(model, adapter, cost, cap.magnitude, settings), progress=progress, passes=passes,
                     recall=recall, cloze=cloze)
     if cloze is not None:  # long-range prediction: protect what it needs most, and measure it every round
+        cloze.world = passes.world  # its passes are shared like selection's own
+        if cloze.guard_fraction > 0:
+            sel.protect(cloze.guard(model, adapter, fill=fill))  # measures the base on its way
         if cloze.base_nll is None:
             cloze.measure_base(model, adapter)
-        if cloze.guard_fraction > 0:
-            by_cloze = cloze.protected(cloze.cost(model, adapter, fill=fill))
-            sel.protect(by_cloze)
     if recall is not None:  # the recall guard: protect group identity, and measure it every round
+        recall.world = passes.world
         by_recall = recall.protected(recall.cost(model, adapter, fill=fill))
         sel.protect(by_recall)
         sel.recall_base = recall.measure(model, adapter, fill=fill)  # read from the cost pass's forwards
@@ -637,7 +638,8 @@ def _cloze_check(context: Any, params: AttributionParams) -> Any:
     from .cloze_check import cloze_check
 
     return cloze_check(context.tokenizer, passages=section.passages, max_increase_pct=section.max_increase_pct,
-                       guard_fraction=section.guard_fraction, batch_size=context.config.bias.batch_size)
+                       guard_fraction=section.guard_fraction, batch_size=context.config.bias.batch_size,
+                       limit=section.limit, sample_seed=section.sample_seed)
 
 
 def selection_report(selection: Selection, groups: Sequence[PromptGroup], model: Any, adapter: Any) -> Any:
