@@ -226,6 +226,11 @@ def test_passage_files_are_checked_before_any_work(tmp_path) -> None:
         AttributionParams.model_validate({"cloze_check": {"max_increase_pct": 0}})
     with pytest.raises(Exception, match="does nothing"):
         AttributionParams.model_validate({"cloze_check": {"max_increase_pct": None}})
+    with pytest.raises(Exception, match="sample_seed without limit does nothing"):
+        AttributionParams.model_validate({"cloze_check": {"sample_seed": 3}})
+    with pytest.raises(Exception, match="limit"):
+        AttributionParams.model_validate({"cloze_check": {"limit": 0}})
+    assert AttributionParams.model_validate({"cloze_check": {"limit": 8, "sample_seed": 3}}).cloze_check.limit == 8
 
 
 def test_a_run_with_the_cloze_check_records_it_in_the_plan(tmp_path, setup) -> None:

@@ -185,3 +185,11 @@ def test_an_unknown_key_set_on_a_method_is_still_refused_before_the_model_loads(
         prepare({"model": {"source": "smollm2-135m"}, "method": {"name": "attribution"}, "output": {"dir": str(out)}},
                 ["method.bogus=1"], registry=get_registry(), progress=False)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("key", ["max_memory", "offload_folder"])
+def test_placement_keys_without_a_device_map_are_refused(key):
+    value = {"cpu": "1GiB"} if key == "max_memory" else "offload"
+    with pytest.raises(ConfigError, match=f"model: .*{key} without device_map does nothing"):
+        load_config({**MINIMAL, "model": {"source": "x", key: value}})
+    assert getattr(load_config({**MINIMAL, "model": {"source": "x", "device_map": "auto", key: value}}).model, key)

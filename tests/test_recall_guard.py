@@ -130,6 +130,29 @@ def test_recall_settings_and_files_are_checked(tmp_path) -> None:
     assert params.recall.guard_fraction == 0.2 and AttributionParams().recall is None
     with pytest.raises(Exception, match="guard_fraction"):
         AttributionParams.model_validate({"recall": {"guard_fraction": 1.5}})
+    with pytest.raises(Exception, match="recall with guard_fraction 0 and max_drop_pts None does nothing"):
+        AttributionParams.model_validate({"recall": {"guard_fraction": 0.0, "max_drop_pts": None}})
+
+
+@pytest.mark.parametrize(("prompts", "message"), [
+    ("missing.yaml", "method.recall.prompts: file not found: {t}/missing.yaml"),
+    ("bad.yaml", "method.recall.prompts: {t}/bad.yaml: missing field(s) ['groups', 'templates']"),
+])
+def test_recall_prompts_are_read_before_the_model_loads(tmp_path, capsys, prompts, message) -> None:
+    import json
+
+    from fairprune.cli import main as cli_main
+    from fairprune.testing import snapshot
+
+    (tmp_path / "bad.yaml").write_text("name: mine\n")
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"model": {"source": str(tmp_path / "no-model")}, "output": {"dir": str(tmp_path / "out")},
+                                  "method": {"name": "attribution", "recall": {"prompts": str(tmp_path / prompts)}}}))
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert cli_main(["run", str(config), "--quiet"]) == 1
+    assert capsys.readouterr().err.strip() == "error: " + message.format(t=tmp_path)  # not the missing model
+    assert snapshot(tmp_path) == before
 
 
 def test_a_run_with_the_recall_guard_records_it_in_the_plan(tmp_path) -> None:

@@ -14,7 +14,7 @@ OUT = Where(field="--out", allow="pass --overwrite")
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="run config (YAML, TOML or JSON)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value by dotted key, e.g. --set method.bias_weight=0.6 (repeatable)")
+                        help="override a config value by dotted key, e.g. --set pruning.budget.param_fraction=0.002 (repeatable)")
     parser.add_argument("--overwrite", dest="overrides", action="append_const", const="output.overwrite=true",
                         help="replace output.dir when it exists and is not empty (same as --set output.overwrite=true)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -49,6 +49,16 @@ class ModelSection(Strict):
     trust_remote_code: bool = Field(default=False, description="let a model or tokenizer run Python code shipped "
                                                                "with it (auto_map); never by default")
 
+    @model_validator(mode="after")
+    def _placement_needs_a_map(self) -> ModelSection:
+        # transformers reads max_memory and offload_folder only while placing a device map: without one they
+        # would be ignored
+        unused = [k for k in ("max_memory", "offload_folder") if getattr(self, k) is not None]
+        if unused and self.device_map is None:
+            raise ValueError(f"{' and '.join(unused)} without device_map does nothing; set model.device_map "
+                             "(e.g. auto) or remove it")
+        return self
+
 
 class RecallSection(Strict):
     """The attribution method's recall guard (``method.recall``, ``core.method.recall_guard``): the model must
@@ -64,6 +74,13 @@ class RecallSection(Strict):
         default=1.0, gt=0.0, description="a round is halved until the measured recall (probability of the stated "
                                          "group, percent) is at most this many points below the unpruned model's; "
                                          "None: no check")
+
+    @model_validator(mode="after")
+    def _does_something(self) -> RecallSection:
+        if self.guard_fraction == 0.0 and self.max_drop_pts is None:
+            raise ValueError("recall with guard_fraction 0 and max_drop_pts None does nothing; set one or remove "
+                             "recall")
+        return self
 
 
 class ClozeCheckSection(Strict):
@@ -92,6 +109,9 @@ class ClozeCheckSection(Strict):
         if self.guard_fraction == 0.0 and self.max_increase_pct is None:
             raise ValueError("cloze_check with guard_fraction 0 and max_increase_pct None does nothing; set one or "
                              "remove cloze_check")
+        if "sample_seed" in self.model_fields_set and self.limit is None:
+            raise ValueError("cloze_check.sample_seed without limit does nothing (every passage is read); set "
+                             "limit or remove sample_seed")
         return self
 
 
@@ -422,7 +442,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. scoring.bias_weight=0.6")
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. pruning.budget.param_fraction=0.002")
         node = data
         parts = key.strip().split(".")
         for index, part in enumerate(parts[:-1]):

@@ -37,6 +37,8 @@ class AttributionMethod(Plugin):
             from fairprune.core.method.cloze_check import read_passages
 
             read_passages(self.params.cloze_check.passages)  # a missing or malformed file fails before the model loads
+        if self.params.recall is not None:
+            _check_recall_prompts(config, self.params.recall.prompts)
 
     def sweep_variants(self, sweep: Any) -> list[dict[str, Any]]:
         return [{}]  # a sweep varies the budget only
@@ -65,6 +67,33 @@ class AttributionMethod(Plugin):
 
         return run_selection(model, context, self.params, objective=self.objective, capability=self.capability,
                              budget=budget, shard=shard, passes=passes)
+
+
+def _check_recall_prompts(config: Any, prompts: str | None) -> None:
+    """The recall guard's prompts read as an axis file before the model loads (the bundled ones of the first
+    bias axis when ``prompts`` is None); ``ConfigError`` naming ``method.recall.prompts`` otherwise."""
+    from pathlib import Path
+
+    from fairprune.core.contract.errors import PromptError
+    from fairprune.core.data.groups import is_axis_name
+    from fairprune.core.data.prompts import load_axis
+    from fairprune.core.method.recall_guard import bundled_recall_file
+
+    if prompts is None:
+        first = config.bias.axes[0] if config.bias.axes else None
+        if first is None or not is_axis_name(first):
+            raise ConfigError("method.recall.prompts: the first bias axis is not a bundled axis name; name recall "
+                              "prompts (a file in the axis format)")
+        bundled_recall_file(first)
+        return
+    if not Path(prompts).is_file():
+        raise ConfigError(f"method.recall.prompts: file not found: {prompts}")
+    try:
+        axis = load_axis(prompts)
+    except PromptError as exc:
+        raise ConfigError(f"method.recall.prompts: {exc}") from None
+    if len(axis.attribute_groups()) < 2:
+        raise ConfigError(f"method.recall.prompts: {prompts} has fewer than two groups to choose among")
 
 
 #: the key of the analysis state holding the passes selections on this model share (``SelectionPasses``)
