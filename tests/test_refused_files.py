@@ -86,3 +86,18 @@ def test_commands_check_files_before_the_model_loads(tmp_path, capsys, argv, fie
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {field}: file not found: {tmp_path}") and len(err.splitlines()) == 1
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--axes", "race,racee"], "--axes: Unknown bias axis 'racee'. Did you mean 'race'?"),
+    (["--metric", "bogus"], "--metric: Unknown bias metric 'bogus'."),
+    (["--site", "nueron"], "--site: Unknown site 'nueron'. Did you mean 'neuron'?"),
+    (["--pooling", "sufix"], "--pooling: Unknown pooling 'sufix'. Did you mean 'suffix'?"),
+])
+def test_analyze_checks_plugin_names_before_the_model_loads(tmp_path, capsys, flags, message):
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert cli_main(["analyze", "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "out"), *flags]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message}") and " Available: " in err and len(err.splitlines()) == 1
+    assert snapshot(tmp_path) == before

@@ -46,6 +46,7 @@ def main(args: argparse.Namespace) -> int:
 
     axes = [a.strip() for a in args.axes.split(",") if a.strip()] if args.axes else None
     check_files(axis_files(axes or [], "--axes") + ([("--prompts", args.prompts, "prompts")] if args.prompts else []))
+    check_names(axes or [], args)
     out = claim_out(args)
     groups = load_prompt_groups(args.prompts) if args.prompts else None
     model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code, dtype=args.dtype,
@@ -68,6 +69,24 @@ def main(args: argparse.Namespace) -> int:
         print(f"plot: {out / name}")
     print(f"saved to {args.out}")
     return 0
+
+
+def check_names(axes: list[str], args: argparse.Namespace) -> None:
+    """Every plugin name the flags give is registered, before the model loads; ``ConfigError`` naming the flag
+    (with the known names) otherwise."""
+    from ..core.contract.errors import ConfigError, UnknownPluginError
+    from ..core.contract.registry import get_registry
+    from ..core.data.groups import is_axis_name
+
+    registry = get_registry()
+    wanted = [("--axes", "bias_axes", name) for name in axes if is_axis_name(name)]
+    wanted += [("--site", "sites", args.site), ("--pooling", "poolings", args.pooling)]
+    wanted += [("--metric", "bias_metrics", args.metric)] if args.metric else []
+    for flag, kind, name in wanted:
+        try:
+            registry.get(kind, name)
+        except UnknownPluginError as exc:
+            raise ConfigError(f"{flag}: {exc}") from None
 
 
 def write_plots(report: object, directory: Path) -> list[str]:
