@@ -85,7 +85,7 @@ def test_missing_and_unparsable_files_are_config_errors(tmp_path):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed")
-    with pytest.raises(ConfigError, match="cannot parse"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml:1: not valid YAML"):
         load_config(bad)
 
 
@@ -193,3 +193,19 @@ def test_placement_keys_without_a_device_map_are_refused(key):
     with pytest.raises(ConfigError, match=f"model: .*{key} without device_map does nothing"):
         load_config({**MINIMAL, "model": {"source": "x", key: value}})
     assert getattr(load_config({**MINIMAL, "model": {"source": "x", "device_map": "auto", key: value}}).model, key)
+
+
+def test_a_repeated_yaml_key_or_a_syntax_error_is_one_line_at_its_file_and_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  source: a\npruning:\n  budget: {neurons: 4}\nmodel:\n  source: b\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml:5: duplicate key 'model'"):
+        load_config(path)
+    path.write_text("model:\n  source: a\n  source: b\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml:3: duplicate key 'source'"):
+        load_config(path)
+    path.write_text("model: [\n  source: a\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "run.yaml:3: not valid YAML" in str(info.value) and len(str(info.value).splitlines()) == 1
+    path.write_text("model:\n  source: a\n")
+    assert load_config(path).model.source == "a"
