@@ -20,9 +20,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+def add_overwrite_argument(parser: argparse.ArgumentParser, out: str = "--out") -> None:
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace --out when it exists (a non-empty directory, or a file); the old copy stays "
+                        help=f"replace {out} when it exists (a non-empty directory, or a file); the old copy stays "
                              "until the new one is complete")
 
 

@@ -14,7 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default=None, help="output directory (default: the config's output.dir, which "
                                                      "each demo run replaces)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out when it exists and is not empty")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a value of the demo config by dotted key, e.g. --set "
+                             "model.source=gemma3-270m (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=main)
 

@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("out", metavar="OUT", help="the directory to write (--format gguf: a .gguf file)")
     parser.add_argument("--format", dest="fmt", choices=("hf", "gguf"), default="hf",
                         help="hf (default): a Hugging Face directory; gguf: one float32 .gguf file (llama family)")
-    add_overwrite_argument(parser)
+    add_overwrite_argument(parser, out="OUT")
     parser.set_defaults(func=main)
 
 
