@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", metavar="PATH", help="write all results as JSON here")
     add_overwrite_argument(parser)
     add_trust_remote_code_argument(parser)
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true",
+                        help="no progress bars (as in run, sweep and demo)")
     parser.set_defaults(func=main)
 
 
