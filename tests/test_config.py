@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -209,3 +210,30 @@ def test_a_repeated_yaml_key_or_a_syntax_error_is_one_line_at_its_file_and_line(
     assert "run.yaml:3: not valid YAML" in str(info.value) and len(str(info.value).splitlines()) == 1
     path.write_text("model:\n  source: a\n")
     assert load_config(path).model.source == "a"
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.sorce=x", "model.sorce: Extra inputs are not permitted. Did you mean 'source'?"),
+    ("pruning.budget.param_fractoin=0.1", "pruning.budget.param_fractoin: Extra inputs are not permitted. "
+                                          "Did you mean 'param_fraction'?"),
+    ("bias.axis=[race]", "bias.axis: Extra inputs are not permitted. Did you mean 'axes'?"),
+])
+def test_a_misspelled_key_gets_the_closest_field(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(MINIMAL, [override])
+    with pytest.raises(ConfigError) as info:
+        load_config(MINIMAL, ["bias.zzzz=1"])
+    assert "Did you mean" not in str(info.value)
+
+
+def test_a_misspelled_method_or_plugin_key_gets_the_closest_field():
+    registry = Registry(load_entrypoints=False)
+    config = load_config({**MINIMAL, "method": {"name": "attribution"}}, ["method.foldz=2"])
+    with pytest.raises(ConfigError, match=re.escape("method.foldz: Extra inputs are not permitted. "
+                                                    "Did you mean 'folds'?")):
+        resolve_method(config, registry)
+    config = load_config({**MINIMAL, "method": {"name": "attribution"}},
+                         ["method.capability={name: capability_cost, params: {window_token: 4}}"])
+    with pytest.raises(ConfigError, match=re.escape("method.capability.params.window_token: Extra inputs are not "
+                                                    "permitted. Did you mean 'window_tokens'?")):
+        resolve_method(config, registry)

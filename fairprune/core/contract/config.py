@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -369,13 +370,41 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc if not (isinstance(part, str) and part.startswith("function-")))
 
 
-def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """The dotted field path and why: one line for one problem, an indented line per problem for several."""
+def _model_at(model: Any, loc: tuple[Any, ...]) -> Any:
+    """The pydantic model class whose field ``loc`` walks to (through optional fields), or None."""
+    import types
+    import typing
+
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        options = typing.get_args(field.annotation) if isinstance(field.annotation, types.UnionType) or \
+            typing.get_origin(field.annotation) is typing.Union else (field.annotation,)
+        model = next((o for o in options if isinstance(o, type) and issubclass(o, BaseModel)), None)
+    return model
+
+
+def _suggestion(model: Any, err: Mapping[str, Any]) -> str:
+    """" Did you mean 'x'?" for a key no field of ``model`` at that place has, when one is close; else ""."""
+    import difflib
+
+    if model is None or err["type"] != "extra_forbidden" or not err["loc"] or not isinstance(err["loc"][-1], str):
+        return ""
+    owner = _model_at(model, tuple(err["loc"][:-1]))
+    close = difflib.get_close_matches(err["loc"][-1], list(getattr(owner, "model_fields", {})), n=1, cutoff=0.7)
+    return f". Did you mean {close[0]!r}?" if close else ""
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "", model: Any = None) -> str:
+    """The dotted field path and why: one line for one problem, an indented line per problem for several. With
+    ``model`` (the pydantic class validated), a key it does not have gets the closest field name, if any."""
     lines = []
     for err in exc.errors():
         path = ".".join(p for p in (prefix, _field_path(err["loc"])) if p)
-        lines.append(f"{path or '(config)'}: {err['msg']}" + (f" (got {err['input']!r})" if err["type"] != "missing"
-                                                           and not isinstance(err["input"], dict) else ""))
+        lines.append(f"{path or '(config)'}: {err['msg']}{_suggestion(model, err)}"
+                     + (f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(err["input"], dict)
+                        else ""))
     return "invalid config: " + lines[0] if len(lines) == 1 else "invalid config:\n  " + "\n  ".join(lines)
 
 
@@ -403,7 +432,7 @@ def validate_config(data: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+        raise ConfigError(format_validation_error(exc, model=RunConfig)) from None
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -517,4 +546,5 @@ def resolve_component(registry: Any, kind: str, component: Component, path: str)
     except (UnknownPluginError, DuplicatePluginError) as exc:
         raise ConfigError(f"{path}.name: {exc}") from None
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, prefix=f"{path}.params")) from None
+        params = getattr(registry.get(kind, component.name), "Params", None)
+        raise ConfigError(format_validation_error(exc, prefix=f"{path}.params", model=params)) from None

@@ -141,7 +141,8 @@ def resolve_method(config: RunConfig, registry: Any) -> Any:
         raise ConfigError(f"method.name: {exc}") from None
     except ValidationError as exc:
         raise ConfigError(_other_method_key(exc, config.method.name, registry)
-                          or format_validation_error(exc, prefix="method")) from None
+                          or format_validation_error(exc, prefix="method",
+                                                     model=registry.get("methods", config.method.name).Params)) from None
     for key, (section, field_name) in SHARED_KEYS.items():
         part = getattr(config, section)
         if getattr(part, field_name) != type(part)().__getattribute__(field_name) and key not in method.shared_keys:
