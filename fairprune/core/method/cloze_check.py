@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from ..data.benchmark_files import sample_indices
 from ..data.jsonl_texts import read_jsonl_texts
 from ..model.distributed import share, sharing
 from ..model.lm_scoring import pad_id, score_continuations, word_requests
@@ -190,8 +190,7 @@ def cloze_check(tokenizer: Any, *, passages: str | Path | None, max_increase_pct
     texts = read_passages(path)
     source = "bundled" if passages is None else str(path)
     if limit is not None and limit < len(texts):
-        rng = np.random.default_rng(sample_seed)
-        texts = [texts[i] for i in sorted(rng.choice(len(texts), limit, replace=False))]
+        texts = [texts[i] for i in sample_indices(len(texts), limit, sample_seed)]
         source += f" (a sample of {limit}, seed {sample_seed})"
     return ClozeCheck(word_requests(tokenizer, texts), max_increase_pct, pad_id(tokenizer), batch_size,
                       source=source, guard_fraction=guard_fraction)

@@ -50,6 +50,23 @@ def bundled_recall_file(axis: str) -> Path:
     return path
 
 
+def recall_prompts_file(config: Any, prompts: str | Path | None) -> Path:
+    """The recall prompts a run reads: ``prompts``, or the bundled ones of the first bias axis when None;
+    ``ConfigError`` naming ``method.recall.prompts`` when there are none or the file is missing."""
+    from ..data.groups import is_axis_name
+
+    if prompts is not None:
+        path = Path(prompts)
+        if not path.is_file():
+            raise ConfigError(f"method.recall.prompts: file not found: {path}")
+        return path
+    first = config.bias.axes[0] if config.bias.axes else None
+    if first is None or not is_axis_name(first):
+        raise ConfigError("method.recall.prompts: the first bias axis is not a bundled axis name; name recall "
+                          "prompts (a file in the axis format)")
+    return bundled_recall_file(first)
+
+
 def answer_tokens(tokenizer: Any, forms: Mapping[str, Sequence[str]]) -> dict[str, list[int]]:
     """Per attribute group, the first token ids of " form" and " Form" for each surface form (the first that
     is not whitespace alone), without ids that another group also has. ``ConfigError`` when a group is left with none."""

@@ -615,17 +615,9 @@ def _recall_guard(model: Any, context: Any, params: AttributionParams) -> Any:
     section = params.recall
     if section is None:
         return None
-    from ..contract.errors import ConfigError
-    from ..data.groups import is_axis_name
-    from .recall_guard import bundled_recall_file, recall_guard
+    from .recall_guard import recall_guard, recall_prompts_file
 
-    if section.prompts is None:
-        first = config.bias.axes[0]
-        if not is_axis_name(first):
-            raise ConfigError("method.recall.prompts: the first bias axis is a file; name recall prompts")
-        prompts: Any = bundled_recall_file(first)
-    else:
-        prompts = section.prompts
+    prompts = recall_prompts_file(config, section.prompts)
     return recall_guard(model, context.tokenizer, prompts=prompts, guard_fraction=section.guard_fraction,
                         max_drop_pts=section.max_drop_pts, batch_size=config.bias.batch_size)
 

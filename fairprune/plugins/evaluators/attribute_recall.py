@@ -38,6 +38,7 @@ from ...core.contract.errors import ConfigError
 from ...core.contract.plugin import Plugin
 from ...core.contract.protocols import Headline
 from ...core.contract.results import EvalContext, EvalResult
+from ...core.data.benchmark_files import sample_indices
 from ...core.model.benchmark_base import add_compared, subsets_by, summary_table
 from ..evidence_text import figure, recall_sentence
 from .data import bundled_path
@@ -323,10 +324,7 @@ class AttributeRecallEvaluator(Plugin):
         return groups
 
     def _sample(self, prompts: list[RecallPrompt]) -> list[RecallPrompt]:
-        if self.params.limit is None or self.params.limit >= len(prompts):
-            return prompts
-        rng = np.random.default_rng(self.params.sample_seed)
-        return [prompts[i] for i in sorted(rng.choice(len(prompts), self.params.limit, replace=False))]
+        return [prompts[i] for i in sample_indices(len(prompts), self.params.limit, self.params.sample_seed)]
 
 
 

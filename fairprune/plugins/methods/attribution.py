@@ -72,24 +72,15 @@ class AttributionMethod(Plugin):
 def _check_recall_prompts(config: Any, prompts: str | None) -> None:
     """The recall guard's prompts read as an axis file before the model loads (the bundled ones of the first
     bias axis when ``prompts`` is None); ``ConfigError`` naming ``method.recall.prompts`` otherwise."""
-    from pathlib import Path
-
     from fairprune.core.contract.errors import PromptError
-    from fairprune.core.data.groups import is_axis_name
     from fairprune.core.data.prompts import load_axis
-    from fairprune.core.method.recall_guard import bundled_recall_file
+    from fairprune.core.method.recall_guard import recall_prompts_file
 
+    path = recall_prompts_file(config, prompts)
     if prompts is None:
-        first = config.bias.axes[0] if config.bias.axes else None
-        if first is None or not is_axis_name(first):
-            raise ConfigError("method.recall.prompts: the first bias axis is not a bundled axis name; name recall "
-                              "prompts (a file in the axis format)")
-        bundled_recall_file(first)
-        return
-    if not Path(prompts).is_file():
-        raise ConfigError(f"method.recall.prompts: file not found: {prompts}")
+        return  # a bundled file
     try:
-        axis = load_axis(prompts)
+        axis = load_axis(path)
     except PromptError as exc:
         raise ConfigError(f"method.recall.prompts: {exc}") from None
     if len(axis.attribute_groups()) < 2:
