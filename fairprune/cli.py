@@ -18,12 +18,17 @@ COMMANDS: tuple[str, ...] = (
 )
 
 
+_VERBOSE_HELP = "more log output (-vv for debug)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fairprune", description="Fairness pruning of GLU language models.")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"fairprune.commands.{name}").add_parser(sub)
+    for command in sub.choices.values():  # `fairprune run cfg.yaml -v` works as `fairprune -v run cfg.yaml` does
+        command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
     return parser
 
 

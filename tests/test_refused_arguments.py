@@ -22,6 +22,28 @@ def test_batch_size_zero_is_refused_by_the_argument_parser(tmp_path, capsys, com
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf%", "ten"])
+def test_a_percentage_that_is_not_a_finite_number_is_refused(tmp_path, capsys, value):
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        cli_main(["sweep", str(tmp_path / "sweep.yaml"), f"--max-perplexity-increase={value}"])
+    assert info.value.code == 2
+    assert f"expected a percentage like 1% or 0.5, got {value!r}" in capsys.readouterr().err
+    assert snapshot(tmp_path) == before
+
+
+def test_verbose_is_read_before_and_after_the_command():
+    from fairprune.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["run", "c.yaml"]).verbose == 0
+    assert parser.parse_args(["-v", "run", "c.yaml"]).verbose == 1
+    assert parser.parse_args(["run", "c.yaml", "-vv"]).verbose == 2
+    sub = next(action for action in parser._actions if action.dest == "command")
+    assert set(sub.choices) >= {name.replace("_", "-") for name in COMMANDS} - {"lm-eval-cli"}
+    assert all("--verbose" in command._option_string_actions for command in sub.choices.values())
+
+
 @pytest.mark.parametrize("prompts", [[""], ["A Black man walked.", "   "], []])
 def test_an_empty_generations_prompt_is_a_config_error(tmp_path, capsys, prompts):
     config = tmp_path / "run.json"
@@ -46,3 +68,15 @@ def test_an_unexpected_exception_keeps_its_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(axes, "main", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         cli_main(["axes"])
+
+
+def test_a_missing_benchmark_file_is_named_once(tmp_path, capsys):
+    missing = tmp_path / "crows_pairs_anonymized.csv"
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"model": {"source": str(tmp_path / "no-model")},
+                                  "evaluation": {"evaluators": [{"name": "crows_pairs", "params": {"path": str(missing)}}]},
+                                  "output": {"dir": str(tmp_path / "out")}}))
+    assert cli_main(["run", str(config), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count(str(missing)) == 1 and "evaluation.evaluators.0.params.path" in err and "no such file" in err
+    assert len(err.strip().splitlines()) == 1

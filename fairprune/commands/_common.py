@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from ..core.io.outputs import Where
@@ -57,6 +58,9 @@ def positive_int(text: str) -> int:
 def parse_percent(text: str) -> float:
     """'1%' or '1' -> 1.0 (percent)."""
     try:
-        return float(text.strip().rstrip("%"))
+        value = float(text.strip().rstrip("%"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a percentage like 1% or 0.5, got {text!r}") from None
+        value = math.nan
+    if not math.isfinite(value):  # 'nan' would pass float() and then fail every comparison silently
+        raise argparse.ArgumentTypeError(f"expected a percentage like 1% or 0.5, got {text!r}")
+    return value

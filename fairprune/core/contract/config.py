@@ -396,15 +396,20 @@ def _suggestion(model: Any, err: Mapping[str, Any]) -> str:
     return f". Did you mean {close[0]!r}?" if close else ""
 
 
+def _given(err: Any) -> str:
+    """' (got VALUE)' after a message, unless the message already names the value (or there is none to name)."""
+    if err["type"] == "missing" or isinstance(err["input"], dict) or repr(err["input"]) in err["msg"]:
+        return ""
+    return f" (got {err['input']!r})"
+
+
 def format_validation_error(exc: ValidationError, prefix: str = "", model: Any = None) -> str:
     """The dotted field path and why: one line for one problem, an indented line per problem for several. With
     ``model`` (the pydantic class validated), a key it does not have gets the closest field name, if any."""
     lines = []
     for err in exc.errors():
         path = ".".join(p for p in (prefix, _field_path(err["loc"])) if p)
-        lines.append(f"{path or '(config)'}: {err['msg']}{_suggestion(model, err)}"
-                     + (f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(err["input"], dict)
-                        else ""))
+        lines.append(f"{path or '(config)'}: {err['msg']}{_suggestion(model, err)}{_given(err)}")
     return "invalid config: " + lines[0] if len(lines) == 1 else "invalid config:\n  " + "\n  ".join(lines)
 
 
