@@ -74,3 +74,11 @@ class DistributedError(FairpruneError):
 class OutputError(FairpruneError):
     """An output path that cannot be written now: a file, not writable, not empty without overwrite,
     or being written by another process. Raised before any work."""
+
+
+def yaml_error_line(path: object, exc: Exception) -> str:
+    """``file:line: not valid YAML: problem`` for a ``yaml.YAMLError`` (one line; PyYAML's own message has five)."""
+    mark = getattr(exc, "problem_mark", None)
+    line = f":{mark.line + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{path}{line}: not valid YAML: {problem}"

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from ..contract.errors import PromptError
+from ..contract.errors import PromptError, yaml_error_line
 from ..contract.plugin import Plugin
 from ..contract.protocols import PromptGroup
 from .combinatorial import GeneratorSpec, generated_templates, spec_from_dict
@@ -391,10 +391,7 @@ def parse_data_file(text: str, path: Path) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise PromptError(f"{path}{line}: not valid YAML: {problem}") from None
+        raise PromptError(yaml_error_line(path, exc)) from None
 
 
 def builtin_axis_files() -> list[Path]:
