@@ -18,6 +18,13 @@ RECALL_TRIM = {"limit": 40}
 #: a seeded sample of the cloze check's passages (336 bundled): its guard's backward pass and every round's
 #: check run over long passages and were most of the guarded selection's time
 CLOZE_TRIM = {"limit": 48}
+#: and of those, what its measured check reads when the shipped config samples the check (it must stay below limit)
+CLOZE_CHECK_TRIM = {"check_limit": 16}
+
+
+def _cloze_trim(cloze: dict[str, Any]) -> dict[str, int]:
+    """The keys set on a cloze check that samples no passages yet."""
+    return {**CLOZE_TRIM, **(CLOZE_CHECK_TRIM if cloze.get("check_limit") is not None else {})}
 
 
 def shipped_demo() -> dict[str, Any]:
@@ -38,7 +45,7 @@ def trimmed(config: dict[str, Any]) -> dict[str, Any]:
         capability.setdefault("params", {}).update(CAPABILITY_TRIM)
     cloze = (config["method"].get("params") or {}).get("cloze_check")
     if isinstance(cloze, dict) and cloze.get("limit") is None:
-        cloze.update(CLOZE_TRIM)
+        cloze.update(_cloze_trim(cloze))
     for evaluator in config["evaluation"]["evaluators"]:
         if evaluator["name"] == "attribute_recall" and evaluator["params"].get("limit") is None:
             evaluator["params"].update(RECALL_TRIM)
@@ -54,7 +61,8 @@ def demo_overrides(output_dir: Path, *extra: str) -> list[str]:
     if params.get("capability") != shipped_params.get("capability"):
         sets += [f"method.params.capability.params.{k}={v}" for k, v in CAPABILITY_TRIM.items()]
     if params.get("cloze_check") != shipped_params.get("cloze_check"):
-        sets += [f"method.params.cloze_check.{k}={v}" for k, v in CLOZE_TRIM.items()]
+        cloze = shipped_params["cloze_check"]
+        sets += [f"method.params.cloze_check.{k}={v}" for k, v in _cloze_trim(cloze).items()]
     if short["evaluation"] != shipped["evaluation"]:
         sets.append(f"evaluation.evaluators={json.dumps(short['evaluation']['evaluators'])}")
     return [*sets, *extra]

@@ -118,6 +118,27 @@ def test_a_limit_scores_a_seeded_sample_of_the_passages_in_file_order(setup) -> 
     assert cloze_check(tok, passages=path, max_increase_pct=1.0, limit=99).requests == whole.requests
 
 
+def test_a_check_limit_measures_a_sample_while_the_guard_reads_every_passage(setup) -> None:
+    model, tok, adapter, path = setup
+    whole = cloze_check(tok, passages=path, max_increase_pct=1.0, guard_fraction=0.2, batch_size=2)
+    sampled = cloze_check(tok, passages=path, max_increase_pct=1.0, guard_fraction=0.2, batch_size=2,
+                          check_limit=2, sample_seed=4)
+    assert sampled.requests == whole.requests and len(sampled.check_rows) == 2
+    checked = [PASSAGES[i] for i in sampled.check_rows]
+    # the guard is the one every passage gives; the base is read from its forwards, over the sample only
+    assert all(torch.equal(whole.guard(model, adapter)[k], v) for k, v in sampled.guard(model, adapter).items())
+    alone = ClozeCheck([whole.requests[i] for i in sampled.check_rows], 1.0, whole.pad, 2)
+    assert sampled.base_nll == pytest.approx(alone.measure_base(model, adapter), rel=1e-6)
+    assert sampled.base_nll != pytest.approx(whole.base_nll, rel=1e-6)
+    removed = {0: [1, 4], 1: [2]}
+    assert sampled.nll(model, adapter, removed) == pytest.approx(alone.nll(model, adapter, removed), rel=1e-9)
+    record = sampled.record()
+    assert record["n_passages"] == len(PASSAGES) and record["checked_passages"] == 2
+    assert record["check_sample"] == "a sample of 2, seed 4" and whole.record()["check_sample"] is None
+    assert checked == [PASSAGES[i] for i in sorted(sampled.check_rows)]  # file order
+    assert cloze_check(tok, passages=path, max_increase_pct=1.0, check_limit=99).check_rows is None
+
+
 class HalfOfTwo:
     """Process ``rank`` of two, run one after the other in this process: rank 1 first records what it gathers,
     then rank 0's k-th gather returns its own items followed by rank 1's k-th (what gloo would return)."""
@@ -149,8 +170,10 @@ def test_two_processes_each_run_half_the_passages_and_reach_the_one_process_figu
             forwards.clear()
             check = cloze_check(tok, passages=path, max_increase_pct=1.0, batch_size=1)
             check.world = world
-            cost, nll = check.cost_and_nll(model, adapter, removed={1: [2]})
             # rank 1 runs first and so gathers its own scores only: its figures are incomplete and not read
+            cost = nll = measured = None
+            with contextlib.suppress(KeyError) if who == 1 else contextlib.nullcontext():
+                cost, nll = check.cost_and_nll(model, adapter, removed={1: [2]})
             with contextlib.suppress(AttributeError) if who == 1 else contextlib.nullcontext():
                 measured = check.nll(model, adapter, {0: [1]})
             results[who] = (cost, nll, measured, len(forwards))
@@ -226,11 +249,17 @@ def test_passage_files_are_checked_before_any_work(tmp_path) -> None:
         AttributionParams.model_validate({"cloze_check": {"max_increase_pct": 0}})
     with pytest.raises(Exception, match="does nothing"):
         AttributionParams.model_validate({"cloze_check": {"max_increase_pct": None}})
-    with pytest.raises(Exception, match="sample_seed without limit does nothing"):
+    with pytest.raises(Exception, match="sample_seed without limit or check_limit does nothing"):
         AttributionParams.model_validate({"cloze_check": {"sample_seed": 3}})
     with pytest.raises(Exception, match="limit"):
         AttributionParams.model_validate({"cloze_check": {"limit": 0}})
     assert AttributionParams.model_validate({"cloze_check": {"limit": 8, "sample_seed": 3}}).cloze_check.limit == 8
+    assert AttributionParams.model_validate({"cloze_check": {"check_limit": 8, "sample_seed": 3}}).cloze_check.check_limit == 8
+    with pytest.raises(Exception, match="check_limit with max_increase_pct None does nothing"):
+        AttributionParams.model_validate({"cloze_check": {"check_limit": 8, "max_increase_pct": None,
+                                                          "guard_fraction": 0.1}})
+    with pytest.raises(Exception, match="check_limit 8 is not below limit 8"):
+        AttributionParams.model_validate({"cloze_check": {"check_limit": 8, "limit": 8}})
 
 
 def test_a_run_with_the_cloze_check_records_it_in_the_plan(tmp_path, setup) -> None:

@@ -103,16 +103,26 @@ class ClozeCheckSection(Strict):
     limit: int | None = Field(
         default=None, ge=1, description="a seeded sample of N passages instead of all (fewer: a faster, noisier "
                                         "check and guard; 336 are bundled); None: all")
-    sample_seed: int = Field(default=0, description="seed of the sample taken when limit is set")
+    check_limit: int | None = Field(
+        default=None, ge=1, description="the measured check reads a seeded sample of N of the passages while the "
+                                        "guard reads them all (the check catches large failures, which a sample "
+                                        "shows too, at a share of its forwards); None: all")
+    sample_seed: int = Field(default=0, description="seed of the samples taken when limit or check_limit is set")
 
     @model_validator(mode="after")
     def _does_something(self) -> ClozeCheckSection:
         if self.guard_fraction == 0.0 and self.max_increase_pct is None:
             raise ValueError("cloze_check with guard_fraction 0 and max_increase_pct None does nothing; set one or "
                              "remove cloze_check")
-        if "sample_seed" in self.model_fields_set and self.limit is None:
-            raise ValueError("cloze_check.sample_seed without limit does nothing (every passage is read); set "
-                             "limit or remove sample_seed")
+        if "sample_seed" in self.model_fields_set and self.limit is None and self.check_limit is None:
+            raise ValueError("cloze_check.sample_seed without limit or check_limit does nothing (every passage is "
+                             "read); set one or remove sample_seed")
+        if self.check_limit is not None and self.max_increase_pct is None:
+            raise ValueError("cloze_check.check_limit with max_increase_pct None does nothing (no check is "
+                             "measured); set max_increase_pct or remove check_limit")
+        if self.check_limit is not None and self.limit is not None and self.check_limit >= self.limit:
+            raise ValueError(f"cloze_check.check_limit {self.check_limit} is not below limit {self.limit}, so it "
+                             "does nothing (the check reads every passage read); lower it or remove it")
         return self
 
 

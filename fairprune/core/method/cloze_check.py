@@ -15,7 +15,10 @@ Every round, with its neurons ablated, the per-token perplexity of the passages'
 round is halved (its lowest-ranked half dropped) until the rise over the unpruned model is at most
 ``max_increase_pct``, or rejected. With ``guard_fraction`` the neurons whose removal is estimated (first
 order, ``cost``) to raise that loss most are never removed; the unpruned model's last-word NLL is then read
-from that pass's forwards. Every measurement is recorded for ``plan.json``.
+from that pass's forwards. With ``check_rows`` the measured check reads only those passages (a seeded sample)
+while the guard reads them all: the check is there to catch large failures (+15% and more), which a sample
+shows as well, and its forwards were the larger part of a selection's time. Every measurement is recorded for
+``plan.json``.
 With a ``world`` (torchrun; selection sets it) the guard's batches and every check's batches are shared among
 the processes and the per-batch figures gathered and summed in batch order, so every process reaches the
 one-process figures bit for bit at a share of the cost.
@@ -50,8 +53,9 @@ BUNDLED_PASSAGES = Path(__file__).resolve().parents[2] / "data" / "cloze" / "nam
 class ClozeCheck:
     """Last-word perplexity of passages, measured with neurons ablated (see the module docstring).
 
-    ``requests`` are ``(context_ids, last_word_ids)`` pairs; ``base_nll`` is the
-    unpruned model's mean NLL per last-word token (nats), set by ``measure_base``.
+    ``requests`` are ``(context_ids, last_word_ids)`` pairs; ``check_rows`` the indices of those the measured
+    check reads (None: all); ``base_nll`` is the unpruned model's mean NLL per last-word token (nats) over
+    them, set by ``measure_base`` or ``guard``.
     """
 
     requests: list[tuple[list[int], list[int]]]
@@ -63,13 +67,20 @@ class ClozeCheck:
     base_nll: float | None = None
     checks: list[dict[str, Any]] = field(default_factory=list)
     world: Any = None  # a distributed.World whose processes share every pass (all must call), or None
+    check_rows: list[int] | None = None
+    check_source: str = ""
+
+    def checked(self) -> list[tuple[list[int], list[int]]]:
+        """The requests the measured check reads, in file order."""
+        return self.requests if self.check_rows is None else [self.requests[i] for i in self.check_rows]
 
     def nll(self, model: torch.nn.Module, adapter: Any, removed: Mapping[int, Sequence[int]] | None = None,
             fill: Any = None) -> float:
-        """Mean NLL per last-word token (nats) with ``removed`` ablated to ``fill`` (None: zero)."""
+        """Mean NLL per last-word token (nats) of the checked requests with ``removed`` ablated to ``fill`` (None:
+        zero)."""
         # every process gets every request's score, in request order: the sums are the one-process sums
         with torch.no_grad(), attr.neuron_hooks(model, adapter, removed, fill), sharing(self.world):
-            scores = score_continuations(model, self.requests, batch_size=self.batch_size, pad=self.pad)
+            scores = score_continuations(model, self.checked(), batch_size=self.batch_size, pad=self.pad)
         return sum(s.nll for s in scores) / sum(s.n_tokens for s in scores)
 
     def measure_base(self, model: torch.nn.Module, adapter: Any) -> float:
@@ -118,7 +129,8 @@ class ClozeCheck:
 
     def cost_and_nll(self, model: torch.nn.Module, adapter: Any, fill: Mapping[int, torch.Tensor] | None = None,
                      removed: Mapping[int, Sequence[int]] | None = None) -> tuple[dict[int, torch.Tensor], float]:
-        """``cost`` and the mean last-word NLL per token (nats) its forwards measured with ``removed`` ablated."""
+        """``cost`` and the mean last-word NLL per token (nats) of the checked requests (``check_rows``), read
+        from the same forwards, with ``removed`` ablated."""
         widths = attr.layer_widths(model, adapter)
         total = {layer: torch.zeros(width, dtype=torch.float64) for layer, width in widths}
         n_tokens = sum(len(target) for _, target in self.requests)
@@ -141,11 +153,14 @@ class ClozeCheck:
                                      position_ids=batch.content_pos.to(device), use_cache=False,
                                      logits_to_keep=keep).logits[:, -keep:]
                     loss = logits.new_zeros((), dtype=torch.float32)
+                    row_nll = {}  # request index -> its last word's NLL (nats, summed over its tokens)
                     for r, i in enumerate(batch.rows):
                         target = self.requests[i][1]
                         at = torch.arange(keep - len(target) - 1, keep - 1, device=logits.device)
                         logprobs = torch.log_softmax(attr.wide(logits[r, at]), dim=-1)
-                        loss = loss - logprobs[torch.arange(len(target)), torch.tensor(target)].sum()
+                        nll = -logprobs[torch.arange(len(target)), torch.tensor(target)].sum()
+                        row_nll[i] = float(nll.detach())
+                        loss = loss + nll
                     layers = sorted(hooks.kept)
                     grads = torch.autograd.grad(loss / n_tokens, [hooks.kept[i] for i in layers], allow_unused=True)
                 sums = {}
@@ -155,14 +170,16 @@ class ClozeCheck:
                     h = hooks.kept[layer].detach().float()
                     r = fill[layer].float().to(h.device) if fill is not None else torch.zeros(h.shape[-1], device=h.device)
                     sums[layer] = ((r - h) * grad.float()).sum((0, 1)).double().cpu()
-                mine.append((sums, float(loss.detach())))
+                mine.append((sums, row_nll))
                 hooks.kept = {}
-        nll = 0.0
-        for sums, batch_nll in attr.gathered(mine, self.world):  # batch order, as one process adds them
-            nll += batch_nll
+        nll: dict[int, float] = {}
+        for sums, row_nll in attr.gathered(mine, self.world):  # batch order, as one process adds them
+            nll.update(row_nll)
             for layer, value in sums.items():
                 total[layer] += value
-        return {layer: value.float() for layer, value in total.items()}, nll / n_tokens
+        rows = range(len(self.requests)) if self.check_rows is None else self.check_rows
+        checked_nll = sum(nll[i] for i in rows) / sum(len(self.requests[i][1]) for i in rows)
+        return {layer: value.float() for layer, value in total.items()}, checked_nll
 
     def protected(self, cost: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """Per layer ``Bool[width]``: the ``guard_fraction`` of neurons whose removal raises the last-word NLL
@@ -172,7 +189,8 @@ class ClozeCheck:
     def record(self) -> dict[str, Any]:
         """What ``plan.json`` keeps: the passages, the guard, the limit, the base and every measurement."""
         return {"passages": self.source, "n_passages": len(self.requests), "guard_fraction": self.guard_fraction,
-                "max_increase_pct": self.max_increase_pct, "base_nll": self.base_nll, "checks": list(self.checks)}
+                "max_increase_pct": self.max_increase_pct, "checked_passages": len(self.checked()),
+                "check_sample": self.check_source or None, "base_nll": self.base_nll, "checks": list(self.checks)}
 
 
 def read_passages(path: str | Path) -> list[str]:
@@ -182,15 +200,21 @@ def read_passages(path: str | Path) -> list[str]:
 
 def cloze_check(tokenizer: Any, *, passages: str | Path | None, max_increase_pct: float | None,
                 guard_fraction: float = 0.0, batch_size: int = 16, limit: int | None = None,
-                sample_seed: int = 0) -> ClozeCheck:
+                sample_seed: int = 0, check_limit: int | None = None) -> ClozeCheck:
     """A ``ClozeCheck`` on ``passages`` (a JSONL of ``{"text": ...}``; None: the bundled ones), or on a seeded
-    sample of ``limit`` of them (file order kept); ``ConfigError`` on a missing or malformed file. Call
-    ``measure_base`` (or ``guard``) on the unpruned model before use."""
+    sample of ``limit`` of them (file order kept), whose measured check reads a seeded sample of ``check_limit``
+    of those (None: all); ``ConfigError`` on a missing or malformed file. Call ``measure_base`` (or ``guard``)
+    on the unpruned model before use."""
     path = Path(passages) if passages is not None else BUNDLED_PASSAGES
     texts = read_passages(path)
     source = "bundled" if passages is None else str(path)
     if limit is not None and limit < len(texts):
         texts = [texts[i] for i in sample_indices(len(texts), limit, sample_seed)]
         source += f" (a sample of {limit}, seed {sample_seed})"
+    check_rows, check_source = None, ""
+    if check_limit is not None and check_limit < len(texts):
+        check_rows = sample_indices(len(texts), check_limit, sample_seed)
+        check_source = f"a sample of {check_limit}, seed {sample_seed}"
     return ClozeCheck(word_requests(tokenizer, texts), max_increase_pct, pad_id(tokenizer), batch_size,
-                      source=source, guard_fraction=guard_fraction)
+                      source=source, guard_fraction=guard_fraction, check_rows=check_rows,
+                      check_source=check_source)

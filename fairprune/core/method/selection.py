@@ -631,7 +631,7 @@ def _cloze_check(context: Any, params: AttributionParams) -> Any:
 
     return cloze_check(context.tokenizer, passages=section.passages, max_increase_pct=section.max_increase_pct,
                        guard_fraction=section.guard_fraction, batch_size=context.config.bias.batch_size,
-                       limit=section.limit, sample_seed=section.sample_seed)
+                       limit=section.limit, sample_seed=section.sample_seed, check_limit=section.check_limit)
 
 
 def selection_report(selection: Selection, groups: Sequence[PromptGroup], model: Any, adapter: Any) -> Any:
