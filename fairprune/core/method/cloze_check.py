@@ -158,9 +158,9 @@ class ClozeCheck:
                         target = self.requests[i][1]
                         at = torch.arange(keep - len(target) - 1, keep - 1, device=logits.device)
                         logprobs = torch.log_softmax(attr.wide(logits[r, at]), dim=-1)
-                        nll = -logprobs[torch.arange(len(target)), torch.tensor(target)].sum()
-                        row_nll[i] = float(nll.detach())
-                        loss = loss + nll
+                        word_nll = -logprobs[torch.arange(len(target)), torch.tensor(target)].sum()
+                        row_nll[i] = float(word_nll.detach())
+                        loss = loss + word_nll
                     layers = sorted(hooks.kept)
                     grads = torch.autograd.grad(loss / n_tokens, [hooks.kept[i] for i in layers], allow_unused=True)
                 sums = {}
