@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except FairpruneError as exc:  # a user error: one line (config problems list one line per field)
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: outputs are written atomically, so there is nothing to report but that
+        print("error: interrupted; an output directory being written is left as it was", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -115,7 +115,9 @@ def test_a_limit_scores_a_seeded_sample_of_the_passages_in_file_order(setup) -> 
     assert {tuple(map(tuple, cloze_check(tok, passages=path, max_increase_pct=1.0, limit=3, sample_seed=k).requests[0]))
             for k in range(8)} != {tuple(map(tuple, sample.requests[0]))}  # the seed picks the sample
     assert "a sample of 3, seed 1" in sample.record()["passages"] and sample.record()["n_passages"] == 3
-    assert cloze_check(tok, passages=path, max_increase_pct=1.0, limit=99).requests == whole.requests
+    with pytest.raises(ConfigError, match=r"method.cloze_check.limit: 5 is not below the 5 passages of .*passages."
+                                          r"jsonl, so it samples nothing"):
+        cloze_check(tok, passages=path, max_increase_pct=1.0, limit=5)
 
 
 def test_a_check_limit_measures_a_sample_while_the_guard_reads_every_passage(setup) -> None:
@@ -136,7 +138,10 @@ def test_a_check_limit_measures_a_sample_while_the_guard_reads_every_passage(set
     assert record["n_passages"] == len(PASSAGES) and record["checked_passages"] == 2
     assert record["check_sample"] == "a sample of 2, seed 4" and whole.record()["check_sample"] is None
     assert checked == [PASSAGES[i] for i in sorted(sampled.check_rows)]  # file order
-    assert cloze_check(tok, passages=path, max_increase_pct=1.0, check_limit=99).check_rows is None
+    with pytest.raises(ConfigError, match="method.cloze_check.check_limit: 99 is not below the 5 passages"):
+        cloze_check(tok, passages=path, max_increase_pct=1.0, check_limit=99)
+    with pytest.raises(ConfigError, match="check_limit: 336 is not below the 336 passages of the bundled file"):
+        cloze_check(tok, passages=None, max_increase_pct=1.0, check_limit=336)
 
 
 class HalfOfTwo:

@@ -80,3 +80,34 @@ def test_a_missing_benchmark_file_is_named_once(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count(str(missing)) == 1 and "evaluation.evaluators.0.params.path" in err and "no such file" in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("method.folds=[1,", "error: --set method.folds: not valid YAML: "),
+    ("method.folds=a: b: c", "error: --set method.folds: not valid YAML: mapping values are not allowed here"),
+    ("evaluation.evaluators.3.params.draws=0", "evaluation.evaluators is a list, whose items cannot be set one at a "
+                                               "time; give the whole list"),
+])
+def test_a_set_that_cannot_be_read_is_one_line(tmp_path, capsys, value, expected):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {{source: {tmp_path / 'missing-model'}}}\nevaluation: {{evaluators: [parameters]}}\n"
+                      f"output: {{dir: {tmp_path / 'out'}}}\n")
+    before = snapshot(tmp_path)
+    assert cli_main(["run", str(config), "--set", value]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+    assert snapshot(tmp_path) == before
+
+
+def test_an_interrupt_ends_in_one_line_and_exit_code_130(tmp_path, capsys, monkeypatch):
+    import fairprune.cli as cli
+
+    def interrupted(func):
+        def run(args):
+            raise KeyboardInterrupt
+        return run
+
+    monkeypatch.setattr(cli, "releasing_claims", interrupted)
+    assert cli_main(["run", str(tmp_path / "run.yaml")]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "error: interrupted; an output directory being written is left as it was"

@@ -256,3 +256,20 @@ def test_a_parent_nobody_can_write_is_refused_before_loading(model_dir, tmp_path
     assert code == 1 and err.startswith("error: output.dir: ") and "/proc" in err
     assert "cannot write" in err or "not writable" in err or "cannot create" in err
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("given", ["", ".", "..", "~/"])
+def test_the_current_directory_its_parents_and_home_are_never_an_output(given, tmp_path, model_dir, monkeypatch,
+                                                                        capsys):
+    work = tmp_path / "project" / "code"
+    work.mkdir(parents=True)
+    (work / "my_code.py").write_text("mine")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    config = write_config(tmp_path, model_dir, "unused")
+    code, err = refused(capsys, ["run", str(config), "--set", f"output.dir={given}", "--overwrite"])
+    what = {"": "the current directory", ".": "the current directory", "..": "a directory that holds the current one",
+            "~/": "your home directory"}[given]
+    assert code != 0 and err.startswith("error: output.dir: ") and what in err, err
+    assert (work / "my_code.py").read_text() == "mine"

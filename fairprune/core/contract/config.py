@@ -104,10 +104,11 @@ class ClozeCheckSection(Strict):
         default=None, ge=1, description="a seeded sample of N passages instead of all (fewer: a faster, noisier "
                                         "check and guard; 336 are bundled); None: all")
     check_limit: int | None = Field(
-        default=None, ge=1, description="the measured check reads a seeded sample of N of the passages while the "
-                                        "guard reads them all (the check catches large failures, which a sample "
-                                        "shows too, at a share of its forwards); None: all")
-    sample_seed: int = Field(default=0, description="seed of the samples taken when limit or check_limit is set")
+        default=None, ge=1, description="each round's measured check reads a seeded sample of N passages (of the "
+                                        "limit sample when limit is set) while the guard reads them all; the "
+                                        "check is there for large failures, which a sample shows too, in fewer "
+                                        "forwards; N must be below the number of passages; None: all")
+    sample_seed: int = Field(default=0, description="the seed of both samples (limit and check_limit)")
 
     @model_validator(mode="after")
     def _does_something(self) -> ClozeCheckSection:
@@ -122,7 +123,7 @@ class ClozeCheckSection(Strict):
                              "measured); set max_increase_pct or remove check_limit")
         if self.check_limit is not None and self.limit is not None and self.check_limit >= self.limit:
             raise ValueError(f"cloze_check.check_limit {self.check_limit} is not below limit {self.limit}, so it "
-                             "does nothing (the check reads every passage read); lower it or remove it")
+                             "does nothing (the check would read every passage of the sample); lower it or remove it")
         return self
 
 
@@ -419,7 +420,9 @@ def format_validation_error(exc: ValidationError, prefix: str = "", model: Any =
     lines = []
     for err in exc.errors():
         path = ".".join(p for p in (prefix, _field_path(err["loc"])) if p)
-        lines.append(f"{path or '(config)'}: {err['msg']}{_suggestion(model, err)}{_given(err)}")
+        # a validator's own ValueError already says what is wrong; pydantic's "Value error, " adds nothing
+        msg = err["msg"].removeprefix("Value error, ") if err["type"] == "value_error" else err["msg"]
+        lines.append(f"{path or '(config)'}: {msg}{_suggestion(model, err)}{_given(err)}")
     return "invalid config: " + lines[0] if len(lines) == 1 else "invalid config:\n  " + "\n  ".join(lines)
 
 
@@ -522,12 +525,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 child = node[part] = {}
             if isinstance(child, str):  # a component given as a bare name
                 child = node[part] = {"name": child}
+            if isinstance(child, list):
+                dotted = ".".join(parts[:index + 1])
+                raise ConfigError(f"--set {item!r}: {dotted} is a list, whose items cannot be set one at a time; "
+                                  f"give the whole list, e.g. --set '{dotted}=[...]'")
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {item!r}: {part!r} is not a section")
             node = child
         if _is_component(node) and parts[-1] not in ("name", "params") and len(parts) > 1:
             node = node["params"]
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(yaml_error_line(f"--set {key.strip()}", exc, lines=False)) from None
     return data
 
 

@@ -76,9 +76,10 @@ class OutputError(FairpruneError):
     or being written by another process. Raised before any work."""
 
 
-def yaml_error_line(path: object, exc: Exception) -> str:
-    """``file:line: not valid YAML: problem`` for a ``yaml.YAMLError`` (one line; PyYAML's own message has five)."""
+def yaml_error_line(path: object, exc: Exception, lines: bool = True) -> str:
+    """``file:line: not valid YAML: problem`` for a ``yaml.YAMLError`` (one line; PyYAML's own message has five);
+    without ``lines`` (a one-line value such as a ``--set``'s) no line number."""
     mark = getattr(exc, "problem_mark", None)
-    line = f":{mark.line + 1}" if mark is not None else ""
+    line = f":{mark.line + 1}" if mark is not None and lines else ""
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     return f"{path}{line}: not valid YAML: {problem}"

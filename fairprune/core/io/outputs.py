@@ -172,6 +172,13 @@ def claim_output_dir(path: str | Path, overwrite: bool, where: Where = CONFIG) -
 
 
 def _check_target(target: Path, overwrite: bool, where: Where) -> None:
+    # replacing the directory a user works in (``output.dir=.`` or ``..``, or an empty path) would delete it
+    resolved, here, home = target.resolve(), Path.cwd().resolve(), Path.home().resolve()
+    kept = {here: "the current directory", home: "your home directory"}
+    kept.update({p: "a directory that holds the current one" for p in here.parents if p not in kept})
+    if resolved in kept:
+        raise OutputError(f"{where.field}: {target} is {kept[resolved]}, which a run would replace whole; name a "
+                          "new directory for the output")
     if target.exists() and not target.is_dir():
         raise OutputError(f"{where.field}: {target} is a file, not a directory; choose a directory path")
     if target.is_dir() and any(target.iterdir()) and not overwrite:

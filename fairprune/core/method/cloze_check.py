@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from ..contract.errors import ConfigError
 from ..data.benchmark_files import sample_indices
 from ..data.jsonl_texts import read_jsonl_texts
 from ..model.distributed import share, sharing
@@ -208,11 +209,16 @@ def cloze_check(tokenizer: Any, *, passages: str | Path | None, max_increase_pct
     path = Path(passages) if passages is not None else BUNDLED_PASSAGES
     texts = read_passages(path)
     source = "bundled" if passages is None else str(path)
-    if limit is not None and limit < len(texts):
+    for key, value in (("limit", limit), ("check_limit", check_limit)):
+        if value is not None and value >= len(texts):
+            raise ConfigError(f"method.cloze_check.{key}: {value} is not below the {len(texts)} passages of "
+                              f"{'the bundled file' if passages is None else path}, so it samples nothing; lower it "
+                              "or remove it")
+    if limit is not None:
         texts = [texts[i] for i in sample_indices(len(texts), limit, sample_seed)]
         source += f" (a sample of {limit}, seed {sample_seed})"
     check_rows, check_source = None, ""
-    if check_limit is not None and check_limit < len(texts):
+    if check_limit is not None:
         check_rows = sample_indices(len(texts), check_limit, sample_seed)
         check_source = f"a sample of {check_limit}, seed {sample_seed}"
     return ClozeCheck(word_requests(tokenizer, texts), max_increase_pct, pad_id(tokenizer), batch_size,

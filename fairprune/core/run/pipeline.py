@@ -40,11 +40,13 @@ class Timer:
     def stage(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
         logger.info("stage %s ...", name)
+        failed = True
         try:
             yield
+            failed = False
         finally:
             self.timings[name] = round(time.perf_counter() - start, 3)
-            logger.info("stage %s done in %.1f s", name, self.timings[name])
+            logger.info("stage %s %s in %.1f s", name, "failed" if failed else "done", self.timings[name])
 
 
 @dataclass
