@@ -11,12 +11,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("run", help="analyze, prune, evaluate and save a model as a config says",
                             description="Run the whole fairness-pruning pipeline from a config file.")
     add_config_arguments(parser)
+    parser.add_argument("--check", action="store_true",
+                        help="check the config, every plugin it names, its data files, the model source and the "
+                             "output directory, print what would run, and stop before the model loads")
     parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     from ..core.contract.summary import summary_text
-    from ..core.run.pipeline import run
+    from ..core.run.pipeline import check, run
+
+    if args.check:
+        print(check(args.config, args.overrides))
+        return 0
 
     result = run(args.config, args.overrides, progress=not args.quiet)
     if result.output_dir is not None:  # under torchrun every process has the results; rank 0 alone prints

@@ -41,6 +41,8 @@ def pick_source(spec: str, registry: Registry) -> Any:
     for entry in entries:
         if entry.obj.matches(spec):
             return entry.obj
+    if spec.startswith((".", "/", "~")) or spec.endswith(".gguf"):  # written as a path: say that it is missing
+        raise ModelSourceError(f"no such model directory or file: {spec!r}")
     raise ModelSourceError(f"no model source understands {spec!r}. Named sources: {', '.join(names) or '(none)'}; "
                            "otherwise give a Hugging Face id, a local model directory or a .gguf path")
 

@@ -203,16 +203,46 @@ def prepare(config: Any, overrides: list[str] | None = None, registry: Any = Non
     return Run(config, registry, plugins, out_dir, progress)
 
 
+def check(config: Any, overrides: list[str] | None = None, registry: Any = None) -> str:
+    """What ``run`` would do, after every check it makes before loading the model (``prepare``) and the choice
+    of model source, as a few lines of text; the same errors as ``run``, and no model code runs."""
+    from ..contract.errors import ModelSourceError
+    from ..io.sources import pick_source, refuse_custom_code
+
+    state = prepare(config, overrides, registry, progress=False)
+    section = state.config.model
+    try:
+        refuse_custom_code(section.source, section.trust_remote_code)
+        source = pick_source(str(section.source), state.registry)
+    except ModelSourceError as exc:
+        raise ModelSourceError(f"model.source: {exc}") from None
+    out = state.output_dir
+    replaced = out.is_dir() and any(out.iterdir())
+    evaluators = [e.name for e in state.config.evaluation.evaluators]
+    return "\n".join([
+        "config ok: nothing was loaded or written",
+        f"  model        {section.source} (source {source.name!r})",
+        f"  method       {state.config.method.name} on {', '.join(state.config.bias.axes)}",
+        f"  budget       {state.config.pruning.budget.model_dump(exclude_none=True)}",
+        f"  evaluators   {', '.join(evaluators) or '(none)'}",
+        f"  output       {out}{' (its contents would be replaced)' if replaced else ''}"])
+
+
 def load(run: Run) -> None:
     """The model, its tokenizer and its architecture adapter; the base model's id and licence."""
     from ..io.sources import load_model
     from ..model.adapters import check_supported, resolve_adapter
 
+    from ..contract.errors import ModelSourceError
+
     section = run.config.model
-    run.model, run.tokenizer = load_model(section.source, registry=run.registry, dtype=section.dtype,
-                                          device_map=section.device_map, max_memory=section.max_memory,
-                                          offload_folder=section.offload_folder,
-                                          trust_remote_code=section.trust_remote_code)
+    try:
+        run.model, run.tokenizer = load_model(section.source, registry=run.registry, dtype=section.dtype,
+                                              device_map=section.device_map, max_memory=section.max_memory,
+                                              offload_folder=section.offload_folder,
+                                              trust_remote_code=section.trust_remote_code)
+    except ModelSourceError as exc:  # name the config field the user gave, as every other config error does
+        raise ModelSourceError(f"model.source: {exc}") from exc.__cause__
     run.adapter = run.plugins.adapter or resolve_adapter(run.model, registry=run.registry)
     check_supported(run.model, run.adapter)  # every layer's MLP prunable, before any analysis (a named adapter too)
     run.base_model_id = getattr(run.model.config, "fairprune_base_model", None) or run.config.model.source

@@ -1,0 +1,49 @@
+"""``fairprune run CONFIG --check``: every check a run makes before loading the model, and nothing else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fairprune.cli import main as cli_main
+from fairprune.testing import snapshot
+
+DEMO = str(Path(__file__).resolve().parents[1] / "examples" / "fair-smollm2.yaml")
+
+
+def test_check_prints_what_would_run_and_loads_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    import fairprune.core.io.sources as sources
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("--check loaded a model")
+
+    monkeypatch.setattr(sources, "load_model", no_loading)
+    out = tmp_path / "out"
+    before = snapshot(tmp_path)
+    assert cli_main(["run", DEMO, "--check", "--set", f"output.dir={out}"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("config ok")
+    assert "smollm2-135m (source 'smollm2-135m')" in text and "attribution on race" in text
+    assert "random_control" in text and str(out) in text and "replaced" not in text
+    assert snapshot(tmp_path) == before and not out.exists()
+
+
+def test_check_says_an_existing_output_would_be_replaced(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "plan.json").write_text("{}")
+    assert cli_main(["run", DEMO, "--check", "--set", f"output.dir={out}"]) == 0
+    assert "(its contents would be replaced)" in capsys.readouterr().out
+    assert (out / "plan.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("model.source=./no-such-model", "error: model.source: no such model directory or file: './no-such-model'"),
+    ("evaluation.evaluators=[no_such_evaluator]", "no_such_evaluator"),
+    ("method.cloze_check.check_limit=0", "method.cloze_check.check_limit"),
+])
+def test_check_refuses_what_run_refuses_in_one_line(tmp_path, capsys, override, expected):
+    assert cli_main(["run", DEMO, "--check", "--set", f"output.dir={tmp_path / 'out'}", "--set", override]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
