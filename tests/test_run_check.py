@@ -42,6 +42,7 @@ def test_check_says_an_existing_output_would_be_replaced(tmp_path, capsys):
     ("model.source=./no-such-model", "error: model.source: no such model directory or file: './no-such-model'"),
     ("evaluation.evaluators=[no_such_evaluator]", "no_such_evaluator"),
     ("method.cloze_check.check_limit=0", "method.cloze_check.check_limit"),
+    ("bias.axes=[]", "bias: axes is empty and prompts is not set, so there is nothing to analyse"),
 ])
 def test_check_refuses_what_run_refuses_in_one_line(tmp_path, capsys, override, expected):
     assert cli_main(["run", DEMO, "--check", "--set", f"output.dir={tmp_path / 'out'}", "--set", override]) == 1

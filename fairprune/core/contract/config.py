@@ -256,6 +256,13 @@ class BiasSection(Strict):
     site: str = Field(default="neuron", description="where activations are read (a sites plugin)")
     batch_size: int = Field(default=16, ge=1)
 
+    @model_validator(mode="after")
+    def _has_prompts(self) -> BiasSection:
+        if not self.axes and self.prompts is None:
+            raise ValueError("axes is empty and prompts is not set, so there is nothing to analyse; name an axis "
+                             "(`fairprune axes` lists them) or a prompts file")
+        return self
+
 
 class Budget(Strict):
     """How much to remove: exactly one of a parameter fraction, a neuron count, or a per-layer percentage."""
