@@ -71,9 +71,13 @@ class ClozeCheck:
     check_rows: list[int] | None = None
     check_source: str = ""
 
+    def checked_indices(self) -> Sequence[int]:
+        """The indices of the requests the measured check reads, in file order."""
+        return range(len(self.requests)) if self.check_rows is None else self.check_rows
+
     def checked(self) -> list[tuple[list[int], list[int]]]:
         """The requests the measured check reads, in file order."""
-        return self.requests if self.check_rows is None else [self.requests[i] for i in self.check_rows]
+        return [self.requests[i] for i in self.checked_indices()]
 
     def nll(self, model: torch.nn.Module, adapter: Any, removed: Mapping[int, Sequence[int]] | None = None,
             fill: Any = None) -> float:
@@ -178,7 +182,7 @@ class ClozeCheck:
             nll.update(row_nll)
             for layer, value in sums.items():
                 total[layer] += value
-        rows = range(len(self.requests)) if self.check_rows is None else self.check_rows
+        rows = self.checked_indices()
         checked_nll = sum(nll[i] for i in rows) / sum(len(self.requests[i][1]) for i in rows)
         return {layer: value.float() for layer, value in total.items()}, checked_nll
 

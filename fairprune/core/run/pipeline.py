@@ -203,19 +203,28 @@ def prepare(config: Any, overrides: list[str] | None = None, registry: Any = Non
     return Run(config, registry, plugins, out_dir, progress)
 
 
+@contextmanager
+def _naming_model_source() -> Iterator[None]:
+    """A ``ModelSourceError`` raised in the block names ``model.source``, as every other config error names its
+    field."""
+    from ..contract.errors import ModelSourceError
+
+    try:
+        yield
+    except ModelSourceError as exc:
+        raise ModelSourceError(f"model.source: {exc}") from exc.__cause__
+
+
 def check(config: Any, overrides: list[str] | None = None, registry: Any = None) -> str:
     """What ``run`` would do, after every check it makes before loading the model (``prepare``) and the choice
     of model source, as a few lines of text; the same errors as ``run``, and no model code runs."""
-    from ..contract.errors import ModelSourceError
     from ..io.sources import pick_source, refuse_custom_code
 
     state = prepare(config, overrides, registry, progress=False)
     section = state.config.model
-    try:
+    with _naming_model_source():
         refuse_custom_code(section.source, section.trust_remote_code)
         source = pick_source(str(section.source), state.registry)
-    except ModelSourceError as exc:
-        raise ModelSourceError(f"model.source: {exc}") from None
     out = state.output_dir
     replaced = out.is_dir() and any(out.iterdir())
     evaluators = [e.name for e in state.config.evaluation.evaluators]
@@ -233,16 +242,12 @@ def load(run: Run) -> None:
     from ..io.sources import load_model
     from ..model.adapters import check_supported, resolve_adapter
 
-    from ..contract.errors import ModelSourceError
-
     section = run.config.model
-    try:
+    with _naming_model_source():
         run.model, run.tokenizer = load_model(section.source, registry=run.registry, dtype=section.dtype,
                                               device_map=section.device_map, max_memory=section.max_memory,
                                               offload_folder=section.offload_folder,
                                               trust_remote_code=section.trust_remote_code)
-    except ModelSourceError as exc:  # name the config field the user gave, as every other config error does
-        raise ModelSourceError(f"model.source: {exc}") from exc.__cause__
     run.adapter = run.plugins.adapter or resolve_adapter(run.model, registry=run.registry)
     check_supported(run.model, run.adapter)  # every layer's MLP prunable, before any analysis (a named adapter too)
     run.base_model_id = getattr(run.model.config, "fairprune_base_model", None) or run.config.model.source
