@@ -54,6 +54,26 @@ def test_wrong_type_names_field_and_value():
         load_config({**MINIMAL, "bias": {"batch_size": "many"}})
 
 
+@pytest.mark.parametrize("override, field", [
+    ("bias.batch_size=true", "bias.batch_size"),                                  # int
+    ("method.cloze_check={max_increase_pct: 10, check_limit: true}", "method.cloze_check.check_limit"),  # int | None
+    ("method.max_perplexity_increase_pct=false", "method.max_perplexity_increase_pct"),                 # float | None
+])
+def test_a_boolean_where_a_number_is_expected_is_refused(override, field):
+    # pydantic alone reads true as 1: check_limit: true would check one passage
+    with pytest.raises(ConfigError) as info:  # sections at load, the method's params when it is resolved
+        resolve_method(load_config({**MINIMAL, "method": "attribution"}, [override]), Registry(load_entrypoints=False))
+    assert f"{field}: expected a number, not a boolean" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_numbers_and_booleans_still_load_where_they_belong():
+    config = load_config({**MINIMAL, "method": "attribution"},
+                         ["method.max_perplexity_increase_pct=1", "method.floor_guard=true", "output.overwrite=true"])
+    method = resolve_method(config, Registry(load_entrypoints=False))
+    assert config.output.overwrite is True
+    assert method.params.max_perplexity_increase_pct == 1.0 and method.params.floor_guard is True
+
+
 def test_overrides_use_dotted_keys_and_yaml_values():
     config = load_config(MINIMAL, ["method.bias_weight=0.6", "output.dir=runs/x", "pruning.pruner=mask",
                                    "pruning.budget={neurons: 12}", "method.scorer={name: linear, params: {foo: 3}}"])

@@ -48,3 +48,18 @@ def test_check_refuses_what_run_refuses_in_one_line(tmp_path, capsys, override, 
     assert cli_main(["run", DEMO, "--check", "--set", f"output.dir={tmp_path / 'out'}", "--set", override]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err, err
+
+
+def test_check_refuses_a_hub_id_it_could_neither_download_nor_read_from_the_cache(tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "model_info", no_network)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert cli_main(["run", DEMO, "--check", "--set", f"output.dir={tmp_path / 'out'}",
+                     "--set", "model.source=fairprune-test/tiny-llama"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: model.source: 'fairprune-test/tiny-llama' is not in the local Hugging Face cache")

@@ -98,3 +98,36 @@ def test_bundled_source_labels_cached_model(tmp_path):
     model, _ = fp.load_model("smollm2-135m", registry=REG, cache_dir=tmp_path)
     assert model.config.fairprune_base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert model.config.fairprune_license == "apache-2.0"
+
+
+def _hub_unreachable(monkeypatch, cache: Path) -> None:
+    """No network (the hub's host does not resolve) and an empty or filled hub cache at ``cache``."""
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "model_info", no_network)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+
+def test_a_hub_id_without_network_or_cache_fails_at_once_saying_so(monkeypatch, tmp_path):
+    _hub_unreachable(monkeypatch, tmp_path / "hub")
+    with pytest.raises(ModelSourceError) as info:
+        fp.load_model("fairprune-test/tiny-llama", registry=REG)
+    message = str(info.value)
+    assert "'fairprune-test/tiny-llama' is not in the local Hugging Face cache" in message
+    assert "Name or service not known" in message and "\n" not in message
+
+
+def test_a_cached_hub_id_loads_from_the_cache_without_network(monkeypatch, tmp_path):
+    # the hub cache's own layout: refs/main names the snapshot that holds the files
+    repo = tmp_path / "hub" / "models--fairprune-test--tiny-llama"
+    plain = tiny_model("llama")
+    plain.save_pretrained(repo / "snapshots" / "0123abc")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abc")
+    _hub_unreachable(monkeypatch, tmp_path / "hub")
+    loaded, _ = fp.load_model("fairprune-test/tiny-llama", registry=REG, require_tokenizer=False)
+    torch.testing.assert_close(logits(loaded), logits(plain), atol=0, rtol=0)

@@ -51,6 +51,8 @@ def load_hf(spec: str, dtype: str = "auto", device_map: Any = None, max_memory: 
     if path.is_dir() and (path / SIDECAR).exists():
         return load_pretrained(path)  # load_model casts and dispatches it
     placement = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
+    if not path.is_dir() and hub_cache_only(spec):
+        placement["local_files_only"] = True
     try:
         model = AutoModelForCausalLM.from_pretrained(
             spec, dtype=dtype if dtype == "auto" else getattr(torch, dtype), trust_remote_code=trust_remote_code,
@@ -62,7 +64,8 @@ def load_hf(spec: str, dtype: str = "auto", device_map: Any = None, max_memory: 
             raise ModelSourceError(_NEEDS_CODE.format(spec=spec, setting=TRUST_SETTING)) from exc
         raise
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code,
+                                                  local_files_only=bool(placement.get("local_files_only")))
     except (OSError, ValueError) as exc:
         if _needs_code(exc):
             raise ModelSourceError(_NEEDS_CODE.format(spec=spec, setting=TRUST_SETTING)) from exc
@@ -71,6 +74,31 @@ def load_hf(spec: str, dtype: str = "auto", device_map: Any = None, max_memory: 
     if not path.is_dir() and getattr(model.config, "fairprune_base_model", None) is None:
         model.config.fairprune_base_model = spec
     return model, tokenizer
+
+
+def hub_cache_only(spec: str) -> bool:
+    """Whether hub id ``spec`` must load from the local Hugging Face cache: the hub cannot be reached (one
+    request, no retries) and the cache holds the model's config. ``ModelSourceError`` at once when the hub cannot
+    be reached and the cache does not hold it: without this transformers retries for about 25 s before saying so.
+    False when the hub answers (even with an error, which ``from_pretrained`` then reports) or ``HF_HUB_OFFLINE``
+    is set (transformers then reads the cache without asking)."""
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        model_info(spec, timeout=10)
+        return False
+    except HfHubHTTPError:
+        return False
+    except Exception as exc:  # no answer at all: DNS, refused connection, timeout, proxy
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(try_to_load_from_cache(spec, "config.json"), str):
+        logger.info("%s cannot be reached (%s): loading %s from the local cache", constants.ENDPOINT, reason, spec)
+        return True
+    raise ModelSourceError(f"{spec!r} is not in the local Hugging Face cache and {constants.ENDPOINT} cannot be "
+                           f"reached ({reason}); connect, or give a local directory or .gguf file")
 
 
 _NEEDS_CODE = "{spec} needs Python code shipped with the model; fairprune never runs it unless {setting}"
@@ -252,6 +280,12 @@ class HFSource(Plugin):
     def load(self, spec: str, cache_dir: Path | None = None, trust_remote_code: bool = False,
              **placement: Any) -> tuple[Any, Any]:
         return load_hf(spec, trust_remote_code=trust_remote_code, **placement)
+
+    def check(self, spec: str) -> None:
+        """``ModelSourceError`` when ``spec`` is a hub id that can be neither downloaded nor read from the cache
+        (``run --check``); nothing is loaded."""
+        if not Path(spec).expanduser().is_dir():
+            hub_cache_only(spec)
 
 
 class GGUFSource(Plugin):

@@ -12,17 +12,39 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import ConfigError, yaml_error_line
 
 
+def _number_not_bool(annotation: Any) -> bool:
+    """Whether a field of this annotation takes a number and not a bool (``int``, ``float | None``, ...)."""
+    if annotation is bool or annotation is Any:
+        return False
+    if annotation in (int, float):
+        return True
+    if get_origin(annotation) in (Union, UnionType):
+        args = get_args(annotation)
+        return any(_number_not_bool(a) for a in args) and bool not in args and Any not in args
+    return False
+
+
 class Strict(BaseModel):
-    """Base of every config section: unknown keys are errors."""
+    """Base of every config section: unknown keys are errors, and so is a bool where a number is expected
+    (pydantic would read ``check_limit: true`` as 1)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None \
+                and _number_not_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, not a boolean")
+        return value
 
 
 class Component(Strict):

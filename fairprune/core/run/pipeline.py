@@ -225,6 +225,8 @@ def check(config: Any, overrides: list[str] | None = None, registry: Any = None)
     with _naming_model_source():
         refuse_custom_code(section.source, section.trust_remote_code)
         source = pick_source(str(section.source), state.registry)
+        if hasattr(source, "check"):  # a source's own look without loading (the hub: reachable or cached)
+            source.check(str(section.source))
     out = state.output_dir
     replaced = out.is_dir() and any(out.iterdir())
     evaluators = [e.name for e in state.config.evaluation.evaluators]
