@@ -3,6 +3,8 @@ divergence are never removed."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -118,11 +120,29 @@ def test_the_card_names_the_guards_against_deafness_that_were_on() -> None:
         return _method_text(config)[1]
 
     assert not any("Guards against deafness" in line for line in lines())
-    floor = [line for line in lines(floor_guard=True) if line.startswith("3. Guards against deafness")]
+    floor = [line for line in lines(floor_guard=True) if line.startswith("Guards against deafness")]
     assert len(floor) == 1 and "floor guard" in floor[0] and "recall" not in floor[0]
     both = [line for line in lines(floor_guard=True, recall={"guard_fraction": 0.1, "max_drop_pts": 1.0})
-            if line.startswith("3. Guards against deafness")]
+            if line.startswith("Guards against deafness")]
     assert len(both) == 1 and "10% of each layer" in both[0] and "1.0 points" in both[0] and "floor guard" in both[0]
+
+
+def test_the_card_numbers_the_method_steps_and_names_the_name_passages() -> None:
+    from fairprune.core.contract.config import load_config
+    from fairprune.plugins.report import model_card
+
+    demo = Path(__file__).resolve().parents[1] / "examples" / "fair-smollm2.yaml"
+    metrics = {"pruning": {"neurons_removed": 389, "params_removed_pct": 0.5, "params_removed": 672192,
+                           "params_before": 134515008, "layers_touched": 30}}
+    card = model_card(load_config(demo), metrics, "HuggingFaceTB/SmolLM2-135M-Instruct")
+    method = card.split("## Method\n\n")[1].split("\n\n")[0].splitlines()
+    assert [line.split(". ")[0] for line in method] == [str(i) for i in range(1, len(method) + 1)]
+    names = [line for line in method if "Name passages" in line]
+    assert len(names) == 1 and "10% of each layer" in names[0] and "a seeded sample of 112" in names[0]
+    assert "by more than 10.0% is halved or rejected" in names[0]
+    assert any("Guards against deafness" in line for line in method) and method[-1].split(". ", 1)[1].startswith("Budget")
+    without = load_config(demo, ["method.cloze_check=null"])
+    assert "Name passages" not in model_card(without, metrics, "base")
 
 
 def test_between_within_js_averages_each_kind_of_pair():

@@ -92,9 +92,10 @@ def model_card(config: Any, metrics: dict[str, Any], base_model: str, license: s
         f"({pr['params_removed_pct']:.3f}% of the parameters) were removed structurally: {chosen} in prompt groups "
         f"of the axes {', '.join(config.bias.axes)}.", "",
         *_at_a_glance(metrics),
-        "## Method", "", *method,
-        f"3. Budget {config.pruning.budget.describe()}; pruner `{config.pruning.pruner.name}`.",
-        *_recovery_lines(pr), "",
+        "## Method", "",
+        *(f"{i}. {step}" for i, step in enumerate([
+            *method, f"Budget {config.pruning.budget.describe()}; pruner `{config.pruning.pruner.name}`.",
+            *_recovery_lines(pr)], 1)), "",
         "## Loading", "", how_to_load, "",
         *attribution_section(metrics),
         "## Measured figures", "",
@@ -137,42 +138,43 @@ def _recovery_lines(pruning: dict[str, Any]) -> list[str]:
     if rec is None:
         return []
     if not rec["kept"]:
-        return [("4. Recovery distillation ran but did not lower the KL divergence to the unpruned model on held-out "
+        return [("Recovery distillation ran but did not lower the KL divergence to the unpruned model on held-out "
                  "text, so its weight changes were undone: the weights are the pruned model's.")]
-    return [(f"4. Recovery distillation: the kept MLP weights were then trained for {rec['steps']} steps towards the "
+    return [(f"Recovery distillation: the kept MLP weights were then trained for {rec['steps']} steps towards the "
             "unpruned model's next-token distributions on general text (KL divergence on held-out text "
             f"{rec['held_out_kl_before']:.4f} → {rec['held_out_kl_after']:.4f} nats per token). Every figure below "
             "is of the model after recovery; the random-neuron control is not recovered.")]
 
 
 def _method_text(config: Any) -> tuple[str, list[str]]:
-    """What the card says was removed and how, for the configured method."""
+    """What the card says was removed and how, for the configured method: a phrase and the method's steps
+    (unnumbered; ``model_card`` numbers them with the budget and recovery steps)."""
     if config.method.name not in ("activation", "attribution"):
         return f"the neurons chosen by the `{config.method.name}` method", [
-            f"1. Method `{config.method.name}` ({_params_text(config)}) on the analysis prompt groups."]
+            f"Method `{config.method.name}` ({_params_text(config)}) on the analysis prompt groups."]
     bias, a = config.bias, method_params(config)
     if config.method.name == "attribution":
         return ("the neurons whose removal was estimated, and then measured, to make the model's outputs differ "
                 "less between prompts that differ only in a demographic attribute"), [
-            f"1. Signed attribution: for every MLP neuron, the first-order change of the output-level bias "
+            f"Signed attribution: for every MLP neuron, the first-order change of the output-level bias "
             f"objective `{a.objective.name}` when the neuron is removed, from backward passes over the "
             "analysis prompt groups; only neurons whose removal lowers it are candidates"
             + (f" in each of {a.folds} folds of the groups split by template (a neuron's gain is its smallest "
                "fold's)." if a.folds > 1 else "."),
-            f"2. Capability guard: the same estimate on the language-model loss of a calibration text "
+            f"Capability guard: the same estimate on the language-model loss of a calibration text "
             f"(`{a.capability.name}`); the costliest {a.guard_fraction:.0%} of each layer are protected and "
             f"candidates are ranked by `{a.ranking}`. Up to {a.rounds} rounds, recomputed on the model as pruned "
             f"so far; a round is kept only if the measured calibration perplexity rises by at most "
             f"{a.max_perplexity_increase_pct}% and the measured objective falls"
             + (f"; selection stops once the measured objective is {a.target_reduction_pct}% below its start."
                if a.target_reduction_pct is not None else "."),
-            *_deafness_guards(a)]
+            *_cloze_guard(a), *_deafness_guards(a)]
     return ("the neurons whose activation moved most with the demographic word, weighed against their "
             "importance"), [
-        f"1. Prompt groups differing only in a demographic attribute ran through the base model; the "
+        f"Prompt groups differing only in a demographic attribute ran through the base model; the "
         f"`{bias.site}` activation of every MLP neuron was pooled (`{a.pooling}`) and scored with "
         f"`{a.metric.name}`.",
-        f"2. Importance `{a.importance.name}`; scorer `{a.scorer.name}` with bias weight "
+        f"Importance `{a.importance.name}`; scorer `{a.scorer.name}` with bias weight "
         f"{a.bias_weight}; {a.selection} selection."]
 
 
@@ -187,7 +189,26 @@ def _deafness_guards(params: Any) -> list[str]:
         parts.append("a neuron is removed only if its removal is estimated to lower the between-group divergence "
                      "by a larger share than the divergence between two words for one group, and a round whose "
                      "measured divergences do not show that is halved (the floor guard)")
-    return [f"3. Guards against deafness: {'; '.join(parts)}."] if parts else []
+    return [f"Guards against deafness: {'; '.join(parts)}."] if parts else []
+
+
+def _cloze_guard(params: Any) -> list[str]:
+    """The method list's line for the name passages (``method.cloze_check``; none when it is off)."""
+    cloze = params.cloze_check
+    if cloze is None:
+        return []
+    parts = []
+    source = ("passages that end in a name they used before" if cloze.passages is None
+              else f"the passages of `{cloze.passages}`")
+    read = f"{cloze.limit} of the " if cloze.limit is not None else ""
+    if cloze.guard_fraction:
+        parts.append(f"the {cloze.guard_fraction:.0%} of each layer whose removal is estimated to raise most the "
+                     f"last-word loss of {read}{source} are protected")
+    if cloze.max_increase_pct is not None:
+        sample = f" (measured on a seeded sample of {cloze.check_limit})" if cloze.check_limit is not None else ""
+        parts.append(f"a round that raises their last-word perplexity{sample} by more than "
+                     f"{cloze.max_increase_pct}% is halved or rejected")
+    return [f"Name passages (a LAMBADA-like check): {'; '.join(parts)}."]
 
 
 def write_html_report(directory: str | Path, model: Any = None) -> Path | None:
