@@ -90,7 +90,7 @@ def file_size_limit(n: int):
 def test_a_tokenizer_saved_onto_a_full_disk_is_one_line(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
-    (target / "old.txt").write_text("previous")
+    (target / "plan.json").write_text("previous")  # a previous output: overwrite replaces only those
     before = snapshot(tmp_path)
     tokenizer = tiny_tokenizer()
     with pytest.raises(OutputError) as info, atomic_directory(target, overwrite=True) as staging:

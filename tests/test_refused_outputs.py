@@ -273,3 +273,34 @@ def test_the_current_directory_its_parents_and_home_are_never_an_output(given, t
             "~/": "your home directory"}[given]
     assert code != 0 and err.startswith("error: output.dir: ") and what in err, err
     assert (work / "my_code.py").read_text() == "mine"
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_overwrite_never_replaces_a_directory_fairprune_did_not_write(command, tmp_path, model_dir, capsys):
+    # the example configs turn overwrite on, so output.dir pointed at any other directory must not delete it
+    theirs = tmp_path / "someone" / "lib"
+    theirs.mkdir(parents=True)
+    (theirs / "libfoo.so").write_text("theirs")
+    config = write_config(tmp_path, model_dir, str(theirs))
+    before = snapshot(tmp_path)
+    extra = ["--check"] if command == "check" else ["--quiet"]
+    code, err = refused(capsys, ["run", str(config), "--overwrite", *extra])
+    assert code == 1 and err.startswith(f"error: output.dir: {theirs} holds files fairprune did not write"), err
+    assert "\n" not in err.strip() and snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["prune", "export", "run"])
+def test_an_output_that_is_or_holds_its_own_input_is_refused(command, model_dir, run_dir, tmp_path, capsys):
+    # with --overwrite each would replace, whole, the directory it reads from
+    source = tmp_path / "model"
+    fp.save_pretrained(fp.load_model(str(model_dir))[0], tiny_char_tokenizer(), source)
+    if command == "prune":
+        args = ["prune", "--model", str(source), "--plan", str(run_dir / "plan.json"), "--out", str(source)]
+    elif command == "export":
+        args = ["export", str(source), str(source)]
+    else:  # the output directory holds the model it loads
+        args = ["run", str(write_config(tmp_path, source, str(tmp_path))), "--quiet"]
+    before = snapshot(tmp_path)
+    code, err = refused(capsys, [*args, "--overwrite"])
+    assert code == 1 and "is where the input" in err and "\n" not in err.strip(), err
+    assert snapshot(tmp_path) == before

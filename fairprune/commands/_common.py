@@ -41,7 +41,7 @@ def claim_out(args: argparse.Namespace) -> Path:
 
     if not is_main_process():
         return Path(args.out).expanduser().absolute()
-    return claim_output_dir(args.out, args.overwrite, OUT)
+    return claim_output_dir(args.out, args.overwrite, OUT, reads=[args.model] if getattr(args, "model", None) else [])
 
 
 def positive_int(text: str) -> int:

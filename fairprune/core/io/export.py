@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from ..contract.errors import ConfigError, PersistError
-from .outputs import Where, atomic_directory, check_output_file
+from .outputs import Where, atomic_directory, check_output_file, refuse_reading_from
 from .persist import SIDECAR, WEIGHTS_INDEX, check_weights, read_sidecar
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ def export_model(run_dir: str | Path, out: str | Path, fmt: str = "hf", *, overw
     widths = layer_widths(source)
     files = model_files(source)
     target = Path(out).expanduser().absolute()
+    refuse_reading_from(target, [run_dir], Where("OUT", "pass --overwrite"))
     if fmt == "gguf":
         refuse_uneven(widths, fmt, source)
         from .gguf_export import check_exportable, write_gguf

@@ -28,7 +28,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -146,12 +146,21 @@ def _try_flock(fd: int, holder: int | None) -> bool:
     return True
 
 
-def claim_output_dir(path: str | Path, overwrite: bool, where: Where = CONFIG) -> Path:
+#: a non-empty directory is replaced (overwrite) only if it holds one of these: a run's manifest, plan or metrics,
+#: a saved model's sidecar or config, an analysis' or a sweep's record
+OUTPUT_MARKERS = ("manifest.json", "plan.json", "metrics.json", "fairprune.json", "config.json", "bias_report.json",
+                  "sweep.json")
+
+
+def claim_output_dir(path: str | Path, overwrite: bool, where: Where = CONFIG,
+                     reads: Sequence[str | Path] = ()) -> Path:
     """Check an output directory before any long work and lock it for this process; returns its absolute path.
 
     Refused (``OutputError``, one line naming ``where.field``): a path that is a
-    file, a non-empty directory without ``overwrite``, a parent that cannot be
-    created or written, a directory another running process has claimed. The
+    file, a non-empty directory without ``overwrite`` (or, with it, one that holds
+    none of ``OUTPUT_MARKERS``), a path that is or holds one of the inputs the
+    command ``reads`` (``refuse_reading_from``), a parent that cannot be created
+    or written, a directory another running process has claimed. The
     claim lasts until ``release_output_dir``, the end of the enclosing
     ``releasing_claims`` scope, or the process's exit.
     """
@@ -161,6 +170,7 @@ def claim_output_dir(path: str | Path, overwrite: bool, where: Where = CONFIG) -
             if _CLAIMS[target].thread != threading.get_ident():
                 raise OutputError(f"{where.field}: {target} is being written by another thread of this process")
             return target
+    refuse_reading_from(target, reads, where)
     _check_target(target, overwrite, where)
     claim = _lock(target, where)
     with _GUARD:
@@ -169,6 +179,18 @@ def claim_output_dir(path: str | Path, overwrite: bool, where: Where = CONFIG) -
     if scopes:
         scopes[-1].append(target)
     return target
+
+
+def refuse_reading_from(target: str | Path, reads: Sequence[str | Path], where: Where = CONFIG) -> None:
+    """``OutputError`` when output ``target`` is, or holds, a local path the command reads (a model directory,
+    a run): the output replaces the directory whole, so it would delete its own input. Inputs that are not
+    local paths (hub ids, bundled model names) are ignored."""
+    resolved = Path(target).expanduser().resolve()
+    for given in reads:
+        source = Path(given).expanduser()
+        if source.exists() and (source.resolve() == resolved or resolved in source.resolve().parents):
+            raise OutputError(f"{where.field}: {target} is where the input {given} is read from, and an output "
+                              "directory is replaced whole; name a new directory")
 
 
 def _check_target(target: Path, overwrite: bool, where: Where) -> None:
@@ -184,6 +206,12 @@ def _check_target(target: Path, overwrite: bool, where: Where) -> None:
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise OutputError(f"{where.field}: {target} exists and is not empty; choose another directory or "
                           f"{where.allow} to replace it")
+    if target.is_dir() and not any((target / name).exists() for name in OUTPUT_MARKERS) and any(target.iterdir()):
+        # overwrite replaces the directory whole: only one that holds what fairprune writes (a config whose
+        # overwrite is on would otherwise delete any directory output.dir is pointed at)
+        raise OutputError(f"{where.field}: {target} holds files fairprune did not write (none of "
+                          f"{', '.join(OUTPUT_MARKERS)}), and an output directory is replaced whole; name a new "
+                          "directory")
     if target.is_dir() and not os.access(target, os.W_OK):
         raise OutputError(f"{where.field}: {target} is not writable")
     _check_parent(target, where)

@@ -196,7 +196,8 @@ def prepare(config: Any, overrides: list[str] | None = None, registry: Any = Non
     check_input_files(config)
     check_analysis_prompts(config, registry)
     if is_main_process(init=True):  # under torchrun only rank 0 writes, so only it claims the directory
-        out_dir = claim_output_dir(config.output.dir, config.output.overwrite)  # locked until the run ends
+        out_dir = claim_output_dir(config.output.dir, config.output.overwrite,  # locked until the run ends
+                                   reads=[config.model.source])
     else:
         out_dir = Path(config.output.dir).expanduser().absolute()
     torch.manual_seed(config.seed)
