@@ -154,3 +154,22 @@ def test_bundled_cloze_set_has_200_unique_single_word_targets() -> None:
     for text in texts:
         last = text.rsplit(" ", 1)[1]
         assert last.isalnum(), text
+
+
+@pytest.mark.parametrize("params, named", [({"lambada_limit": 1000}, "lambada_limit"),
+                                            ({"tasks": ["text", "lambada"]}, "tasks"),
+                                            ({"tasks": ["lambada"], "lambada_limit": 50}, "lambada_limit and tasks")])
+def test_lambada_asked_for_without_its_file_is_refused(registry, params, named):
+    # the default tasks skip LAMBADA when no file is given; naming it (or its limit) would then do nothing
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=f"{named} set for LAMBADA without lambada_path"):
+        registry.create("evaluators", "capability", params)
+    registry.create("evaluators", "capability", {"tasks": ["text", "cloze"]})  # no LAMBADA asked for: fine
+
+
+def test_evaluate_refuses_a_lambada_limit_without_the_file(capsys):
+    from fairprune import cli
+
+    assert cli.main(["evaluate", "--base", "tiny", "--pruned", "x", "--lambada-limit", "100"]) == 1
+    assert "--lambada-limit without --lambada does nothing" in capsys.readouterr().err

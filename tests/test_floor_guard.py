@@ -143,6 +143,8 @@ def test_the_card_numbers_the_method_steps_and_names_the_name_passages() -> None
     assert any("Guards against deafness" in line for line in method) and method[-1].split(". ", 1)[1].startswith("Budget")
     without = load_config(demo, ["method.cloze_check=null"])
     assert "Name passages" not in model_card(without, metrics, "base")
+    # no bias evaluator ran (metrics hold none): the card says so rather than describing bias figures
+    assert "**No bias figure was measured in this run**" in card and "Bias figures are on held-out" not in card
 
 
 def test_between_within_js_averages_each_kind_of_pair():

@@ -90,6 +90,7 @@ def test_model_card_has_front_matter_and_measured_figures(finished_run):
     assert "base_model:" in front and "fairprune" in front and "tags:" in front
     assert f"{finished_run.metrics['pruning']['params_removed_pct']:.3f}%" in card
     assert "## Limitations" in card
+    assert "Bias figures are on held-out templates" in card and "No bias figure" not in card  # output_bias ran
 
 
 def test_manifest_records_hash_versions_and_timings(finished_run):

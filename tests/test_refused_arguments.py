@@ -10,15 +10,16 @@ from fairprune.cli import main as cli_main
 from fairprune.testing import snapshot
 
 
-@pytest.mark.parametrize("command", ["analyze", "evaluate"])
-def test_batch_size_zero_is_refused_by_the_argument_parser(tmp_path, capsys, command):
+@pytest.mark.parametrize("command, flag, value", [("analyze", "--batch-size", "0"), ("evaluate", "--batch-size", "0"),
+                                                 ("analyze", "--top", "-3"), ("evaluate", "--lambada-limit", "0")])
+def test_a_count_below_one_is_refused_by_the_argument_parser(tmp_path, capsys, command, flag, value):
     argv = {"analyze": ["analyze", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o")],
             "evaluate": ["evaluate", "--base", str(tmp_path / "m"), "--pruned", str(tmp_path)]}[command]
     before = snapshot(tmp_path)
     with pytest.raises(SystemExit) as info:
-        cli_main([*argv, "--batch-size", "0"])
+        cli_main([*argv, flag, value])
     assert info.value.code == 2
-    assert "argument --batch-size: must be at least 1, got 0" in capsys.readouterr().err
+    assert f"argument {flag}: must be at least 1, got {value}" in capsys.readouterr().err
     assert snapshot(tmp_path) == before
 
 

@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--pooling", default="suffix", help="token pooling: suffix (default), mean or last")
     parser.add_argument("--metric", default=None, help="bias metric (default: relative_mean_abs_diff)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="prompts per forward pass (default: 16)")
-    parser.add_argument("--top", type=int, default=5, help="neurons listed per layer in the summary")
+    parser.add_argument("--top", type=positive_int, default=5, help="neurons listed per layer in the summary")
     parser.add_argument("--plots", action="store_true",
                         help="also write the bias profile and neuron map plots (PNG) into --out (needs matplotlib)")
     parser.set_defaults(func=main)

@@ -20,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--evaluators", default=None,
                         help="comma-separated evaluator plugins (default: the config's evaluation.evaluators)")
     parser.add_argument("--lambada", metavar="PATH", help="LAMBADA-format JSONL for the capability evaluator")
-    parser.add_argument("--lambada-limit", type=int, default=400, help="first N LAMBADA passages (default: 400)")
+    parser.add_argument("--lambada-limit", type=positive_int, default=None,
+                        help="first N LAMBADA passages (default: 400; needs --lambada)")
     parser.add_argument("--params", metavar="JSON", help='extra evaluator params, e.g. \'{"output_bias": {...}}\'')
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="prompts per forward pass (default: the config's evaluation.batch_size)")
@@ -44,11 +45,13 @@ def build_params(args: argparse.Namespace, evaluators: list[str]) -> dict[str, d
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise ConfigError("--params must be a JSON object mapping evaluator names to objects of parameters")
     check_files([(field, path, "data") for field, path in param_files(params, "--params")])
+    if args.lambada_limit is not None and not args.lambada:
+        raise ConfigError("--lambada-limit without --lambada does nothing; give the LAMBADA file with --lambada")
     if args.lambada:
         if "capability" not in evaluators:
             raise ConfigError("--lambada is used by the capability evaluator, which is not in --evaluators")
         check_files([("--lambada", args.lambada, "data")])
-        params.setdefault("capability", {}).update(lambada_path=args.lambada, lambada_limit=args.lambada_limit)
+        params.setdefault("capability", {}).update(lambada_path=args.lambada, lambada_limit=args.lambada_limit or 400)
     return params
 
 

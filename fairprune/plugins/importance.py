@@ -96,7 +96,7 @@ class ActivationWeight(Plugin):
 
     name = "activation_weight"
     description = ("mean |activation| x L2 norm of down column (activation-aware; protects massive activations; "
-                   "the demo config's choice)")
+                   "the activation method's choice in examples/fair-llama-3.2-1b.yaml)")
     needs_activations: ClassVar[bool] = True
 
     def score(self, weights: MLPWeights, stats: Mapping[str, torch.Tensor] | None) -> torch.Tensor:

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from ..core.contract.hookspecs import hookimpl
-from ..core.contract.summary import headline_rows
+from ..core.contract.summary import headline_rows, headlines, metric
 from .evidence_card import evidence_section
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,12 @@ def _at_a_glance(metrics: dict[str, Any]) -> list[str]:
             "bootstrap intervals in brackets.", "", *section]
 
 
+def _measured_bias(metrics: dict[str, Any]) -> bool:
+    """Whether the run measured any bias figure (a headline of role ``bias`` with a value)."""
+    return any(h.get("role") == "bias" and metric(metrics, evaluator, h["key"]) is not None
+               for evaluator, h in headlines(metrics))
+
+
 def model_card(config: Any, metrics: dict[str, Any], base_model: str, license: str | None = None) -> str:
     """A Hugging Face model card (``README.md``) stating the measured figures and limitations; its front matter
     carries them as a ``model-index`` the Hub reads, and ``library_name`` says which library loads the directory
@@ -99,7 +105,9 @@ def model_card(config: Any, metrics: dict[str, Any], base_model: str, license: s
         "## Loading", "", how_to_load, "",
         *attribution_section(metrics),
         "## Measured figures", "",
-        "Bias figures are on held-out templates never used to choose neurons; 95% bootstrap intervals in brackets.",
+        ("Bias figures are on held-out templates never used to choose neurons; 95% bootstrap intervals in brackets."
+         if _measured_bias(metrics) else "**No bias figure was measured in this run** (no bias evaluator ran), so this "
+         "card shows no evidence that the pruned model is fairer; run `fairprune evaluate` with the bias evaluators."),
         "", _table(headline_rows(metrics), ("measure", "value")), "",
         "## Limitations", "",
         "- The held-out bias figures come from template prompts written for fairprune, and benchmark figures (where "

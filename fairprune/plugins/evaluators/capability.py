@@ -18,7 +18,7 @@ import math
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ...core.contract.plugin import Plugin
 from ...core.contract.protocols import Headline
@@ -37,9 +37,20 @@ class CapabilityParams(BaseModel):
     cloze_path: str | None = Field(None, description="LAMBADA-format JSONL cloze set (default: bundled set)")
     lambada_path: str | None = Field(None, description="LAMBADA-format JSONL; LAMBADA is skipped when unset")
     lambada_limit: int | None = Field(400, ge=1, description="first N LAMBADA passages (None = all)")
-    tasks: list[str] = Field(["text", "cloze", "lambada"], description="subset of text, cloze, lambada")
+    tasks: list[str] = Field(["text", "cloze", "lambada"], description="subset of text, cloze, lambada (lambada "
+                                                                        "runs only with lambada_path)")
     max_length: int = Field(1024, ge=8, description="longest sequence fed to the model (left-truncated)")
     n_boot: int = Field(1000, ge=10, description="bootstrap resamples")
+
+    @model_validator(mode="after")
+    def _lambada_needs_its_file(self) -> CapabilityParams:
+        # the default tasks name lambada and skip it without a file; asking for it by name must not do nothing
+        asked = [key for key in ("lambada_limit", "tasks") if key in self.model_fields_set
+                 and (key != "tasks" or "lambada" in self.tasks)]
+        if asked and self.lambada_path is None:
+            raise ValueError(f"{' and '.join(asked)} set for LAMBADA without lambada_path, so LAMBADA would not "
+                             "run; set lambada_path to a LAMBADA-format JSONL file (or drop them)")
+        return self
 
 
 class CapabilityEvaluator(Plugin):
