@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..core.contract.config import DEVICE_MAP_STRATEGIES
 from ._common import add_overwrite_argument, add_trust_remote_code_argument, claim_out, positive_int
 
 
@@ -22,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_trust_remote_code_argument(parser)
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="weights and activations (default: auto = the checkpoint's; reductions stay float32)")
-    parser.add_argument("--device-map", default=None, choices=("auto", "balanced", "sequential"),
+    parser.add_argument("--device-map", default=None, choices=DEVICE_MAP_STRATEGIES,
                         help="spread the model over the available devices with accelerate")
     parser.add_argument("--split", default="analysis", choices=("analysis", "heldout", "all"),
                         help="which templates of the axes to use (default: analysis)")

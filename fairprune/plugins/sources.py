@@ -171,11 +171,16 @@ def _label(model: Any, base_model: str | None, license_: str | None) -> None:
         model.config.fairprune_license = license_
 
 
+def check_gguf_file(path: Path) -> None:
+    """``ModelSourceError`` unless ``path`` is a file."""
+    if not path.expanduser().is_file():
+        raise ModelSourceError(f"GGUF file {path} does not exist")
+
+
 def load_gguf_file(path: Path, cache_dir: Path | None) -> tuple[Any, Any]:
     """A user's ``.gguf`` file, cached under a key made of its resolved path, size and mtime."""
     path = path.expanduser().resolve()
-    if not path.is_file():
-        raise ModelSourceError(f"GGUF file {path} does not exist")
+    check_gguf_file(path)
     stat = path.stat()
     key = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     cache = cache_root(cache_dir) / "gguf" / f"{path.stem}-{key}"
@@ -300,6 +305,10 @@ class GGUFSource(Plugin):
 
     def load(self, spec: str, cache_dir: Path | None = None) -> tuple[Any, Any]:
         return load_gguf_file(Path(spec), cache_dir)
+
+    def check(self, spec: str) -> None:
+        """``ModelSourceError`` when the file does not exist (``run --check``); nothing is read."""
+        check_gguf_file(Path(spec))
 
 
 class BundledGGUFSource(Plugin):

@@ -59,18 +59,31 @@ class Component(Strict):
         return {"name": value} if isinstance(value, str) else value
 
 
+#: the strategies accelerate spreads a model with (``model.device_map`` as a string)
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
 class ModelSection(Strict):
     source: str = Field(description="model source name, local directory, .gguf path or Hugging Face id")
     adapter: str | None = Field(default=None, description="architecture adapter name; None picks one from the model")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="weights and activations; auto = the checkpoint's dtype (GGUF: float32)")
     device_map: str | dict[str, int | str] | None = Field(
-        default=None, description="accelerate device map: auto, balanced, sequential, or {module: device}")
+        default=None, description="accelerate device map: auto, balanced, balanced_low_0, sequential, or "
+                                  "{module: device}")
     max_memory: dict[int | str, int | str] | None = Field(
         default=None, description="per-device memory limits for device_map, e.g. {0: 20GiB, cpu: 60GiB}")
     offload_folder: str | None = Field(default=None, description="where a device map's disk-offloaded layers go")
     trust_remote_code: bool = Field(default=False, description="let a model or tokenizer run Python code shipped "
                                                                "with it (auto_map); never by default")
+
+    @field_validator("device_map")
+    @classmethod
+    def _known_strategy(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in DEVICE_MAP_STRATEGIES:
+            raise ValueError(f"unknown strategy {value!r}; use {', '.join(DEVICE_MAP_STRATEGIES)} or a "
+                             "{module: device} mapping such as {'': cuda:0}")
+        return value
 
     @model_validator(mode="after")
     def _placement_needs_a_map(self) -> ModelSection:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..contract.config import DEVICE_MAP_STRATEGIES
 from ..contract.errors import ModelSourceError
 
 if TYPE_CHECKING:
@@ -188,9 +189,9 @@ def dispatch(model: Any, device_map: str | dict[str, Any], max_memory: dict[Any,
 
     no_split = list(getattr(model, "_no_split_modules", None) or [])
     if isinstance(device_map, str):
-        if device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
-            raise ModelSourceError(f"model.device_map: unknown strategy {device_map!r}; use auto, balanced, "
-                                   "balanced_low_0, sequential or a {module: device} mapping")
+        if device_map not in DEVICE_MAP_STRATEGIES:
+            raise ModelSourceError(f"model.device_map: unknown strategy {device_map!r}; use "
+                                   f"{', '.join(DEVICE_MAP_STRATEGIES)} or a {{module: device}} mapping")
         if device_map != "sequential":
             max_memory = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split,
                                              low_zero=device_map == "balanced_low_0")
