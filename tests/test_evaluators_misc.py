@@ -89,14 +89,29 @@ def test_evaluate_command_writes_json(tmp_path, monkeypatch) -> None:
     registry = Registry(load_entrypoints=False)
     base, tok = tiny_model("llama"), tiny_tokenizer()
     pruned = pruned_copy(base, registry)
+    from fairprune.core.io.persist import save_pretrained
+
+    saved = save_pretrained(pruned, tok, tmp_path / "pruned")
     monkeypatch.setattr("fairprune.core.io.sources.load_model", lambda spec, **kw: (base, tok))
-    monkeypatch.setattr("fairprune.core.io.persist.load_pretrained", lambda path, **kw: (pruned, tok))
     out = tmp_path / "metrics.json"
-    code = cli.main(["evaluate", "--base", "tiny", "--pruned", str(tmp_path), "--evaluators", "parameters",
+    code = cli.main(["evaluate", "--base", "tiny", "--pruned", str(saved), "--evaluators", "parameters",
                      "--out", str(out), "--no-progress"])
     assert code == 0
     data = json.loads(out.read_text())
     assert data["parameters"]["metrics"]["params_removed"] == 16 * 3 * base.config.hidden_size
     assert cli.main(["evaluate", "--base", "tiny", "--pruned", str(tmp_path / "missing")]) == 1
-    assert cli.main(["evaluate", "--base", "tiny", "--pruned", str(tmp_path), "--evaluators", "parameters",
+    assert cli.main(["evaluate", "--base", "tiny", "--pruned", str(saved), "--evaluators", "parameters",
                      "--lambada", "x.jsonl"]) == 1
+
+
+def test_evaluate_refuses_a_directory_without_a_model_before_loading_the_base(tmp_path, monkeypatch, capsys):
+    from fairprune import cli
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the base model was loaded")
+
+    monkeypatch.setattr("fairprune.core.io.sources.load_model", no_loading)
+    (tmp_path / "notes.txt").write_text("not a model")
+    assert cli.main(["evaluate", "--base", "tiny", "--pruned", str(tmp_path), "--evaluators", "parameters"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --pruned: ") and "config.json is missing" in err and "\n" not in err

@@ -41,6 +41,7 @@ def test_check_says_an_existing_output_would_be_replaced(tmp_path, capsys):
 @pytest.mark.parametrize(("override", "expected"), [
     ("model.source=./no-such-model", "error: model.source: no such model directory or file: './no-such-model'"),
     ("model.source=./absent.gguf", "error: model.source: GGUF file absent.gguf does not exist"),
+    ("method.cloze_check.check_limit=400", "method.cloze_check.check_limit: 400 is not below the 336 passages"),
     ("model.device_map=gpu", "error: invalid config: model.device_map: unknown strategy 'gpu'"),
     ("evaluation.evaluators=[no_such_evaluator]", "no_such_evaluator"),
     ("method.cloze_check.check_limit=0", "method.cloze_check.check_limit"),

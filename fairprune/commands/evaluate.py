@@ -63,7 +63,9 @@ def main(args: argparse.Namespace) -> int:
     from ..core.contract.results import EvalContext, results_to_dict
     from ..core.data.groups import gather, transfer_groups
     from ..core.io.outputs import check_output_file, write_file_atomic
-    from ..core.io.persist import load_pretrained
+    from ..core.contract.errors import PersistError
+    from ..core.io.export import layer_widths
+    from ..core.io.persist import check_weights, load_pretrained
     from ..core.io.sources import load_model
     from ..core.model.adapters import resolve_adapter
     from ..core.run.evaluation import compare_all, configure_evaluators, needs_groups, observe_all
@@ -76,6 +78,11 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--params names evaluators that are not run: {', '.join(unknown)}")
     if not Path(args.pruned).is_dir():
         raise ConfigError(f"--pruned: {args.pruned!r} is not a directory saved by fairprune")
+    try:  # before the base model loads and is observed: a directory without a saved model fails now
+        layer_widths(args.pruned)
+        check_weights(args.pruned)
+    except PersistError as exc:
+        raise PersistError(f"--pruned: {exc}") from None
     if args.out:
         check_output_file(args.out, args.overwrite, OUT)
     registry = default_registry(None)

@@ -203,6 +203,17 @@ def read_passages(path: str | Path) -> list[str]:
     return read_jsonl_texts(path, what="method.cloze_check.passages")
 
 
+def check_samples(n_passages: int, passages: str | Path | None, *, limit: int | None,
+                  check_limit: int | None) -> None:
+    """``ConfigError`` naming the field when ``limit`` or ``check_limit`` is not below the ``n_passages`` of
+    ``passages`` (None: the bundled file): such a sample would sample nothing."""
+    for key, value in (("limit", limit), ("check_limit", check_limit)):
+        if value is not None and value >= n_passages:
+            raise ConfigError(f"method.cloze_check.{key}: {value} is not below the {n_passages} passages of "
+                              f"{'the bundled file' if passages is None else passages}, so it samples nothing; "
+                              "lower it or remove it")
+
+
 def cloze_check(tokenizer: Any, *, passages: str | Path | None, max_increase_pct: float | None,
                 guard_fraction: float = 0.0, batch_size: int = 16, limit: int | None = None,
                 sample_seed: int = 0, check_limit: int | None = None) -> ClozeCheck:
@@ -213,11 +224,7 @@ def cloze_check(tokenizer: Any, *, passages: str | Path | None, max_increase_pct
     path = Path(passages) if passages is not None else BUNDLED_PASSAGES
     texts = read_passages(path)
     source = "bundled" if passages is None else str(path)
-    for key, value in (("limit", limit), ("check_limit", check_limit)):
-        if value is not None and value >= len(texts):
-            raise ConfigError(f"method.cloze_check.{key}: {value} is not below the {len(texts)} passages of "
-                              f"{'the bundled file' if passages is None else path}, so it samples nothing; lower it "
-                              "or remove it")
+    check_samples(len(texts), passages, limit=limit, check_limit=check_limit)
     if limit is not None:
         texts = [texts[i] for i in sample_indices(len(texts), limit, sample_seed)]
         source += f" (a sample of {limit}, seed {sample_seed})"

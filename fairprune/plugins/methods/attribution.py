@@ -33,10 +33,12 @@ class AttributionMethod(Plugin):
         if not callable(getattr(self.capability, "chunks", None)):
             raise ConfigError(f"method.capability: {self.capability.name!r} gives no calibration text; use "
                               "capability_cost (or a metric with chunks(tokenizer))")
-        if self.params.cloze_check is not None and self.params.cloze_check.passages is not None:
-            from fairprune.core.method.cloze_check import read_passages
+        cloze = self.params.cloze_check
+        if cloze is not None:  # a missing or malformed file, or a sample of them all, fails before the model loads
+            from fairprune.core.method.cloze_check import BUNDLED_PASSAGES, check_samples, read_passages
 
-            read_passages(self.params.cloze_check.passages)  # a missing or malformed file fails before the model loads
+            texts = read_passages(cloze.passages if cloze.passages is not None else BUNDLED_PASSAGES)
+            check_samples(len(texts), cloze.passages, limit=cloze.limit, check_limit=cloze.check_limit)
         if self.params.recall is not None:
             _check_recall_prompts(config, self.params.recall.prompts)
 
