@@ -49,6 +49,18 @@ def test_bad_budget_is_rejected(budget, message):
     assert "pruning.budget" in str(info.value)
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("bias.axes=race", "bias.axes: Input should be a valid list; write a list, e.g. [race]"),
+    ("pruning.budget={neurons:100}", "YAML needs a space after the colon: {neurons: 100}"),
+    ("foo.bar=1", "foo: Extra inputs are not permitted; known keys here: model, method, bias, pruning"),
+    ("sweep.budgets=[0.001]", "sweep.budgets.0: Input should be a valid dictionary (got 0.001)"),
+])
+def test_common_mistakes_get_a_hint(override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(MINIMAL, [override])
+    assert expected in str(info.value) and "Budget" not in str(info.value) and "got None" not in str(info.value)
+
+
 def test_wrong_type_names_field_and_value():
     with pytest.raises(ConfigError, match=r"bias\.batch_size.*'many'"):
         load_config({**MINIMAL, "bias": {"batch_size": "many"}})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from types import UnionType
@@ -442,16 +443,25 @@ def _suggestion(model: Any, err: Mapping[str, Any]) -> str:
     """" Did you mean 'x'?" for a key no field of ``model`` at that place has, when one is close; else ""."""
     import difflib
 
+    if err["type"] == "list_type" and isinstance(err["input"], str):
+        return f"; write a list, e.g. [{err['input']}]"
     if model is None or err["type"] != "extra_forbidden" or not err["loc"] or not isinstance(err["loc"][-1], str):
         return ""
-    owner = _model_at(model, tuple(err["loc"][:-1]))
-    close = difflib.get_close_matches(err["loc"][-1], list(getattr(owner, "model_fields", {})), n=1, cutoff=0.7)
-    return f". Did you mean {close[0]!r}?" if close else ""
+    key = err["loc"][-1]
+    if ":" in key:  # YAML reads {neurons:100} as the key 'neurons:100' with no value
+        name, _, value = key.partition(":")
+        return f"; YAML needs a space after the colon: {{{name}: {value}}}"
+    fields = list(getattr(_model_at(model, tuple(err["loc"][:-1])), "model_fields", {}))
+    close = difflib.get_close_matches(key, fields, n=1, cutoff=0.7)
+    if close:
+        return f". Did you mean {close[0]!r}?"
+    return f"; known keys here: {', '.join(fields)}" if fields else ""
 
 
 def _given(err: Any) -> str:
     """' (got VALUE)' after a message, unless the message already names the value (or there is none to name)."""
-    if err["type"] == "missing" or isinstance(err["input"], dict) or repr(err["input"]) in err["msg"]:
+    if err["type"] == "missing" or isinstance(err["input"], dict) or repr(err["input"]) in err["msg"] \
+            or (err["type"] == "extra_forbidden" and err["input"] is None):
         return ""
     return f" (got {err['input']!r})"
 
@@ -464,6 +474,7 @@ def format_validation_error(exc: ValidationError, prefix: str = "", model: Any =
         path = ".".join(p for p in (prefix, _field_path(err["loc"])) if p)
         # a validator's own ValueError already says what is wrong; pydantic's "Value error, " adds nothing
         msg = err["msg"].removeprefix("Value error, ") if err["type"] == "value_error" else err["msg"]
+        msg = re.sub(r" or instance of \w+", "", msg)  # pydantic names the class; a config has mappings
         lines.append(f"{path or '(config)'}: {msg}{_suggestion(model, err)}{_given(err)}")
     return "invalid config: " + lines[0] if len(lines) == 1 else "invalid config:\n  " + "\n  ".join(lines)
 
