@@ -216,5 +216,5 @@ def build_report(run_dir: str | Path, *, with_models: bool = False, model: Any =
     path = run.directory / "report.html"
     with atomic_file(path, Where("report.html", "")) as staging:  # a full disk leaves the old page, in one line
         staging.write_text(page, encoding="utf-8")
-    logger.info("wrote %s", path)
+    logger.debug("wrote %s", path)  # inside a run this is the staging copy; the run logs where its output went
     return path

@@ -121,7 +121,9 @@ def write_pretrained(model: nn.Module, tokenizer: Any, directory: str | Path, *,
     sidecar = sidecar_for(model, adapter, plan=plan, run_config=run_config, base_model=base_model)
     from .outputs import writing
 
-    with writing(directory / WEIGHTS_FILE):  # a full disk names the weights, whose partial file is gone
+    # a full disk names the weights, whose partial file is gone; no "Writing model shards" bar (run --quiet, and the
+    # run logs the save stage itself)
+    with writing(directory / WEIGHTS_FILE), _quiet_transformers():
         _savable(model).save_pretrained(directory)
     if tokenizer is not None:
         with writing(directory / "tokenizer.json"):
@@ -271,7 +273,8 @@ def load_pretrained(path: str | Path, *, registry: Any = None) -> tuple[nn.Modul
 
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """No "Loading weights" progress bar and no load report: fairprune checks the load itself."""
+    """No "Loading weights" or "Writing model shards" progress bar and no load report: fairprune checks the load
+    itself and logs its save stage."""
     from transformers.utils import logging as hf_logging
 
     bar, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
