@@ -112,3 +112,15 @@ def test_an_interrupt_ends_in_one_line_and_exit_code_130(tmp_path, capsys, monke
     assert cli_main(["run", str(tmp_path / "run.yaml")]) == 130
     err = capsys.readouterr().err.strip()
     assert err == "error: interrupted; an output directory being written is left as it was"
+
+
+def test_prune_refuses_a_plan_that_removes_nothing_before_loading(tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"removed": {}}))
+    before = snapshot(tmp_path)
+    # the model does not exist: the plan is read and refused before any load
+    assert cli_main(["prune", "--model", str(tmp_path / "no-model"), "--plan", str(plan),
+                     "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --plan: {plan} removes no neuron, so there is nothing to prune"
+    assert snapshot(tmp_path) == before

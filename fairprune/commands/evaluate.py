@@ -78,13 +78,13 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--params names evaluators that are not run: {', '.join(unknown)}")
     if not Path(args.pruned).is_dir():
         raise ConfigError(f"--pruned: {args.pruned!r} is not a directory saved by fairprune")
+    if args.out:
+        check_output_file(args.out, args.overwrite, OUT)
     try:  # before the base model loads and is observed: a directory without a saved model fails now
         layer_widths(args.pruned)
         check_weights(args.pruned)
     except PersistError as exc:
         raise PersistError(f"--pruned: {exc}") from None
-    if args.out:
-        check_output_file(args.out, args.overwrite, OUT)
     registry = default_registry(None)
     evaluators = configure_evaluators(registry, [(n, params.get(n)) for n in names], "evaluators", by_name=True)
     groups = gather(axes=axes, split="heldout", registry=registry).groups if needs_groups(evaluators) else []

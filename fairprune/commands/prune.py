@@ -21,9 +21,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from .. import Plan, load_model, prune, save_pretrained
+    from ..core.contract.errors import ConfigError
 
     out = claim_out(args)
     plan = Plan.load(args.plan)
+    if not plan.n_neurons:  # before the model loads: saving an unchanged copy would look like a pruned model
+        raise ConfigError(f"--plan: {args.plan} removes no neuron, so there is nothing to prune")
     model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code, require_tokenizer=False)
     result = prune(model, plan, pruner=args.pruner)
     base_model = getattr(model.config, "fairprune_base_model", None) or args.model
