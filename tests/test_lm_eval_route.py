@@ -58,3 +58,12 @@ def test_hf_model_type_cannot_load_the_same_directory(uneven, tmp_path):
     directory, include, _ = uneven
     with pytest.raises(Exception, match="size mismatch|ignore_mismatched_sizes|shape"):
         main(lm_eval_args("hf", directory, include, tmp_path / "out"))
+
+
+def test_an_unknown_task_is_one_line(uneven, tmp_path, capsys):
+    directory, include, _ = uneven
+    args = lm_eval_args("fairprune", directory, include, tmp_path / "out")
+    args[args.index("fairprune_lambada")] = "no_such_task"
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: lm-eval: ") and "no_such_task" in err[-1], err

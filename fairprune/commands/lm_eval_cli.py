@@ -10,10 +10,13 @@ tokenisation, batching and scoring are exactly lm_eval's; lm-evaluation-harness 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Any
 
 from ..core.contract.errors import FairpruneError
+
+logger = logging.getLogger(__name__)
 
 #: the name given to ``--model``
 MODEL_NAME = "fairprune"
@@ -69,6 +72,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         cli = HarnessCLI()
         cli.execute(cli.parse_args())
+    except ValueError as exc:  # lm_eval's refusals (unknown tasks, bad model_args) are ValueErrors: one line
+        logger.debug("lm_eval raised", exc_info=True)
+        raise FairpruneError(f"lm-eval: {' '.join(str(exc).split())}") from None
     finally:
         sys.argv = saved
     return 0
