@@ -33,6 +33,15 @@ def test_a_percentage_that_is_not_a_finite_number_is_refused(tmp_path, capsys, v
     assert snapshot(tmp_path) == before
 
 
+def test_every_command_that_shows_progress_takes_quiet():
+    from fairprune.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["analyze", "--model", "m", "--out", "o", "--quiet"]).no_progress is True
+    assert parser.parse_args(["evaluate", "--base", "b", "--pruned", "p", "--quiet"]).no_progress is True
+    assert parser.parse_args(["run", "c.yaml", "--quiet"]).quiet is True
+
+
 def test_verbose_is_read_before_and_after_the_command():
     from fairprune.cli import COMMANDS, build_parser
 

@@ -32,6 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--metric", default=None, help="bias metric (default: relative_mean_abs_diff)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="prompts per forward pass (default: 16)")
     parser.add_argument("--top", type=positive_int, default=5, help="neurons listed per layer in the summary")
+    parser.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true",
+                        help="no progress bars (as in run, sweep, demo and evaluate)")
     parser.add_argument("--plots", action="store_true",
                         help="also write the bias profile and neuron map plots (PNG) into --out (needs matplotlib)")
     parser.set_defaults(func=main)
@@ -53,7 +55,8 @@ def main(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code, dtype=args.dtype,
                                   device_map=args.device_map)
     report = analyze_bias(model, tokenizer, axes=axes, groups=groups, split=args.split, site=args.site,
-                          pooling=args.pooling, metric=args.metric, batch_size=args.batch_size)
+                          pooling=args.pooling, metric=args.metric, batch_size=args.batch_size,
+                          progress=not args.no_progress)
     if not is_main_process():  # under torchrun every process computed the same report; rank 0 writes it
         return 0
     with atomic_directory(out, overwrite=args.overwrite) as staging:

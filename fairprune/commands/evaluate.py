@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--axes", default=None,
                         help="comma-separated bias axes for held-out groups (default: the config default, race)")
     parser.add_argument("--evaluators", default=None,
-                        help="comma-separated evaluator plugins (default: the config's evaluation.evaluators)")
+                        help="comma-separated evaluator plugins (default: those a run config uses when it names none)")
     parser.add_argument("--lambada", metavar="PATH", help="LAMBADA-format JSONL for the capability evaluator")
     parser.add_argument("--lambada-limit", type=positive_int, default=None,
                         help="first N LAMBADA passages (default: 400; needs --lambada)")
@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_overwrite_argument(parser)
     add_trust_remote_code_argument(parser)
     parser.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true",
-                        help="no progress bars (as in run, sweep and demo)")
+                        help="no progress bars (as in run, sweep, demo and analyze)")
     parser.set_defaults(func=main)
 
 
