@@ -40,6 +40,7 @@ def refused(tmp_path, capsys, model_dir, pruning):
     ({"budget": {"neurons": 8}, "layers": [0, 5]}, ["pruning.layers.1: layer 5 does not exist", "0..1"]),
     ({"budget": {"neurons": 8}, "min_width": 64}, ["pruning.min_width: 64 leaves no neuron"]),
     ({"budget": {"neurons": 2}, "round_to": 32}, ["the plan removes no neuron", "round_to=32"]),
+    ({"budget": {"neurons": 1000}}, ["pruning.budget:", "asks for 1,000 neurons, but only 126 can be removed"]),
 ])
 def test_a_budget_that_removes_nothing_is_one_line(tmp_path, capsys, model_dir, pruning, words):
     err = refused(tmp_path, capsys, model_dir, pruning)

@@ -121,7 +121,8 @@ def check_budget(config: Any, model: Any, adapter: Any) -> None:
     """``ConfigError`` when ``config.pruning`` cannot remove a single neuron of ``model``.
 
     Checked before the analysis: layers out of range, a budget worth less than one
-    neuron, a ``round_to`` no layer can shrink by, a ``min_width`` no layer is above.
+    neuron, a ``round_to`` no layer can shrink by, a ``min_width`` no layer is above,
+    and a budget of more neurons than the layers hold above ``min_width``.
     """
     from ..method.planning import allocate_budget, neuron_cost
     from ..model.adapters import count_parameters
@@ -139,10 +140,10 @@ def check_budget(config: Any, model: Any, adapter: Any) -> None:
         raise ConfigError(f"pruning.budget: {budget_text(pruning.budget)} is less than one neuron of this model "
                           f"(a neuron holds {min(costs.values()):,} of {count_parameters(model):,} parameters); "
                           "raise the budget")
+    neurons = total if per_layer is None else sum(per_layer.values())
     if getattr(pruning, "uniform_widths", False):
         from ..method.planning import uniform_quota
 
-        neurons = total if per_layer is None else sum(per_layer.values())
         if not any(uniform_quota(widths, neurons, round_to=pruning.round_to, min_width=pruning.min_width).values()):
             raise ConfigError(f"pruning.uniform_widths: {budget_text(pruning.budget)} ({neurons} neurons) leaves no "
                               f"neuron for each of the {len(widths)} layers"
@@ -156,6 +157,11 @@ def check_budget(config: Any, model: Any, adapter: Any) -> None:
         if not any(w > floor for w in widths.values()):
             raise ConfigError(f"pruning.round_to: {pruning.round_to} is wider than what any layer can shrink by "
                               f"(layer widths {sorted(set(widths.values()))}); choose a smaller multiple")
+    removable = sum(max(w - pruning.min_width, 0) for w in widths.values())
+    if neurons > removable:  # the plan would stop short of what was asked, with a warning easy to miss
+        raise ConfigError(f"pruning.budget: {budget_text(pruning.budget)} asks for {neurons:,} neurons, but only "
+                          f"{removable:,} can be removed (layer widths {sorted(set(widths.values()))}, min_width "
+                          f"{pruning.min_width}); lower the budget")
 
 
 def check_plan_removes_neurons(plan: Any, config: Any) -> None:
