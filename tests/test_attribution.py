@@ -17,7 +17,8 @@ from fairprune.core.data.groups import SEP
 from fairprune.core.method import attribution as attr
 from fairprune.core.method import selection as sel
 from fairprune.plugins.capability_cost import CapabilityCost
-from fairprune.plugins.objectives import ActivationDistance, ContinuationGap, JSAboveFloor, NextTokenJS, pairwise_js
+from fairprune.plugins.objectives import (ActivationDistance, ContinuationGap, GroupMeanJS, JSAboveFloor, NextTokenJS,
+                                          pairwise_js)
 from fairprune.testing.contracts import BiasObjectiveContract
 from fairprune.testing.models import tiny_model
 from fairprune.testing.tokenizer import tiny_tokenizer
@@ -54,6 +55,29 @@ class TestJSAboveFloor(BuiltinObjective):
 
 class TestJSAboveHalfTheFloor(BuiltinObjective):
     objective = JSAboveFloor().configure({"floor_weight": 0.5})
+
+
+class TestGroupMeanJS(BuiltinObjective):
+    objective = GroupMeanJS()
+
+
+def test_group_mean_js_compares_each_groups_mixture_over_its_forms() -> None:
+    torch.manual_seed(2)
+    p, q, r = torch.log_softmax(torch.randn(3, 30), -1)
+    labels = ("Black", "white", "Black", "white")
+    # each group's two forms read p and q: every member pair differs, but the groups' mixtures are the same
+    swapped = ObjectiveInputs([4], torch.stack([p, q, q, p]), None, [labels])
+    assert float(GroupMeanJS().value(swapped)[0]) == pytest.approx(0.0, abs=1e-6)
+    assert float(NextTokenJS().value(swapped)[0]) > 0.01
+    # one form per group: the plain JS between the two members
+    one = ObjectiveInputs([2], torch.stack([p, r]), None, [("Black", "white")])
+    assert float(GroupMeanJS().value(one)[0]) == pytest.approx(float(pairwise_js(torch.stack([p, r]))), rel=1e-5)
+    mixture = torch.logsumexp(torch.stack([p, q]), 0) - math.log(2)
+    two = ObjectiveInputs([3], torch.stack([p, q, r]), None, [("Black", "Black", "white")])
+    assert float(GroupMeanJS().value(two)[0]) == pytest.approx(float(pairwise_js(torch.stack([mixture, r]))),
+                                                                rel=1e-5)
+    with pytest.raises(ConfigError, match="labels"):
+        GroupMeanJS().value(ObjectiveInputs([2], torch.stack([p, r])))
 
 
 def test_js_above_floor_is_between_group_js_minus_the_word_swap_js() -> None:

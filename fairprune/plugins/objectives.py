@@ -10,6 +10,8 @@ of a group produce the same outputs (``js_above_floor`` may go below zero).
 - ``js_above_floor``: the mean JS between members of different attribute
   groups minus the mean JS between two surface forms of one group (the
   word-swap noise floor), on a template's members in every form;
+- ``group_mean_js``: the mean JS between attribute groups, each group's
+  next-token distribution the mean over its surface forms;
 - ``continuation_gap``: mean over member pairs of |log p(c | member i) − log p(c |
   member j)| (nats) for shared continuations c: given words, or else the group's
   most likely next tokens;
@@ -128,6 +130,48 @@ class JSAboveFloor(Plugin):
         return _wide(torch.stack(out))
 
 
+class GroupMeanJS(Plugin):
+    """Mean JS between the attribute groups' next-token distributions, each the mixture over its surface forms.
+
+    Each group holds a template's members in every surface form, labelled by
+    attribute group (as for ``js_above_floor``). A group's distribution is the
+    mean of its forms' distributions ("Black" and "African American"), and the
+    value is the mean JS (nats) over pairs of these mixtures. What one word does
+    and the other form does not is averaged down in the mixture, so the
+    objective weighs what the forms of a group share (the group) more than what
+    a single word does. Zero when every group's mixture is the same, or when a group
+    holds one attribute group only.
+    """
+
+    name = "group_mean_js"
+    description = "mean JS (nats) between attribute groups' next-token distributions, each averaged over its forms"
+    uses: ClassVar[tuple[str, ...]] = ("logprobs", "labels")
+
+    def bind(self, tokenizer: Any) -> GroupMeanJS:
+        return self
+
+    def value(self, inputs: ObjectiveInputs) -> torch.Tensor:
+        import math
+
+        import torch
+
+        if inputs.labels is None:
+            raise ConfigError("group_mean_js needs each member's attribute group (inputs.labels)")
+        out, start = [], 0
+        for size, labels in zip(inputs.sizes, inputs.labels):
+            lp = _wide(inputs.logprobs[start:start + size])
+            start += size
+            names = list(dict.fromkeys(labels))
+            if len(names) < 2:  # one attribute group: nothing to compare (0, still on the graph)
+                out.append(lp.sum() * 0)
+                continue
+            mixtures = torch.stack([
+                torch.logsumexp(lp[[i for i, label in enumerate(labels) if label == name]], dim=0)
+                - math.log(sum(label == name for label in labels)) for name in names])
+            out.append(pairwise_js(mixtures))
+        return _wide(torch.stack(out))
+
+
 class ContinuationGapParams(BaseModel):
     """Options of ``continuation_gap``."""
 
@@ -206,5 +250,6 @@ class ActivationDistance(Plugin):
 def fairprune_register_bias_objectives(register):
     register(NextTokenJS())
     register(JSAboveFloor())
+    register(GroupMeanJS())
     register(ContinuationGap())
     register(ActivationDistance())
