@@ -73,6 +73,20 @@ def _per_group(inputs: ObjectiveInputs, table: torch.Tensor, fn: Any) -> torch.T
     return _wide(torch.stack(out))
 
 
+def _per_labelled_group(inputs: ObjectiveInputs, name: str, fn: Any) -> torch.Tensor:
+    """``fn(rows, labels)`` on each group's rows of ``inputs.logprobs`` with its members' attribute groups, stacked:
+    ``[n_groups]``; ``ConfigError`` when the inputs carry no labels."""
+    import torch
+
+    if inputs.labels is None:
+        raise ConfigError(f"{name} needs each member's attribute group (inputs.labels)")
+    out, start = [], 0
+    for size, labels in zip(inputs.sizes, inputs.labels):
+        out.append(fn(inputs.logprobs[start:start + size], labels))
+        start += size
+    return _wide(torch.stack(out))
+
+
 class NextTokenJS(Plugin):
     """Mean JS divergence between the members' next-token distributions (the ``output_bias`` headline)."""
 
@@ -118,16 +132,11 @@ class JSAboveFloor(Plugin):
         return self
 
     def value(self, inputs: ObjectiveInputs) -> torch.Tensor:
-        import torch
+        def above_floor(lp: torch.Tensor, labels: tuple[str, ...]) -> torch.Tensor:
+            between, within = divergence.between_within_js(lp, labels)
+            return between - self.params.floor_weight * within
 
-        if inputs.labels is None:
-            raise ConfigError("js_above_floor needs each member's attribute group (inputs.labels)")
-        out, start = [], 0
-        for size, labels in zip(inputs.sizes, inputs.labels):
-            between, within = divergence.between_within_js(inputs.logprobs[start:start + size], labels)
-            start += size
-            out.append(between - self.params.floor_weight * within)
-        return _wide(torch.stack(out))
+        return _per_labelled_group(inputs, self.name, above_floor)
 
 
 class GroupMeanJS(Plugin):
@@ -151,25 +160,22 @@ class GroupMeanJS(Plugin):
         return self
 
     def value(self, inputs: ObjectiveInputs) -> torch.Tensor:
-        import math
+        return _per_labelled_group(inputs, self.name, _group_mixture_js)
 
-        import torch
 
-        if inputs.labels is None:
-            raise ConfigError("group_mean_js needs each member's attribute group (inputs.labels)")
-        out, start = [], 0
-        for size, labels in zip(inputs.sizes, inputs.labels):
-            lp = _wide(inputs.logprobs[start:start + size])
-            start += size
-            names = list(dict.fromkeys(labels))
-            if len(names) < 2:  # one attribute group: nothing to compare (0, still on the graph)
-                out.append(lp.sum() * 0)
-                continue
-            mixtures = torch.stack([
-                torch.logsumexp(lp[[i for i, label in enumerate(labels) if label == name]], dim=0)
-                - math.log(sum(label == name for label in labels)) for name in names])
-            out.append(pairwise_js(mixtures))
-        return _wide(torch.stack(out))
+def _group_mixture_js(lp: torch.Tensor, labels: tuple[str, ...]) -> torch.Tensor:
+    """Mean JS between the attribute groups' mixtures of ``lp`` ``[members, vocab]`` (0 for one group)."""
+    import math
+
+    import torch
+
+    names = list(dict.fromkeys(labels))
+    if len(names) < 2:  # one attribute group: nothing to compare (0, still on the graph)
+        return _wide(lp).sum() * 0
+    members = {name: [i for i, label in enumerate(labels) if label == name] for name in names}
+    mixtures = torch.stack([torch.logsumexp(_wide(lp[rows]), dim=0) - math.log(len(rows))
+                            for rows in members.values()])
+    return pairwise_js(mixtures)
 
 
 class ContinuationGapParams(BaseModel):
