@@ -66,3 +66,20 @@ def test_check_refuses_a_hub_id_it_could_neither_download_nor_read_from_the_cach
                      "--set", "model.source=fairprune-test/tiny-llama"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: model.source: 'fairprune-test/tiny-llama' is not in the local Hugging Face cache")
+
+
+def test_sweep_check_prints_the_grid_and_refuses_what_sweep_refuses(tmp_path, capsys, monkeypatch):
+    import fairprune.core.io.sources as sources
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("--check loaded a model")
+
+    monkeypatch.setattr(sources, "load_model", no_loading)
+    out = tmp_path / "out"
+    assert cli_main(["sweep", DEMO, "--check", "--set", f"output.dir={out}"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("config ok") and "grid         3 points" in text
+    assert "judged by    output_bias.js_reduction_pct" in text and not out.exists()
+    assert cli_main(["sweep", DEMO, "--check", "--set", f"output.dir={out}",
+                     "--set", "pruning.recovery={epochs: 1}"]) == 1
+    assert capsys.readouterr().err.startswith("error: pruning.recovery: a sweep restores only")

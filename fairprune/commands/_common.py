@@ -19,6 +19,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", dest="overrides", action="append_const", const="output.overwrite=true",
                         help="replace output.dir when it exists and is not empty (same as --set output.overwrite=true)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--check", action="store_true",
+                        help="check the config, every plugin it names, its data files, the model source and the "
+                             "output directory, print what would run, and stop before the model loads")
 
 
 def add_overwrite_argument(parser: argparse.ArgumentParser, out: str = "--out") -> None:

@@ -11,9 +11,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("run", help="analyze, prune, evaluate and save a model as a config says",
                             description="Run the whole fairness-pruning pipeline from a config file.")
     add_config_arguments(parser)
-    parser.add_argument("--check", action="store_true",
-                        help="check the config, every plugin it names, its data files, the model source and the "
-                             "output directory, print what would run, and stop before the model loads")
     parser.set_defaults(func=main)
 
 

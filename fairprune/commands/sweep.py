@@ -17,8 +17,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..core.run.sweep import sweep
+    from ..core.run.sweep import check_sweep, sweep
 
+    if args.check:
+        print(check_sweep(args.config, args.overrides, max_perplexity_increase=args.max_perplexity_increase))
+        return 0
     result = sweep(args.config, args.overrides, max_perplexity_increase=args.max_perplexity_increase,
                    progress=not args.quiet)
     if result.output_dir is None:  # a torchrun process other than rank 0: its share of the grid is done

@@ -14,7 +14,7 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -216,12 +216,15 @@ def _naming_model_source() -> Iterator[None]:
         raise ModelSourceError(f"model.source: {exc}") from exc.__cause__
 
 
-def check(config: Any, overrides: list[str] | None = None, registry: Any = None) -> str:
+def check(config: Any, overrides: list[str] | None = None, registry: Any = None,
+          also: Callable[[Run], list[str]] | None = None) -> str:
     """What ``run`` would do, after every check it makes before loading the model (``prepare``) and the choice
-    of model source, as a few lines of text; the same errors as ``run``, and no model code runs."""
+    of model source, as a few lines of text; the same errors as ``run``, and no model code runs. ``also`` (a
+    command's own checks on the prepared run, such as a sweep's) adds its lines."""
     from ..io.sources import pick_source, refuse_custom_code
 
     state = prepare(config, overrides, registry, progress=False)
+    extra = also(state) if also is not None else []
     section = state.config.model
     with _naming_model_source():
         refuse_custom_code(section.source, section.trust_remote_code)
@@ -237,6 +240,7 @@ def check(config: Any, overrides: list[str] | None = None, registry: Any = None)
         f"  method       {state.config.method.name} on {', '.join(state.config.bias.axes)}",
         f"  budget       {state.config.pruning.budget.model_dump(exclude_none=True)}",
         f"  evaluators   {', '.join(evaluators) or '(none)'}",
+        *extra,
         f"  output       {out}{' (its contents would be replaced)' if replaced else ''}"])
 
 

@@ -84,6 +84,40 @@ def choose(points: list[dict[str, Any]], max_increase: float | None) -> dict[str
 
 
 @releasing_claims
+def _sweep_metrics(run: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The bias and capability figures each grid point is judged by (one evaluator each, which keeps points
+    fast); ``ConfigError`` for a setting a sweep cannot honour, before the model loads."""
+    config = run.config
+    if config.pruning.recovery is not None:
+        raise ConfigError("pruning.recovery: a sweep restores only the planned layers between its points, and "
+                          "recovery trains every layer's MLP; sweep without it, then `fairprune run` the chosen point "
+                          "with pruning.recovery")
+    bias_keys = metric_choice(run, config.sweep.bias_metric, "bias")
+    cap_keys = metric_choice(run, config.sweep.capability_metric, "capability")
+    return [k for k in bias_keys if k[0] == bias_keys[0][0]], [k for k in cap_keys if k[0] == cap_keys[0][0]]
+
+
+def check_sweep(config: Any, overrides: list[str] | None = None, *, max_perplexity_increase: float | None = None,
+                registry: Any = None) -> str:
+    """What ``sweep`` would do, after every check it makes before loading the model (``pipeline.check`` and the
+    sweep's own), as a few lines of text; nothing is loaded or written."""
+    from . import pipeline
+
+    def grid(run: Any) -> list[str]:
+        bias_keys, cap_keys = _sweep_metrics(run)
+        limit = (max_perplexity_increase if max_perplexity_increase is not None
+                 else run.config.sweep.max_perplexity_increase)
+        variants = run.plugins.method.sweep_variants(run.config.sweep)
+        budgets = [b.model_dump(exclude_none=True) for b in run.config.sweep.budgets]
+        return [f"  grid         {len(budgets) * len(variants)} points: budgets {budgets}"
+                + (f" x {len(variants)} method variants" if len(variants) > 1 else ""),
+                f"  judged by    {' or '.join(f'{e}.{k}' for e, k in bias_keys)} (the first measured) against "
+                f"{' or '.join(f'{e}.{k}' for e, k in cap_keys)}"
+                + (f" (at most {limit}%)" if limit is not None else "")]
+
+    return pipeline.check(config, overrides, registry, also=grid)
+
+
 def sweep(config: Any, overrides: list[str] | None = None, *, max_perplexity_increase: float | None = None,
           registry: Any = None, progress: bool = True) -> SweepResult:
     """Run the grid in ``config.sweep`` on one model: the base is observed once, each point is pruned in place,
@@ -99,15 +133,8 @@ def sweep(config: Any, overrides: list[str] | None = None, *, max_perplexity_inc
 
     run = pipeline.prepare(config, overrides, registry, progress)
     config = run.config
-    if config.pruning.recovery is not None:
-        raise ConfigError("pruning.recovery: a sweep restores only the planned layers between its points, and "
-                          "recovery trains every layer's MLP; sweep without it, then `fairprune run` the chosen point "
-                          "with pruning.recovery")
     limit = max_perplexity_increase if max_perplexity_increase is not None else config.sweep.max_perplexity_increase
-    bias_keys = metric_choice(run, config.sweep.bias_metric, "bias")
-    cap_keys = metric_choice(run, config.sweep.capability_metric, "capability")
-    bias_keys = [k for k in bias_keys if k[0] == bias_keys[0][0]]  # one evaluator per figure keeps points fast
-    cap_keys = [k for k in cap_keys if k[0] == cap_keys[0][0]]
+    bias_keys, cap_keys = _sweep_metrics(run)
     needed = {bias_keys[0][0], cap_keys[0][0]}
     point_evaluators = [(n, e) for n, e in run.plugins.evaluators if n in needed]
     with run.timer.stage("load"):
