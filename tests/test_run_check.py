@@ -68,6 +68,21 @@ def test_check_refuses_a_hub_id_it_could_neither_download_nor_read_from_the_cach
     assert err.startswith("error: model.source: 'fairprune-test/tiny-llama' is not in the local Hugging Face cache")
 
 
+def test_a_config_or_model_path_of_the_wrong_kind_says_what_it_is(tmp_path, capsys):
+    (tmp_path / "empty.yaml").write_text("")
+    (tmp_path / "notes.txt").write_text("mine")
+    cases = [(["run", str(tmp_path), "--check"], f"error: {tmp_path} is a directory; give a config file"),
+             (["run", str(tmp_path / "empty.yaml"), "--check"], "the top level must be a mapping of sections "),
+             (["run", DEMO, "--check", "--set", f"model.source={tmp_path}"],
+              f"error: model.source: '{tmp_path}' is a directory without a config.json"),
+             (["run", DEMO, "--check", "--set", f"model.source={tmp_path / 'notes.txt'}"],
+              "is a file but not a .gguf file")]
+    for argv, expected in cases:
+        assert cli_main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1, err
+
+
 def test_sweep_check_prints_the_grid_and_refuses_what_sweep_refuses(tmp_path, capsys, monkeypatch):
     import fairprune.core.io.sources as sources
 

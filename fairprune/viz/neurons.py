@@ -80,7 +80,9 @@ def decision_points(bias: Mapping[int, Any], importance: Mapping[int, Any], remo
     layers = sorted(int(k) for k in bias) if layer is None else [layer]
     missing = [k for k in layers if k not in bias or k not in importance]
     if missing:
-        raise ConfigError(f"bias-importance plot: layers {missing} have no bias or importance scores")
+        have = sorted(k for k in bias if k in importance)
+        raise ConfigError(f"bias-importance plot: layers {missing} have no bias or importance scores"
+                          + (f"; the run has layers {have[0]}..{have[-1]}" if have else ""))
     xs, ys, sel, lay = [], [], [], []
     for k in layers:
         x, y = normalise(as_array(bias[k]), how), normalise(as_array(importance[k]), how)

@@ -509,6 +509,8 @@ def validate_config(data: dict[str, Any]) -> RunConfig:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read YAML, TOML or JSON (by extension) into a dict."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give a config file (YAML, TOML or JSON)")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     text = path.read_text()
@@ -529,7 +531,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except Exception as exc:
         raise ConfigError(f"{path}: cannot parse: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, bias:, method:, ...), got "
+                          + ("an empty file" if data is None else f"a {type(data).__name__}"))
     return data
 
 

@@ -42,7 +42,13 @@ def pick_source(spec: str, registry: Registry) -> Any:
     for entry in entries:
         if entry.obj.matches(spec):
             return entry.obj
-    if spec.startswith((".", "/", "~")) or spec.endswith(".gguf"):  # written as a path: say that it is missing
+    if spec.startswith((".", "/", "~")) or spec.endswith(".gguf"):  # written as a path: say what is wrong with it
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            raise ModelSourceError(f"{spec!r} is a directory without a config.json, so not a model directory "
+                                   "(a saved model holds config.json and its weights)")
+        if path.exists():
+            raise ModelSourceError(f"{spec!r} is a file but not a .gguf file; give a model directory or a .gguf file")
         raise ModelSourceError(f"no such model directory or file: {spec!r}")
     raise ModelSourceError(f"no model source understands {spec!r}. Named sources: {', '.join(names) or '(none)'}; "
                            "otherwise give a Hugging Face id, a local model directory or a .gguf path")
