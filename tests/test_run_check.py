@@ -98,3 +98,15 @@ def test_sweep_check_prints_the_grid_and_refuses_what_sweep_refuses(tmp_path, ca
     assert cli_main(["sweep", DEMO, "--check", "--set", f"output.dir={out}",
                      "--set", "pruning.recovery={epochs: 1}"]) == 1
     assert capsys.readouterr().err.startswith("error: pruning.recovery: a sweep restores only")
+
+
+def test_demo_check_loads_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    import fairprune.core.io.sources as sources
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("--check loaded a model")
+
+    monkeypatch.setattr(sources, "load_model", no_loading)
+    assert cli_main(["demo", "--check", "--out", str(tmp_path / "out")]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("config ok") and "smollm2-135m" in text and not (tmp_path / "out").exists()

@@ -18,16 +18,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="override a value of the demo config by dotted key, e.g. --set "
                              "model.source=gemma3-270m (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--check", action="store_true",
+                        help="every check the demo run makes, then stop before the model loads (as run --check)")
     parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     from ..core.contract.summary import summary_text
-    from ..core.run.pipeline import run
+    from ..core.run.pipeline import check, run
 
     # the demo's own directory is replaced on every run; a directory the user names is not, unless asked
     chosen = [f"output.dir={args.out}", f"output.overwrite={str(args.overwrite).lower()}"] if args.out else []
     overrides = chosen + list(args.overrides)
+    if args.check:
+        print(check(DEMO_CONFIG, overrides))
+        return 0
     result = run(DEMO_CONFIG, overrides, progress=not args.quiet)
     print(summary_text(result.metrics, result.output_dir))
     return 0
