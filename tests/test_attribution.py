@@ -78,6 +78,11 @@ def test_group_mean_js_compares_each_groups_mixture_over_its_forms() -> None:
                                                                 rel=1e-5)
     with pytest.raises(ConfigError, match="labels"):
         GroupMeanJS().value(ObjectiveInputs([2], torch.stack([p, r])))
+    # one attribute group only: 0, also where a log-probability is -inf (0 * -inf would be NaN)
+    lonely = torch.stack([p, q]).clone()
+    lonely[0, 0] = -math.inf
+    alone = GroupMeanJS().value(ObjectiveInputs([2], lonely, None, [("Black", "Black")]))
+    assert float(alone[0]) == 0.0
 
 
 def test_js_above_floor_is_between_group_js_minus_the_word_swap_js() -> None:

@@ -70,11 +70,15 @@ def test_wrong_type_names_field_and_value():
     ("bias.batch_size=true", "bias.batch_size"),                                  # int
     ("method.cloze_check={max_increase_pct: 10, check_limit: true}", "method.cloze_check.check_limit"),  # int | None
     ("method.max_perplexity_increase_pct=false", "method.max_perplexity_increase_pct"),                 # float | None
+    ("evaluation.evaluators=[{name: random_control, params: {draws: true}}]",                # a plugin's Params
+     "evaluation.evaluators.0.params.draws"),
 ])
 def test_a_boolean_where_a_number_is_expected_is_refused(override, field):
     # pydantic alone reads true as 1: check_limit: true would check one passage
-    with pytest.raises(ConfigError) as info:  # sections at load, the method's params when it is resolved
-        resolve_method(load_config({**MINIMAL, "method": "attribution"}, [override]), Registry(load_entrypoints=False))
+    from fairprune.core.run.pipeline import resolve_plugins
+
+    with pytest.raises(ConfigError) as info:  # sections at load, plugins' params when they are resolved
+        resolve_plugins(load_config({**MINIMAL, "method": "attribution"}, [override]), Registry(load_entrypoints=False))
     assert f"{field}: expected a number, not a boolean" in str(info.value) and "\n" not in str(info.value)
 
 

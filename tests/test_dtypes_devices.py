@@ -135,6 +135,17 @@ def test_explicit_device_map_dispatches_a_loaded_model(saved_dir, tmp_path):
         torch.testing.assert_close(got.scores[layer], scores, atol=1e-6, rtol=0)
 
 
+def test_one_device_as_the_device_map_places_the_whole_model_there(saved_dir):
+    from fairprune.core.contract.config import ModelSection
+
+    assert ModelSection(source="x", device_map="cuda:1").device_map == "cuda:1"  # a device, as transformers takes
+    with pytest.raises(ValueError, match="unknown strategy 'gpu'"):
+        ModelSection(source="x", device_map="gpu")
+    placed, _ = load_model(str(saved_dir), registry=REG, dtype="float32", device_map="cpu")
+    assert placed.hf_device_map == {"": "cpu"}
+    assert {p.device.type for p in placed.parameters()} == {"cpu"}
+
+
 def test_disk_offload_without_a_folder_is_an_error(saved_dir):
     from fairprune.core.contract.errors import ModelSourceError
 

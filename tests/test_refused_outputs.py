@@ -304,3 +304,13 @@ def test_an_output_that_is_or_holds_its_own_input_is_refused(command, model_dir,
     code, err = refused(capsys, [*args, "--overwrite"])
     assert code == 1 and "is where the input" in err and "\n" not in err.strip(), err
     assert snapshot(tmp_path) == before
+
+
+def test_a_bundled_models_name_is_not_read_as_the_input_directory(tmp_path, monkeypatch, capsys):
+    # model.source smollm2-135m loads the bundled model even where a directory of that name exists
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smollm2-135m").mkdir()
+    (tmp_path / "smollm2-135m" / "plan.json").write_text("{}")  # an earlier run's output
+    demo = os.path.join(os.path.dirname(__file__), "..", "examples", "fair-smollm2.yaml")
+    assert cli_main(["run", demo, "--check", "--set", "output.dir=smollm2-135m", "--overwrite"]) == 0
+    assert "(its contents would be replaced)" in capsys.readouterr().out

@@ -110,3 +110,18 @@ def test_demo_check_loads_and_writes_nothing(tmp_path, capsys, monkeypatch):
     assert cli_main(["demo", "--check", "--out", str(tmp_path / "out")]) == 0
     text = capsys.readouterr().out
     assert text.startswith("config ok") and "smollm2-135m" in text and not (tmp_path / "out").exists()
+
+
+def test_sweep_and_check_release_the_output_directory_when_they_end(tmp_path):
+    # called from Python (a notebook), not through the CLI's own scope: a claim kept would let a later
+    # run into the same directory skip its checks
+    from fairprune.core.io.outputs import holds_claim
+    from fairprune.core.run.pipeline import check
+    from fairprune.core.run.sweep import sweep
+
+    out = tmp_path / "out"
+    check(DEMO, [f"output.dir={out}"])
+    assert not holds_claim(out.absolute())
+    with pytest.raises(Exception, match="pruning.recovery"):
+        sweep(DEMO, [f"output.dir={out}", "pruning.recovery={epochs: 1}"])
+    assert not holds_claim(out.absolute())

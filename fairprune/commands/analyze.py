@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..core.contract.config import DEVICE_MAP_STRATEGIES
+from ..core.contract.placement import DEVICE_MAP_STRATEGIES
 from ._common import add_overwrite_argument, add_trust_remote_code_argument, claim_out, positive_int
 
 

@@ -51,7 +51,9 @@ def build_params(args: argparse.Namespace, evaluators: list[str]) -> dict[str, d
         if "capability" not in evaluators:
             raise ConfigError("--lambada is used by the capability evaluator, which is not in --evaluators")
         check_files([("--lambada", args.lambada, "data")])
-        params.setdefault("capability", {}).update(lambada_path=args.lambada, lambada_limit=args.lambada_limit or 400)
+        params.setdefault("capability", {})["lambada_path"] = args.lambada
+        if args.lambada_limit is not None:  # else --params' limit, or the evaluator's default (400)
+            params["capability"]["lambada_limit"] = args.lambada_limit
     return params
 
 

@@ -72,6 +72,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         cli = HarnessCLI()
         cli.execute(cli.parse_args())
+    except FairpruneError:  # fairprune's own errors (loading the directory) say what they are already
+        raise
     except ValueError as exc:  # lm_eval's refusals (unknown tasks, bad model_args) are ValueErrors: one line
         logger.debug("lm_eval raised", exc_info=True)
         raise FairpruneError(f"lm-eval: {' '.join(str(exc).split())}") from None

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ..core.contract.hookspecs import hookimpl
-from ..core.contract.plugin import Plugin
+from ..core.contract.plugin import Plugin, StrictParams
 
 if TYPE_CHECKING:
     import torch
@@ -30,7 +30,7 @@ def _pair_diffs(pooled: torch.Tensor) -> torch.Tensor:
     return (pooled[:, rows] - pooled[:, cols]).abs()
 
 
-class RelativeParams(BaseModel):
+class RelativeParams(StrictParams):
     """Options of scale-free metrics."""
 
     model_config = ConfigDict(extra="forbid")

@@ -19,16 +19,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from ..core.contract.plugin import Plugin
+from ..core.contract.plugin import Plugin, StrictParams
 from ..core.contract.protocols import MLPWeights
 
 if TYPE_CHECKING:
     import torch
 
 
-class CapabilityCostParams(BaseModel):
+class CapabilityCostParams(StrictParams):
     """Options of ``capability_cost``."""
 
     model_config = ConfigDict(extra="forbid")

@@ -24,11 +24,11 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ..core.contract.errors import ConfigError
 from ..core.contract.hookspecs import hookimpl
-from ..core.contract.plugin import Plugin
+from ..core.contract.plugin import Plugin, StrictParams
 from ..core.model import divergence
 from ..core.model.divergence import LOG_FLOOR, member_pairs
 
@@ -101,7 +101,7 @@ class NextTokenJS(Plugin):
         return _per_group(inputs, inputs.logprobs, pairwise_js)
 
 
-class JSAboveFloorParams(BaseModel):
+class JSAboveFloorParams(StrictParams):
     """Options of ``js_above_floor``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -171,14 +171,14 @@ def _group_mixture_js(lp: torch.Tensor, labels: tuple[str, ...]) -> torch.Tensor
 
     names = list(dict.fromkeys(labels))
     if len(names) < 2:  # one attribute group: nothing to compare (0, still on the graph)
-        return _wide(lp).sum() * 0
+        return _wide(lp).clamp_min(LOG_FLOOR).sum() * 0  # clamped: a -inf log-probability times 0 is NaN
     members = {name: [i for i, label in enumerate(labels) if label == name] for name in names}
     mixtures = torch.stack([torch.logsumexp(_wide(lp[rows]), dim=0) - math.log(len(rows))
                             for rows in members.values()])
     return pairwise_js(mixtures)
 
 
-class ContinuationGapParams(BaseModel):
+class ContinuationGapParams(StrictParams):
     """Options of ``continuation_gap``."""
 
     model_config = ConfigDict(extra="forbid")

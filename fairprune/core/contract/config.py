@@ -13,39 +13,17 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, yaml_error_line
+from .placement import DEVICE_MAP_STRATEGIES, is_device
+from .plugin import StrictParams
 
 
-def _number_not_bool(annotation: Any) -> bool:
-    """Whether a field of this annotation takes a number and not a bool (``int``, ``float | None``, ...)."""
-    if annotation is bool or annotation is Any:
-        return False
-    if annotation in (int, float):
-        return True
-    if get_origin(annotation) in (Union, UnionType):
-        args = get_args(annotation)
-        return any(_number_not_bool(a) for a in args) and bool not in args and Any not in args
-    return False
-
-
-class Strict(BaseModel):
-    """Base of every config section: unknown keys are errors, and so is a bool where a number is expected
-    (pydantic would read ``check_limit: true`` as 1)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, bool) and info.field_name is not None \
-                and _number_not_bool(cls.model_fields[info.field_name].annotation):
-            raise ValueError("expected a number, not a boolean")
-        return value
+class Strict(StrictParams):
+    """Base of every config section: unknown keys are errors, and so is a bool where a number is expected."""
 
 
 class Component(Strict):
@@ -60,18 +38,14 @@ class Component(Strict):
         return {"name": value} if isinstance(value, str) else value
 
 
-#: the strategies accelerate spreads a model with (``model.device_map`` as a string)
-DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
-
-
 class ModelSection(Strict):
     source: str = Field(description="model source name, local directory, .gguf path or Hugging Face id")
     adapter: str | None = Field(default=None, description="architecture adapter name; None picks one from the model")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="weights and activations; auto = the checkpoint's dtype (GGUF: float32)")
     device_map: str | dict[str, int | str] | None = Field(
-        default=None, description="accelerate device map: auto, balanced, balanced_low_0, sequential, or "
-                                  "{module: device}")
+        default=None, description="accelerate device map: auto, balanced, balanced_low_0, sequential, one "
+                                  "device (cuda:0), or {module: device}")
     max_memory: dict[int | str, int | str] | None = Field(
         default=None, description="per-device memory limits for device_map, e.g. {0: 20GiB, cpu: 60GiB}")
     offload_folder: str | None = Field(default=None, description="where a device map's disk-offloaded layers go")
@@ -81,9 +55,9 @@ class ModelSection(Strict):
     @field_validator("device_map")
     @classmethod
     def _known_strategy(cls, value: Any) -> Any:
-        if isinstance(value, str) and value not in DEVICE_MAP_STRATEGIES:
-            raise ValueError(f"unknown strategy {value!r}; use {', '.join(DEVICE_MAP_STRATEGIES)} or a "
-                             "{module: device} mapping such as {'': cuda:0}")
+        if isinstance(value, str) and value not in DEVICE_MAP_STRATEGIES and not is_device(value):
+            raise ValueError(f"unknown strategy {value!r}; use {', '.join(DEVICE_MAP_STRATEGIES)}, one device "
+                             "(cpu, cuda:0, mps, ...) or a {module: device} mapping")
         return value
 
     @model_validator(mode="after")

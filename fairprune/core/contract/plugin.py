@@ -9,15 +9,41 @@ a typo in a config is a validation error that names the field, never a
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar
+from types import UnionType
+from typing import Any, ClassVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 
-class NoParams(BaseModel):
-    """The options of a plugin that takes none."""
+def _number_not_bool(annotation: Any) -> bool:
+    """Whether a field of this annotation takes a number and not a bool (``int``, ``float | None``, ...)."""
+    if annotation is bool or annotation is Any:
+        return False
+    if annotation in (int, float):
+        return True
+    if get_origin(annotation) in (Union, UnionType):
+        args = get_args(annotation)
+        return any(_number_not_bool(a) for a in args) and bool not in args and Any not in args
+    return False
+
+
+class StrictParams(BaseModel):
+    """Base of plugin ``Params`` and of every config section: unknown keys are errors, and so is a bool where
+    a number is expected (pydantic alone would read ``check_limit: true`` as 1)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None \
+                and _number_not_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, not a boolean")
+        return value
+
+
+class NoParams(StrictParams):
+    """The options of a plugin that takes none."""
 
 
 class Plugin:

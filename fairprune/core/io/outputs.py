@@ -147,9 +147,9 @@ def _try_flock(fd: int, holder: int | None) -> bool:
 
 
 #: a non-empty directory is replaced (overwrite) only if it holds one of these: a run's manifest, plan or metrics,
-#: a saved model's sidecar or config, an analysis' or a sweep's record
-OUTPUT_MARKERS = ("manifest.json", "plan.json", "metrics.json", "fairprune.json", "config.json", "bias_report.json",
-                  "sweep.json")
+#: a saved or exported model's sidecar, an analysis' or a sweep's record (not config.json: any Hugging Face
+#: directory, or a project, holds one)
+OUTPUT_MARKERS = ("manifest.json", "plan.json", "metrics.json", "fairprune.json", "bias_report.json", "sweep.json")
 
 
 def claim_output_dir(path: str | Path, overwrite: bool, where: Where = CONFIG,

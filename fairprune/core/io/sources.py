@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..contract.config import DEVICE_MAP_STRATEGIES
+from ..contract.placement import DEVICE_MAP_STRATEGIES, is_device
 from ..contract.errors import ModelSourceError
 
 if TYPE_CHECKING:
@@ -194,6 +194,8 @@ def dispatch(model: Any, device_map: str | dict[str, Any], max_memory: dict[Any,
     from accelerate.utils import get_balanced_memory
 
     no_split = list(getattr(model, "_no_split_modules", None) or [])
+    if isinstance(device_map, str) and is_device(device_map):  # the whole model on one device
+        device_map = {"": device_map}
     if isinstance(device_map, str):
         if device_map not in DEVICE_MAP_STRATEGIES:
             raise ModelSourceError(f"model.device_map: unknown strategy {device_map!r}; use "

@@ -22,12 +22,13 @@ from ..contract.errors import ConfigError
 from ..contract.plugin import Plugin
 from ..contract.results import EvalResult, bootstrap_ci, fmt_ci
 from ..data.benchmark_files import existing_path
+from ..contract.plugin import StrictParams
 
 #: a statistic of per-example features ``[n_examples, n_features]`` -> one float
 Statistic = Callable[[np.ndarray], float]
 
 
-class BenchmarkParams(BaseModel):
+class BenchmarkParams(StrictParams):
     """Options every benchmark evaluator has; each describes its ``path`` and adds its filters.
 
     ``path_kind`` (``"file"``, ``"directory"`` or ``"either"``) says what the path

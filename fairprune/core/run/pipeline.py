@@ -196,8 +196,9 @@ def prepare(config: Any, overrides: list[str] | None = None, registry: Any = Non
     check_input_files(config)
     check_analysis_prompts(config, registry)
     if is_main_process(init=True):  # under torchrun only rank 0 writes, so only it claims the directory
+        source = config.model.source  # a bundled model's name is not read as a path, even if a directory has it
         out_dir = claim_output_dir(config.output.dir, config.output.overwrite,  # locked until the run ends
-                                   reads=[config.model.source])
+                                   reads=[] if source in registry.names("model_sources") else [source])
     else:
         out_dir = Path(config.output.dir).expanduser().absolute()
     torch.manual_seed(config.seed)
@@ -216,6 +217,7 @@ def _naming_model_source() -> Iterator[None]:
         raise ModelSourceError(f"model.source: {exc}") from exc.__cause__
 
 
+@releasing_claims
 def check(config: Any, overrides: list[str] | None = None, registry: Any = None,
           also: Callable[[Run], list[str]] | None = None) -> str:
     """What ``run`` would do, after every check it makes before loading the model (``prepare``) and the choice

@@ -83,7 +83,6 @@ def choose(points: list[dict[str, Any]], max_increase: float | None) -> dict[str
     return max(ok, key=lambda p: (p["bias_reduction_pct"], -p["capability_loss_pct"])) if ok else None
 
 
-@releasing_claims
 def _sweep_metrics(run: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """The bias and capability figures each grid point is judged by (one evaluator each, which keeps points
     fast); ``ConfigError`` for a setting a sweep cannot honour, before the model loads."""
@@ -118,6 +117,7 @@ def check_sweep(config: Any, overrides: list[str] | None = None, *, max_perplexi
     return pipeline.check(config, overrides, registry, also=grid)
 
 
+@releasing_claims
 def sweep(config: Any, overrides: list[str] | None = None, *, max_perplexity_increase: float | None = None,
           registry: Any = None, progress: bool = True) -> SweepResult:
     """Run the grid in ``config.sweep`` on one model: the base is observed once, each point is pruned in place,

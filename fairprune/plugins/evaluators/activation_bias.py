@@ -17,10 +17,10 @@ from itertools import combinations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ...core.contract.errors import ConfigError
-from ...core.contract.plugin import Plugin
+from ...core.contract.plugin import Plugin, StrictParams
 from ...core.contract.protocols import Headline
 from ...core.contract.results import EvalContext, EvalResult, add_paired, bootstrap_ci, fmt_ci, reduction_pct
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
 
-class ActivationBiasParams(BaseModel):
+class ActivationBiasParams(StrictParams):
     """Options of the activation-bias evaluator."""
 
     model_config = ConfigDict(extra="forbid")

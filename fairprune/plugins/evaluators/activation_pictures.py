@@ -17,14 +17,14 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ...core.contract.errors import ConfigError
-from ...core.contract.plugin import Plugin
+from ...core.contract.plugin import Plugin, StrictParams
 from ...core.contract.results import EvalContext, EvalResult, add_paired, fmt_ci
 
 
-class ActivationPicturesParams(BaseModel):
+class ActivationPicturesParams(StrictParams):
     """Options of the activation-pictures evaluator."""
 
     model_config = ConfigDict(extra="forbid")

@@ -35,7 +35,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ...core.contract.errors import ConfigError
-from ...core.contract.plugin import Plugin
+from ...core.contract.plugin import Plugin, StrictParams
 from ...core.contract.protocols import Headline
 from ...core.contract.results import EvalContext, EvalResult
 from ...core.data.benchmark_files import sample_indices
@@ -48,7 +48,7 @@ RECALL_FRAMES = "data/evidence/recall.yaml"
 PLACEHOLDERS = ("word", "person", "a", "A")
 
 
-class AttributeRecallParams(BaseModel):
+class AttributeRecallParams(StrictParams):
     """Options of the attribute-recall evaluator."""
 
     model_config = ConfigDict(extra="forbid")

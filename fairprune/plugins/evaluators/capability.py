@@ -18,14 +18,14 @@ import math
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from ...core.contract.plugin import Plugin
+from ...core.contract.plugin import Plugin, StrictParams
 from ...core.contract.protocols import Headline
 from ...core.contract.results import EvalContext, EvalResult, bootstrap_ci, change_pct
 
 
-class CapabilityParams(BaseModel):
+class CapabilityParams(StrictParams):
     """Options of the capability evaluator."""
 
     model_config = ConfigDict(extra="forbid")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from ...core.contract.plugin import Plugin
+from ...core.contract.plugin import Plugin, StrictParams
 from ...core.contract.results import EvalContext, EvalResult
 
 #: the showcase pairs and one neutral prompt. The pairs are held out in the strongest sense: written in other
@@ -19,7 +19,7 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
 )
 
 
-class GenerationsParams(BaseModel):
+class GenerationsParams(StrictParams):
     """Options of the generations evaluator."""
 
     model_config = ConfigDict(extra="forbid")

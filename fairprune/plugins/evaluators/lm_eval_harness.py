@@ -15,16 +15,16 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ...core.contract.errors import ConfigError, FairpruneError
-from ...core.contract.plugin import Plugin
+from ...core.contract.plugin import Plugin, StrictParams
 from ...core.contract.results import EvalContext, EvalResult, change_pct
 
 logger = logging.getLogger(__name__)
 
 
-class LmEvalParams(BaseModel):
+class LmEvalParams(StrictParams):
     """Options of the lm_eval evaluator; a task runs only when its data file is given."""
 
     model_config = ConfigDict(extra="forbid")

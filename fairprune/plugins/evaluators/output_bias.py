@@ -35,10 +35,10 @@ from itertools import combinations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ...core.contract.errors import ConfigError
-from ...core.contract.plugin import Plugin
+from ...core.contract.plugin import Plugin, StrictParams
 from ...core.contract.protocols import Headline, PromptGroup
 from ...core.contract.results import EvalContext, EvalResult, add_paired, fmt_ci
 from ...core.model.benchmark_base import add_compared
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     import torch
 
 
-class OutputBiasParams(BaseModel):
+class OutputBiasParams(StrictParams):
     """Options of the output-bias evaluator."""
 
     model_config = ConfigDict(extra="forbid")

@@ -42,16 +42,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ...core.contract.errors import ConfigError
-from ...core.contract.plugin import Plugin
+from ...core.contract.plugin import Plugin, StrictParams
 from ...core.contract.protocols import Headline
 from ...core.contract.results import EvalContext, EvalResult, add_paired, bootstrap_ci, fmt_ci, reduction_pct
 from ..evidence_text import between_within_sentence, ceiling_sentence, control_sentence, figure
 
 
-class RandomControlParams(BaseModel):
+class RandomControlParams(StrictParams):
     """Options of the random-neuron control."""
 
     model_config = ConfigDict(extra="forbid")

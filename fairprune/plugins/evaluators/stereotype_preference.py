@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ...core.contract.errors import ConfigError
-from ...core.contract.plugin import Plugin
+from ...core.contract.plugin import Plugin, StrictParams
 from ...core.contract.protocols import Headline
 from ...core.contract.results import EvalContext, EvalResult
 from ...core.model.benchmark_base import add_compared, mean_first, pct_positive, summary_table
@@ -40,7 +40,7 @@ from .data import bundled_path
 STEREOTYPE_PAIRS = "data/evidence/stereotype_pairs.yaml"
 
 
-class StereotypePreferenceParams(BaseModel):
+class StereotypePreferenceParams(StrictParams):
     """Options of the stereotype-preference evaluator."""
 
     model_config = ConfigDict(extra="forbid")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from fairprune.core.contract.plugin import Plugin
+from fairprune.core.contract.plugin import Plugin, StrictParams
 
 if TYPE_CHECKING:
     import torch
@@ -23,8 +23,7 @@ class GroupRangeBias(Plugin):
     name = "group_range"
     description = "mean over prompt groups of the max-min spread across members, relative to magnitude (example plugin)"
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    class Params(StrictParams):
         relative: bool = True
         eps: float = Field(default=1e-6, gt=0)
 

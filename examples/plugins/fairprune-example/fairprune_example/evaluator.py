@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from fairprune.core.contract.errors import ConfigError
-from fairprune.core.contract.plugin import Plugin
+from fairprune.core.contract.plugin import Plugin, StrictParams
 from fairprune.core.contract.protocols import Headline
 
 if TYPE_CHECKING:
@@ -50,8 +50,7 @@ class NextTokenConsistency(Plugin):
     description = "share of held-out groups whose members agree on the next token, base vs pruned (example plugin)"
     needs_groups = True
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    class Params(StrictParams):
         axes: list[str] = Field(default_factory=lambda: ["body_type"],
                                 description="axes whose held-out groups are used when the run passes none")
         n_boot: int = Field(default=500, ge=10)

@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict
 
 from fairprune.core.contract.errors import ConfigError
-from fairprune.core.contract.plugin import Plugin
+from fairprune.core.contract.plugin import Plugin, StrictParams
 
 if TYPE_CHECKING:  # torch is imported only when a score is computed
     import torch
@@ -28,8 +27,7 @@ class ActivationWeightImportance(Plugin):
     description = "mean |activation| x down_proj column norm, from calibration prompts (Wanda-style, example plugin)"
     needs_activations = True
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    class Params(StrictParams):
         norm: Literal["l2", "l1", "max"] = "l2"
 
     def score(self, weights: "MLPWeights", stats: "Mapping[str, torch.Tensor] | None") -> "torch.Tensor":

@@ -9,15 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from fairprune.core.contract.plugin import Plugin
+from fairprune.core.contract.plugin import Plugin, StrictParams
 from fairprune.core.contract.protocols import MethodAnalysis, MethodContext
 
 
-class RandomNeuronsParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RandomNeuronsParams(StrictParams):
     seed: int = Field(default=0, description="seed of the draw")
     guard_magnitude_ratio: float = Field(default=10.0, gt=0, description="never draw neurons this far above "
                                                                            "their layer's median mean |activation|")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from fairprune.core.contract.plugin import Plugin
+from fairprune.core.contract.plugin import Plugin, StrictParams
 
 if TYPE_CHECKING:
     import torch
@@ -39,8 +39,7 @@ class GeometricScorer(Plugin):
     name = "geometric"
     description = "bias_rank^w x (1 - importance_rank)^(1-w): both biased and unimportant (example plugin)"
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    class Params(StrictParams):
         eps: float = Field(default=0.01, gt=0, description="floor that keeps the product from vanishing")
 
     def score(self, bias: "torch.Tensor", importance: "torch.Tensor", bias_weight: float) -> "torch.Tensor":
