@@ -83,6 +83,14 @@ def test_a_config_or_model_path_of_the_wrong_kind_says_what_it_is(tmp_path, caps
         assert expected in err and len(err.splitlines()) == 1, err
 
 
+def test_a_missing_relative_model_directory_is_not_taken_for_a_hub_id(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    assert cli_main(["run", DEMO, "--check", "--set", "output.dir=out", "--set", "model.source=models/llama"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: model.source: no such model directory: 'models/llama'"), err
+
+
 def test_sweep_check_prints_the_grid_and_refuses_what_sweep_refuses(tmp_path, capsys, monkeypatch):
     import fairprune.core.io.sources as sources
 

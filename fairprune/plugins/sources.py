@@ -289,8 +289,13 @@ class HFSource(Plugin):
     def check(self, spec: str) -> None:
         """``ModelSourceError`` when ``spec`` is a hub id that can be neither downloaded nor read from the cache
         (``run --check``); nothing is loaded."""
-        if not Path(spec).expanduser().is_dir():
-            hub_cache_only(spec)
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            return
+        if path.parent.is_dir() and str(path.parent) not in ("", "."):  # 'models/llama' beside a models/ folder
+            raise ModelSourceError(f"no such model directory: {spec!r} ({path.parent} exists here but holds no "
+                                   f"{path.name}); a Hugging Face id is written org/name")
+        hub_cache_only(spec)
 
 
 class GGUFSource(Plugin):
