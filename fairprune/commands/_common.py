@@ -40,11 +40,12 @@ def claim_out(args: argparse.Namespace) -> Path:
     """Check and lock ``--out`` before any work (released when the command ends); under torchrun only
     rank 0, the process that writes, claims it."""
     from ..core.io.outputs import claim_output_dir
+    from ..core.io.sources import input_paths
     from ..core.model.distributed import is_main_process
 
     if not is_main_process():
         return Path(args.out).expanduser().absolute()
-    return claim_output_dir(args.out, args.overwrite, OUT, reads=[args.model] if getattr(args, "model", None) else [])
+    return claim_output_dir(args.out, args.overwrite, OUT, reads=input_paths(getattr(args, "model", None)))
 
 
 def positive_int(text: str) -> int:

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..contract.placement import DEVICE_MAP_STRATEGIES, is_device
 from ..contract.errors import ModelSourceError
+from ..contract.placement import DEVICE_MAP_STRATEGIES, is_device
 
 if TYPE_CHECKING:
     from ..contract.registry import Registry
@@ -75,6 +75,16 @@ def custom_code_file(directory: Path) -> Path | None:
         if isinstance(data, dict) and data.get("auto_map"):
             return file
     return None
+
+
+def input_paths(spec: str | None, registry: Registry | None = None) -> list[str]:
+    """``[spec]`` when a model spec is read from disk, ``[]`` for none or a named source (a bundled model's name
+    is never a path, even where a directory of that name exists): what an output must not replace."""
+    from ..contract.registry import default_registry
+
+    if not spec:
+        return []
+    return [] if spec in default_registry(registry).names("model_sources") else [spec]
 
 
 def refuse_custom_code(spec: str | Path, trust_remote_code: bool) -> None:

@@ -185,6 +185,7 @@ def prepare(config: Any, overrides: list[str] | None = None, registry: Any = Non
 
     from ..contract.registry import default_registry
     from ..io.outputs import claim_output_dir
+    from ..io.sources import input_paths
     from ..model.distributed import is_main_process
     from .preflight import check_analysis_prompts, check_input_files
 
@@ -196,9 +197,8 @@ def prepare(config: Any, overrides: list[str] | None = None, registry: Any = Non
     check_input_files(config)
     check_analysis_prompts(config, registry)
     if is_main_process(init=True):  # under torchrun only rank 0 writes, so only it claims the directory
-        source = config.model.source  # a bundled model's name is not read as a path, even if a directory has it
         out_dir = claim_output_dir(config.output.dir, config.output.overwrite,  # locked until the run ends
-                                   reads=[] if source in registry.names("model_sources") else [source])
+                                   reads=input_paths(config.model.source, registry))
     else:
         out_dir = Path(config.output.dir).expanduser().absolute()
     torch.manual_seed(config.seed)
